@@ -1,0 +1,56 @@
+# The one list of commands. `make help` shows them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed-stamp
+
+# Where this workplace keeps the genuine Fashion-MNIST, unless TRICKLAB_DATA_DIR says otherwise.
+SHARED_DATA := $(wildcard ../shared/data/fashion-mnist)
+ifneq ($(SHARED_DATA),)
+export TRICKLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help install up worker test test-fast lint bench chaos clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --editable '.[dev,postgres]'
+	@touch $@
+
+install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
+
+up: $(INSTALLED) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
+	@$(PY) -m core.db
+	@trap 'kill -TERM $$api $$worker 2>/dev/null; wait' TERM; \
+	$(PY) -m service & api=$$!; \
+	$(PY) -m worker & worker=$$!; \
+	wait
+
+worker: $(INSTALLED) ## run one more worker against the same configuration
+	$(PY) -m worker
+
+test: $(INSTALLED) ## install and run the whole test suite
+	$(PY) -m pytest
+
+test-fast: $(INSTALLED) ## the suite without slow and end-to-end tests
+	$(PY) -m pytest -m "not slow and not e2e"
+
+lint: $(INSTALLED) ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+bench: $(INSTALLED) ## training benchmark on the genuine Fashion-MNIST (about 2 minutes)
+	$(PY) bench/train.py
+
+CHAOS_JOBS ?= 60
+CHAOS_KILLS ?= 60
+chaos: $(INSTALLED) ## SIGKILL workers mid-job CHAOS_KILLS times over CHAOS_JOBS jobs; report losses
+	TRICKLAB_CHAOS_JOBS=$(CHAOS_JOBS) TRICKLAB_CHAOS_KILLS=$(CHAOS_KILLS) \
+	$(PY) -m pytest tests/e2e/test_reliability.py -k chaos -q -p no:cacheprovider
+
+clean: ## remove the local database, artifacts and caches (not .venv)
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache
