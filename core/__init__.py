@@ -1,0 +1,1 @@
+"""Shared by the service and the worker: settings, job specs, lifecycle, database, artifacts."""

@@ -1,0 +1,79 @@
+"""Where trained models live, and how they get there: atomically, with a checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArtifactStore:
+    """Files under one root; the database records paths relative to it, so the root can move."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"artifact path escapes the store: {relative}")
+        return path
+
+    @staticmethod
+    def attempt_file(job_id: str, token: str, name: str) -> str:
+        """A file written under one lease, as the relative path the database records. Each
+        lease writes only in its own folder, so a worker that lost its lease (frozen, cut
+        off) can never overwrite the files of the worker that took the job over."""
+        return f"jobs/{job_id}/{token[:12]}/{name}"
+
+    def write_atomic(self, relative: str, write: Callable[[Path], object]) -> str:
+        """Have `write` fill a temporary file beside the target, then move it into place, so
+        readers see the old file or the complete new one, never half of one. Returns the
+        new file's sha256."""
+        target = self.path(relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Same folder (a rename never crosses file systems) and same suffix (Keras checks it).
+        temporary = target.with_name(f".{secrets.token_hex(6)}.{target.name}")
+        try:
+            write(temporary)
+            with temporary.open("rb") as file:
+                os.fsync(file.fileno())
+            digest = sha256_of(temporary)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+        return digest
+
+    def write_json(self, relative: str, document: Any) -> str:
+        text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+        return self.write_atomic(relative, lambda path: path.write_text(text))
+
+    def remove(self, relative: str) -> None:
+        """Delete a file, then its parent folders that became empty, up to the root."""
+        path = self.path(relative)
+        path.unlink(missing_ok=True)
+        root = self.root.resolve()
+        for parent in path.parents:
+            if parent == root or not parent.is_relative_to(root):
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): stop pruning
+                break

@@ -1,0 +1,62 @@
+"""Settings shared by both processes, read from TRICKLAB_* variables or a .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRICKLAB_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./var/tricklab.db",
+        description="The queue and metadata database (SQLite file, or postgresql+psycopg://...).",
+    )
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Trained models and specs.")
+    # Keras keeps its own Fashion-MNIST download in ~/.keras/datasets/fashion-mnist/.
+    data_dir: Path = Field(
+        Path("~/.keras/datasets"),
+        description="A dataset's folder (e.g. .../fashion-mnist) or a folder holding such folders.",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    # Idle workers poll; a short interval keeps queued jobs from waiting, SQLite reads are cheap.
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+    # SQLite waits this long for a competing writer before "database is locked".
+    busy_timeout_ms: int = Field(30_000, ge=0)
+    # A running job's lease: renewed by its worker's heartbeat; once it expires (worker killed,
+    # machine gone, process frozen) a sweep puts the job back in the queue. Hosts' clocks must
+    # agree to well within a lease (NTP does).
+    lease_seconds: float = Field(60.0, gt=0, le=3600)
+    heartbeat_seconds: float = Field(10.0, gt=0, le=600)
+    sweep_seconds: float = Field(15.0, gt=0, le=600)
+    # Attempts that may fail (worker lost, unexpected error) before the job fails for good.
+    max_attempts: int = Field(3, ge=1, le=10_000)
+    # Loaded models kept in the service's memory, least recently used evicted first.
+    model_cache_size: int = Field(8, ge=1, le=1000)
+    max_predict_files: int = Field(64, ge=1)
+    max_predict_instances: int = Field(1024, ge=1)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
+                f"lease_seconds ({self.lease_seconds}), or leases expire between heartbeats"
+            )
+        return self
+
+    @field_validator("artifacts_dir", "data_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

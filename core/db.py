@@ -1,0 +1,101 @@
+"""Engine factory and schema initialisation for SQLite (one machine) and PostgreSQL (many)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy.engine import make_url
+
+from core.models import SCHEMA_VERSION, Base, Meta
+
+# Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
+# read-then-update can then never interleave with another writer's, and lock waits happen
+# up front under busy_timeout instead of failing mid-transaction with "database is locked".
+WRITE = {"tricklab_write": True}
+
+
+# PostgreSQL ends a transaction left open this long: our transactions last milliseconds, so
+# only a frozen or stuck process is cut off, and the row locks it held are freed.
+IDLE_TRANSACTION_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, busy_timeout_ms: int = 30_000, name: str = "tricklab") -> Engine:
+    """An engine for SQLite or PostgreSQL; `name` tells sessions apart in pg_stat_activity."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        options = parsed.query.get("options", "")
+        options = f"{options} -c idle_in_transaction_session_timeout={IDLE_TRANSACTION_TIMEOUT_MS}"
+        return create_engine(
+            parsed.update_query_dict({"options": options.strip(), "application_name": name[:63]}),
+            pool_pre_ping=True,
+        )
+
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Hand BEGIN to SQLAlchemy (below) instead of pysqlite's implicit, deferred one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
+        cursor.execute("PRAGMA synchronous=FULL")  # a committed job survives power loss
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        write = connection.get_execution_options().get("tricklab_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class SchemaMismatch(RuntimeError):
+    """The database was written by a tricklab with another table layout."""
+
+
+def init_db(engine: Engine) -> None:
+    """Create the tables in an empty database, or check an existing one's layout; safe when
+    several processes start at once."""
+    with engine.connect().execution_options(**WRITE) as connection, connection.begin():
+        if engine.dialect.name == "postgresql":
+            # Serialise concurrent initialisations; the lock ends with the transaction.
+            connection.execute(text("SELECT pg_advisory_xact_lock(7461726)"))
+        tables = set(inspect(connection).get_table_names())
+        if "jobs" not in tables:
+            Base.metadata.create_all(connection)
+            connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        version = None
+        if Meta.__tablename__ in tables:
+            version = connection.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+        if version != str(SCHEMA_VERSION):
+            raise SchemaMismatch(
+                f"the database {engine.url.render_as_string()} has tricklab schema version "
+                f"{version or 1}, this tricklab needs {SCHEMA_VERSION}: start from a new "
+                "database (e.g. move ./var/tricklab.db away) or migrate it"
+            )
+
+
+def main() -> None:
+    from core.config import get_settings
+    from core.logs import setup_logging
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    try:
+        init_db(make_engine(settings.database_url, settings.busy_timeout_ms))
+    except SchemaMismatch as error:
+        raise SystemExit(f"tricklab: {error}") from None
+    print(f"database ready: {make_url(settings.database_url).render_as_string()}")
+
+
+if __name__ == "__main__":
+    main()

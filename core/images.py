@@ -1,0 +1,101 @@
+"""The one way pixels become model input, for training and prediction alike.
+
+Training images are 28×28 uint8 grayscale, light objects on a dark background, scaled to
+[0, 1] by `scale`. An uploaded picture is first brought into that form by `decode_image`:
+
+1. the first frame is read (GIF, WebP); JPEG orientation tags are applied;
+2. transparent pixels become background;
+3. it is converted to grayscale (ITU-R 601-2 luma, as Pillow's "L" mode; 16-bit levels are
+   divided by 257);
+4. dark-on-light pictures (the usual photo of a garment on a white background) are inverted,
+   judged by the median of the outermost ring of pixels: above 127 means a light background;
+5. a 28×28 picture keeps its pixels as they are; any other size is trimmed to the bounding box
+   of its non-background pixels, resized (area-averaged) so the longer side is 28, keeping
+   the aspect ratio, and centred on a black 28×28 canvas, as Fashion-MNIST's own images were
+   made.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+SIDE = 28
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+# A 28×28 result needs no huge source; refusing before decoding stops decompression bombs.
+MAX_PIXELS = 40_000_000
+# Pixels this close to the background (after inversion) count as background when trimming.
+TRIM_THRESHOLD = 16
+
+
+class ImageError(ValueError):
+    """The bytes are not a usable image; the message says why."""
+
+
+def scale(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (or 0–255 float) pixels → float32 in [0, 1]: exactly what the model sees."""
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Image file bytes → 28×28 uint8, light on dark (see the module docstring)."""
+    if not data:
+        raise ImageError("the file is empty")
+    try:
+        image: Image.Image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)  # header only
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"image too large: {error}") from None
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}×{height} pixels; the limit is {MAX_PIXELS:,}")
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        gray = _grayscale(image)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"corrupt or truncated image: {error}") from None
+    return _fit(gray)
+
+
+def _grayscale(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I"):  # 16-bit grayscale PNG: map 0–65535 onto 0–255
+        wide = np.asarray(image, dtype=np.float64) / 257
+        return np.round(wide).clip(0, 255).astype(np.uint8)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if not has_alpha:
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    rgba = image.convert("RGBA")
+    luma = np.asarray(rgba.convert("L"), dtype=np.float32)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
+    # Put transparent areas on whichever background contrasts with the drawn object.
+    opaque = alpha > 0.5
+    object_is_light = opaque.any() and float(luma[opaque].mean()) >= 128
+    background = 0.0 if object_is_light else 255.0
+    return np.round(luma * alpha + background * (1 - alpha)).astype(np.uint8)
+
+
+def _fit(gray: np.ndarray) -> np.ndarray:
+    ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    if np.median(ring) > 127:
+        gray = 255 - gray
+    if gray.shape == (SIDE, SIDE):
+        return gray
+    rows, cols = np.nonzero(gray > TRIM_THRESHOLD)
+    if rows.size:
+        gray = gray[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    height, width = gray.shape
+    factor = SIDE / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    resized = Image.fromarray(gray).resize(size, Image.Resampling.BOX)
+    canvas = Image.new("L", (SIDE, SIDE), 0)
+    canvas.paste(resized, ((SIDE - size[0]) // 2, (SIDE - size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)

@@ -1,0 +1,118 @@
+"""The tables: jobs and their per-epoch metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from core.states import JobStatus
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Bump when a table changes: init_db refuses a database written with another layout.
+SCHEMA_VERSION = 2
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[dict[str, Any]]: JSON,
+    }
+
+
+class Meta(Base):
+    __tablename__ = "tricklab_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(
+            JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
+        )
+    )
+    spec: Mapped[dict[str, Any]]  # the resolved JobSpec
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # Client-chosen key making a submission safe to retry (the Idempotency-Key header).
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    attempts: Mapped[int] = mapped_column(default=0)  # claims so far
+    max_attempts: Mapped[int] = mapped_column(default=3)  # failed attempts allowed
+    # One entry per failed attempt: attempt, reason, worker, error_type, message, at.
+    failures: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    # The current claim's fencing token: every write a worker makes must present it.
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    epochs_done: Mapped[int] = mapped_column(default=0)
+    # The last epoch checkpointed: a retried job resumes after it.
+    checkpoint_epoch: Mapped[int | None]
+    checkpoint_path: Mapped[str | None] = mapped_column(String(500))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    best_epoch: Mapped[int | None]
+    stopped_epoch: Mapped[int | None]
+    result: Mapped[dict[str, Any] | None]
+    failure_reason: Mapped[str | None] = mapped_column(String(32))  # see core.retry
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    device: Mapped[str | None] = mapped_column(String(200))
+    model_path: Mapped[str | None] = mapped_column(String(500))  # relative to the artifact store
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_created", "created_at"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweep
+    )
+
+
+class EpochMetrics(Base):
+    __tablename__ = "epoch_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)  # from 1
+    attempt: Mapped[int] = mapped_column(Integer)  # the claim that trained it
+    # Every *_loss is the plain cross-entropy, comparable across tricks; train_objective is
+    # what the optimizer minimised (with any L2 penalty and label smoothing).
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_accuracy: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    test_accuracy: Mapped[float] = mapped_column(Float)
+    train_objective: Mapped[float] = mapped_column(Float)
+    learning_rate: Mapped[float] = mapped_column(Float)  # at the end of the epoch
+    seconds: Mapped[float] = mapped_column(Float)  # training + validation time of the epoch

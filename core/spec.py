@@ -1,0 +1,272 @@
+"""Job specs and the trick catalogue: every name, parameter, default and limit in one place.
+
+A trick is written as its name (`"dropout"`) or as an object with its name and parameters
+(`{"name": "weight_decay", "l2": 0.001}`). A validated JobSpec is always fully resolved: the
+learning rate is filled in and the tricks are in catalogue order with every parameter set, so
+two specs that train the same model compare equal.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+DATASET_CLASSES: dict[str, tuple[str, ...]] = {
+    "fashion_mnist": (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ),
+    "mnist": tuple(str(digit) for digit in range(10)),
+}
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+# The notebook's learning rates: Adam's Keras default, and plain SGD's usual starting point.
+ADAM_LEARNING_RATE = 0.001
+SGD_LEARNING_RATE = 0.01
+
+
+class Strict(BaseModel):
+    """Rejects unknown fields with a message that lists the allowed ones, and NaN/inf."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                names = ", ".join(repr(str(key)) for key in unknown)
+                allowed = ", ".join(cls.model_fields)
+                raise ValueError(f"unknown field {names}; allowed fields: {allowed}")
+        return data
+
+
+class Dropout(Strict):
+    """Zeroes a random fraction of each hidden layer's outputs at every training step, so no
+    unit can rely on another; inactive at evaluation and prediction."""
+
+    name: Literal["dropout"] = "dropout"
+    rate: float = Field(0.5, gt=0, lt=1, description="Fraction of units dropped (notebook: 0.5).")
+
+
+class WeightDecay(Strict):
+    """L2 penalty on the kernels and biases of the hidden Dense layers, added to the training
+    loss (so the reported train loss includes it); pulls weights towards zero."""
+
+    name: Literal["weight_decay"] = "weight_decay"
+    l2: float = Field(
+        0.01, gt=0, le=1, description="Penalty factor: l2 * sum(w²) (notebook: 0.01)."
+    )
+
+
+class BatchNorm(Strict):
+    """Normalises each hidden layer's pre-activations over the batch: Dense (no activation) →
+    BatchNormalization → ReLU, before any dropout. Steadier, faster optimisation."""
+
+    name: Literal["batch_norm"] = "batch_norm"
+    momentum: float = Field(
+        0.99, gt=0, lt=1, description="Momentum of the moving mean and variance used at inference."
+    )
+
+
+class EarlyStopping(Strict):
+    """Watches the validation loss, stops when it has not improved for `patience` epochs and
+    restores the weights of the best epoch; the job records best_epoch and stopped_epoch."""
+
+    name: Literal["early_stopping"] = "early_stopping"
+    patience: int = Field(
+        3, ge=1, le=100, description="Epochs without improvement before stopping."
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Smallest decrease of validation loss that counts as improvement.",
+    )
+
+
+class Momentum(Strict):
+    """Replaces Adam by SGD with (Nesterov) momentum; the learning rate defaults to 0.01."""
+
+    name: Literal["momentum"] = "momentum"
+    momentum: float = Field(0.9, gt=0, lt=1, description="Velocity decay factor.")
+    nesterov: bool = Field(True, description="Use Nesterov's look-ahead gradient.")
+
+
+class LabelSmoothing(Strict):
+    """Trains against softened targets (1 - amount on the true class, the rest spread evenly),
+    discouraging over-confident predictions."""
+
+    name: Literal["label_smoothing"] = "label_smoothing"
+    amount: float = Field(0.1, gt=0, lt=1, description="Probability mass moved off the true class.")
+
+
+class CosineDecay(Strict):
+    """Lowers the learning rate along a half cosine, step by step, from its initial value to
+    `final_fraction` of it at the last epoch."""
+
+    name: Literal["cosine_decay"] = "cosine_decay"
+    final_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Final learning rate as a fraction of the initial one."
+    )
+
+
+class Augmentation(Strict):
+    """Random shifts (and horizontal flips) of each training image, a new draw every step;
+    inactive at evaluation and prediction."""
+
+    name: Literal["augmentation"] = "augmentation"
+    shift: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="Largest shift, as a fraction of the image's height and width.",
+    )
+    flip: bool = Field(True, description="Mirror half of the images left to right.")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> Augmentation:
+        if self.shift == 0 and not self.flip:
+            raise ValueError("augmentation with shift 0 and flip false changes nothing")
+        return self
+
+
+# Catalogue order is the canonical order of a resolved spec's tricks.
+TRICK_TYPES: tuple[type[Strict], ...] = (
+    Dropout,
+    WeightDecay,
+    BatchNorm,
+    EarlyStopping,
+    Momentum,
+    LabelSmoothing,
+    CosineDecay,
+    Augmentation,
+)
+TRICKS: dict[str, type[Strict]] = {t.model_fields["name"].default: t for t in TRICK_TYPES}
+TrickName = Literal[
+    "dropout",
+    "weight_decay",
+    "batch_norm",
+    "early_stopping",
+    "momentum",
+    "label_smoothing",
+    "cosine_decay",
+    "augmentation",
+]
+AnyTrick = Annotated[
+    Dropout
+    | WeightDecay
+    | BatchNorm
+    | EarlyStopping
+    | Momentum
+    | LabelSmoothing
+    | CosineDecay
+    | Augmentation,
+    Field(discriminator="name"),
+]
+TrickT = TypeVar("TrickT", bound=Strict)
+
+
+def _name_to_object(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+TrickItem = Annotated[
+    AnyTrick, BeforeValidator(_name_to_object, json_schema_input_type=TrickName | AnyTrick)
+]
+
+
+class JobSpec(Strict):
+    """What to train. Every field is optional; defaults reproduce the notebook's base model."""
+
+    model_config = ConfigDict(
+        frozen=False,
+        json_schema_extra={
+            "examples": [
+                {
+                    "dataset": "fashion_mnist",
+                    "tricks": ["dropout", {"name": "weight_decay", "l2": 0.001}],
+                    "epochs": 20,
+                    "batch_size": 32,
+                    "seed": 0,
+                }
+            ]
+        },
+    )
+
+    dataset: Literal["fashion_mnist", "mnist"] = "fashion_mnist"
+    tricks: list[TrickItem] = Field(
+        default_factory=list, max_length=len(TRICK_TYPES), description="Tricks to apply."
+    )
+    epochs: int = Field(10, ge=1, le=1000, description="Epochs to train (notebook: 10).")
+    batch_size: int = Field(32, ge=1, le=8192, description="Images per step (notebook: 32).")
+    learning_rate: float | None = Field(
+        None, gt=0, le=10, description="null: 0.001 for Adam, 0.01 with the momentum trick."
+    )
+    validation_size: int = Field(
+        10_000,
+        ge=0,
+        le=50_000,
+        description="Training images held out, from the front of the set (0: no validation).",
+    )
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [128, 32],
+        min_length=1,
+        max_length=8,
+        description="Width of each hidden Dense layer (notebook: 128, 32).",
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, shuffling and dropout.")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> JobSpec:
+        names = [trick.name for trick in self.tricks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
+        if "early_stopping" in names and self.validation_size == 0:
+            raise ValueError(
+                "early_stopping watches the validation loss: validation_size must be > 0"
+            )
+        augmentation = self.trick(Augmentation)
+        if augmentation and augmentation.flip and self.dataset == "mnist":
+            raise ValueError(
+                "augmentation: mirrored digits change meaning; use flip false on mnist"
+            )
+        order = list(TRICKS)
+        self.tricks = sorted(self.tricks, key=lambda trick: order.index(trick.name))
+        if self.learning_rate is None:
+            momentum = self.trick(Momentum) is not None
+            self.learning_rate = SGD_LEARNING_RATE if momentum else ADAM_LEARNING_RATE
+        return self
+
+    def trick(self, kind: type[TrickT]) -> TrickT | None:
+        """This spec's trick of the given type, or None."""
+        return next((t for t in self.tricks if isinstance(t, kind)), None)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return DATASET_CLASSES[self.dataset]
+
+
+def trick_catalogue() -> list[dict[str, Any]]:
+    """Every trick with its description and its parameters' JSON schema (defaults, limits)."""
+    catalogue = []
+    for name, kind in TRICKS.items():
+        schema = kind.model_json_schema()
+        parameters = {k: v for k, v in schema["properties"].items() if k != "name"}
+        for parameter in parameters.values():
+            parameter.pop("title", None)
+        description = " ".join((kind.__doc__ or "").split())
+        catalogue.append({"name": name, "description": description, "parameters": parameters})
+    return catalogue

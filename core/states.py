@@ -1,0 +1,37 @@
+"""The job lifecycle on one screen: every status and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"  # accepted and durable, waiting for a worker
+    RUNNING = "running"  # claimed by one worker, which holds its lease token
+    SUCCEEDED = "succeeded"  # trained; metrics complete and the model is stored
+    FAILED = "failed"  # stopped by an error, recorded with its type and message
+    CANCELLED = "cancelled"  # stopped at a user's request; never resumed
+
+
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset(
+        # back to QUEUED only when its worker stops gracefully or is lost
+        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+TERMINAL = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if JobStatus.CANCELLED in targets)
+
+
+def can_transition(source: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[source]
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """The statuses a job may be in for a move to `target`: the guard of a compare-and-set."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)

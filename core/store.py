@@ -1,0 +1,326 @@
+"""Every job query, as a verb. Routes and the worker never build SQL themselves.
+
+Every state change is a compare-and-set guarded by the lifecycle table and, for a worker's
+writes, by its lease token: when it updates no row the caller has lost a race (the job was
+cancelled, or its lease expired and the job moved on) and must stop, never overwrite.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import WRITE
+from core.models import EpochMetrics, Job, utcnow
+from core.retry import FailureReason, after_failure
+from core.spec import JobSpec
+from core.states import JobStatus, sources_of
+
+MAX_ERROR_MESSAGE = 4000
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A worker's claim on a running job; its token fences every write the worker makes."""
+
+    job_id: str
+    token: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file in the artifact store, as registered on its job."""
+
+    epoch: int
+    path: str
+    sha256: str
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used for a different spec."""
+
+    def __init__(self, key: str, job: Job) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was already used for job {job.id} with a different "
+            "spec; use a new key for a new job"
+        )
+        self.job = job
+
+
+class JobStore:
+    def __init__(self, engine: Engine, lease_seconds: float = 60.0, max_attempts: int = 3) -> None:
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_seconds)
+        self.max_attempts = max_attempts
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+
+    # -- the service's verbs -------------------------------------------------------------
+
+    def enqueue(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store a new queued job, durable when this returns. With a key already used for
+        the same spec, the job stored then instead; returns (job, created)."""
+        document = spec.model_dump(mode="json")
+        job = Job(
+            id=uuid.uuid4().hex,
+            status=JobStatus.QUEUED,
+            spec=document,
+            created_at=utcnow(),
+            idempotency_key=idempotency_key,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            failures=[],
+            epochs_done=0,
+        )
+        try:
+            with self._write.begin() as session:
+                if idempotency_key and (earlier := self._keyed(session, idempotency_key)):
+                    return self._replay(earlier, idempotency_key, document), False
+                session.add(job)
+        except IntegrityError:  # a concurrent duplicate won (PostgreSQL)
+            with self._read() as session:
+                earlier = self._keyed(session, idempotency_key or "")
+            if earlier is None:
+                raise
+            return self._replay(earlier, idempotency_key or "", document), False
+        return job, True
+
+    @staticmethod
+    def _keyed(session: Session, key: str) -> Job | None:
+        return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+
+    @staticmethod
+    def _replay(job: Job, key: str, document: dict[str, Any]) -> Job:
+        if job.spec != document:
+            raise IdempotencyConflict(key, job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._read() as session:
+            return session.get(Job, job_id)
+
+    def list_jobs(
+        self, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[Sequence[Job], int]:
+        """A page of jobs, newest first, and the number of jobs matching the filter."""
+        query = select(Job)
+        if status is not None:
+            query = query.where(Job.status == status)
+        with self._read() as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            page = session.scalars(
+                query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+            ).all()
+        return page, total
+
+    def metrics(self, job_id: str, since_epoch: int = 0) -> Sequence[EpochMetrics]:
+        with self._read() as session:
+            return session.scalars(
+                select(EpochMetrics)
+                .where(EpochMetrics.job_id == job_id, EpochMetrics.epoch > since_epoch)
+                .order_by(EpochMetrics.epoch)
+            ).all()
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a queued or running job. Returns the job as it now is (its status tells
+        whether the cancel took effect), or None if there is no such job. A running job's
+        worker finds its lease gone at its next write and stops."""
+        with self._write.begin() as session:
+            cancelled = session.scalars(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(sources_of(JobStatus.CANCELLED)))
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased())
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            return cancelled or session.get(Job, job_id)
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # -- the worker's verbs --------------------------------------------------------------
+
+    def claim(self, worker: str, device: str) -> tuple[Job, Lease] | None:
+        """Take the oldest queued job, in one short write transaction."""
+        token = secrets.token_hex(16)
+        now = utcnow()
+        oldest = (
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED)
+            .order_by(Job.created_at, Job.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE suffices
+            .scalar_subquery()
+        )
+        with self._write.begin() as session:
+            job = session.scalars(
+                update(Job)
+                .where(Job.id == oldest, Job.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=Job.attempts + 1,
+                    worker=worker,
+                    device=device,
+                    lease_token=token,
+                    lease_expires_at=now + self.lease,
+                    heartbeat_at=now,
+                    started_at=now,
+                )
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            if job is None:
+                return None
+            # The history is exactly the checkpointed epochs: the next one resumes after them.
+            session.execute(
+                delete(EpochMetrics).where(
+                    EpochMetrics.job_id == job.id, EpochMetrics.epoch > (job.checkpoint_epoch or 0)
+                )
+            )
+        return job, Lease(job.id, token, job.attempts)
+
+    def heartbeat(self, lease: Lease) -> bool:
+        """Renew the lease; False if it is gone (cancelled, or expired and taken over)."""
+        with self._write.begin() as session:
+            return self._touch(session, lease)
+
+    def record_epoch(self, lease: Lease, metrics: dict[str, Any], checkpoint: Checkpoint) -> bool:
+        """Store one epoch's metrics and register its checkpoint, together; False if the
+        lease is gone."""
+        with self._write.begin() as session:
+            if not self._touch(
+                session,
+                lease,
+                epochs_done=metrics["epoch"],
+                checkpoint_epoch=checkpoint.epoch,
+                checkpoint_path=checkpoint.path,
+                checkpoint_sha256=checkpoint.sha256,
+            ):
+                return False
+            session.add(EpochMetrics(job_id=lease.job_id, attempt=lease.attempt, **metrics))
+        return True
+
+    def forget_checkpoint(self, lease: Lease) -> bool:
+        """Start the job over from epoch 1: its checkpoint is unusable, so its history goes."""
+        with self._write.begin() as session:
+            if not self._touch(
+                session,
+                lease,
+                epochs_done=0,
+                checkpoint_epoch=None,
+                checkpoint_path=None,
+                checkpoint_sha256=None,
+            ):
+                return False
+            session.execute(delete(EpochMetrics).where(EpochMetrics.job_id == lease.job_id))
+        return True
+
+    def finish(self, lease: Lease, **outcome: Any) -> bool:
+        """Mark the job succeeded with its result, best/stopped epoch and model."""
+        with self._write.begin() as session:
+            return self._touch(
+                session,
+                lease,
+                status=JobStatus.SUCCEEDED,
+                finished_at=utcnow(),
+                **outcome,
+                **_unleased(),
+            )
+
+    def release(self, lease: Lease) -> bool:
+        """Hand a running job back to the queue at once (its worker is stopping); it keeps
+        its checkpoint and history, and the attempt does not count as failed."""
+        with self._write.begin() as session:
+            return self._touch(session, lease, status=JobStatus.QUEUED, **_unleased())
+
+    def fail(self, lease: Lease, reason: FailureReason, error: BaseException) -> JobStatus | None:
+        """Record a failed attempt: the job is retried or fails, as core.retry decides.
+        Returns the job's new status, or None if the lease is gone."""
+        message = (str(error) or repr(error))[:MAX_ERROR_MESSAGE]
+        with self._write.begin() as session:
+            job = session.get(Job, lease.job_id)
+            if job is None or job.lease_token != lease.token:  # its failures are not ours
+                return None
+            return self._fail(session, job, reason, type(error).__name__, message)
+
+    def requeue_expired(self) -> list[tuple[str, JobStatus]]:
+        """The sweep: running jobs whose lease expired (their worker was lost) go back to the
+        queue, or fail with reason worker_lost once out of attempts."""
+        now = utcnow()
+        moved = []
+        with self._write.begin() as session:
+            expired = session.scalars(
+                select(Job)
+                .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+                # PostgreSQL: a job whose heartbeat is being written right now is skipped.
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in expired:
+                message = (
+                    f"worker {job.worker} stopped renewing the lease of attempt {job.attempts} "
+                    "(killed, frozen or cut off)"
+                )
+                status = self._fail(session, job, FailureReason.WORKER_LOST, "WorkerLost", message)
+                if status is not None:
+                    moved.append((job.id, status))
+        return moved
+
+    def _fail(
+        self, session: Session, job: Job, reason: FailureReason, error_type: str, message: str
+    ) -> JobStatus | None:
+        now = utcnow()
+        failures = [
+            *job.failures,
+            {
+                "attempt": job.attempts,
+                "reason": reason.value,
+                "worker": job.worker,
+                "error_type": error_type,
+                "message": message,
+                "at": now.isoformat(),
+            },
+        ]
+        status = after_failure(reason, len(failures), job.max_attempts)
+        values: dict[str, Any] = {"status": status, "failures": failures, **_unleased()}
+        if status == JobStatus.FAILED:
+            values.update(
+                finished_at=now,
+                failure_reason=reason.value,
+                error_type=error_type,
+                error_message=message,
+            )
+        lease = Lease(job.id, job.lease_token or "", job.attempts)
+        return status if self._touch(session, lease, **values) else None
+
+    def _touch(self, session: Session, lease: Lease, **values: Any) -> bool:
+        """The fenced update every write about a running job goes through; while the job
+        stays running, it also renews the lease."""
+        if "status" not in values:
+            now = utcnow()
+            values = {"lease_expires_at": now + self.lease, "heartbeat_at": now, **values}
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == lease.job_id,
+                Job.status == JobStatus.RUNNING,
+                Job.lease_token == lease.token,
+            )
+            .values(**values),
+            execution_options={"synchronize_session": False},
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _unleased() -> dict[str, Any]:
+    """The values that end a claim."""
+    return {"lease_token": None, "lease_expires_at": None}
