@@ -1,0 +1,1 @@
+"""The trainer process: claims queued jobs, trains them with Keras, records every epoch."""

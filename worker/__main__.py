@@ -1,0 +1,68 @@
+"""`python -m worker [--once]`: train queued jobs until stopped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+
+# Before any backend loads: JAX takes GPU memory as needed, like TensorFlow's memory growth.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from core.artifacts import ArtifactStore
+from core.config import get_settings
+from core.db import init_db, make_engine
+from core.logs import setup_logging
+from core.store import JobStore
+from worker.loop import Worker
+
+log = logging.getLogger("tricklab.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="train at most one job, then exit")
+    parser.add_argument("--name", help="worker name in logs and job records (host:pid)")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    name = args.name or f"{socket.gethostname()}:{os.getpid()}"
+    engine = make_engine(settings.database_url, settings.busy_timeout_ms, f"tricklab-worker {name}")
+    init_db(engine)
+    worker = Worker(
+        JobStore(engine, settings.lease_seconds, settings.max_attempts),
+        ArtifactStore(settings.artifacts_dir),
+        settings.data_dir,
+        poll_seconds=settings.poll_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        sweep_seconds=settings.sweep_seconds,
+        name=name,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping:
+            raise KeyboardInterrupt  # second signal: stop now (the job is still handed back)
+        log.info(
+            "signal=%s: stopping after the current epoch (again: at once)",
+            signal.Signals(signum).name,
+        )
+        worker.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.run(once=args.once)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

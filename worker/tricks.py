@@ -1,0 +1,177 @@
+"""Spec → Keras model, loss and optimizer: one small function per trick.
+
+Backend-neutral Keras 3 only (no `tf.`), so the same code trains on TensorFlow, JAX or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from core.spec import (
+    NUM_CLASSES,
+    Augmentation,
+    BatchNorm,
+    CosineDecay,
+    Dropout,
+    EarlyStopping,
+    JobSpec,
+    LabelSmoothing,
+    Momentum,
+    WeightDecay,
+)
+
+# Names of the plain data-fit metric that every loss column reports (see `loss_and_metrics`).
+CROSSENTROPY = "crossentropy"
+
+
+def build_model(spec: JobSpec) -> keras.Model:
+    """Flatten → [Dense → (BatchNorm) → ReLU → (Dropout)] per hidden layer → Dense softmax."""
+    inputs = keras.Input(shape=(28, 28), name="image")
+    x = inputs
+    if augmentation := spec.trick(Augmentation):
+        x = augment(x, augmentation, spec.seed)
+    x = keras.layers.Flatten()(x)
+    for index, units in enumerate(spec.hidden_units):
+        x = hidden_layer(x, units, spec, index)
+    outputs = keras.layers.Dense(
+        NUM_CLASSES,
+        activation="softmax",
+        kernel_initializer=glorot(spec.seed, len(spec.hidden_units)),
+        name="classes",
+    )(x)
+    return keras.Model(inputs, outputs, name="tricklab_mlp")
+
+
+def derived_seed(seed: int, role: str, index: int = 0) -> int:
+    """A seed for one random layer, from the spec's seed, the layer's role and position only:
+    the same seed gives the same initial weights whichever tricks are on, so variants of a
+    comparison start from identical models."""
+    entropy = [seed, int.from_bytes(role.encode(), "big"), index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0]) >> 1  # 31 bits
+
+
+def glorot(seed: int, layer: int) -> keras.initializers.Initializer:
+    return keras.initializers.GlorotUniform(seed=derived_seed(seed, "kernel", layer))
+
+
+def hidden_layer(x: Any, units: int, spec: JobSpec, index: int) -> Any:
+    l2 = weight_decay(spec.trick(WeightDecay))
+    bn = spec.trick(BatchNorm)
+    x = keras.layers.Dense(
+        units,
+        activation=None if bn else "relu",
+        kernel_regularizer=l2,
+        bias_regularizer=l2,
+        kernel_initializer=glorot(spec.seed, index),
+    )(x)
+    if bn:
+        x = batch_norm(x, bn)
+    if dropout := spec.trick(Dropout):
+        x = keras.layers.Dropout(dropout.rate, seed=derived_seed(spec.seed, "dropout", index))(x)
+    return x
+
+
+def weight_decay(trick: WeightDecay | None) -> keras.regularizers.Regularizer | None:
+    # Keras adds every layer's regulariser penalty to model.losses, which fit() adds to the
+    # loss it minimises (the notebook's custom loop forgot them, so its L2 did nothing).
+    return keras.regularizers.L2(trick.l2) if trick else None
+
+
+def batch_norm(x: Any, trick: BatchNorm) -> Any:
+    x = keras.layers.BatchNormalization(momentum=trick.momentum)(x)
+    return keras.layers.Activation("relu")(x)
+
+
+def augment(x: Any, trick: Augmentation, seed: int) -> Any:
+    """Random shift and flip, active only in training; images stay 28×28 in and out."""
+    x = keras.layers.Reshape((28, 28, 1))(x)
+    if trick.flip:
+        x = keras.layers.RandomFlip("horizontal", seed=derived_seed(seed, "flip"))(x)
+    if trick.shift:
+        x = keras.layers.RandomTranslation(
+            trick.shift,
+            trick.shift,
+            fill_mode="constant",
+            fill_value=0.0,
+            seed=derived_seed(seed, "shift"),
+        )(x)
+    return keras.layers.Reshape((28, 28))(x)
+
+
+def optimizer(spec: JobSpec, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    assert spec.learning_rate is not None  # a validated spec always has one
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = spec.learning_rate
+    if decay := spec.trick(CosineDecay):
+        rate = cosine_decay(spec.learning_rate, decay, spec.epochs * steps_per_epoch)
+    if momentum := spec.trick(Momentum):
+        # SGD(nesterov=True) alone keeps momentum=0.0, which is plain SGD: the notebook's bug.
+        return keras.optimizers.SGD(rate, momentum=momentum.momentum, nesterov=momentum.nesterov)
+    return keras.optimizers.Adam(rate)
+
+
+def cosine_decay(initial: float, trick: CosineDecay, total_steps: int) -> Any:
+    return keras.optimizers.schedules.CosineDecay(
+        initial, decay_steps=max(1, total_steps), alpha=trick.final_fraction
+    )
+
+
+def loss_and_metrics(spec: JobSpec) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
+    """The loss minimised, and metrics that stay comparable across tricks: accuracy, and the
+    plain cross-entropy (no L2 penalty, no label smoothing) that every *_loss column reports."""
+    if smoothing := spec.trick(LabelSmoothing):
+        # Smoothing needs one-hot targets (see `one_hot_labels`).
+        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing.amount), [
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.CategoricalCrossentropy(name=CROSSENTROPY),
+        ]
+    return keras.losses.SparseCategoricalCrossentropy(), [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras.metrics.SparseCategoricalCrossentropy(name=CROSSENTROPY),
+    ]
+
+
+def one_hot_labels(spec: JobSpec) -> bool:
+    return spec.trick(LabelSmoothing) is not None
+
+
+@dataclass
+class BestEpoch:
+    """Follows the validation loss: remembers its best epoch and, for the early_stopping
+    trick, that epoch's weights, and says when `patience` epochs brought no improvement of at
+    least `min_delta` (Keras' EarlyStopping rule). Its state is checkpointed with the model."""
+
+    patience: int | None = None  # None: never stop early
+    min_delta: float = 0.0
+    best_loss: float = math.inf
+    best_epoch: int | None = None
+    wait: int = 0
+    best_weights: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, epoch: int, val_loss: float | None, model: keras.Model) -> bool:
+        """Take an epoch's validation loss; True when training should stop."""
+        if val_loss is None:
+            return False
+        if val_loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.wait = val_loss, epoch, 0
+            if self.patience is not None:
+                self.best_weights = [np.array(w) for w in model.get_weights()]
+        else:
+            self.wait += 1
+        return self.exhausted
+
+    @property
+    def exhausted(self) -> bool:
+        """Patience ran out: training stops (also when resuming from this state)."""
+        return self.patience is not None and self.wait >= self.patience
+
+
+def best_epoch(spec: JobSpec) -> BestEpoch:
+    trick = spec.trick(EarlyStopping)
+    if trick is None:
+        return BestEpoch()
+    return BestEpoch(patience=trick.patience, min_delta=trick.min_delta)
