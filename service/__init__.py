@@ -1,0 +1,1 @@
+"""The HTTP service: validates requests, calls core and the predictor, shapes responses."""

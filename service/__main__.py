@@ -1,0 +1,24 @@
+"""`python -m service`: serve the API on TRICKLAB_HOST:TRICKLAB_PORT."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from core.config import get_settings
+from core.logs import setup_logging
+
+
+def main() -> None:
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # keep the one log format set up above
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The FastAPI application: `uvicorn service.app:create_app --factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from core.artifacts import ArtifactStore
+from core.config import Settings, get_settings
+from core.db import init_db, make_engine
+from core.store import JobStore
+from core.sweeper import Sweeper
+from service.errors import validation_error
+from service.predictor import Predictor
+from service.routes import jobs, meta, predict
+
+DESCRIPTION = """
+Train small image classifiers with chosen regularisation and optimisation tricks, follow
+their metrics epoch by epoch, and classify images with the trained models.
+
+Submit a job spec to `POST /v1/jobs`, poll `GET /v1/jobs/{id}/metrics?since_epoch=N`, and once
+the job has succeeded post images to `POST /v1/jobs/{id}/predict`. `GET /v1/tricks` lists the
+tricks. Errors are `{"detail": ...}` with a message naming what to fix.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, settings.busy_timeout_ms, "tricklab-api")
+        init_db(engine)
+        store = JobStore(engine, settings.lease_seconds, settings.max_attempts)
+        artifacts = ArtifactStore(settings.artifacts_dir)
+        app.state.settings = settings
+        app.state.store = store
+        app.state.artifacts = artifacts
+        app.state.predictor = Predictor(artifacts, settings.model_cache_size)
+        # The API sweeps too, so a lost job shows as queued even while no worker runs.
+        sweeper = Sweeper(store, settings.sweep_seconds)
+        sweeper.start()
+        yield
+        sweeper.stop()
+        engine.dispose()
+
+    app = FastAPI(title="tricklab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for module in (jobs, predict, meta):
+        app.include_router(module.router)
+    return app

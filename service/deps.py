@@ -1,0 +1,45 @@
+"""Request-scoped dependencies: the store, the predictor, settings, and the job in the path."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from core.artifacts import ArtifactStore
+from core.config import Settings
+from core.models import Job
+from core.store import JobStore
+from service.predictor import Predictor
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_predictor(request: Request) -> Predictor:
+    return request.app.state.predictor
+
+
+def get_artifacts(request: Request) -> ArtifactStore:
+    return request.app.state.artifacts
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_job(job_id: str, store: StoreDep) -> Job:
+    job = store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job with id {job_id!r}")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job)]
