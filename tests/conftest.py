@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny IDX datasets written per session, a real SQLite file per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from core.config import Settings
+from core.db import init_db, make_engine
+from core.store import JobStore
+from worker.datasets import FILES, write_idx
+
+# PostgreSQL for the tests that run on both databases; .ci/run sets it.
+POSTGRES_URL = os.environ.get("TRICKLAB_TEST_POSTGRES_URL")
+
+# A job that trains in well under a second on the tiny dataset.
+TINY = {"epochs": 2, "validation_size": 100, "learning_rate": 0.01, "hidden_units": [32, 16]}
+TINY_TRAIN, TINY_TEST = 600, 100
+
+
+def tiny_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable in an epoch: class c is a bright band across rows 2c..2c+5, over noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, count).astype(np.uint8)
+    images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        image[2 * label : 2 * label + 6, 4:24] = 220
+    return images, labels
+
+
+def write_dataset(folder: Path, train: int = TINY_TRAIN, test: int = TINY_TEST) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"train": tiny_images(train, 1), "t10k": tiny_images(test, 2)}
+    for key, name in FILES.items():
+        images, labels = parts["train" if key.endswith("train") else "t10k"]
+        write_idx(folder / name, images if key.startswith("x") else labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder with tiny fashion-mnist/ and mnist/ subfolders."""
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root / "fashion-mnist")
+    write_dataset(root / "mnist")
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_dir: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'tricklab.db'}",
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=data_dir,
+        poll_seconds=0.05,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    return JobStore(engine)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind: a SQLite file, or a PostgreSQL schema of its own
+    (selected by search_path in the URL, so subprocesses get it too)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tricklab.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip(
+            "PostgreSQL tests need TRICKLAB_TEST_POSTGRES_URL, e.g. "
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test (.ci/run sets it)"
+        )
+    schema = f"tricklab_test_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(POSTGRES_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def any_store(database_url: str) -> JobStore:
+    """A store on each kind of database, with a short lease."""
+    engine = make_engine(database_url)
+    init_db(engine)
+    return JobStore(engine, lease_seconds=0.5, max_attempts=3)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def drain_queue(settings: Settings) -> None:
+    """Train every queued job in this process, as `python -m worker` would."""
+    from core.artifacts import ArtifactStore
+    from worker.loop import Worker
+
+    worker = Worker(
+        JobStore(make_engine(settings.database_url), settings.lease_seconds, settings.max_attempts),
+        ArtifactStore(settings.artifacts_dir),
+        settings.data_dir,
+    )
+    while worker.run_one():
+        pass

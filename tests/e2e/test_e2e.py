@@ -1,0 +1,106 @@
+"""Real processes: `python -m service` (uvicorn) and `python -m worker`, talking over HTTP."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.cluster import Cluster, wait_for
+from tests.conftest import TINY, tiny_images
+from tests.images import encode
+
+pytestmark = pytest.mark.e2e
+IMAGES, LABELS = tiny_images(3, seed=21)
+
+
+@pytest.fixture
+def stack(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}")
+    try:
+        cluster.start_api()
+        cluster.start_worker("worker")
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def status_of(client: httpx.Client, job_id: str) -> str:
+    return str(client.get(f"/v1/jobs/{job_id}").json()["status"])
+
+
+def test_submit_follow_metrics_and_predict(stack):
+    cluster, client = stack, stack.client
+    job = client.post("/v1/jobs", json={**TINY, "epochs": 2}).json()
+    seen: list[int] = []
+
+    def finished() -> bool:
+        since = seen[-1] if seen else 0
+        metrics = client.get(f"/v1/jobs/{job['id']}/metrics", params={"since_epoch": since}).json()
+        seen.extend(e["epoch"] for e in metrics["epochs"])
+        return metrics["status"] in ("succeeded", "failed")
+
+    wait_for(finished, 120, "the job to finish")
+    done = client.get(f"/v1/jobs/{job['id']}").json()
+    assert done["status"] == "succeeded", done["error"]
+    assert seen == [1, 2]  # each epoch seen exactly once while polling with since_epoch
+
+    uploads = [("file", (f"{n}.png", encode(image), "image/png")) for n, image in enumerate(IMAGES)]
+    from_png = client.post(f"/v1/jobs/{job['id']}/predict", files=uploads)
+    assert from_png.status_code == 200, from_png.text
+    assert [p["label"] for p in from_png.json()["predictions"]] == LABELS.tolist()
+    from_json = client.post(f"/v1/jobs/{job['id']}/predict", json={"instances": IMAGES.tolist()})
+    assert from_json.json() == from_png.json()
+
+    worker_log = cluster.log("worker")
+    for event in ("claimed", "epoch=1/2", "epoch=2/2", "succeeded"):
+        assert f"job={job['id']} {event}" in worker_log
+
+
+def test_cancel_stops_a_running_job_within_an_epoch(stack):
+    cluster, client = stack, stack.client
+    long_job = client.post("/v1/jobs", json={**TINY, "epochs": 1000}).json()
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{long_job['id']}").json()["epochs_done"] >= 1,
+        120,
+        "the first epoch",
+    )
+    cancelled = client.post(f"/v1/jobs/{long_job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    epochs_at_cancel = cancelled.json()["epochs_done"]
+
+    wait_for(lambda: "cancelled or taken over" in cluster.log("worker"), 30, "the worker to stop")
+    final = client.get(f"/v1/jobs/{long_job['id']}").json()
+    assert final["status"] == "cancelled" and final["epochs_done"] <= epochs_at_cancel + 1
+    assert (
+        client.post(f"/v1/jobs/{long_job['id']}/predict", json={"instances": []}).status_code == 409
+    )
+
+    # The same worker carries on with the next job.
+    next_job = client.post("/v1/jobs", json=TINY).json()
+    wait_for(lambda: status_of(client, next_job["id"]) == "succeeded", 120, "the next job")
+
+
+def test_sigint_hands_the_running_job_back_and_exits(stack):
+    cluster, client = stack, stack.client
+    job = client.post("/v1/jobs", json={**TINY, "epochs": 1000}).json()
+    wait_for(
+        lambda: client.get(f"/v1/jobs/{job['id']}").json()["epochs_done"] >= 1, 120, "training"
+    )
+
+    worker = cluster.processes["worker"]
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=30) == 0
+    requeued = client.get(f"/v1/jobs/{job['id']}").json()
+    assert requeued["status"] == "queued" and requeued["lease_expires_at"] is None
+    assert requeued["epochs_done"] == requeued["checkpoint_epoch"] >= 1  # resumes from there
+    assert f"job={job['id']} handed back to the queue" in cluster.log("worker")
+
+    # uvicorn shuts down cleanly, then re-raises the signal so its exit status reports it.
+    api = cluster.processes["api"]
+    api.send_signal(signal.SIGTERM)
+    assert api.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Application shutdown complete" in cluster.log("api")

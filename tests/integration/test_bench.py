@@ -1,0 +1,28 @@
+"""`make bench` keeps working: its script runs end to end (on tiny data, one short run)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_dataset
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
+    # The bench holds out the notebook's 10,000 validation images: 1,000 are left to train.
+    data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
+    result = subprocess.run(
+        [sys.executable, "bench/train.py", "--seeds", "2", "--epochs", "2"],
+        cwd=ROOT,
+        env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test accuracy at epoch 2:" in result.stdout
+    assert "ratio product / notebook:" in result.stdout

@@ -1,0 +1,193 @@
+"""Predictions from a job trained once for this module, over every input path."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core.config import Settings
+from core.images import scale
+from service.app import create_app
+from tests.conftest import TINY, drain_queue, tiny_images
+from tests.images import encode, png_declaring
+
+IMAGES, LABELS = tiny_images(4, seed=11)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("predict")
+    settings = Settings(
+        database_url=f"sqlite:///{root / 'db.sqlite'}",
+        artifacts_dir=root / "artifacts",
+        data_dir=data_dir,
+        max_predict_files=5,
+        max_predict_instances=5,
+        _env_file=None,
+    )
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/v1/jobs", json={**TINY, "epochs": 3}).json()
+        drain_queue(settings)
+        client.post("/v1/jobs", json=TINY)  # stays queued: no worker runs after this
+        yield client, job["id"], settings
+
+
+def files(*contents: bytes) -> list:
+    return [("file", (f"image{n}.png", data, "image/png")) for n, data in enumerate(contents)]
+
+
+def test_json_instances_give_labels_class_names_and_probabilities_in_order(trained):
+    client, job_id, _ = trained
+    response = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": IMAGES.tolist()})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == LABELS.tolist()
+    names = (
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    )
+    assert [p["class_name"] for p in predictions] == [names[label] for label in LABELS]
+    for p in predictions:
+        assert len(p["probabilities"]) == 10 and sum(p["probabilities"]) == pytest.approx(
+            1, abs=1e-5
+        )
+
+
+def test_png_uploads_match_json_instances_and_the_downloaded_model(trained):
+    client, job_id, _ = trained
+    as_json = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": IMAGES.tolist()}).json()
+    as_png = client.post(
+        f"/v1/jobs/{job_id}/predict", files=files(*(encode(i) for i in IMAGES))
+    ).json()
+    assert as_png == as_json
+
+    model_bytes = client.get(f"/v1/jobs/{job_id}/model").content
+    path = trained[2].artifacts_dir / "downloaded.keras"
+    path.write_bytes(model_bytes)
+    direct = keras.saving.load_model(path).predict(scale(IMAGES), verbose=0)
+    served = np.array([p["probabilities"] for p in as_json["predictions"]])
+    np.testing.assert_allclose(served, direct, rtol=1e-5, atol=1e-7)
+
+
+def test_any_size_and_colour_mode_is_converted_like_the_training_data(trained):
+    client, job_id, _ = trained
+    photo = (
+        Image.fromarray(255 - IMAGES[0]).resize((280, 280), Image.Resampling.NEAREST).convert("RGB")
+    )
+    jpeg = encode(photo, "JPEG", quality=95)
+    response = client.post(
+        f"/v1/jobs/{job_id}/predict", files=[("file", ("photo.jpg", jpeg, "image/jpeg"))]
+    )
+    assert response.status_code == 200
+    assert response.json()["predictions"][0]["label"] == LABELS[0]
+
+
+def detail(response) -> str:
+    return json.dumps(response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("make_request", "status", "message"),
+    [
+        (lambda: {"files": files(b"")}, 400, "file 1 ('image0.png'): the file is empty"),
+        (
+            lambda: {"files": files(encode(IMAGES[0]), b"not an image")},
+            400,
+            "file 2 ('image1.png'): not an image",
+        ),
+        (lambda: {"files": files(encode(IMAGES[0])[:60])}, 400, "corrupt or truncated"),
+        (lambda: {"files": files(png_declaring(100_000, 100_000))}, 400, "too large"),
+        (lambda: {"files": files(*[encode(IMAGES[0])] * 6)}, 400, "Too many files"),
+        (
+            lambda: {"files": [("picture", ("a.png", encode(IMAGES[0]), "image/png"))]},
+            400,
+            "no 'file' part",
+        ),
+        (
+            lambda: {"data": {"file": "text"}, "files": [("other", ("x", b"x"))]},
+            400,
+            "must be a file upload",
+        ),
+        (
+            lambda: {"content": b"hello", "headers": {"content-type": "text/plain"}},
+            415,
+            "'text/plain'",
+        ),
+        (
+            lambda: {"content": b"{oops", "headers": {"content-type": "application/json"}},
+            400,
+            "not valid JSON",
+        ),
+        (lambda: {"json": {"instances": []}}, 422, "instances: List should have at least 1 item"),
+        (
+            lambda: {"json": {"instances": [[[0] * 28] * 27]}},
+            422,
+            "instances[0]: List should have at least 28",
+        ),
+        (
+            lambda: {"json": {"instances": [[[0] * 28] * 27 + [[0] * 29]]}},
+            422,
+            "instances[0][27]: List should have at most 28",
+        ),
+        (
+            lambda: {"json": {"instances": [[["a"] * 28] * 28]}},
+            422,
+            "instances[0][0][0]: Input should be a valid number",
+        ),
+        (lambda: {"json": {"instances": [[[256] * 28] * 28]}}, 422, "less than or equal to 255"),
+        (lambda: {"json": {"images": []}}, 422, "instances: Field required"),
+        (lambda: {"json": {"instances": [[[0] * 28] * 28] * 6}}, 400, "6 instances; at most 5"),
+        (
+            lambda: {
+                "content": b'{"instances": [[[NaN]]]}',
+                "headers": {"content-type": "application/json"},
+            },
+            422,
+            "finite number",
+        ),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(trained, make_request, status, message):
+    client, job_id, _ = trained
+    response = client.post(f"/v1/jobs/{job_id}/predict", **make_request())
+    assert response.status_code == status, response.text
+    assert message in detail(response)
+
+
+def test_predicting_with_an_unfinished_job_is_a_conflict(trained):
+    client, _, _ = trained
+    queued = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"][0]
+    response = client.post(
+        f"/v1/jobs/{queued['id']}/predict", json={"instances": IMAGES[:1].tolist()}
+    )
+    assert response.status_code == 409 and "is queued" in response.json()["detail"]
+
+
+def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'db'}",
+        artifacts_dir=tmp_path / "a",
+        data_dir=data_dir,
+        _env_file=None,
+    )
+    with TestClient(create_app(settings)) as client:
+        job_id = client.post("/v1/jobs", json=TINY).json()["id"]
+        drain_queue(settings)
+        (model_file,) = (settings.artifacts_dir / "jobs" / job_id).glob("*/model.keras")
+        model_file.write_bytes(model_file.read_bytes() + b"tampered")
+        response = client.post(
+            f"/v1/jobs/{job_id}/predict", json={"instances": IMAGES[:1].tolist()}
+        )
+        assert response.status_code == 503
+        assert "does not match the checksum" in response.json()["detail"]

@@ -1,0 +1,249 @@
+"""The job verbs against real databases: a SQLite file, and PostgreSQL where configured."""
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from core.db import SchemaMismatch, init_db, make_engine
+from core.retry import FailureReason
+from core.spec import JobSpec
+from core.states import JobStatus
+from core.store import Checkpoint, IdempotencyConflict, JobStore, Lease
+
+EPOCH = {
+    "train_loss": 0.5,
+    "train_accuracy": 0.8,
+    "train_objective": 0.6,
+    "val_loss": 0.4,
+    "val_accuracy": 0.85,
+    "test_loss": 0.45,
+    "test_accuracy": 0.84,
+    "learning_rate": 0.001,
+    "seconds": 1.0,
+}
+
+
+def record(store: JobStore, lease: Lease, epoch: int) -> bool:
+    checkpoint = Checkpoint(epoch, f"jobs/{lease.job_id}/{epoch}.npz", "0" * 64)
+    return store.record_epoch(lease, {"epoch": epoch, **EPOCH}, checkpoint)
+
+
+def claimed(store: JobStore, spec: JobSpec | None = None) -> Lease:
+    store.enqueue(spec or JobSpec())
+    return store.claim("w", "CPU")[1]
+
+
+def test_enqueue_then_get_returns_the_resolved_spec(any_store):
+    job, created = any_store.enqueue(JobSpec.model_validate({"tricks": ["momentum"]}))
+    stored = any_store.get(job.id)
+    assert created and stored.status == JobStatus.QUEUED
+    assert stored.spec["learning_rate"] == 0.01
+    assert (stored.max_attempts, stored.failures) == (3, [])
+    assert stored.created_at.tzinfo is not None
+    assert any_store.get("nope") is None
+
+
+def test_list_is_newest_first_filtered_and_paginated(any_store):
+    ids = [any_store.enqueue(JobSpec(seed=i))[0].id for i in range(5)]
+    any_store.cancel(ids[1])
+    page, total = any_store.list_jobs(limit=2, offset=1)
+    assert total == 5 and [j.id for j in page] == [ids[3], ids[2]]
+    cancelled, total = any_store.list_jobs(status=JobStatus.CANCELLED)
+    assert total == 1 and [j.id for j in cancelled] == [ids[1]]
+
+
+def test_claim_takes_the_oldest_job_counts_an_attempt_and_leases_it(any_store):
+    first, second = any_store.enqueue(JobSpec())[0], any_store.enqueue(JobSpec())[0]
+    job, lease = any_store.claim("w1", "CPU")
+    assert job.id == first.id and (lease.job_id, lease.attempt) == (first.id, 1)
+    assert (job.status, job.attempts, job.worker, job.device) == (JobStatus.RUNNING, 1, "w1", "CPU")
+    assert job.lease_expires_at > job.heartbeat_at
+    assert any_store.claim("w2", "CPU")[0].id == second.id
+    assert any_store.claim("w3", "CPU") is None
+
+
+def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store):
+    lease = claimed(any_store)
+    assert record(any_store, lease, 1)
+    assert not record(any_store, Lease(lease.job_id, "forged", 1), 2)
+    assert [(m.epoch, m.attempt) for m in any_store.metrics(lease.job_id)] == [(1, 1)]
+    job = any_store.get(lease.job_id)
+    assert (job.epochs_done, job.checkpoint_epoch) == (1, 1)
+    assert record(any_store, lease, 2)
+    assert [m.epoch for m in any_store.metrics(lease.job_id, since_epoch=1)] == [2]
+
+
+def test_heartbeats_renew_the_lease(any_store):
+    lease = claimed(any_store)
+    before = any_store.get(lease.job_id).lease_expires_at
+    time.sleep(0.01)
+    assert any_store.heartbeat(lease)
+    assert any_store.get(lease.job_id).lease_expires_at > before
+    assert not any_store.heartbeat(Lease(lease.job_id, "forged", 1))
+
+
+def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store):
+    lease = claimed(any_store)
+    record(any_store, lease, 1)
+    assert any_store.requeue_expired() == []  # still leased
+    time.sleep(0.6)
+    assert any_store.requeue_expired() == [(lease.job_id, JobStatus.QUEUED)]
+    job = any_store.get(lease.job_id)
+    assert (job.status, job.lease_token, job.checkpoint_epoch) == (JobStatus.QUEUED, None, 1)
+    assert [f["reason"] for f in job.failures] == ["worker_lost"]
+    # The lost worker wakes up: every write it tries is refused.
+    assert not any_store.heartbeat(lease)
+    assert not record(any_store, lease, 2)
+    assert not any_store.finish(lease, result={})
+    # The next claim resumes after the checkpoint, with the history intact.
+    job, _ = any_store.claim("w2", "CPU")
+    assert (job.attempts, job.checkpoint_epoch) == (2, 1)
+    assert [m.epoch for m in any_store.metrics(job.id)] == [1]
+
+
+def test_lost_workers_count_as_attempts_until_the_job_fails(any_store):
+    lease = claimed(any_store)
+    for attempt in (1, 2, 3):
+        time.sleep(0.6)
+        status = JobStatus.QUEUED if attempt < 3 else JobStatus.FAILED
+        assert any_store.requeue_expired() == [(lease.job_id, status)]
+        if attempt < 3:
+            lease = any_store.claim("w", "CPU")[1]
+    job = any_store.get(lease.job_id)
+    assert (job.attempts, job.failure_reason, job.error_type) == (3, "worker_lost", "WorkerLost")
+    assert [f["attempt"] for f in job.failures] == [1, 2, 3]
+
+
+def test_errors_that_would_repeat_fail_at_once(any_store):
+    lease = claimed(any_store)
+    assert (
+        any_store.fail(lease, FailureReason.INVALID_DATA, ValueError("no such file"))
+        == JobStatus.FAILED
+    )
+    job = any_store.get(lease.job_id)
+    assert (job.status, job.failure_reason, job.error_type, job.error_message) == (
+        JobStatus.FAILED,
+        "invalid_data",
+        "ValueError",
+        "no such file",
+    )
+    assert job.finished_at is not None and job.lease_token is None
+
+
+def test_other_errors_are_retried(any_store):
+    lease = claimed(any_store)
+    assert any_store.fail(lease, FailureReason.ERROR, OSError("disk full")) == JobStatus.QUEUED
+    assert any_store.fail(lease, FailureReason.ERROR, OSError("again")) is None  # lease gone
+    job = any_store.get(lease.job_id)
+    assert job.status == JobStatus.QUEUED and job.failures[0]["message"] == "disk full"
+
+
+def test_cancel_is_final_and_fences_out_the_worker(any_store):
+    lease = claimed(any_store)
+    assert any_store.cancel(lease.job_id).status == JobStatus.CANCELLED
+    assert not any_store.heartbeat(lease)
+    assert not record(any_store, lease, 1)
+    assert not any_store.finish(lease, result={})
+    assert any_store.fail(lease, FailureReason.ERROR, RuntimeError("late")) is None
+    assert not any_store.release(lease)
+    time.sleep(0.6)
+    assert any_store.requeue_expired() == []  # never retried
+    assert any_store.get(lease.job_id).status == JobStatus.CANCELLED
+    assert any_store.cancel("nope") is None
+
+
+def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(any_store):
+    for _ in range(10):
+        lease = claimed(any_store)
+        barrier = threading.Barrier(2)
+
+        def finish(lease=lease, barrier=barrier):
+            barrier.wait()
+            return any_store.finish(lease, result={})
+
+        def cancel(lease=lease, barrier=barrier):
+            barrier.wait()
+            return any_store.cancel(lease.job_id).status == JobStatus.CANCELLED
+
+        with ThreadPoolExecutor(2) as pool:
+            finishing, cancelling = pool.submit(finish), pool.submit(cancel)
+            finished, cancelled = finishing.result(timeout=30), cancelling.result(timeout=30)
+        final = any_store.get(lease.job_id).status
+        assert finished != cancelled
+        assert final == (JobStatus.SUCCEEDED if finished else JobStatus.CANCELLED)
+
+
+def test_release_hands_the_job_back_with_its_checkpoint(any_store):
+    lease = claimed(any_store)
+    record(any_store, lease, 1)
+    assert any_store.release(lease)
+    job = any_store.get(lease.job_id)
+    assert (job.status, job.lease_token, job.failures, job.checkpoint_epoch) == (
+        JobStatus.QUEUED,
+        None,
+        [],
+        1,
+    )
+    again, _ = any_store.claim("w2", "CPU")
+    assert (again.id, again.attempts) == (job.id, 2)
+    assert [m.epoch for m in any_store.metrics(job.id)] == [1]
+
+
+def test_forgetting_a_checkpoint_starts_the_history_over(any_store):
+    lease = claimed(any_store)
+    record(any_store, lease, 1)
+    assert any_store.forget_checkpoint(lease)
+    job = any_store.get(lease.job_id)
+    assert (job.epochs_done, job.checkpoint_epoch, list(any_store.metrics(job.id))) == (0, None, [])
+
+
+def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store):
+    spec = JobSpec(seed=5)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: any_store.enqueue(spec, "key-1"), range(16)))
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert any_store.list_jobs()[1] == 1
+    with pytest.raises(IdempotencyConflict, match="'key-1' was already used for job"):
+        any_store.enqueue(JobSpec(seed=6), "key-1")
+
+
+def test_an_older_schema_is_refused_with_advice(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE jobs (id TEXT PRIMARY KEY)")
+    with pytest.raises(SchemaMismatch, match="schema version 1, this tricklab needs"):
+        init_db(engine)
+
+
+def claim_all(url: str, worker: str, results) -> None:
+    store = JobStore(make_engine(url))
+    claimed = []
+    while (claim := store.claim(worker, "CPU")) is not None:
+        claimed.append(claim[0].id)
+        store.finish(claim[1], result={})
+    results.put(claimed)
+
+
+def test_racing_worker_processes_never_claim_the_same_job(database_url):
+    engine = make_engine(database_url)
+    init_db(engine)
+    store = JobStore(engine)
+    ids = {store.enqueue(JobSpec(seed=i))[0].id for i in range(200)}
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [
+        context.Process(target=claim_all, args=(database_url, f"w{n}", results)) for n in range(4)
+    ]
+    for process in processes:
+        process.start()
+    claimed = [job_id for _ in processes for job_id in results.get(timeout=120)]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    assert len(claimed) == len(set(claimed)) == len(ids)
+    assert set(claimed) == ids
+    assert store.list_jobs(status=JobStatus.SUCCEEDED)[1] == len(ids)

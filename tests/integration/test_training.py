@@ -1,0 +1,116 @@
+"""The training loop on tiny data: checkpoints, exact resume, and how the worker steers it."""
+
+import numpy as np
+import pytest
+
+from core.spec import JobSpec
+from tests.conftest import TINY
+from worker import datasets, training
+from worker.checkpoints import Snapshot
+
+EVERYTHING_RANDOM = {
+    **TINY,
+    "epochs": 5,
+    "tricks": [
+        "dropout",
+        "batch_norm",
+        "augmentation",
+        "cosine_decay",
+        {"name": "early_stopping", "patience": 10},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def splits(data_dir):
+    return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
+
+
+def run(spec, splits, **kwargs):
+    rows, snapshots = [], {}
+
+    def report(row, snapshot):
+        rows.append({k: v for k, v in row.items() if k != "seconds"})
+        snapshots[row["epoch"]] = snapshot
+        return True
+
+    trained = training.train(spec, splits, report, **kwargs)
+    return rows, snapshots, trained
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    first = training.epoch_order(3, 1, 100)
+    assert sorted(first) == list(range(100))
+    np.testing.assert_array_equal(first, training.epoch_order(3, 1, 100))
+    assert not np.array_equal(first, training.epoch_order(3, 2, 100))
+    assert not np.array_equal(first, training.epoch_order(4, 1, 100))
+
+
+def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_path):
+    spec = JobSpec.model_validate(EVERYTHING_RANDOM)
+    rows, snapshots, trained = run(spec, splits)
+
+    path = tmp_path / "checkpoint.npz"
+    snapshots[2].save(path)  # through the file, as a retried job would
+    resumed_rows, _, resumed = run(spec, splits, resume=Snapshot.load(path))
+
+    assert [r["epoch"] for r in resumed_rows] == [3, 4, 5]
+    assert resumed_rows == rows[2:]
+    assert resumed.best_epoch == trained.best_epoch
+    for a, b in zip(resumed.model.get_weights(), trained.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_of_another_spec_is_refused(splits):
+    _, snapshots, _ = run(JobSpec.model_validate({**TINY, "epochs": 1}), splits)
+    other = JobSpec.model_validate({**TINY, "hidden_units": [8]})
+    with pytest.raises(ValueError, match="belongs to another spec"):
+        run(other, splits, resume=snapshots[1])
+
+
+def test_a_lost_lease_stops_training_at_once_without_reporting(splits):
+    control = training.Control()
+    control.lease_lost.set()
+    with pytest.raises(training.LeaseLost):
+        run(JobSpec.model_validate({**TINY, "epochs": 50}), splits, control=control)
+
+
+def test_a_refused_report_means_the_lease_is_gone(splits):
+    spec = JobSpec.model_validate({**TINY, "epochs": 5})
+    with pytest.raises(training.LeaseLost):
+        training.train(spec, splits, lambda row, snapshot: row["epoch"] < 2)
+
+
+def test_a_stop_request_ends_after_the_epoch_is_reported(splits):
+    control = training.Control()
+    control.stop_requested.set()
+    reported = []
+    with pytest.raises(training.Interrupted):
+        training.train(
+            JobSpec.model_validate({**TINY, "epochs": 5}),
+            splits,
+            lambda row, snapshot: reported.append(row["epoch"]) or True,
+            control,
+        )
+    assert reported == [1]
+
+
+def test_resuming_from_the_epoch_early_stopping_ended_trains_no_further(splits):
+    # The worker died after reporting the stopping epoch and before finishing the job.
+    spec = JobSpec.model_validate(
+        {
+            **TINY,
+            "epochs": 40,
+            "tricks": [{"name": "early_stopping", "patience": 1, "min_delta": 0.05}],
+        }
+    )
+    rows, snapshots, trained = run(spec, splits)
+    assert trained.stopped_epoch == len(rows) < 40
+
+    resumed_rows, _, resumed = run(spec, splits, resume=snapshots[trained.stopped_epoch])
+    assert resumed_rows == []
+    assert (resumed.stopped_epoch, resumed.best_epoch) == (
+        trained.stopped_epoch,
+        trained.best_epoch,
+    )
+    assert resumed.result["test_accuracy"] == trained.result["test_accuracy"]

@@ -1,0 +1,120 @@
+"""The worker in-process against a real SQLite file and tiny IDX files."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from core.artifacts import sha256_of
+from core.config import get_settings
+from core.spec import JobSpec
+from core.states import JobStatus
+from tests.conftest import TINY, drain_queue, write_dataset
+from worker.__main__ import main
+
+
+@pytest.fixture
+def env_settings(settings, monkeypatch):
+    """Point `python -m worker`'s configuration (TRICKLAB_* variables) at the test's files."""
+    for name in ("database_url", "artifacts_dir", "data_dir"):
+        monkeypatch.setenv(f"TRICKLAB_{name.upper()}", str(getattr(settings, name)))
+    get_settings.cache_clear()
+    yield settings
+    get_settings.cache_clear()
+
+
+def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings, store):
+    spec = {**TINY, "epochs": 3, "tricks": [{"name": "dropout", "rate": 0.2}]}
+    job = store.enqueue(JobSpec.model_validate(spec))[0]
+    assert main(["--once"]) == 0
+
+    done = store.get(job.id)
+    assert done.status == JobStatus.SUCCEEDED, done.error_message
+    assert (done.attempts, done.epochs_done, done.stopped_epoch) == (1, 3, None)
+    assert done.device.startswith("CPU")
+    assert done.result["test_accuracy"] >= 0.9  # the tiny classes are easy
+    epochs = store.metrics(job.id)
+    assert [m.epoch for m in epochs] == [1, 2, 3]
+    for m in epochs:
+        assert (
+            0 <= m.test_accuracy <= 1 and m.seconds > 0 and m.learning_rate == pytest.approx(0.01)
+        )
+        assert m.val_loss is not None and m.train_objective == pytest.approx(m.train_loss, rel=1e-3)
+    assert done.best_epoch == 1 + int(np.argmin([m.val_loss for m in epochs]))
+
+    model_file = env_settings.artifacts_dir / done.model_path
+    assert sha256_of(model_file) == done.model_sha256
+    sidecar = json.loads((model_file.parent / "spec.json").read_text())
+    assert sidecar["spec"] == done.spec and sidecar["model_sha256"] == done.model_sha256
+    model = keras.saving.load_model(model_file)
+    assert model.count_params() == done.result["parameters"]
+
+
+def test_once_with_an_empty_queue_exits(env_settings):
+    assert main(["--once"]) == 0
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
+    spec = {
+        **TINY,
+        "epochs": 40,
+        "tricks": [{"name": "early_stopping", "patience": 2, "min_delta": 0.05}],
+    }
+    job = store.enqueue(JobSpec.model_validate(spec))[0]
+    drain_queue(settings)
+
+    done = store.get(job.id)
+    epochs = store.metrics(job.id)
+    assert done.status == JobStatus.SUCCEEDED
+    assert done.stopped_epoch == done.best_epoch + 2 < 40
+    assert [m.epoch for m in epochs] == list(range(1, done.stopped_epoch + 1))
+    # The saved model holds the best epoch's weights, not the last epoch's.
+    best = epochs[done.best_epoch - 1]
+    assert done.result["val_loss"] == pytest.approx(best.val_loss, rel=1e-4)
+    assert done.result["test_accuracy"] == pytest.approx(best.test_accuracy, abs=1e-6)
+
+
+def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store):
+    spec = JobSpec.model_validate({**TINY, "tricks": ["dropout", "augmentation"], "seed": 7})
+    first, second = store.enqueue(spec)[0], store.enqueue(spec)[0]
+    other_seed = store.enqueue(spec.model_copy(update={"seed": 8}))[0]
+    drain_queue(settings)
+
+    def history(job):
+        return [(m.train_loss, m.val_loss, m.test_accuracy) for m in store.metrics(job.id)]
+
+    assert history(first) == history(second)
+    assert history(first) != history(other_seed)
+
+
+def test_errors_fail_the_job_with_their_type_and_message(settings, store, tmp_path):
+    settings.data_dir = write_dataset(tmp_path / "only" / "fashion-mnist").parent  # no mnist
+    missing = store.enqueue(JobSpec.model_validate({**TINY, "dataset": "mnist"}))[0]
+    too_big = store.enqueue(JobSpec.model_validate({**TINY, "validation_size": 50_000}))[0]
+    # Each step multiplies the weights by 1 - 2·lr·l2 = -19: they overflow within an epoch.
+    diverging = store.enqueue(
+        JobSpec.model_validate(
+            {**TINY, "learning_rate": 10, "tricks": ["momentum", {"name": "weight_decay", "l2": 1}]}
+        )
+    )[0]
+    healthy = store.enqueue(JobSpec.model_validate(TINY))[0]
+    drain_queue(settings)
+
+    failed = store.get(missing.id)
+    assert (failed.status, failed.error_type, failed.failure_reason) == (
+        JobStatus.FAILED,
+        "DatasetError",
+        "invalid_data",
+    )
+    assert failed.attempts == 1  # it would fail the same way again: no retry
+    assert "dataset 'mnist' not found" in failed.error_message
+    assert "leaves no training images" in store.get(too_big.id).error_message
+    diverged = store.get(diverging.id)
+    assert (diverged.error_type, diverged.failure_reason, diverged.model_path) == (
+        "TrainingDiverged",
+        "diverged",
+        None,
+    )
+    assert "lower learning_rate" in diverged.error_message
+    assert store.get(healthy.id).status == JobStatus.SUCCEEDED  # the worker carried on

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.images import ImageError, decode_image, scale
+from tests.conftest import tiny_images
+from tests.images import encode, png_declaring
+
+IMAGE = tiny_images(1, seed=5)[0][0]  # 28×28, light band on a dark, noisy background
+
+
+def test_scale_maps_0_255_to_0_1_as_float32():
+    scaled = scale(np.array([[0, 51, 255]], dtype=np.uint8))
+    assert scaled.dtype == np.float32
+    np.testing.assert_allclose(scaled, [[0.0, 0.2, 1.0]], rtol=1e-7)
+
+
+def test_a_28x28_grayscale_png_keeps_its_exact_pixels():
+    np.testing.assert_array_equal(decode_image(encode(IMAGE)), IMAGE)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
+def test_colour_modes_convert_to_the_same_grayscale(mode):
+    image = Image.fromarray(IMAGE).convert(mode)
+    np.testing.assert_array_equal(decode_image(encode(image)), IMAGE)
+
+
+def test_16_bit_levels_are_scaled_to_8_bits():
+    wide = Image.fromarray(IMAGE.astype(np.uint16) * 257)
+    assert wide.mode == "I;16"
+    np.testing.assert_array_equal(decode_image(encode(wide)), IMAGE)
+
+
+@pytest.mark.parametrize(("format", "tolerance"), [("WEBP", 0), ("GIF", 0), ("JPEG", 12)])
+def test_other_formats(format, tolerance):
+    options = (
+        {"lossless": True} if format == "WEBP" else {"quality": 95} if format == "JPEG" else {}
+    )
+    decoded = decode_image(encode(IMAGE, format, **options)).astype(int)
+    assert np.abs(decoded - IMAGE.astype(int)).max() <= tolerance
+
+
+def test_dark_on_light_pictures_are_inverted():
+    np.testing.assert_array_equal(decode_image(encode(255 - IMAGE)), IMAGE)
+
+
+def test_larger_pictures_are_scaled_down_by_area_averaging():
+    big = Image.fromarray(IMAGE).resize((112, 112), Image.Resampling.NEAREST)
+    np.testing.assert_array_equal(decode_image(encode(big)), IMAGE)
+
+
+def test_aspect_ratio_is_kept_and_the_object_centred():
+    picture = np.zeros((60, 100), dtype=np.uint8)
+    picture[10:30, 20:60] = 200  # a 40 wide, 20 high block
+    rows, cols = np.nonzero(decode_image(encode(picture)))
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (7, 21, 0, 28)
+
+
+def test_transparent_background_becomes_dark_background():
+    triangle = np.tril(np.ones((20, 20), dtype=bool))
+    for colour in (255, 30):  # a light object and a dark one, each on transparency
+        rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+        rgba[10:30, 10:30][triangle] = (colour, colour, colour, 255)
+        decoded = decode_image(encode(Image.fromarray(rgba, "RGBA")))
+        assert decoded[0, 27] == 0 and decoded[27, 0] > 200, colour
+
+
+def test_only_the_first_frame_of_an_animation_is_used():
+    frames = [Image.fromarray(IMAGE), Image.fromarray(np.zeros_like(IMAGE))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    np.testing.assert_array_equal(decode_image(data), IMAGE)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"%PDF-1.4 not a picture", "not an image in an accepted format"),
+        (encode(IMAGE, "BMP"), "not an image in an accepted format"),
+        (
+            encode(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))[:2000],
+            "truncated",
+        ),
+        (png_declaring(100_000, 100_000), "too large"),
+        (png_declaring(7_000, 7_000), "too large"),
+    ],
+)
+def test_unusable_files_are_refused_with_a_reason(data, message):
+    with pytest.raises(ImageError, match=message):
+        decode_image(data)

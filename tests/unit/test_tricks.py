@@ -1,0 +1,186 @@
+"""Each trick's effect on the built model, loss and optimizer."""
+
+import keras
+import numpy as np
+import pytest
+
+from core.spec import JobSpec
+from tests.conftest import tiny_images
+from worker import tricks
+
+
+def spec(*tricks_: object, **fields: object) -> JobSpec:
+    return JobSpec.model_validate({"tricks": list(tricks_), **fields})
+
+
+def layer_summary(model: keras.Model) -> list[tuple[str, str | float | None]]:
+    summary = []
+    for layer in model.layers[1:]:
+        detail = None
+        if isinstance(layer, keras.layers.Dense):
+            detail = f"{layer.units} {layer.activation.__name__}"
+        elif isinstance(layer, keras.layers.Dropout):
+            detail = layer.rate
+        elif isinstance(layer, keras.layers.Activation):
+            detail = layer.activation.__name__
+        summary.append((type(layer).__name__, detail))
+    return summary
+
+
+def test_base_model_is_the_notebooks_mlp():
+    model = tricks.build_model(spec())
+    assert layer_summary(model) == [
+        ("Flatten", None),
+        ("Dense", "128 relu"),
+        ("Dense", "32 relu"),
+        ("Dense", "10 softmax"),
+    ]
+    assert model.count_params() == 784 * 128 + 128 + 128 * 32 + 32 + 32 * 10 + 10
+    optimizer = tricks.optimizer(spec(), steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert float(optimizer.learning_rate) == pytest.approx(0.001)
+
+
+def test_dropout_follows_each_hidden_layer():
+    model = tricks.build_model(spec({"name": "dropout", "rate": 0.3}))
+    assert layer_summary(model) == [
+        ("Flatten", None),
+        ("Dense", "128 relu"),
+        ("Dropout", 0.3),
+        ("Dense", "32 relu"),
+        ("Dropout", 0.3),
+        ("Dense", "10 softmax"),
+    ]
+
+
+def test_batch_norm_sits_between_linear_dense_and_relu_before_dropout():
+    model = tricks.build_model(spec("batch_norm", "dropout"))
+    assert layer_summary(model) == [
+        ("Flatten", None),
+        ("Dense", "128 linear"),
+        ("BatchNormalization", None),
+        ("Activation", "relu"),
+        ("Dropout", 0.5),
+        ("Dense", "32 linear"),
+        ("BatchNormalization", None),
+        ("Activation", "relu"),
+        ("Dropout", 0.5),
+        ("Dense", "10 softmax"),
+    ]
+
+
+def hidden_penalty(model: keras.Model, l2: float) -> float:
+    hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
+    return l2 * sum(float(np.sum(np.square(w))) for layer in hidden for w in layer.get_weights())
+
+
+def test_weight_decay_penalty_enters_the_training_loss():
+    job = spec({"name": "weight_decay", "l2": 0.01})
+    model = tricks.build_model(job)
+    x, y = tiny_images(8, seed=0)
+    x = x.astype("float32") / 255
+    loss, metrics = tricks.loss_and_metrics(job)
+    model.compile(optimizer=tricks.optimizer(job, 1), loss=loss, metrics=metrics)
+    y_pred = model(x, training=False)
+    data_loss = float(loss(y, y_pred))
+    total = float(model.compute_loss(x=x, y=y, y_pred=y_pred, training=True))
+    penalty = hidden_penalty(model, 0.01)
+    assert penalty > 0.1  # kernels and biases of both hidden layers, not the output layer
+    assert total == pytest.approx(data_loss + penalty, rel=1e-4)
+
+
+def test_weight_decay_shrinks_the_trained_weights(data_dir):
+    from worker import datasets, training
+
+    splits = datasets.load("fashion_mnist", data_dir, 100)
+    norms = {}
+    jobs = {
+        "plain": spec(epochs=3),
+        "decayed": spec({"name": "weight_decay", "l2": 0.01}, epochs=3),
+    }
+    for name, job in jobs.items():
+        trained = training.train(job, splits, lambda row, snapshot: True)
+        norms[name] = hidden_penalty(trained.model, 1.0)
+    # Same seed, same data order: without the penalty in the gradients the norms would match.
+    assert norms["decayed"] < 0.75 * norms["plain"]
+
+
+def test_momentum_is_real_nesterov_momentum():
+    optimizer = tricks.optimizer(spec("momentum"), steps_per_epoch=10)
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == 0.9
+    assert optimizer.nesterov is True
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+    custom = tricks.optimizer(spec({"name": "momentum", "momentum": 0.5, "nesterov": False}), 10)
+    assert (custom.momentum, custom.nesterov) == (0.5, False)
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_weights():
+    model = tricks.build_model(spec(hidden_units=[4]))
+    watch = tricks.best_epoch(spec({"name": "early_stopping", "patience": 2, "min_delta": 0.01}))
+    snapshots = {}
+    decisions = []
+    for epoch, val_loss in enumerate([1.0, 0.8, 0.795, 0.9], start=1):
+        model.set_weights([w + epoch for w in model.get_weights()])  # "training"
+        snapshots[epoch] = model.get_weights()
+        decisions.append(watch.update(epoch, val_loss, model))
+    # 0.795 improves on 0.8 by less than min_delta: not an improvement; then patience runs out.
+    assert decisions == [False, False, False, True]
+    assert (watch.best_epoch, watch.best_loss, watch.wait) == (2, 0.8, 2)
+    for kept, expected in zip(watch.best_weights, snapshots[2], strict=True):
+        np.testing.assert_array_equal(kept, expected)
+
+
+def test_without_early_stopping_the_best_epoch_is_followed_but_never_stops_training():
+    model = tricks.build_model(spec(hidden_units=[4]))
+    watch = tricks.best_epoch(spec())
+    assert [
+        watch.update(e, loss, model) for e, loss in enumerate([1.0, 0.5, 0.9, 0.9, 0.9], 1)
+    ] == [False] * 5
+    assert (watch.best_epoch, watch.best_weights) == (2, [])
+    assert not watch.update(6, None, model)  # no validation split: nothing to follow
+
+
+def test_label_smoothing_softens_one_hot_targets():
+    job = spec({"name": "label_smoothing", "amount": 0.2})
+    loss, metrics = tricks.loss_and_metrics(job)
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy)
+    assert loss.label_smoothing == 0.2
+    assert tricks.one_hot_labels(job) and not tricks.one_hot_labels(spec())
+    assert {m.name for m in metrics} == {"accuracy", "crossentropy"}
+
+
+def test_cosine_decay_lowers_the_learning_rate_to_its_final_fraction():
+    job = spec({"name": "cosine_decay", "final_fraction": 0.1}, epochs=4, learning_rate=0.02)
+    optimizer = tricks.optimizer(job, steps_per_epoch=5)
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(0.02)
+    assert float(schedule(10)) == pytest.approx(0.02 * (0.1 + 0.9 * 0.5))
+    assert float(schedule(20)) == pytest.approx(0.002)
+
+
+def test_augmentation_is_active_in_training_only():
+    x = tiny_images(4, seed=3)[0].astype("float32") / 255
+    augmented = tricks.build_model(spec("augmentation"))
+    plain = tricks.build_model(spec())
+    layer_types = {type(layer).__name__ for layer in augmented.layers}
+    assert {"RandomFlip", "RandomTranslation"} <= layer_types
+    # Same seed, same initial weights: at inference the augmentation layers are the identity.
+    np.testing.assert_allclose(augmented(x, training=False), plain(x, training=False), rtol=1e-6)
+    assert not np.allclose(augmented(x, training=True), augmented(x, training=True))
+
+
+def test_the_same_seed_gives_the_same_initial_weights_whatever_the_tricks():
+    def kernels(model):
+        return [
+            layer.get_weights()[0]
+            for layer in model.layers
+            if isinstance(layer, keras.layers.Dense)
+        ]
+
+    base = kernels(tricks.build_model(spec(seed=3)))
+    for variant in (spec("dropout", seed=3), spec("batch_norm", "weight_decay", seed=3)):
+        for a, b in zip(base, kernels(tricks.build_model(variant)), strict=True):
+            np.testing.assert_array_equal(a, b)
+    other_seed = kernels(tricks.build_model(spec(seed=4)))
+    assert not np.array_equal(base[0], other_seed[0])
