@@ -39,8 +39,23 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=10_000)
     # Loaded models kept in the service's memory, least recently used evicted first.
     model_cache_size: int = Field(8, ge=1, le=1000)
-    max_predict_files: int = Field(64, ge=1)
-    max_predict_instances: int = Field(1024, ge=1)
+    # Prediction limits: each bounds what one request, or a flood of them, can cost.
+    max_predict_files: int = Field(64, ge=1, description="Files per multipart request.")
+    max_predict_instances: int = Field(1024, ge=1, description="Instances per JSON request.")
+    max_request_bytes: int = Field(
+        32 * 2**20, ge=1024, description="Any request body; larger ones get 413, even chunked."
+    )
+    max_concurrent_requests: int = Field(
+        512, ge=1, description="Connections and requests in progress; beyond it, 503."
+    )
+    # Concurrent predictions for one model share a forward pass. A request that finds the
+    # model idle waits this long for company; under load, requests that arrive during a
+    # forward pass form the next batch anyway, so the window matters only when traffic is light.
+    predict_batch_window_ms: float = Field(0.0, ge=0, le=1000)
+    predict_max_batch: int = Field(256, ge=1, description="Images in one forward pass.")
+    predict_max_queued: int = Field(
+        4096, ge=1, description="Images waiting for one model; beyond it, 503 and Retry-After."
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

@@ -14,7 +14,8 @@ from core.db import init_db, make_engine
 from core.store import JobStore
 from core.sweeper import Sweeper
 from service.errors import validation_error
-from service.predictor import Predictor
+from service.limits import BodyLimit
+from service.predictor import BatchPolicy, Predictor
 from service.routes import jobs, meta, predict
 
 DESCRIPTION = """
@@ -39,7 +40,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = store
         app.state.artifacts = artifacts
-        app.state.predictor = Predictor(artifacts, settings.model_cache_size)
+        app.state.predictor = Predictor(
+            artifacts,
+            settings.model_cache_size,
+            BatchPolicy(
+                settings.predict_batch_window_ms / 1000,
+                settings.predict_max_batch,
+                settings.predict_max_queued,
+            ),
+        )
         # The API sweeps too, so a lost job shows as queued even while no worker runs.
         sweeper = Sweeper(store, settings.sweep_seconds)
         sweeper.start()
@@ -48,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(title="tricklab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)
     for module in (jobs, predict, meta):
         app.include_router(module.router)
