@@ -49,8 +49,10 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ImageError(
             f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})"
         ) from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"image too large: {error}") from None
+    except Image.DecompressionBombError:  # Pillow's own, far higher limit
+        raise ImageError(
+            f"image too large: its header declares far over the limit of {MAX_PIXELS:,} pixels"
+        ) from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"image too large: {width}×{height} pixels; the limit is {MAX_PIXELS:,}")

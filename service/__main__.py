@@ -16,6 +16,7 @@ def main() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
+        limit_concurrency=settings.max_concurrent_requests,  # beyond it: 503, not more memory
         log_config=None,  # keep the one log format set up above
     )
 

@@ -10,6 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.spec import TRICKS
+from service.schemas import INSTANCE_KINDS
+
+DISCRIMINATOR_TAGS = {*TRICKS, *INSTANCE_KINDS}
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -19,8 +22,8 @@ def field_path(loc: Sequence[Any]) -> str:
     for index, part in enumerate(parts):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif index and isinstance(parts[index - 1], int) and part in TRICKS:
-            continue  # the discriminator pydantic adds for a trick object
+        elif index and isinstance(parts[index - 1], int) and part in DISCRIMINATOR_TAGS:
+            continue  # the tag pydantic adds for a trick object or a predict instance
         else:
             path += f".{part}" if path else str(part)
     return path or (str(loc[0]) if loc else "request")

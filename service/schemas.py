@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+)
 
 from core.models import EpochMetrics, Job
 from core.spec import JobSpec
@@ -49,6 +59,7 @@ class JobLinks(BaseModel):
     metrics: str
     cancel: str
     model: str
+    model_metadata: str
     predict: str
 
 
@@ -111,6 +122,7 @@ class JobRead(BaseModel):
                 metrics=f"{base}/metrics",
                 cancel=f"{base}/cancel",
                 model=f"{base}/model",
+                model_metadata=f"{base}/model/metadata",
                 predict=f"{base}/predict",
             ),
         )
@@ -157,11 +169,53 @@ Row = Annotated[list[Pixel], Field(min_length=28, max_length=28)]
 Pixels = Annotated[list[Row], Field(min_length=28, max_length=28)]
 
 
+def _strict_base64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("must be a string of base64")
+    try:  # strict: a lenient decoder silently drops stray characters
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"not valid base64 ({error})") from None
+
+
+class EncodedImage(BaseModel):
+    """An image file in JSON, as TensorFlow Serving's REST API carries binary data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    b64: Annotated[
+        bytes,
+        BeforeValidator(_strict_base64),
+        WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+        Field(description="Base64 of a PNG, JPEG, WebP or GIF file."),
+    ]
+
+
+INSTANCE_KINDS = ("pixels", "b64")  # the tags pydantic puts into error locations
+
+
+def _instance_kind(value: Any) -> str | None:
+    return "b64" if isinstance(value, dict) else "pixels" if isinstance(value, list) else None
+
+
+Instance = Annotated[
+    Annotated[Pixels, Tag("pixels")] | Annotated[EncodedImage, Tag("b64")],
+    Discriminator(
+        _instance_kind,
+        custom_error_type="instance_kind",
+        custom_error_message='an instance is a 28×28 array of pixels (0–255) or {"b64": '
+        '"<base64 image file>"}',
+    ),
+]
+
+
 class PredictInstances(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    instances: list[Pixels] = Field(
-        min_length=1, description="28×28 grayscale pixel arrays, 0–255, light on dark."
+    instances: list[Instance] = Field(
+        min_length=1,
+        description="28×28 grayscale pixel arrays, 0–255, light on dark, used as they are; "
+        'or image files as {"b64": ...}, converted like uploaded files.',
     )
 
 
@@ -174,6 +228,28 @@ class PredictionRead(BaseModel):
 class PredictResponse(BaseModel):
     job_id: str
     predictions: list[PredictionRead]
+
+
+class ModelInput(BaseModel):
+    shape: list[int] = Field(description="One image: height × width.")
+    dtype: str
+    range: list[float] = Field(description="Pixel values accepted, before scaling to [0, 1].")
+    description: str
+
+
+class ModelMetadata(BaseModel):
+    job_id: str
+    input: ModelInput
+    class_names: list[str] = Field(description="Output index → class.")
+    spec: JobSpec = Field(description="The resolved spec the model was trained with.")
+    result: JobResult
+    best_epoch: int | None
+    stopped_epoch: int | None
+    model_sha256: str = Field(description="Checked before the service loads the file.")
+    model_bytes: int
+    trained_on: str | None = Field(description="The device the worker trained on.")
+    finished_at: datetime | None
+    loaded: bool = Field(description="Whether the model is in the service's memory now.")
 
 
 class TrickInfo(BaseModel):

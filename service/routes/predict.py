@@ -1,4 +1,4 @@
-"""Classify images with a succeeded job's model."""
+"""Classify images with a succeeded job's model, and describe that model."""
 
 from __future__ import annotations
 
@@ -6,20 +6,36 @@ import json
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from core.images import ImageError, decode_image
-from service.deps import JobDep, PredictorDep, SettingsDep
-from service.predictor import ModelUnavailable
+from core.images import ImageError
+from core.spec import DATASET_CLASSES
+from service.batching import Overloaded
+from service.deps import ArtifactsDep, JobDep, PredictorDep, SettingsDep
+from service.predictor import ModelUnavailable, Predictor
 from service.routes.jobs import require_succeeded
-from service.schemas import PredictInstances, PredictionRead, PredictResponse
+from service.schemas import (
+    EncodedImage,
+    JobResult,
+    ModelInput,
+    ModelMetadata,
+    PredictInstances,
+    PredictionRead,
+    PredictResponse,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["predictions"])
 
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+_ACCEPTED = (
+    "send image files as multipart/form-data 'file' parts, one image as the raw body with "
+    f'Content-Type {", ".join(IMAGE_TYPES)}, or JSON {{"instances": [...]}} with '
+    'Content-Type application/json, each instance a 28×28 pixel array or {"b64": ...}'
+)
+_BINARY = {"type": "string", "format": "binary"}
 _REQUEST_BODY = {
     "required": True,
     "content": {
@@ -29,20 +45,18 @@ _REQUEST_BODY = {
                 "properties": {
                     "file": {
                         "type": "array",
-                        "items": {"type": "string", "format": "binary"},
+                        "items": _BINARY,
                         "description": "PNG, JPEG, WebP or GIF images, any size or colour mode.",
                     }
                 },
                 "required": ["file"],
             }
         },
+        **{kind: {"schema": _BINARY} for kind in IMAGE_TYPES},
         "application/json": {"schema": PredictInstances.model_json_schema()},
     },
 }
-_UNSUPPORTED = (
-    "send images as multipart/form-data 'file' parts, or JSON {\"instances\": [28×28 pixel "
-    "arrays]} with Content-Type application/json"
-)
+BATCH_HEADER = "Tricklab-Batch-Size"
 
 
 @router.post(
@@ -50,54 +64,111 @@ _UNSUPPORTED = (
     response_model=PredictResponse,
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={
-        400: {"description": "Empty, corrupt or non-image file; malformed JSON."},
+        200: {
+            "headers": {
+                BATCH_HEADER: {
+                    "description": "Images in the forward pass this request shared with others.",
+                    "schema": {"type": "integer"},
+                }
+            }
+        },
+        400: {"description": "Empty, corrupt, oversized or non-image file; too many files."},
         409: {"description": "The job has not succeeded."},
-        415: {"description": "Neither multipart/form-data nor application/json."},
+        413: {"description": "The body is over TRICKLAB_MAX_REQUEST_BYTES."},
+        415: {"description": "Not multipart/form-data, an image type, or application/json."},
         422: {"description": "JSON instances of the wrong shape or range."},
+        503: {"description": "The model is overloaded (see Retry-After) or unusable."},
     },
 )
 async def predict(
-    request: Request, job: JobDep, predictor: PredictorDep, settings: SettingsDep
+    request: Request,
+    response: Response,
+    job: JobDep,
+    predictor: PredictorDep,
+    settings: SettingsDep,
 ) -> PredictResponse:
-    """Classify images, answering in input order. Uploaded pictures are converted to 28×28
-    grayscale, light on dark, exactly like the training images (see the README)."""
+    """Classify images, answering in input order. Image files are converted to 28×28
+    grayscale, light on dark, exactly like the training images (see the README); pixel
+    arrays are used as they are."""
     require_succeeded(job.id, job.status)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        pixels = await _from_files(request, settings.max_predict_files)
+        pixels = await _from_files(request, predictor, settings.max_predict_files)
+    elif content_type in IMAGE_TYPES:
+        pixels = (await _decode(predictor, await request.body(), "the body"))[np.newaxis]
     elif content_type == "application/json":
-        pixels = _from_json(await request.body(), settings.max_predict_instances)
+        pixels = await _from_json(await request.body(), predictor, settings.max_predict_instances)
     else:
         raise HTTPException(
-            415, f"unsupported Content-Type {content_type or '(none)'!r}: {_UNSUPPORTED}"
+            415, f"unsupported Content-Type {content_type or '(none)'!r}: {_ACCEPTED}"
         )
     try:
-        predictions = await run_in_threadpool(predictor.predict, job, pixels)
+        result = await predictor.predict(job, pixels)
+    except Overloaded as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
     except ModelUnavailable as error:
         raise HTTPException(503, str(error)) from None
+    response.headers[BATCH_HEADER] = str(result.batch_size)
     return PredictResponse(
-        job_id=job.id, predictions=[PredictionRead(**vars(p)) for p in predictions]
+        job_id=job.id, predictions=[PredictionRead(**vars(p)) for p in result.predictions]
     )
 
 
-async def _from_files(request: Request, max_files: int) -> np.ndarray:
+@router.get(
+    "/{job_id}/model/metadata",
+    response_model=ModelMetadata,
+    responses={409: {"description": "The job has not succeeded."}},
+)
+def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep) -> ModelMetadata:
+    """What the model expects and answers, how it was trained, and how well it did."""
+    require_succeeded(job.id, job.status)
+    path = artifacts.path(job.model_path or "")
+    if not path.is_file():
+        raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
+    return ModelMetadata(
+        job_id=job.id,
+        input=ModelInput(
+            shape=[28, 28],
+            dtype="uint8",
+            range=[0, 255],
+            description="Grayscale, light object on a dark background; scaled to [0, 1] by "
+            "the service. Image files are converted to this (see the README).",
+        ),
+        class_names=list(DATASET_CLASSES[job.spec["dataset"]]),
+        spec=job.spec,
+        result=JobResult.model_validate(job.result),
+        best_epoch=job.best_epoch,
+        stopped_epoch=job.stopped_epoch,
+        model_sha256=job.model_sha256 or "",
+        model_bytes=path.stat().st_size,
+        trained_on=job.device,
+        finished_at=job.finished_at,
+        loaded=predictor.is_loaded(job.id),
+    )
+
+
+async def _decode(predictor: Predictor, data: bytes, what: str) -> np.ndarray:
+    try:
+        return await predictor.decode(data)
+    except ImageError as error:
+        raise HTTPException(400, f"{what}: {error}") from None
+
+
+async def _from_files(request: Request, predictor: Predictor, max_files: int) -> np.ndarray:
     async with request.form(max_files=max_files, max_fields=max_files) as form:
         parts = form.getlist("file")
         if not parts:
-            raise HTTPException(400, f"no 'file' part in the form: {_UNSUPPORTED}")
+            raise HTTPException(400, f"no 'file' part in the form: {_ACCEPTED}")
         images = []
         for number, part in enumerate(parts, start=1):
             if not isinstance(part, UploadFile):
                 raise HTTPException(400, f"file {number}: 'file' must be a file upload, not text")
-            data = await part.read()
-            try:
-                images.append(await run_in_threadpool(decode_image, data))
-            except ImageError as error:
-                raise HTTPException(400, f"file {number} ({part.filename!r}): {error}") from None
+            what = f"file {number} ({part.filename!r})"
+            images.append(await _decode(predictor, await part.read(), what))
     return np.stack(images)
 
 
-def _from_json(body: bytes, max_instances: int) -> np.ndarray:
+async def _from_json(body: bytes, predictor: Predictor, max_instances: int) -> np.ndarray:
     try:
         document: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -111,4 +182,10 @@ def _from_json(body: bytes, max_instances: int) -> np.ndarray:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
         ) from None
-    return np.asarray(request.instances, dtype=np.float32)
+    images = []
+    for number, instance in enumerate(request.instances):
+        if isinstance(instance, EncodedImage):
+            images.append(await _decode(predictor, instance.b64, f"instances[{number}].b64"))
+        else:
+            images.append(np.asarray(instance, dtype=np.float32))
+    return np.stack(images)

@@ -190,14 +190,22 @@ def test_openapi_documents_the_whole_contract(client):
         ("/v1/jobs/{job_id}/metrics", "get"),
         ("/v1/jobs/{job_id}/cancel", "post"),
         ("/v1/jobs/{job_id}/model", "get"),
+        ("/v1/jobs/{job_id}/model/metadata", "get"),
         ("/v1/jobs/{job_id}/predict", "post"),
         ("/v1/tricks", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     }
     predict = document["paths"]["/v1/jobs/{job_id}/predict"]["post"]
-    assert set(predict["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
-    assert {"400", "409", "415", "422"} <= set(predict["responses"])
+    assert set(predict["requestBody"]["content"]) == {
+        "multipart/form-data",
+        "application/json",
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/gif",
+    }
+    assert {"400", "409", "413", "415", "422", "503"} <= set(predict["responses"])
 
 
 def test_an_idempotency_key_makes_submission_safe_to_retry(client):

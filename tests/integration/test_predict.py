@@ -1,5 +1,7 @@
 """Predictions from a job trained once for this module, over every input path."""
 
+import base64
+import hashlib
 import json
 
 import keras
@@ -9,12 +11,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from core.config import Settings
-from core.images import scale
+from core.images import decode_image, scale
 from service.app import create_app
 from tests.conftest import TINY, drain_queue, tiny_images
 from tests.images import encode, png_declaring
 
 IMAGES, LABELS = tiny_images(4, seed=11)
+LIMIT = 100_000  # bytes of request body
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +29,7 @@ def trained(tmp_path_factory, data_dir):
         data_dir=data_dir,
         max_predict_files=5,
         max_predict_instances=5,
+        max_request_bytes=LIMIT,
         _env_file=None,
     )
     with TestClient(create_app(settings)) as client:
@@ -93,8 +97,72 @@ def test_any_size_and_colour_mode_is_converted_like_the_training_data(trained):
     assert response.json()["predictions"][0]["label"] == LABELS[0]
 
 
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "data"),
+    [
+        ("image/png", encode(IMAGES[1])),
+        # A dark-on-light, non-square colour photo: inverted, trimmed and fitted on every path.
+        (
+            "image/jpeg",
+            encode(Image.fromarray(255 - IMAGES[2]).resize((140, 112)).convert("RGB"), "JPEG"),
+        ),
+        ("image/webp", encode(Image.fromarray(IMAGES[3]).convert("RGBA"), "WEBP", lossless=True)),
+        ("image/gif", encode(IMAGES[0], "GIF")),
+    ],
+)
+def test_every_way_of_sending_an_image_gives_the_same_probabilities(trained, kind, data):
+    client, job_id, _ = trained
+    url = f"/v1/jobs/{job_id}/predict"
+    answers = [
+        client.post(url, files=[("file", ("picture", data, kind))]),
+        client.post(url, content=data, headers={"content-type": kind}),
+        client.post(url, json={"instances": [b64(data)]}),
+        # The pixels the one preprocessing function makes of the file, sent as an array.
+        client.post(url, json={"instances": [decode_image(data).tolist()]}),
+    ]
+    assert [answer.status_code for answer in answers] == [200] * 4, answers[-1].text
+    first, *others = [answer.json()["predictions"] for answer in answers]
+    assert all(other == first for other in others)
+
+
+def test_json_mixes_pixel_arrays_and_encoded_images_in_order(trained):
+    client, job_id, _ = trained
+    instances = [IMAGES[0].tolist(), b64(encode(IMAGES[1])), IMAGES[2].tolist()]
+    response = client.post(f"/v1/jobs/{job_id}/predict", json={"instances": instances})
+    assert [p["label"] for p in response.json()["predictions"]] == LABELS[:3].tolist()
+
+
+def test_model_metadata_describes_input_classes_training_and_result(trained):
+    client, job_id, _ = trained
+    client.post(f"/v1/jobs/{job_id}/predict", json={"instances": IMAGES[:1].tolist()})
+    response = client.get(f"/v1/jobs/{job_id}/model/metadata")
+    assert response.status_code == 200, response.text
+    metadata, job = response.json(), client.get(f"/v1/jobs/{job_id}").json()
+    model = client.get(job["links"]["model"]).content
+    assert job["links"]["model_metadata"] == f"/v1/jobs/{job_id}/model/metadata"
+    assert (metadata["input"]["shape"], metadata["input"]["range"]) == ([28, 28], [0, 255])
+    assert metadata["class_names"][:2] == ["T-shirt/top", "Trouser"]
+    assert len(metadata["class_names"]) == 10
+    assert (metadata["spec"], metadata["result"]) == (job["spec"], job["result"])
+    assert metadata["model_sha256"] == hashlib.sha256(model).hexdigest()
+    assert metadata["model_bytes"] == len(model)
+    assert metadata["loaded"] is True and metadata["trained_on"] == job["device"]
+
+    queued = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"][0]["id"]
+    assert client.get(f"/v1/jobs/{queued}/model/metadata").status_code == 409
+    assert client.get("/v1/jobs/nope/model/metadata").status_code == 404
+
+
 def detail(response) -> str:
-    return json.dumps(response.json()["detail"])
+    return json.dumps(response.json()["detail"], ensure_ascii=False)
+
+
+def raw(data: bytes) -> dict:
+    return {"content": data, "headers": {"content-type": "image/png"}}
 
 
 @pytest.mark.parametrize(
@@ -156,6 +224,28 @@ def detail(response) -> str:
             422,
             "finite number",
         ),
+        (lambda: {"json": {"instances": ["abc"]}}, 422, "instances[0]: an instance is a 28×28"),
+        (
+            lambda: {"json": {"instances": [{"b64": "@@@"}]}},
+            422,
+            "instances[0].b64: not valid base64",
+        ),
+        (lambda: {"json": {"instances": [{"png": "AA=="}]}}, 422, "instances[0].png: Extra"),
+        (lambda: {"json": {"instances": [{"b64": 7}]}}, 422, "instances[0].b64: must be a string"),
+        (
+            lambda: {"json": {"instances": [b64(encode(IMAGES[0])[:60])]}},
+            400,
+            "instances[0].b64: corrupt",
+        ),
+        (lambda: {"json": {"instances": [b64(b"text")]}}, 400, "instances[0].b64: not an image"),
+        (lambda: raw(b""), 400, "the body: the file is empty"),
+        (lambda: raw(b"not an image"), 400, "the body: not an image"),
+        (lambda: raw(encode(IMAGES[0])[:60]), 400, "the body: corrupt or truncated"),
+        (lambda: raw(png_declaring(100_000, 100_000)), 400, "far over the limit of 40,000,000"),
+        (lambda: raw(png_declaring(7_000, 7_000)), 400, "7000×7000 pixels; the limit"),
+        (lambda: raw(b"x" * (LIMIT + 1)), 413, f"the request body is {LIMIT + 1:,} bytes"),
+        (lambda: {"files": files(b"x" * LIMIT)}, 413, "the limit is 100,000 bytes"),
+        (lambda: {**raw(b""), "content": iter([b"x" * 60_000] * 2)}, 413, "over 100,000 bytes"),
     ],
 )
 def test_bad_input_gets_a_clear_4xx(trained, make_request, status, message):
@@ -172,6 +262,8 @@ def test_predicting_with_an_unfinished_job_is_a_conflict(trained):
         f"/v1/jobs/{queued['id']}/predict", json={"instances": IMAGES[:1].tolist()}
     )
     assert response.status_code == 409 and "is queued" in response.json()["detail"]
+    unknown = client.post("/v1/jobs/nope/predict", json={"instances": IMAGES[:1].tolist()})
+    assert unknown.status_code == 404 and "no job with id 'nope'" in unknown.json()["detail"]
 
 
 def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):
