@@ -40,31 +40,16 @@ from typing import Any  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.common import data_dir  # noqa: E402
 from core.images import scale  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
-from worker.datasets import DatasetError, Splits, find_dataset, load  # noqa: E402
+from worker.datasets import Splits, load  # noqa: E402
 from worker.devices import setup_device  # noqa: E402
 from worker.training import train  # noqa: E402
 
-SHARED_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
 WARMUP_EPOCHS = 1  # the baseline's first epoch traces its train step (twice: last batch is 16)
 TIMED_EPOCHS = 5  # epoch times on a shared 2-core VM vary by ±30 %: take a median
 NOTEBOOK_ACCURACY = 0.8824
-
-
-def data_dir() -> Path:
-    """TRICKLAB_DATA_DIR if it holds the files, else ../shared/data/fashion-mnist; or exit."""
-    candidates = [Path(p) for p in (os.environ.get("TRICKLAB_DATA_DIR"), SHARED_DATA) if p]
-    for candidate in candidates:
-        try:
-            find_dataset("fashion_mnist", candidate)
-            return candidate
-        except DatasetError:
-            continue
-    sys.exit(
-        "bench: the genuine Fashion-MNIST IDX files were not found in "
-        f"{' nor '.join(map(str, candidates))}; set TRICKLAB_DATA_DIR to their folder"
-    )
 
 
 def notebook_loop(splits: Splits, seed: int = 0) -> tuple[list[float], float]:

@@ -41,6 +41,11 @@ def scale(pixels: np.ndarray) -> np.ndarray:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Image file bytes → 28×28 uint8, light on dark (see the module docstring)."""
+    return convert(open_image(data))
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Reads only the header: cheap, and refuses oversized images before any decoding."""
     if not data:
         raise ImageError("the file is empty")
     try:
@@ -56,6 +61,11 @@ def decode_image(data: bytes) -> np.ndarray:
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"image too large: {width}×{height} pixels; the limit is {MAX_PIXELS:,}")
+    return image
+
+
+def convert(image: Image.Image) -> np.ndarray:
+    """An opened image → 28×28 uint8, light on dark (see the module docstring)."""
     try:
         image.seek(0)
         image.load()

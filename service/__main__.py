@@ -8,11 +8,13 @@ from core.config import get_settings
 from core.logs import setup_logging
 
 
-def main() -> None:
+def serve(factory: str = "service.app:create_app") -> None:
+    """Run an app factory under uvicorn as the API runs (the serving benchmark's trivial
+    endpoint is served through here too, so the two are compared like for like)."""
     settings = get_settings()
     setup_logging(settings.log_level)
     uvicorn.run(
-        "service.app:create_app",
+        factory,
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -22,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    serve()

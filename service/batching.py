@@ -2,8 +2,9 @@
 
 A forward pass of a small model costs about the same for 1 image as for 100, so under load
 serving one request at a time wastes nearly all of it. Requests queue here; one runner task
-takes as many as fit in a batch, runs the model in a thread (the event loop keeps serving),
-and hands each request its own rows. Requests that arrive during a forward pass form the next
+takes as many as fit in a batch, runs the model in a thread (the event loop keeps serving;
+only a forward pass too short to be worth the hop runs in place), and hands each request
+its own rows. Requests that arrive during a forward pass form the next
 batch, so batches grow with the load by themselves; the optional window only makes a request
 that finds the model idle wait a little for company.
 """
@@ -42,8 +43,12 @@ class Batcher:
         window_seconds: float,
         max_batch: int,
         max_queued: int,
+        inline_max: int = 0,
     ) -> None:
+        """inline_max: batches of up to this many images run on the event loop itself, for a
+        forward pass that costs less than the hop to a thread and back."""
         self._forward = forward
+        self._inline_max = inline_max
         self._window = window_seconds
         self._max_batch = max_batch
         self._max_queued = max_queued
@@ -93,7 +98,10 @@ class Batcher:
             return
         inputs = np.concatenate([waiting.inputs for waiting in batch])
         try:
-            outputs = await asyncio.to_thread(self._forward, inputs)
+            if len(inputs) <= self._inline_max:
+                outputs = self._forward(inputs)
+            else:
+                outputs = await asyncio.to_thread(self._forward, inputs)
         except Exception as error:  # every request of the batch gets the error, none hangs
             for waiting in batch:
                 if not waiting.future.done():

@@ -1,4 +1,7 @@
-"""Request-scoped dependencies: the store, the predictor, settings, and the job in the path."""
+"""Request-scoped dependencies: the store, the predictor, settings, and the job in the path.
+
+The app-state getters are `async` only so that FastAPI calls them in place: it would run a
+plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
 
 from __future__ import annotations
 
@@ -13,19 +16,19 @@ from core.store import JobStore
 from service.predictor import Predictor
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_predictor(request: Request) -> Predictor:
+async def get_predictor(request: Request) -> Predictor:
     return request.app.state.predictor
 
 
-def get_artifacts(request: Request) -> ArtifactStore:
+async def get_artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -12,12 +12,19 @@ import keras
 import numpy as np
 
 from core.artifacts import ArtifactStore, sha256_of
-from core.images import decode_image, scale
+from core.images import convert, open_image, scale
 from core.models import Job
 from core.spec import DATASET_CLASSES
 from service.batching import Batcher
+from service.inference import Forward, numpy_forward
 
 log = logging.getLogger("tricklab.service")
+# Up to this size (a 256×256 picture) decoding takes well under a millisecond.
+INLINE_PIXELS = 256 * 256
+# A numpy forward pass of up to this many images takes about 0.1 ms: less than a thread hop.
+INLINE_BATCH = 32
+# Random images on which a fast forward pass must agree with Keras before it is used.
+PROBE_IMAGES = 64
 
 
 class ModelUnavailable(RuntimeError):
@@ -46,10 +53,24 @@ class BatchPolicy:
 
 
 @dataclass(frozen=True)
-class _Served:
-    model: keras.Model
+class LoadedModel:
     batcher: Batcher
     class_names: tuple[str, ...]
+    runtime: str  # "numpy" (the fast chain of service.inference) or "keras"
+
+    async def classify(self, pixels: np.ndarray) -> Predictions:
+        """pixels: (n, 28, 28), 0–255 → one prediction per image, in order. Raises
+        batching.Overloaded when too many images already wait for this model."""
+        batched = await self.batcher.run(scale(pixels))
+        probabilities = np.asarray(batched.probabilities, dtype=np.float64)
+        labels = probabilities.argmax(axis=1).tolist()
+        return Predictions(
+            [
+                Prediction(label, self.class_names[label], row)
+                for label, row in zip(labels, probabilities.tolist(), strict=True)
+            ],
+            batched.batch_size,
+        )
 
 
 class Predictor:
@@ -62,40 +83,25 @@ class Predictor:
         self.artifacts = artifacts
         self.cache_size = cache_size
         self.batching = batching
-        self._served: OrderedDict[str, _Served] = OrderedDict()
-        self._loading: dict[str, asyncio.Task[_Served]] = {}
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         # Decoding is CPU-bound: more at once than cores only holds more big images in memory.
         self._decoding = asyncio.Semaphore(os.cpu_count() or 1)
 
-    def is_loaded(self, job_id: str) -> bool:
-        """Whether the job's model is in memory (only a succeeded job's model ever is)."""
-        return job_id in self._served
+    def loaded(self, job_id: str) -> LoadedModel | None:
+        """The job's model if it is in memory. Only a succeeded job's model is ever loaded,
+        and a succeeded job never changes, so a hit needs no database read."""
+        model = self._models.get(job_id)
+        if model is not None:
+            self._models.move_to_end(job_id)
+        return model
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Image file bytes → 28×28 pixels, in a thread; raises core.images.ImageError."""
-        async with self._decoding:
-            return await asyncio.to_thread(decode_image, data)
-
-    async def predict(self, job: Job, pixels: np.ndarray) -> Predictions:
-        """pixels: (n, 28, 28), 0–255 → one prediction per image, in order. Raises
-        ModelUnavailable, or batching.Overloaded when too many images wait for the model."""
-        served = await self._model(job)
-        batched = await served.batcher.run(scale(pixels))
-        probabilities = np.asarray(batched.probabilities, dtype=np.float64)
-        labels = probabilities.argmax(axis=1).tolist()
-        return Predictions(
-            [
-                Prediction(label, served.class_names[label], row)
-                for label, row in zip(labels, probabilities.tolist(), strict=True)
-            ],
-            batched.batch_size,
-        )
-
-    async def _model(self, job: Job) -> _Served:
-        served = self._served.get(job.id)
-        if served is not None:
-            self._served.move_to_end(job.id)
-            return served
+    async def load(self, job: Job) -> LoadedModel:
+        """A succeeded job's model, loaded (checksum checked) unless it is in memory already.
+        Raises ModelUnavailable."""
+        model = self.loaded(job.id)
+        if model is not None:
+            return model
         loading = self._loading.get(job.id)
         if loading is None:  # one load per model, however many requests arrive meanwhile
             loading = asyncio.create_task(self._load(job))
@@ -104,24 +110,34 @@ class Predictor:
         # A client that goes away must not cancel the load the others wait for.
         return await asyncio.shield(loading)
 
-    async def _load(self, job: Job) -> _Served:
-        model = await asyncio.to_thread(self._read_model, job)
-        served = _Served(
-            model,
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Image file bytes → 28×28 pixels; raises core.images.ImageError. A small image is
+        decoded at once (a thread hop would cost more); a large one in a thread."""
+        image = open_image(data)
+        if image.width * image.height <= INLINE_PIXELS:
+            return convert(image)
+        async with self._decoding:
+            return await asyncio.to_thread(convert, image)
+
+    async def _load(self, job: Job) -> LoadedModel:
+        forward, runtime = await asyncio.to_thread(self._read_model, job)
+        loaded = LoadedModel(
             Batcher(
-                model.predict_on_batch,
+                forward,
                 window_seconds=self.batching.window_seconds,
                 max_batch=self.batching.max_batch,
                 max_queued=self.batching.max_queued,
+                inline_max=INLINE_BATCH if runtime == "numpy" else 0,
             ),
             DATASET_CLASSES[job.spec["dataset"]],
+            runtime,
         )
-        self._served[job.id] = served
-        if len(self._served) > self.cache_size:
-            self._served.popitem(last=False)
-        return served
+        self._models[job.id] = loaded
+        if len(self._models) > self.cache_size:
+            self._models.popitem(last=False)
+        return loaded
 
-    def _read_model(self, job: Job) -> keras.Model:
+    def _read_model(self, job: Job) -> tuple[Forward, str]:
         if not job.model_path or not job.model_sha256:
             raise ModelUnavailable(f"job {job.id} has no stored model")
         path = self.artifacts.path(job.model_path)
@@ -134,9 +150,15 @@ class Predictor:
             )
         # compile=False: inference needs no optimizer; safe_mode refuses arbitrary code.
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        # Warm up: after two batch sizes the traced graph accepts any, so no request pays
-        # for tracing (about 0.1 s each).
-        for size in (1, 2):
-            model.predict_on_batch(np.zeros((size, 28, 28), np.float32))
-        log.info("job=%s model loaded path=%s", job.id, path)
-        return model
+        probe = np.random.default_rng(0).random((PROBE_IMAGES, 28, 28), np.float32)
+        expected = model.predict_on_batch(probe)
+        fast = numpy_forward(model)
+        if fast is not None and np.allclose(fast(probe), expected, rtol=1e-4, atol=1e-6):
+            forward, runtime = fast, "numpy"
+        else:
+            # Warm up: after two batch sizes the traced graph accepts any, so no request
+            # pays for tracing (about 0.1 s each).
+            model.predict_on_batch(probe[:1])
+            forward, runtime = model.predict_on_batch, "keras"
+        log.info("job=%s model loaded path=%s runtime=%s", job.id, path, runtime)
+        return forward, runtime

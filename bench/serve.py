@@ -1,0 +1,256 @@
+"""Serving benchmark: single-image PNG predictions over loopback, beside a trivial endpoint.
+
+What it does, all in one run:
+
+1. Starts the real API (`python -m service`: uvicorn, SQLite, an artifact store in a temporary
+   folder), submits the base model spec for one epoch and trains it with a real
+   `python -m worker --once` on the genuine Fashion-MNIST.
+2. Starts `bench/trivial.py`'s FastAPI app, whose predict route returns a constant without
+   reading the request, through the same `service.__main__.serve` (same uvicorn settings,
+   same logging), so the only difference between the two servers is the prediction work.
+3. For each concurrency C (1, 8, 32), a closed-loop load generator keeps C keep-alive
+   connections busy until REQUESTS requests are answered: each a multipart POST of one 28×28
+   PNG from the test set, the same bytes to both servers. It speaks raw HTTP/1.1 on asyncio
+   streams so that its own cost, on the same 2 cores, stays small. The two servers take turns,
+   ROUNDS times, so drifting machine load hits both alike.
+4. Prints requests per second, p50 and p99 latency per server and the ratios; the target at
+   concurrency 8 is at least half the trivial endpoint's throughput and a p99 at most three
+   times the trivial endpoint's. Tricklab-Batch-Size shows how many images shared each
+   forward pass.
+
+Nothing is asserted: it prints. `make bench` runs it; `python bench/serve.py --help` lists
+its options.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a script whether or not the package is installed
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import io  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import httpx2 as httpx  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bench.common import data_dir  # noqa: E402
+from worker.datasets import load  # noqa: E402
+
+BOUNDARY = "tricklab-bench"
+
+
+@dataclass
+class Run:
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, other: Run) -> None:
+        self.seconds += other.seconds
+        self.latencies += other.latencies
+        self.batch_sizes += other.batch_sizes
+        self.errors += other.errors
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, q: int) -> float:
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1] * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start(root: Path, name: str, env: dict[str, str], *command: str) -> subprocess.Popen[bytes]:
+    with (root / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, *command], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def wait_ready(url: str, path: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + path, timeout=5).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"bench: {url} did not answer within {seconds} s")
+
+
+def requests_for(pngs: list[bytes], path: str, port: int) -> list[bytes]:
+    """Complete HTTP/1.1 requests, one per PNG, built once so the client only writes bytes."""
+    made = []
+    for png in pngs:
+        body = (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png
+            + f"\r\n--{BOUNDARY}--\r\n".encode()
+        )
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        made.append(head.encode() + body)
+    return made
+
+
+async def connection(port: int, requests: list[bytes], left: list[int], run: Run) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while left[0] > 0:
+            left[0] -= 1
+            request = requests[left[0] % len(requests)]
+            started = time.perf_counter()
+            writer.write(request)
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            run.latencies.append(time.perf_counter() - started)
+            if not head.startswith(b"http/1.1 200"):
+                run.errors += 1
+            if b"tricklab-batch-size:" in head:
+                run.batch_sizes.append(int(head.split(b"tricklab-batch-size:")[1].split(b"\r")[0]))
+    finally:
+        writer.close()
+
+
+async def load_test(port: int, requests: list[bytes], count: int, concurrency: int) -> Run:
+    run, left = Run(), [count]
+    started = time.perf_counter()
+    await asyncio.gather(*(connection(port, requests, left, run) for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def test_pngs(folder: Path, count: int) -> list[bytes]:
+    splits = load("fashion_mnist", folder, 10_000)
+    pngs = []
+    for pixels in splits.x_test[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=2000, help="per concurrency and round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--epochs", type=int, default=1, help="of the served model's training")
+    args = parser.parse_args()
+
+    folder = data_dir()
+    pngs = test_pngs(folder, 64)
+    with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
+        root = Path(tmp)
+        api_port, trivial_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "TRICKLAB_DATABASE_URL": f"sqlite:///{root / 'tricklab.db'}",
+            "TRICKLAB_ARTIFACTS_DIR": str(root / "artifacts"),
+            "TRICKLAB_DATA_DIR": str(folder),
+            "TRICKLAB_LOG_LEVEL": "WARNING",  # no access-log line per request, on both servers
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        api_url = f"http://127.0.0.1:{api_port}"
+        processes = [start(root, "api", {**env, "TRICKLAB_PORT": str(api_port)}, "-m", "service")]
+        serve_trivial = "from service.__main__ import serve; serve('bench.trivial:create_app')"
+        processes.append(
+            start(root, "trivial", {**env, "TRICKLAB_PORT": str(trivial_port)}, "-c", serve_trivial)
+        )
+        try:
+            wait_ready(api_url, "/readyz")
+            wait_ready(f"http://127.0.0.1:{trivial_port}", "/")
+            job = httpx.post(f"{api_url}/v1/jobs", json={"epochs": args.epochs}).json()
+            print(f"training the served model: base spec, {args.epochs} epoch(s)", flush=True)
+            worker = start(root, "worker", env, "-m", "worker", "--once")
+            worker.wait()
+            status = httpx.get(f"{api_url}/v1/jobs/{job['id']}").json()
+            if status["status"] != "succeeded":
+                sys.exit(f"bench: the model's job ended {status['status']}: {status['error']}")
+            path = f"/v1/jobs/{job['id']}/predict"
+            servers = {
+                "trivial": (trivial_port, requests_for(pngs, path, trivial_port)),
+                "predict": (api_port, requests_for(pngs, path, api_port)),
+            }
+            print(
+                f"test accuracy {status['result']['test_accuracy']:.4f}; "
+                f"{args.requests} requests × {args.rounds} rounds per server and concurrency\n",
+                flush=True,
+            )
+            results = asyncio.run(measure(servers, args))
+        finally:
+            for process in processes:
+                process.terminate()
+                process.wait()
+    report(results, args.concurrency)
+
+
+async def measure(
+    servers: dict[str, tuple[int, list[bytes]]], args: argparse.Namespace
+) -> dict[tuple[str, int], Run]:
+    for port, requests in servers.values():  # warm-up: model load, connection set-up
+        await load_test(port, requests, 200, 8)
+    results: dict[tuple[str, int], Run] = {}
+    for concurrency in args.concurrency:
+        for _ in range(args.rounds):
+            for name, (port, requests) in servers.items():
+                run = await load_test(port, requests, args.requests, concurrency)
+                results.setdefault((name, concurrency), Run()).add(run)
+    return results
+
+
+def report(results: dict[tuple[str, int], Run], levels: list[int]) -> None:
+    print(
+        f"{'concurrency':>11}  {'endpoint':<8}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  "
+        f"{'mean batch':>10}  {'errors':>6}"
+    )
+    for concurrency in levels:
+        for name in ("trivial", "predict"):
+            run = results[(name, concurrency)]
+            batch = f"{statistics.fmean(run.batch_sizes):.1f}" if run.batch_sizes else "-"
+            print(
+                f"{concurrency:>11}  {name:<8}  {run.rps:>7.0f}  {run.percentile(50):>7.2f}  "
+                f"{run.percentile(99):>7.2f}  {batch:>10}  {run.errors:>6}"
+            )
+    print()
+    for concurrency in levels:
+        trivial, predict = results[("trivial", concurrency)], results[("predict", concurrency)]
+        throughput = predict.rps / trivial.rps
+        p99 = predict.percentile(99) / trivial.percentile(99)
+        verdict = ""
+        if concurrency == 8:
+            met = throughput >= 0.5 and p99 <= 3.0
+            verdict = f"  (target ≥ 0.50 and ≤ 3.0: {'met' if met else 'NOT met'})"
+        print(
+            f"ratio predict / trivial at concurrency {concurrency:>2}: throughput "
+            f"{throughput:.2f}, p99 latency {p99:.2f}{verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()
