@@ -43,8 +43,9 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training benchmark on the genuine Fashion-MNIST (about 2 minutes)
+bench: $(INSTALLED) ## training and serving benchmarks on the genuine Fashion-MNIST (about 4 minutes)
 	$(PY) bench/train.py
+	$(PY) bench/serve.py
 
 CHAOS_JOBS ?= 60
 CHAOS_KILLS ?= 60

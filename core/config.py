@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         32 * 2**20, ge=1024, description="Any request body; larger ones get 413, even chunked."
     )
+    max_in_flight_bytes: int = Field(
+        256 * 2**20,
+        ge=1024,
+        description="All request bodies being received at once; beyond it, 503 and Retry-After.",
+    )
     max_concurrent_requests: int = Field(
         512, ge=1, description="Connections and requests in progress; beyond it, 503."
     )
@@ -63,6 +68,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"heartbeat_seconds ({self.heartbeat_seconds}) must be shorter than "
                 f"lease_seconds ({self.lease_seconds}), or leases expire between heartbeats"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_body_fits_in_flight(self) -> Settings:
+        if self.max_in_flight_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_in_flight_bytes ({self.max_in_flight_bytes}) must be at least "
+                f"max_request_bytes ({self.max_request_bytes}), or the largest allowed request "
+                "could never be received"
             )
         return self
 

@@ -14,7 +14,7 @@ from core.db import init_db, make_engine
 from core.store import JobStore
 from core.sweeper import Sweeper
 from service.errors import validation_error
-from service.limits import BodyLimit
+from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor
 from service.routes import jobs, meta, predict
 
@@ -57,7 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(title="tricklab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_request_bytes,
+        max_in_flight=settings.max_in_flight_bytes,
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     for module in (jobs, predict, meta):
         app.include_router(module.router)

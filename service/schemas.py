@@ -250,6 +250,10 @@ class ModelMetadata(BaseModel):
     trained_on: str | None = Field(description="The device the worker trained on.")
     finished_at: datetime | None
     loaded: bool = Field(description="Whether the model is in the service's memory now.")
+    runtime: str | None = Field(
+        description="How the loaded model runs: 'numpy' (its layers as a verified chain of numpy "
+        "operations, see the README) or 'keras'; null while it is not loaded."
+    )
 
 
 class TrickInfo(BaseModel):

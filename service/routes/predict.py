@@ -132,6 +132,7 @@ async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedMod
 def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep) -> ModelMetadata:
     """What the model expects and answers, how it was trained, and how well it did."""
     require_succeeded(job.id, job.status)
+    loaded = predictor.loaded(job.id)
     path = artifacts.path(job.model_path or "")
     if not path.is_file():
         raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
@@ -153,7 +154,8 @@ def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep
         model_bytes=path.stat().st_size,
         trained_on=job.device,
         finished_at=job.finished_at,
-        loaded=predictor.loaded(job.id) is not None,
+        loaded=loaded is not None,
+        runtime=loaded.runtime if loaded else None,
     )
 
 

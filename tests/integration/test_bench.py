@@ -1,5 +1,6 @@
-"""`make bench` keeps working: its script runs end to end (on tiny data, one short run)."""
+"""`make bench` keeps working: its scripts run end to end (on tiny data, short runs)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,3 +27,22 @@ def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test accuracy at epoch 2:" in result.stdout
     assert "ratio product / notebook:" in result.stdout
+
+
+def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
+    data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
+    result = subprocess.run(
+        [sys.executable, "bench/serve.py", "--requests", "50", "--rounds", "1"],
+        cwd=ROOT,
+        env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for concurrency in (1, 8, 32):
+        assert (
+            f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in result.stdout
+        )
+    rows = re.findall(r"^ +\d+  (trivial|predict) .* (\d+)$", result.stdout, re.MULTILINE)
+    assert len(rows) == 6 and all(errors == "0" for _, errors in rows), result.stdout

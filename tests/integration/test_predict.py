@@ -150,7 +150,8 @@ def test_model_metadata_describes_input_classes_training_and_result(trained):
     assert (metadata["spec"], metadata["result"]) == (job["spec"], job["result"])
     assert metadata["model_sha256"] == hashlib.sha256(model).hexdigest()
     assert metadata["model_bytes"] == len(model)
-    assert metadata["loaded"] is True and metadata["trained_on"] == job["device"]
+    assert metadata["trained_on"] == job["device"]
+    assert (metadata["loaded"], metadata["runtime"]) == (True, "numpy")
 
     queued = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"][0]["id"]
     assert client.get(f"/v1/jobs/{queued}/model/metadata").status_code == 409
