@@ -96,22 +96,22 @@ def wait_ready(url: str, path: str, seconds: float = 120) -> None:
     sys.exit(f"bench: {url} did not answer within {seconds} s")
 
 
-def requests_for(pngs: list[bytes], path: str, port: int) -> list[bytes]:
-    """Complete HTTP/1.1 requests, one per PNG, built once so the client only writes bytes."""
+def requests_for(pngs: list[bytes], path: str, port: int, form: str) -> list[bytes]:
+    """Complete HTTP/1.1 requests, one per PNG, built once so the client only writes bytes:
+    multipart uploads, or the PNG as the raw body."""
     made = []
     for png in pngs:
-        body = (
-            (
-                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-                "Content-Type: image/png\r\n\r\n"
-            ).encode()
-            + png
-            + f"\r\n--{BOUNDARY}--\r\n".encode()
-        )
+        content_type, body = "image/png", png
+        if form == "multipart":
+            content_type = f"multipart/form-data; boundary={BOUNDARY}"
+            part_head = (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+            )
+            body = part_head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         made.append(head.encode() + body)
     return made
@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--epochs", type=int, default=1, help="of the served model's training")
+    parser.add_argument(
+        "--body", choices=["multipart", "raw"], default="multipart", help="how the PNG is sent"
+    )
     args = parser.parse_args()
 
     folder = data_dir()
@@ -194,11 +197,11 @@ def main() -> None:
                 sys.exit(f"bench: the model's job ended {status['status']}: {status['error']}")
             path = f"/v1/jobs/{job['id']}/predict"
             servers = {
-                "trivial": (trivial_port, requests_for(pngs, path, trivial_port)),
-                "predict": (api_port, requests_for(pngs, path, api_port)),
+                "trivial": (trivial_port, requests_for(pngs, path, trivial_port, args.body)),
+                "predict": (api_port, requests_for(pngs, path, api_port, args.body)),
             }
             print(
-                f"test accuracy {status['result']['test_accuracy']:.4f}; "
+                f"test accuracy {status['result']['test_accuracy']:.4f}; {args.body} PNG bodies; "
                 f"{args.requests} requests × {args.rounds} rounds per server and concurrency\n",
                 flush=True,
             )

@@ -21,7 +21,7 @@ from service.inference import Forward, numpy_forward
 log = logging.getLogger("tricklab.service")
 # Up to this size (a 256×256 picture) decoding takes well under a millisecond.
 INLINE_PIXELS = 256 * 256
-# A numpy forward pass of up to this many images takes about 0.1 ms: less than a thread hop.
+# A numpy forward pass of up to this many images takes about 50 µs: less than a thread hop.
 INLINE_BATCH = 32
 # Random images on which a fast forward pass must agree with Keras before it is used.
 PROBE_IMAGES = 64

@@ -11,7 +11,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from core.config import Settings
+from core.db import make_engine
 from core.images import decode_image, scale
+from core.retry import FailureReason
+from core.states import JobStatus
+from core.store import JobStore
 from service.app import create_app
 from tests.conftest import TINY, drain_queue, tiny_images
 from tests.images import encode, png_declaring
@@ -256,13 +260,26 @@ def test_bad_input_gets_a_clear_4xx(trained, make_request, status, message):
     assert message in detail(response)
 
 
-def test_predicting_with_an_unfinished_job_is_a_conflict(trained):
-    client, _, _ = trained
-    queued = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"][0]
-    response = client.post(
-        f"/v1/jobs/{queued['id']}/predict", json={"instances": IMAGES[:1].tolist()}
-    )
-    assert response.status_code == 409 and "is queued" in response.json()["detail"]
+def test_predicting_with_a_job_that_has_not_succeeded_is_a_conflict(trained):
+    client, _, settings = trained
+    store = JobStore(make_engine(settings.database_url))
+    for _ in range(3):
+        client.post("/v1/jobs", json=TINY)
+    running, _ = store.claim("w", "CPU")  # the oldest queued job
+    failed, lease = store.claim("w", "CPU")
+    store.fail(lease, FailureReason.INVALID_DATA, ValueError("no such split"))
+    queued, cancelled = (j.id for j in store.list_jobs(JobStatus.QUEUED, 2)[0])
+    client.post(f"/v1/jobs/{cancelled}/cancel")
+    for job_id, status in (
+        (queued, "queued"),
+        (running.id, "running"),
+        (failed.id, "failed"),
+        (cancelled, "cancelled"),
+    ):
+        for request in ({"json": {"instances": IMAGES[:1].tolist()}}, raw(encode(IMAGES[0]))):
+            response = client.post(f"/v1/jobs/{job_id}/predict", **request)
+            assert response.status_code == 409, response.text
+            assert f"is {status}" in response.json()["detail"]
     unknown = client.post("/v1/jobs/nope/predict", json={"instances": IMAGES[:1].tolist()})
     assert unknown.status_code == 404 and "no job with id 'nope'" in unknown.json()["detail"]
 
