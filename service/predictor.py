@@ -46,10 +46,10 @@ class Predictions:
 
 
 @dataclass(frozen=True)
-class BatchPolicy:
-    window_seconds: float = 0.0
-    max_batch: int = 256
-    max_queued: int = 4096
+class BatchPolicy:  # see TRICKLAB_PREDICT_* in core.config
+    window_seconds: float
+    max_batch: int
+    max_queued: int
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,7 @@ class Predictor:
     """Loads each job's model once, keeps the most recently used ones in memory, and batches
     concurrent requests to the same model. Its coroutines run on one event loop."""
 
-    def __init__(
-        self, artifacts: ArtifactStore, cache_size: int = 8, batching: BatchPolicy = BatchPolicy()
-    ) -> None:
+    def __init__(self, artifacts: ArtifactStore, cache_size: int, batching: BatchPolicy) -> None:
         self.artifacts = artifacts
         self.cache_size = cache_size
         self.batching = batching

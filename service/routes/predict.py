@@ -79,7 +79,9 @@ BATCH_HEADER = "Tricklab-Batch-Size"
         413: {"description": "The body is over TRICKLAB_MAX_REQUEST_BYTES."},
         415: {"description": "Not multipart/form-data, an image type, or application/json."},
         422: {"description": "JSON instances of the wrong shape or range."},
-        503: {"description": "The model is overloaded (see Retry-After) or unusable."},
+        503: {
+            "description": "Busy: retry after Retry-After seconds. Or the model file is unusable."
+        },
     },
 )
 async def predict(

@@ -8,7 +8,7 @@ import numpy as np
 
 from core.artifacts import ArtifactStore, sha256_of
 from core.models import Job
-from service.predictor import Predictor
+from service.predictor import BatchPolicy, Predictor
 
 
 def stored(artifacts: ArtifactStore, model: keras.Model) -> Job:
@@ -33,7 +33,7 @@ def test_a_model_the_numpy_chain_cannot_express_is_served_by_keras(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28)).astype(np.uint8)
 
     async def classify():
-        predictor = Predictor(artifacts)
+        predictor = Predictor(artifacts, 1, BatchPolicy(0, 256, 4096))
         loaded = await predictor.load(job)
         return loaded.runtime, await loaded.classify(images)
 
