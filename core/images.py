@@ -58,6 +58,8 @@ def open_image(data: bytes) -> Image.Image:
         raise ImageError(
             f"image too large: its header declares far over the limit of {MAX_PIXELS:,} pixels"
         ) from None
+    except (OSError, SyntaxError, ValueError) as error:  # a header cut short or garbled
+        raise ImageError(f"corrupt or truncated image: {error}") from None
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageError(f"image too large: {width}×{height} pixels; the limit is {MAX_PIXELS:,}")

@@ -301,3 +301,32 @@ def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):
         )
         assert response.status_code == 503
         assert "does not match the checksum" in response.json()["detail"]
+
+
+def test_garbage_of_every_kind_gets_a_4xx_never_a_500(trained):
+    client, job_id, _ = trained
+    url = f"/v1/jobs/{job_id}/predict"
+    rng = np.random.default_rng(5)
+    png = encode(IMAGES[0])
+    for trial in range(60):
+        size = int(rng.integers(0, 300))
+        junk = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        flipped = bytearray(png)  # a real PNG with a few bytes changed
+        for position in rng.integers(0, len(png), 3):
+            flipped[position] ^= 0xFF
+        requests = [
+            raw(junk),
+            raw(bytes(flipped)),
+            {"files": files(bytes(flipped))},
+            {"content": junk, "headers": {"content-type": "multipart/form-data; boundary=x"}},
+            {"content": junk, "headers": {"content-type": "multipart/form-data"}},
+            {"content": junk, "headers": {"content-type": "application/json"}},
+            {"json": {"instances": [b64(bytes(flipped))]}},
+            {"json": {"instances": [[[float(v) for v in junk[:28]]] * 28]}},
+            {"json": {"instances": [{"b64": junk.decode("latin-1")}]}},
+            {"json": [trial]},
+        ]
+        for request in requests:
+            response = client.post(url, **request)
+            assert response.status_code < 500, (trial, request, response.text)
+            assert response.status_code == 200 or response.json()["detail"]

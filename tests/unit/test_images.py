@@ -81,6 +81,8 @@ def test_only_the_first_frame_of_an_animation_is_used():
             encode(np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8))[:2000],
             "truncated",
         ),
+        (encode(IMAGE)[:16], "truncated"),  # cut inside the header
+        (encode(IMAGE, "JPEG")[:30], "truncated"),
         (png_declaring(100_000, 100_000), "too large"),
         (png_declaring(7_000, 7_000), "too large"),
     ],
