@@ -187,6 +187,8 @@ async def _from_json(body: bytes, predictor: Predictor, max_instances: int) -> n
         document: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HTTPException(400, f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
     instances = document.get("instances") if isinstance(document, dict) else None
     if isinstance(instances, list) and len(instances) > max_instances:
         raise HTTPException(400, f"{len(instances)} instances; at most {max_instances} per request")

@@ -229,6 +229,11 @@ def raw(data: bytes) -> dict:
             422,
             "finite number",
         ),
+        (
+            lambda: {"content": b"[" * 50_000, "headers": {"content-type": "application/json"}},
+            400,
+            "nested too deeply",
+        ),
         (lambda: {"json": {"instances": ["abc"]}}, 422, "instances[0]: an instance is a 28×28"),
         (
             lambda: {"json": {"instances": [{"b64": "@@@"}]}},
