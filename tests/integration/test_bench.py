@@ -13,11 +13,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
-    # The bench holds out the notebook's 10,000 validation images: 1,000 are left to train.
+def run_bench(tmp_path: Path, *command: str) -> str:
+    """Run a bench script on tiny data; its output. The benches hold out the notebook's
+    10,000 validation images: 1,000 are left to train."""
     data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
     result = subprocess.run(
-        [sys.executable, "bench/train.py", "--seeds", "2", "--epochs", "2"],
+        [sys.executable, *command],
         cwd=ROOT,
         env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -25,24 +26,18 @@ def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "test accuracy at epoch 2:" in result.stdout
-    assert "ratio product / notebook:" in result.stdout
+    return result.stdout
+
+
+def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
+    output = run_bench(tmp_path, "bench/train.py", "--seeds", "2", "--epochs", "2")
+    assert "test accuracy at epoch 2:" in output
+    assert "ratio product / notebook:" in output
 
 
 def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
-    data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
-    result = subprocess.run(
-        [sys.executable, "bench/serve.py", "--requests", "50", "--rounds", "1"],
-        cwd=ROOT,
-        env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "1")
     for concurrency in (1, 8, 32):
-        assert (
-            f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in result.stdout
-        )
-    rows = re.findall(r"^ +\d+  (trivial|predict) .* (\d+)$", result.stdout, re.MULTILINE)
-    assert len(rows) == 6 and all(errors == "0" for _, errors in rows), result.stdout
+        assert f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in output
+    rows = re.findall(r"^ +\d+  (trivial|predict) .* (\d+)$", output, re.MULTILINE)
+    assert len(rows) == 6 and all(errors == "0" for _, errors in rows), output
