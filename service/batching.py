@@ -4,9 +4,9 @@ A forward pass of a small model costs about the same for 1 image as for 100, so 
 serving one request at a time wastes nearly all of it. Requests queue here; one runner task
 takes as many as fit in a batch, runs the model in a thread (the event loop keeps serving;
 only a forward pass too short to be worth the hop runs in place), and hands each request
-its own rows. Requests that arrive during a forward pass form the next
-batch, so batches grow with the load by themselves; the optional window only makes a request
-that finds the model idle wait a little for company.
+its own rows. Requests that arrive during a forward pass form the next batch, so batches grow
+with the load by themselves; the optional window only makes a request that finds the model
+idle wait a little for company.
 """
 
 from __future__ import annotations

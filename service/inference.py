@@ -35,27 +35,10 @@ def numpy_forward(model: keras.Model) -> Forward | None:
         if previous is not None and layer.input is not previous.output:
             return None  # not a simple chain
         previous = layer
-        if isinstance(layer, PASS_THROUGH):
-            continue
-        if isinstance(layer, keras.layers.Flatten | keras.layers.Reshape):
-            steps.append(_reshape(tuple(layer.output.shape[1:])))
-        elif isinstance(layer, keras.layers.Dense):
-            kernel = np.asarray(layer.kernel, np.float32)
-            bias = np.asarray(layer.bias, np.float32) if layer.use_bias else np.float32(0)
-            steps.append(_affine(kernel, bias))
-            activation = _activation(layer.activation)
-            if activation is None:
-                return None
-            steps.append(activation)
-        elif isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, [-1]):
-            steps.append(_batch_norm(layer))
-        elif isinstance(layer, keras.layers.Activation):
-            activation = _activation(layer.activation)
-            if activation is None:
-                return None
-            steps.append(activation)
-        else:
+        layer_steps = _steps(layer)
+        if layer_steps is None:
             return None
+        steps += layer_steps
 
     def forward(inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs, np.float32)
@@ -64,6 +47,26 @@ def numpy_forward(model: keras.Model) -> Forward | None:
         return x
 
     return forward
+
+
+def _steps(layer: keras.layers.Layer) -> list[Forward] | None:
+    """One layer at inference as numpy steps, or None if it is not one of ours."""
+    if isinstance(layer, PASS_THROUGH):
+        return []
+    if isinstance(layer, keras.layers.Flatten | keras.layers.Reshape):
+        return [_reshape(tuple(layer.output.shape[1:]))]
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, [-1]):
+        return [_batch_norm(layer)]
+    activation = _activation(getattr(layer, "activation", None))
+    if activation is None:
+        return None
+    if isinstance(layer, keras.layers.Activation):
+        return [activation]
+    if isinstance(layer, keras.layers.Dense):
+        kernel = np.asarray(layer.kernel, np.float32)
+        bias = np.asarray(layer.bias, np.float32) if layer.use_bias else np.float32(0)
+        return [_affine(kernel, bias), activation]
+    return None
 
 
 def _reshape(shape: tuple[int, ...]) -> Forward:
@@ -92,6 +95,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def _activation(function: object) -> Forward | None:
+    if function is None:
+        return None
     name = keras.activations.serialize(function)
     if name == "linear":
         return lambda x: x

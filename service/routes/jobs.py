@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
+from core.artifacts import ArtifactStore
+from core.models import Job
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.store import IdempotencyConflict
@@ -107,13 +110,20 @@ def cancel_job(job: JobDep, store: StoreDep) -> JobRead:
 )
 def download_model(job: JobDep, artifacts: ArtifactsDep) -> FileResponse:
     """The trained model as a Keras 3 `.keras` file (`keras.saving.load_model`)."""
+    return FileResponse(
+        model_file(job, artifacts),
+        media_type="application/octet-stream",
+        filename=f"tricklab-{job.id}.keras",
+    )
+
+
+def model_file(job: Job, artifacts: ArtifactStore) -> Path:
+    """A succeeded job's model file; 409 before it succeeded, 404 if the file is gone."""
     require_succeeded(job.id, job.status)
     path = artifacts.path(job.model_path or "")
     if not path.is_file():
         raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
-    return FileResponse(
-        path, media_type="application/octet-stream", filename=f"tricklab-{job.id}.keras"
-    )
+    return path
 
 
 def require_succeeded(job_id: str, status: JobStatus) -> None:

@@ -13,13 +13,13 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from core.images import ImageError
+from core.images import SIDE, ImageError
 from core.spec import DATASET_CLASSES
 from core.store import JobStore
 from service.batching import Overloaded
 from service.deps import ArtifactsDep, JobDep, PredictorDep, SettingsDep, StoreDep, get_job
 from service.predictor import LoadedModel, ModelUnavailable, Predictor
-from service.routes.jobs import require_succeeded
+from service.routes.jobs import model_file, require_succeeded
 from service.schemas import (
     EncodedImage,
     JobResult,
@@ -133,15 +133,12 @@ async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedMod
 )
 def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep) -> ModelMetadata:
     """What the model expects and answers, how it was trained, and how well it did."""
-    require_succeeded(job.id, job.status)
+    path = model_file(job, artifacts)
     loaded = predictor.loaded(job.id)
-    path = artifacts.path(job.model_path or "")
-    if not path.is_file():
-        raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
     return ModelMetadata(
         job_id=job.id,
         input=ModelInput(
-            shape=[28, 28],
+            shape=[SIDE, SIDE],
             dtype="uint8",
             range=[0, 255],
             description="Grayscale, light object on a dark background; scaled to [0, 1] by "
