@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from threadpoolctl import threadpool_limits
 
 from core.artifacts import ArtifactStore
 from core.config import Settings, get_settings
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # TensorFlow and Keras leave ~300,000 long-lived objects that every full garbage
         # collection would walk (~0.14 s, a pause in the middle of requests); set them aside.
         gc.freeze()
+        # Prediction matmuls are tiny: a second BLAS thread only spins on a core that other
+        # requests, or other processes, need (measured: twice the CPU time per request).
+        threadpool_limits(1, user_api="blas")
         yield
         sweeper.stop()
         engine.dispose()
