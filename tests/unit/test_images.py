@@ -44,6 +44,26 @@ def test_dark_on_light_pictures_are_inverted():
     np.testing.assert_array_equal(decode_image(encode(255 - IMAGE)), IMAGE)
 
 
+@pytest.mark.parametrize(("low", "high", "inverted"), [(100, 200, True), (0, 254, False)])
+def test_inversion_follows_the_median_of_the_border_exactly(low, high, inverted):
+    # Half the 108 border pixels low, half high: the median is their mean, 150 or 127.
+    pixels = np.full((28, 28), 60, np.uint8)
+    pixels[0], pixels[-1] = low, high
+    pixels[1:-1, 0], pixels[1:-1, -1] = low, high
+    expected = 255 - pixels if inverted else pixels
+    np.testing.assert_array_equal(decode_image(encode(pixels)), expected)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG"])
+def test_the_exif_orientation_is_applied(format):
+    # Orientation 6: the stored pixels are turned a quarter left; viewers turn them back.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(IMAGE).transpose(Image.Transpose.ROTATE_90)
+    decoded = decode_image(encode(stored, format, exif=exif, quality=100)).astype(int)
+    assert np.abs(decoded - IMAGE.astype(int)).max() <= (0 if format == "PNG" else 12)
+
+
 def test_larger_pictures_are_scaled_down_by_area_averaging():
     big = Image.fromarray(IMAGE).resize((112, 112), Image.Resampling.NEAREST)
     np.testing.assert_array_equal(decode_image(encode(big)), IMAGE)
