@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from threadpoolctl import threadpool_info
 
 from core.config import Settings
 from core.db import make_engine
@@ -41,6 +42,12 @@ def trained(tmp_path_factory, data_dir):
         drain_queue(settings)
         client.post("/v1/jobs", json=TINY)  # stays queued: no worker runs after this
         yield client, job["id"], settings
+
+
+def test_the_service_runs_its_tiny_matmuls_on_one_blas_thread(trained):
+    # More threads spin on a core that other requests and processes need (see service.app).
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)
 
 
 def files(*contents: bytes) -> list:
@@ -181,7 +188,11 @@ def raw(data: bytes) -> dict:
         ),
         (lambda: {"files": files(encode(IMAGES[0])[:60])}, 400, "corrupt or truncated"),
         (lambda: {"files": files(png_declaring(100_000, 100_000))}, 400, "too large"),
-        (lambda: {"files": files(*[encode(IMAGES[0])] * 6)}, 400, "Too many files"),
+        (
+            lambda: {"files": files(*[encode(IMAGES[0])] * 6)},
+            400,
+            "6 parts in the form; at most 5 files",
+        ),
         (
             lambda: {"files": [("picture", ("a.png", encode(IMAGES[0]), "image/png"))]},
             400,
