@@ -246,9 +246,21 @@ class JobSpec(Strict):
         order = list(TRICKS)
         self.tricks = sorted(self.tricks, key=lambda trick: order.index(trick.name))
         if self.learning_rate is None:
-            momentum = self.trick(Momentum) is not None
-            self.learning_rate = SGD_LEARNING_RATE if momentum else ADAM_LEARNING_RATE
+            self.learning_rate = self.default_learning_rate
         return self
+
+    @property
+    def default_learning_rate(self) -> float:
+        return SGD_LEARNING_RATE if self.trick(Momentum) is not None else ADAM_LEARNING_RATE
+
+    def template(self) -> dict[str, Any]:
+        """The spec as a document to derive others from: a learning rate equal to its
+        optimizer's default is left unset, so adding or removing momentum brings the other
+        optimizer's default instead of carrying this one over."""
+        document = self.model_dump(mode="json")
+        if document["learning_rate"] == self.default_learning_rate:
+            document["learning_rate"] = None
+        return document
 
     def trick(self, kind: type[TrickT]) -> TrickT | None:
         """This spec's trick of the given type, or None."""

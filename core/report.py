@@ -1,0 +1,331 @@
+"""The comparison report of a study, or of any jobs: per variant, means with 95% intervals
+over its seeds; per trick, the paired difference its adding makes to the test accuracy.
+
+A trick's effect is measured on every pair of variants that differ by that trick alone (the
+same spec otherwise): a one_at_a_time design gives one pair per trick (base, base + trick), a
+cumulative one the step that adds it, leave_one_out (all − trick, all), and a full factorial
+every subset with and without it (its main effect). For each seed the pairs' differences are
+averaged, and the interval is taken over seeds: runs with the same seed share their weight
+initialisation and data order, which is what makes pairing remove most of the seed noise.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.models import EpochMetrics, Job, Study
+from core.spec import JobSpec
+from core.states import JobStatus
+from core.stats import Estimate, estimate, paired
+from core.studies import trick_label
+
+CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "gap")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One succeeded job of a variant."""
+
+    result: dict[str, Any]
+    epochs: list[dict[str, Any]]  # its epoch metrics, from 1
+    best_epoch: int | None
+    stopped_epoch: int | None
+
+
+@dataclass
+class VariantRuns:
+    name: str
+    tricks: tuple[str, ...]  # trick labels, as core.studies.trick_label
+    spec: dict[str, Any]  # resolved, without the seed
+    jobs: list[Job] = field(default_factory=list)
+    runs: dict[int, Run] = field(default_factory=dict)  # by seed: succeeded jobs only
+
+
+def study_variants(
+    study: Study, jobs: dict[str, Job], metrics: dict[str, list[EpochMetrics]]
+) -> list[VariantRuns]:
+    """A study's variants with their jobs and runs so far."""
+    return [
+        _collect(
+            VariantRuns(
+                variant["name"],
+                tuple(variant["tricks"]),
+                variant["spec"],
+                [jobs[job_id] for job_id in variant["jobs"]],
+            ),
+            metrics,
+        )
+        for variant in study.variants
+    ]
+
+
+def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> list[VariantRuns]:
+    """Any jobs, grouped into variants by their spec apart from the seed. A variant is named
+    by its tricks, and, where several share the tricks, by the fields that set them apart."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        rest = {key: value for key, value in job.spec.items() if key != "seed"}
+        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(job)
+    variants = []
+    for members in groups.values():
+        spec = {key: value for key, value in members[0].spec.items() if key != "seed"}
+        labels = tuple(trick_label(trick) for trick in spec["tricks"])
+        variants.append(
+            _collect(VariantRuns(" + ".join(("base", *labels)), labels, spec, members), metrics)
+        )
+    by_name: dict[str, list[VariantRuns]] = {}
+    for variant in variants:
+        by_name.setdefault(variant.name, []).append(variant)
+    for namesakes in by_name.values():
+        if len(namesakes) == 1:
+            continue
+        differing = [
+            key
+            for key in namesakes[0].spec
+            if key != "tricks" and len({json.dumps(v.spec[key]) for v in namesakes}) > 1
+        ]
+        for variant in namesakes:
+            fields = ", ".join(f"{key}={json.dumps(variant.spec[key])}" for key in differing)
+            variant.name += f" ({fields})"
+    return variants
+
+
+def progress(statuses: Sequence[JobStatus]) -> dict[str, int]:
+    """How many jobs are in each status, and in all."""
+    return {"total": len(statuses), **{s.value: list(statuses).count(s) for s in JobStatus}}
+
+
+def study_status(cancelled: bool, statuses: Sequence[JobStatus]) -> str:
+    """queued until a job starts, running until all have ended, then succeeded when all
+    did, else failed; cancelled once the study is."""
+    if cancelled:
+        return "cancelled"
+    if any(s in (JobStatus.QUEUED, JobStatus.RUNNING) for s in statuses):
+        started = any(s != JobStatus.QUEUED for s in statuses)
+        return "running" if started else "queued"
+    return "succeeded" if all(s == JobStatus.SUCCEEDED for s in statuses) else "failed"
+
+
+def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> VariantRuns:
+    """Fill in the runs of the variant's succeeded jobs from their metrics rows."""
+    for job in variant.jobs:
+        if job.status == JobStatus.SUCCEEDED and job.result is not None:
+            variant.runs[job.spec["seed"]] = Run(
+                job.result,
+                [_row(m) for m in metrics.get(job.id, ())],
+                job.best_epoch,
+                job.stopped_epoch,
+            )
+    return variant
+
+
+def _row(m: EpochMetrics) -> dict[str, Any]:
+    names = ("epoch", "seconds", *CURVES[:-1], "test_loss")
+    row = {name: value for name in names if (value := getattr(m, name)) is not None}
+    if m.val_accuracy is not None:  # no validation split: no gap
+        row["gap"] = m.train_accuracy - m.val_accuracy
+    return row
+
+
+def report(variants: list[VariantRuns]) -> dict[str, Any]:
+    """The whole report as JSON-ready data."""
+    return {
+        "variants": [_variant(v) for v in variants],
+        "effects": _effects(variants),
+    }
+
+
+def _variant(variant: VariantRuns) -> dict[str, Any]:
+    runs = [variant.runs[seed] for seed in sorted(variant.runs)]
+    statuses = [job.status for job in variant.jobs]
+
+    def final(key: str) -> Estimate | None:
+        return estimate([r.result[key] for r in runs if r.result.get(key) is not None])
+
+    def over_epochs(key: str, pick: Any) -> Estimate | None:
+        return estimate([pick(row[key] for row in r.epochs) for r in runs if r.epochs])
+
+    last_gaps = [r.epochs[-1]["gap"] for r in runs if r.epochs and "gap" in r.epochs[-1]]
+    return {
+        "name": variant.name,
+        "tricks": list(variant.tricks),
+        "spec": variant.spec,
+        "jobs": [job.id for job in variant.jobs],
+        "seeds": sorted(variant.runs),
+        "progress": progress(statuses),
+        "final_test_accuracy": final("test_accuracy"),
+        "final_test_loss": final("test_loss"),
+        "best_test_accuracy": over_epochs("test_accuracy", max),
+        "best_test_loss": over_epochs("test_loss", min),
+        "best_epoch": estimate([r.best_epoch for r in runs if r.best_epoch is not None]),
+        "stopped_epochs": [r.stopped_epoch for r in runs],
+        "generalisation_gap": estimate(last_gaps),
+        "seconds_per_epoch": estimate(
+            [float(np.mean([row["seconds"] for row in r.epochs])) for r in runs if r.epochs]
+        ),
+        "total_seconds": final("seconds"),
+        "curves": _curves(runs),
+    }
+
+
+def _curves(runs: list[Run]) -> dict[str, Any]:
+    """Per epoch, each metric's mean and interval over the runs that reached that epoch
+    (early stopping ends some runs sooner)."""
+    longest = max((len(r.epochs) for r in runs), default=0)
+    curves: dict[str, Any] = {"epoch": list(range(1, longest + 1))}
+    for key in CURVES:
+        points = [
+            estimate([r.epochs[e][key] for r in runs if e < len(r.epochs) and key in r.epochs[e]])
+            for e in range(longest)
+        ]
+        curves[key] = {
+            part: [getattr(p, part) if p else None for p in points]
+            for part in ("mean", "low", "high", "n")
+        }
+    return curves
+
+
+def _effects(variants: list[VariantRuns]) -> list[dict[str, Any]]:
+    def rest(variant: VariantRuns) -> str:  # all but the tricks, the seed, a default rate
+        template = JobSpec.model_validate(variant.spec).template()
+        return json.dumps({k: v for k, v in template.items() if k not in ("tricks", "seed")})
+
+    labels = list(dict.fromkeys(label for v in variants for label in v.tricks))
+    effects = []
+    for label in labels:
+        pairs = [
+            (without, with_)
+            for with_ in variants
+            for without in variants
+            if set(with_.tricks) == set(without.tricks) | {label}
+            and label not in without.tricks
+            and rest(with_) == rest(without)
+        ]
+        per_seed: dict[int, list[float]] = {}
+        for without, with_ in pairs:
+            for seed in with_.runs.keys() & without.runs.keys():
+                difference = (
+                    with_.runs[seed].result["test_accuracy"]
+                    - without.runs[seed].result["test_accuracy"]
+                )
+                per_seed.setdefault(seed, []).append(difference)
+        seeds = sorted(per_seed)
+        differences = [float(np.mean(per_seed[seed])) for seed in seeds]
+        comparison = paired(differences, [0.0] * len(differences))
+        effects.append(
+            {
+                "trick": label,
+                "metric": "final_test_accuracy",
+                "pairs": [{"without": a.name, "with": b.name} for a, b in pairs],
+                "seeds": seeds,
+                "difference": comparison.difference,
+                "p_value": comparison.p_value,
+                "verdict": comparison.verdict if pairs else "not compared",
+                "summary": _summary(
+                    label, comparison.verdict if pairs else None, comparison.difference
+                ),
+            }
+        )
+    return effects
+
+
+def _summary(label: str, verdict: str | None, difference: Estimate | None) -> str:
+    if verdict is None:
+        return f"{label}: no two variants differ by this trick alone, so it is not compared"
+    if difference is None or difference.low is None or difference.high is None:
+        return f"{label}: not enough repeats to compare (at least 2 matched seeds are needed)"
+    points = (
+        f"{difference.mean * 100:+.2f} points of test accuracy "
+        f"(95% CI {difference.low * 100:+.2f} to {difference.high * 100:+.2f}, "
+        f"{difference.n} seeds)"
+    )
+    if verdict == "helps":
+        return f"{label} helps: {points}"
+    if verdict == "hurts":
+        return f"{label} hurts: {points}"
+    return f"{label}: no detectable difference at {difference.n} repeats: {points}"
+
+
+def to_json(data: Any) -> Any:
+    """Estimates (dataclasses) → plain dicts, recursively."""
+    if isinstance(data, Estimate):
+        return asdict(data)
+    if isinstance(data, dict):
+        return {key: to_json(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [to_json(value) for value in data]
+    return data
+
+
+VARIANT_COLUMNS = (
+    "final_test_accuracy",
+    "final_test_loss",
+    "best_test_accuracy",
+    "best_test_loss",
+    "best_epoch",
+    "generalisation_gap",
+    "seconds_per_epoch",
+    "total_seconds",
+)
+
+
+def variants_csv(data: dict[str, Any]) -> str:
+    """One row per variant: each statistic's mean, interval bounds and run count."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["variant", "tricks", "runs", "jobs_total"]
+    for column in VARIANT_COLUMNS:
+        header += [f"{column}_mean", f"{column}_low", f"{column}_high"]
+    header.append("stopped_epochs")
+    writer.writerow(header)
+    for variant in data["variants"]:
+        row = [
+            variant["name"],
+            " + ".join(variant["tricks"]),
+            len(variant["seeds"]),
+            variant["progress"]["total"],
+        ]
+        for column in VARIANT_COLUMNS:
+            value: Estimate | None = variant[column]
+            row += [value.mean, value.low, value.high] if value else [None] * 3
+        row.append(" ".join(str(e) if e else "-" for e in variant["stopped_epochs"]))
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def effects_csv(data: dict[str, Any]) -> str:
+    """One row per trick: the paired difference in final test accuracy and the verdict."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "trick",
+            "difference_mean",
+            "difference_low",
+            "difference_high",
+            "seeds",
+            "p_value",
+            "verdict",
+            "pairs",
+        ]
+    )
+    for effect in data["effects"]:
+        difference: Estimate | None = effect["difference"]
+        writer.writerow(
+            [
+                effect["trick"],
+                *([difference.mean, difference.low, difference.high] if difference else [None] * 3),
+                len(effect["seeds"]),
+                effect["p_value"],
+                effect["verdict"],
+                "; ".join(f"{p['without']} → {p['with']}" for p in effect["pairs"]),
+            ]
+        )
+    return out.getvalue()

@@ -1,0 +1,178 @@
+"""Studies: a base spec, tricks to compare, a design and repeats, expanded into variants.
+
+Every variant runs once per seed, and every variant uses the same seeds, so two variants'
+runs pair up seed by seed: the comparison of a trick is then a paired one (core.report).
+Variants that resolve to the same spec are one variant, so one job per seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+
+from core.spec import TRICKS, JobSpec, Strict, TrickItem
+
+Design = Literal["one_at_a_time", "leave_one_out", "cumulative", "full_factorial", "explicit"]
+DESIGNS: dict[str, str] = {
+    "one_at_a_time": "the base, and the base with each trick alone",
+    "leave_one_out": "all the tricks, and all of them but one, for each",
+    "cumulative": "the base, then adding the tricks one by one in the order given",
+    "full_factorial": "every subset of the tricks",
+    "explicit": "the trick lists given in `variants`",
+}
+# The study notebook's progression: its five classifiers, then its momentum optimizer.
+NOTEBOOK_TRICKS = ("dropout", "weight_decay", "early_stopping", "batch_norm", "momentum")
+NOTEBOOK_EPOCHS = 20
+
+
+class StudyError(ValueError):
+    """The study cannot be expanded as asked; the message says why."""
+
+
+class StudySpec(Strict):
+    """What to compare. Every variant adds some of `tricks` to `base` and runs once per seed:
+    `base.seed`, `base.seed + 1`, … (`repeats` seeds), the same seeds for every variant."""
+
+    name: str = Field("", max_length=200, description="A label for people; need not be unique.")
+    preset: Literal["notebook"] | None = Field(
+        None,
+        description="notebook: the study notebook's progression base → +dropout → "
+        "+weight_decay → +early_stopping → +batch_norm → +momentum, 20 epochs, batch 32. "
+        "Fields given beside it (repeats, base, ...) override the preset's.",
+    )
+    base: JobSpec = Field(
+        default_factory=JobSpec, description="The spec every variant starts from."
+    )
+    tricks: list[TrickItem] = Field(
+        default_factory=list, description="The tricks compared (not for the explicit design)."
+    )
+    design: Design = Field(
+        "one_at_a_time", description="; ".join(f"{k}: {v}" for k, v in DESIGNS.items())
+    )
+    variants: list[list[TrickItem]] | None = Field(
+        None, min_length=1, max_length=256, description="The explicit design's trick lists."
+    )
+    repeats: int = Field(
+        3, ge=1, le=50, description="Seeds per variant (at least 2 for intervals)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "notebook":
+            preset = {
+                "name": "notebook",
+                "base": {"epochs": NOTEBOOK_EPOCHS, "batch_size": 32},
+                "tricks": list(NOTEBOOK_TRICKS),
+                "design": "cumulative",
+            }
+            return {**preset, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _check_design(self) -> StudySpec:
+        if self.design == "explicit":
+            if self.variants is None:
+                raise ValueError("the explicit design needs 'variants': a list of trick lists")
+            if self.tricks:
+                raise ValueError(
+                    "the explicit design takes its tricks from 'variants', not 'tricks'"
+                )
+            return self
+        if self.variants is not None:
+            raise ValueError(f"'variants' is only for the explicit design, not {self.design}")
+        if not self.tricks:
+            raise ValueError(f"the {self.design} design needs at least one trick in 'tricks'")
+        names = [trick.name for trick in self.tricks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
+        in_base = sorted(set(names) & {trick.name for trick in self.base.tricks})
+        if in_base:
+            raise ValueError(
+                f"trick {', '.join(map(repr, in_base))} is already in the base spec: a study "
+                "compares tricks added to the base"
+            )
+        return self
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.base.seed + offset for offset in range(self.repeats)]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    tricks: tuple[str, ...]  # the tricks it adds to the base, by trick_label
+    spec: JobSpec  # resolved, with the base's seed; its jobs take the study's seeds
+
+    def job_spec(self, seed: int) -> JobSpec:
+        return self.spec.model_copy(update={"seed": seed})
+
+
+def expand(study: StudySpec, max_jobs: int) -> list[Variant]:
+    """The study's distinct variants, in design order. Raises StudyError."""
+    variants: dict[str, Variant] = {}  # by resolved spec: colliding variants are one
+    for added in _trick_lists(study):
+        spec = _resolve(study.base, added)
+        key = spec.model_dump_json()
+        if key not in variants:
+            labels = tuple(map(trick_label, added))
+            variants[key] = Variant(_name(study, labels), labels, spec)
+    jobs = len(variants) * study.repeats
+    if jobs > max_jobs:
+        raise StudyError(
+            f"the study would run {jobs} jobs ({len(variants)} variants × {study.repeats} "
+            f"repeats); the limit is {max_jobs} (TRICKLAB_MAX_STUDY_JOBS): use fewer tricks, "
+            "repeats or another design"
+        )
+    return list(variants.values())
+
+
+def _trick_lists(study: StudySpec) -> list[list[dict[str, Any]]]:
+    """Each variant's added tricks, as trick objects."""
+    if study.design == "explicit":
+        return [_dumped(tricks) for tricks in study.variants or []]
+    tricks = _dumped(study.tricks)
+    count = len(tricks)
+    if study.design == "one_at_a_time":
+        return [[], *([trick] for trick in tricks)]
+    if study.design == "leave_one_out":
+        return [tricks, *([t for t in tricks if t is not left] for left in tricks)]
+    if study.design == "cumulative":
+        return [tricks[:size] for size in range(count + 1)]
+    return [list(subset) for size in range(count + 1) for subset in combinations(tricks, size)]
+
+
+def _resolve(base: JobSpec, added: list[dict[str, Any]]) -> JobSpec:
+    document = base.template()
+    document["tricks"] = [*document["tricks"], *added]
+    try:
+        return JobSpec.model_validate(document)
+    except ValidationError as error:
+        names = " + ".join(trick["name"] for trick in added) or "the base"
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors())
+        raise StudyError(f"the variant with {names} is not a valid job spec: {reasons}") from None
+
+
+def trick_label(trick: dict[str, Any]) -> str:
+    """'dropout', or with the parameters that differ from the defaults: 'dropout(rate=0.2)'."""
+    defaults = TRICKS[trick["name"]]().model_dump()
+    changed = [f"{key}={value}" for key, value in trick.items() if value != defaults[key]]
+    return f"{trick['name']}({', '.join(changed)})" if changed else trick["name"]
+
+
+def _name(study: StudySpec, added: tuple[str, ...]) -> str:
+    if study.design == "leave_one_out":
+        left_out = [
+            label for label in map(trick_label, _dumped(study.tricks)) if label not in added
+        ]
+        return f"all − {left_out[0]}" if left_out else "all"
+    return " + ".join(("base", *added))
+
+
+def _dumped(tricks: list[Any]) -> list[dict[str, Any]]:
+    return [trick.model_dump() for trick in tricks]

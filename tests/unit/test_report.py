@@ -1,0 +1,99 @@
+"""The report's grouping and its rule for comparing a trick: every pair of variants that
+differ by that trick alone, averaged per seed, the interval taken over seeds."""
+
+import numpy as np
+import pytest
+
+from core.models import Job
+from core.report import job_variants, report, study_status
+from core.spec import JobSpec
+from core.states import JobStatus
+
+
+def job(tricks, seed, accuracy, **fields):
+    spec = JobSpec.model_validate({"tricks": tricks, "seed": seed, **fields})
+    return Job(
+        id=f"{'-'.join(tricks) or 'base'}-{seed}-{fields}",
+        status=JobStatus.SUCCEEDED,
+        spec=spec.model_dump(mode="json"),
+        result={"test_accuracy": accuracy, "test_loss": 1 - accuracy, "seconds": 1.0},
+    )
+
+
+def effects_of(jobs):
+    return {e["trick"]: e for e in report(job_variants(jobs, {}))["effects"]}
+
+
+def test_a_factorial_trick_effect_is_its_main_effect_over_all_subsets():
+    # accuracy = 0.8 + 0.02·dropout + 0.01·momentum + noise by seed
+    jobs = [
+        job(
+            tricks,
+            seed,
+            0.8
+            + 0.02 * ("dropout" in tricks)
+            + 0.01 * ("momentum" in tricks)
+            + [0.0, 0.01, -0.01][seed]
+            + 0.001 * seed * len(tricks),
+        )
+        for seed in range(3)
+        for tricks in ([], ["dropout"], ["momentum"], ["dropout", "momentum"])
+    ]
+    effects = effects_of(jobs)
+    dropout = effects["dropout"]
+    assert [(p["without"], p["with"]) for p in dropout["pairs"]] == [
+        ("base", "base + dropout"),
+        ("base + momentum", "base + dropout + momentum"),
+    ]
+    # per seed: mean of the two pairs' differences = 0.02 + 0.001·seed
+    assert dropout["difference"].mean == pytest.approx(0.02 + 0.001)
+    assert dropout["verdict"] == "helps"
+    assert effects["momentum"]["difference"].mean == pytest.approx(0.011)
+
+
+def test_a_learning_rate_left_to_its_default_does_not_stop_momentum_pairing():
+    jobs = [job(t, s, 0.8 + 0.01 * s) for s in range(2) for t in ([], ["momentum"])]
+    assert effects_of(jobs)["momentum"]["pairs"] == [{"without": "base", "with": "base + momentum"}]
+
+
+def test_variants_differing_in_more_than_tricks_are_not_paired_and_are_named_apart():
+    jobs = [job([], 0, 0.8, epochs=5), job(["dropout"], 0, 0.82, epochs=10)]
+    variants = report(job_variants(jobs, {}))["variants"]
+    assert [v["name"] for v in variants] == ["base", "base + dropout"]
+    assert effects_of(jobs)["dropout"]["verdict"] == "not compared"
+    same_tricks = [job([], 0, 0.8, epochs=5), job([], 0, 0.82, epochs=10)]
+    assert [v["name"] for v in report(job_variants(same_tricks, {}))["variants"]] == [
+        "base (epochs=5)",
+        "base (epochs=10)",
+    ]
+
+
+def test_only_seeds_with_both_runs_finished_are_compared():
+    jobs = [job([], s, 0.8) for s in range(3)] + [job(["dropout"], s, 0.81) for s in range(2)]
+    dropout = effects_of(jobs)["dropout"]
+    assert dropout["seeds"] == [0, 1]
+    assert dropout["difference"].n == 2
+
+
+def test_variant_statistics_use_succeeded_runs_only():
+    failed = job([], 2, 0.0)
+    failed.status, failed.result = JobStatus.FAILED, None
+    (variant,) = report(job_variants([job([], 0, 0.8), job([], 1, 0.9), failed], {}))["variants"]
+    assert variant["seeds"] == [0, 1]
+    assert variant["final_test_accuracy"].mean == pytest.approx(0.85)
+    assert variant["progress"]["failed"] == 1 and variant["progress"]["total"] == 3
+    assert np.isclose(variant["final_test_loss"].mean, 0.15)
+
+
+@pytest.mark.parametrize(
+    ("cancelled", "statuses", "expected"),
+    [
+        (False, ["queued", "queued"], "queued"),
+        (False, ["succeeded", "queued"], "running"),
+        (False, ["succeeded", "succeeded"], "succeeded"),
+        (False, ["succeeded", "failed"], "failed"),
+        (True, ["succeeded", "cancelled"], "cancelled"),
+    ],
+)
+def test_study_status(cancelled, statuses, expected):
+    assert study_status(cancelled, [JobStatus(s) for s in statuses]) == expected

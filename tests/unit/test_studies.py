@@ -1,0 +1,138 @@
+"""Design expansion: the exact variant sets, deduplication, the preset and the limits."""
+
+import pytest
+
+from core.studies import StudyError, StudySpec, expand, trick_label
+
+TRICKS = ["dropout", "weight_decay", "momentum"]
+
+
+def names(design, tricks=TRICKS, **fields):
+    return [v.name for v in expand(StudySpec(tricks=tricks, design=design, **fields), 1000)]
+
+
+def test_one_at_a_time():
+    assert names("one_at_a_time") == [
+        "base",
+        "base + dropout",
+        "base + weight_decay",
+        "base + momentum",
+    ]
+
+
+def test_leave_one_out():
+    assert names("leave_one_out") == [
+        "all",
+        "all − dropout",
+        "all − weight_decay",
+        "all − momentum",
+    ]
+
+
+def test_cumulative_adds_in_the_order_given():
+    assert names("cumulative", ["momentum", "dropout"]) == [
+        "base",
+        "base + momentum",
+        "base + momentum + dropout",
+    ]
+
+
+def test_full_factorial_is_every_subset():
+    assert names("full_factorial") == [
+        "base",
+        "base + dropout",
+        "base + weight_decay",
+        "base + momentum",
+        "base + dropout + weight_decay",
+        "base + dropout + momentum",
+        "base + weight_decay + momentum",
+        "base + dropout + weight_decay + momentum",
+    ]
+
+
+def test_explicit_variants_that_resolve_alike_are_one():
+    study = StudySpec(
+        design="explicit",
+        variants=[
+            [],
+            ["dropout"],
+            [{"name": "dropout", "rate": 0.5}],  # the default rate: the same spec
+            [{"name": "dropout", "rate": 0.2}],
+            ["momentum", "dropout"],
+            ["dropout", "momentum"],
+        ],
+    )
+    variants = expand(study, 1000)
+    assert [v.name for v in variants] == [
+        "base",
+        "base + dropout",
+        "base + dropout(rate=0.2)",
+        "base + momentum + dropout",
+    ]
+    assert len({v.spec.model_dump_json() for v in variants}) == 4
+
+
+def test_every_variant_runs_on_the_same_seeds_from_the_base_seed():
+    study = StudySpec(base={"seed": 40}, tricks=["dropout"], repeats=3)
+    assert study.seeds == [40, 41, 42]
+    (base, dropout) = expand(study, 1000)
+    assert [dropout.job_spec(seed).seed for seed in study.seeds] == [40, 41, 42]
+    assert base.job_spec(41).model_dump(exclude={"seed"}) == base.spec.model_dump(exclude={"seed"})
+
+
+def test_the_base_spec_carries_into_every_variant():
+    study = StudySpec(base={"epochs": 3, "tricks": ["batch_norm"]}, tricks=["dropout"])
+    for variant in expand(study, 1000):
+        assert variant.spec.epochs == 3
+        assert "batch_norm" in [t.name for t in variant.spec.tricks]
+
+
+def test_momentum_brings_its_own_default_learning_rate():
+    rates = {v.name: v.spec.learning_rate for v in expand(StudySpec(tricks=["momentum"]), 10)}
+    assert rates == {"base": 0.001, "base + momentum": 0.01}
+    given = StudySpec(base={"learning_rate": 0.05}, tricks=["momentum"])
+    assert {v.spec.learning_rate for v in expand(given, 10)} == {0.05}
+
+
+def test_the_notebook_preset_is_its_progression_over_20_epochs():
+    study = StudySpec(preset="notebook")
+    assert (study.design, study.base.epochs, study.base.batch_size, study.repeats) == (
+        "cumulative",
+        20,
+        32,
+        3,
+    )
+    assert names("cumulative", study.tricks)[-1] == (
+        "base + dropout + weight_decay + early_stopping + batch_norm + momentum"
+    )
+    assert StudySpec(preset="notebook", repeats=5, base={"epochs": 4}).base.epochs == 4
+
+
+def test_more_jobs_than_the_limit_are_refused_before_any_is_made():
+    study = StudySpec(tricks=TRICKS, design="full_factorial", repeats=3)
+    with pytest.raises(StudyError, match=r"24 jobs \(8 variants × 3 repeats\); the limit is 20"):
+        expand(study, 20)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tricks": []}, "needs at least one trick"),
+        ({"tricks": ["dropout", "dropout"]}, "'dropout' is listed more than once"),
+        ({"base": {"tricks": ["dropout"]}, "tricks": ["dropout"]}, "already in the base spec"),
+        ({"design": "explicit", "tricks": ["dropout"]}, "needs 'variants'"),
+        ({"design": "explicit", "variants": [[]], "tricks": ["dropout"]}, "not 'tricks'"),
+        ({"tricks": ["dropout"], "variants": [[]]}, "only for the explicit design"),
+        ({"tricks": ["dropout"], "repeats": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_invalid_studies_are_refused_with_the_reason(fields, message):
+    with pytest.raises(ValueError, match=message):
+        StudySpec(**fields)
+
+
+def test_trick_labels_name_only_the_parameters_changed():
+    assert trick_label({"name": "dropout", "rate": 0.5}) == "dropout"
+    assert trick_label({"name": "momentum", "momentum": 0.8, "nesterov": False}) == (
+        "momentum(momentum=0.8, nesterov=False)"
+    )
