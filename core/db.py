@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 
-from core.models import SCHEMA_VERSION, Base, Meta
+from core.models import ADDITIVE_UPGRADES, SCHEMA_VERSION, Base, Meta
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
 # read-then-update can then never interleave with another writer's, and lock waits happen
@@ -76,6 +76,12 @@ def init_db(engine: Engine) -> None:
         version = None
         if Meta.__tablename__ in tables:
             version = connection.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+        if version in ADDITIVE_UPGRADES:
+            Base.metadata.create_all(connection)  # only the tables that are missing
+            connection.execute(
+                update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
+            )
+            return
         if version != str(SCHEMA_VERSION):
             raise SchemaMismatch(
                 f"the database {engine.url.render_as_string()} has tricklab schema version "

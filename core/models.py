@@ -1,4 +1,4 @@
-"""The tables: jobs and their per-epoch metrics."""
+"""The tables: jobs, their per-epoch metrics, and studies of jobs."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ def utcnow() -> datetime:
 
 
 # Bump when a table changes: init_db refuses a database written with another layout.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions init_db can bring up to date by creating the tables added since (3: studies).
+ADDITIVE_UPGRADES = ("2",)
 
 
 class Base(DeclarativeBase):
@@ -116,3 +118,20 @@ class EpochMetrics(Base):
     train_objective: Mapped[float] = mapped_column(Float)
     learning_rate: Mapped[float] = mapped_column(Float)  # at the end of the epoch
     seconds: Mapped[float] = mapped_column(Float)  # training + validation time of the epoch
+
+
+class Study(Base):
+    """A comparison of variants, each run once per seed; its jobs are ordinary jobs."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict[str, Any]]  # the StudySpec as submitted, preset applied
+    # In design order: {"name", "tricks": [labels], "spec": resolved, "jobs": [ids by seed]}.
+    variants: Mapped[list[dict[str, Any]]]
+    seeds: Mapped[list[int]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+    cancelled_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_studies_created", "created_at"),)

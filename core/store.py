@@ -19,10 +19,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import WRITE
-from core.models import EpochMetrics, Job, utcnow
+from core.models import EpochMetrics, Job, Study, utcnow
 from core.retry import FailureReason, after_failure
 from core.spec import JobSpec
 from core.states import JobStatus, sources_of
+from core.studies import StudySpec, Variant
 
 MAX_ERROR_MESSAGE = 4000
 
@@ -69,18 +70,8 @@ class JobStore:
     def enqueue(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store a new queued job, durable when this returns. With a key already used for
         the same spec, the job stored then instead; returns (job, created)."""
-        document = spec.model_dump(mode="json")
-        job = Job(
-            id=uuid.uuid4().hex,
-            status=JobStatus.QUEUED,
-            spec=document,
-            created_at=utcnow(),
-            idempotency_key=idempotency_key,
-            attempts=0,
-            max_attempts=self.max_attempts,
-            failures=[],
-            epochs_done=0,
-        )
+        job = self._new_job(spec, idempotency_key)
+        document = job.spec
         try:
             with self._write.begin() as session:
                 if idempotency_key and (earlier := self._keyed(session, idempotency_key)):
@@ -93,6 +84,19 @@ class JobStore:
                 raise
             return self._replay(earlier, idempotency_key or "", document), False
         return job, True
+
+    def _new_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
+        return Job(
+            id=uuid.uuid4().hex,
+            status=JobStatus.QUEUED,
+            spec=spec.model_dump(mode="json"),
+            created_at=utcnow(),
+            idempotency_key=idempotency_key,
+            attempts=0,
+            max_attempts=self.max_attempts,
+            failures=[],
+            epochs_done=0,
+        )
 
     @staticmethod
     def _keyed(session: Session, key: str) -> Job | None:
@@ -143,6 +147,87 @@ class JobStore:
                 execution_options={"synchronize_session": False},
             ).one_or_none()
             return cancelled or session.get(Job, job_id)
+
+    # -- studies ------------------------------------------------------------------------
+
+    def create_study(self, study: StudySpec, variants: list[Variant]) -> Study:
+        """Store a study and all its jobs, queued, in one transaction: durable together."""
+        jobs: list[Job] = []
+        documents = []
+        for variant in variants:
+            ids = []
+            for seed in study.seeds:
+                jobs.append(self._new_job(variant.job_spec(seed)))
+                ids.append(jobs[-1].id)
+            spec = variant.spec.model_dump(mode="json", exclude={"seed"})
+            documents.append(
+                {"name": variant.name, "tricks": list(variant.tricks), "spec": spec, "jobs": ids}
+            )
+        row = Study(
+            id=uuid.uuid4().hex,
+            name=study.name,
+            request=study.model_dump(mode="json"),
+            variants=documents,
+            seeds=study.seeds,
+            created_at=utcnow(),
+        )
+        with self._write.begin() as session:
+            session.add_all([*jobs, row])
+        return row
+
+    def get_study(self, study_id: str) -> Study | None:
+        with self._read() as session:
+            return session.get(Study, study_id)
+
+    def list_studies(self, limit: int = 50, offset: int = 0) -> tuple[Sequence[Study], int]:
+        """A page of studies, newest first, and how many there are."""
+        with self._read() as session:
+            total = session.scalar(select(func.count()).select_from(Study)) or 0
+            page = session.scalars(
+                select(Study)
+                .order_by(Study.created_at.desc(), Study.id.desc())
+                .limit(limit)
+                .offset(offset)
+            ).all()
+        return page, total
+
+    def jobs_with_metrics(
+        self, job_ids: Sequence[str]
+    ) -> tuple[dict[str, Job], dict[str, list[EpochMetrics]]]:
+        """The jobs with these ids, and each one's epoch metrics in order."""
+        with self._read() as session:
+            jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(job_ids)))}
+            metrics: dict[str, list[EpochMetrics]] = {}
+            for row in session.scalars(
+                select(EpochMetrics)
+                .where(EpochMetrics.job_id.in_(job_ids))
+                .order_by(EpochMetrics.job_id, EpochMetrics.epoch)
+            ):
+                metrics.setdefault(row.job_id, []).append(row)
+        return jobs, metrics
+
+    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        with self._read() as session:
+            rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+            return {job_id: status for job_id, status in rows}
+
+    def cancel_study(self, study_id: str) -> Study | None:
+        """Mark the study cancelled and cancel its queued and running jobs; finished jobs
+        keep their results. None if there is no such study."""
+        with self._write.begin() as session:
+            study = session.get(Study, study_id)
+            if study is None:
+                return None
+            if study.cancelled_at is None:
+                study.cancelled_at = utcnow()
+            ids = [job_id for variant in study.variants for job_id in variant["jobs"]]
+            session.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.status.in_(sources_of(JobStatus.CANCELLED)))
+                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased()),
+                execution_options={"synchronize_session": False},
+            )
+        return study
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

@@ -219,6 +219,19 @@ def test_an_older_schema_is_refused_with_advice(tmp_path):
         init_db(engine)
 
 
+def test_a_version_2_database_gains_the_studies_table_and_keeps_its_jobs(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'v2.db'}")
+    init_db(engine)
+    job, _ = JobStore(engine).enqueue(JobSpec(seed=3))
+    with engine.begin() as connection:  # as tricklab with schema version 2 left it
+        connection.exec_driver_sql("DROP TABLE studies")
+        connection.exec_driver_sql("UPDATE tricklab_meta SET value = '2'")
+    init_db(engine)
+    store = JobStore(engine)
+    assert store.get(job.id).spec["seed"] == 3
+    assert store.list_studies() == ([], 0)
+
+
 def claim_all(url: str, worker: str, results) -> None:
     store = JobStore(make_engine(url))
     claimed = []
