@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         4096, ge=1, description="Images waiting for one model; beyond it, 503 and Retry-After."
     )
 
+    # A study refuses to expand into more jobs than this (a full factorial doubles per trick).
+    max_study_jobs: int = Field(200, ge=1, le=100_000)
+
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:
         if self.heartbeat_seconds >= self.lease_seconds:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,9 +17,11 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from core.models import EpochMetrics, Job
+from core.models import EpochMetrics, Job, Study
+from core.report import progress, study_status
 from core.spec import JobSpec
 from core.states import JobStatus
+from core.stats import Estimate
 
 
 class JobError(BaseModel):
@@ -266,3 +268,135 @@ class TrickInfo(BaseModel):
 
 class TrickCatalogue(BaseModel):
     tricks: list[TrickInfo]
+
+
+class Curve(BaseModel):
+    """One metric per epoch: the mean over the runs that reached the epoch, its 95% interval
+    (null with fewer than 2 runs) and the number of those runs."""
+
+    mean: list[float | None]
+    low: list[float | None]
+    high: list[float | None]
+    n: list[int | None]
+
+
+class Curves(BaseModel):
+    epoch: list[int]
+    train_loss: Curve
+    val_loss: Curve
+    train_accuracy: Curve
+    val_accuracy: Curve
+    test_accuracy: Curve
+    gap: Curve = Field(description="Generalisation gap: train minus validation accuracy.")
+
+
+class VariantReport(BaseModel):
+    """A variant's runs summarised: each statistic a mean over its succeeded seeds with a 95%
+    t interval (null while no run has finished)."""
+
+    name: str
+    tricks: list[str] = Field(description="The tricks it adds to the base.")
+    spec: dict[str, Any] = Field(description="Its resolved spec, without the seed.")
+    jobs: list[str] = Field(description="One job per seed, in seed order.")
+    seeds: list[int] = Field(description="Seeds whose jobs succeeded: the runs summarised.")
+    progress: dict[str, int] = Field(description="Its jobs per status, and the total.")
+    final_test_accuracy: Estimate | None = Field(
+        description="Of the saved model (the best epoch's weights under early stopping)."
+    )
+    final_test_loss: Estimate | None
+    best_test_accuracy: Estimate | None = Field(description="The highest of any epoch.")
+    best_test_loss: Estimate | None = Field(description="The lowest of any epoch.")
+    best_epoch: Estimate | None = Field(description="Early stopping's best epoch.")
+    stopped_epochs: list[int | None] = Field(
+        description="Where early stopping stopped each run (null: it ran every epoch)."
+    )
+    generalisation_gap: Estimate | None = Field(
+        description="Train minus validation accuracy at the last epoch."
+    )
+    seconds_per_epoch: Estimate | None
+    total_seconds: Estimate | None
+    curves: Curves
+
+
+class EffectPair(BaseModel):
+    without: str
+    with_: str = Field(alias="with")
+
+
+class EffectRead(BaseModel):
+    """What adding a trick does to the final test accuracy, paired seed by seed."""
+
+    trick: str
+    metric: str
+    pairs: list[EffectPair] = Field(description="Variant pairs that differ by this trick alone.")
+    seeds: list[int] = Field(description="Seeds with both runs of a pair finished.")
+    difference: Estimate | None = Field(
+        description="Mean difference (with − without) over seeds, as a fraction, and its 95% "
+        "interval."
+    )
+    p_value: float | None = Field(description="Two-sided paired t test.")
+    verdict: Literal[
+        "helps", "hurts", "no detectable difference", "not enough repeats", "not compared"
+    ]
+    summary: str = Field(description="The verdict in plain words, with the numbers.")
+
+
+class ReportRead(BaseModel):
+    variants: list[VariantReport]
+    effects: list[EffectRead]
+
+
+class StudyLinks(BaseModel):
+    self: str
+    report: str
+    variants_csv: str
+    effects_csv: str
+    cancel: str
+
+
+class StudySummary(BaseModel):
+    id: str
+    name: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    design: str
+    repeats: int
+    seeds: list[int]
+    variants: list[str]
+    progress: dict[str, int] = Field(description="The study's jobs per status, and the total.")
+    created_at: datetime
+    cancelled_at: datetime | None
+    links: StudyLinks
+
+    @classmethod
+    def of(cls, study: Study, statuses: list[JobStatus]) -> StudySummary:
+        return cls(
+            id=study.id,
+            name=study.name,
+            status=study_status(study.cancelled_at is not None, statuses),
+            design=study.request["design"],
+            repeats=study.request["repeats"],
+            seeds=study.seeds,
+            variants=[variant["name"] for variant in study.variants],
+            progress=progress(statuses),
+            created_at=study.created_at,
+            cancelled_at=study.cancelled_at,
+            links=StudyLinks(
+                self=f"/v1/studies/{study.id}",
+                report=f"/v1/studies/{study.id}/report",
+                variants_csv=f"/v1/studies/{study.id}/report.csv?table=variants",
+                effects_csv=f"/v1/studies/{study.id}/report.csv?table=effects",
+                cancel=f"/v1/studies/{study.id}/cancel",
+            ),
+        )
+
+
+class StudyRead(StudySummary):
+    request: dict[str, Any] = Field(description="The study as submitted, preset applied.")
+    report: ReportRead = Field(description="The report so far: finished runs only.")
+
+
+class StudyList(BaseModel):
+    studies: list[StudySummary]
+    total: int
+    limit: int
+    offset: int

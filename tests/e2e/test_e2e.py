@@ -104,3 +104,37 @@ def test_sigint_hands_the_running_job_back_and_exits(stack):
     api.send_signal(signal.SIGTERM)
     assert api.wait(timeout=30) in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in cluster.log("api")
+
+
+def test_a_study_runs_to_completion_across_two_workers(stack):
+    cluster, client = stack, stack.client
+    cluster.start_worker("worker-2")
+    study = client.post(
+        "/v1/studies",
+        json={
+            "base": {**TINY, "learning_rate": 0.0005, "hidden_units": [4]},
+            "tricks": ["dropout", "batch_norm"],
+            "design": "leave_one_out",
+            "repeats": 2,
+        },
+    )
+    assert study.status_code == 201, study.text
+    url = study.headers["location"]
+    done = wait_for(
+        lambda: (s := client.get(url).json())["status"] not in ("queued", "running") and s,
+        180,
+        "the study to finish",
+    )
+    assert done["status"] == "succeeded"
+    assert done["progress"] == {**done["progress"], "succeeded": 6, "total": 6}
+    report = done["report"]
+    assert [v["name"] for v in report["variants"]] == ["all", "all − dropout", "all − batch_norm"]
+    assert all(v["final_test_accuracy"]["n"] == 2 for v in report["variants"])
+    assert [e["trick"] for e in report["effects"]] == ["dropout", "batch_norm"]
+    assert {e["verdict"] for e in report["effects"]} <= {
+        "helps",
+        "hurts",
+        "no detectable difference",
+    }
+    claimed_by = [cluster.log(name).count("claimed") for name in ("worker", "worker-2")]
+    assert sum(claimed_by) >= 6

@@ -1,0 +1,188 @@
+"""Studies: create every variant's jobs at once, follow them, read the comparison report;
+and the same report for any finished jobs (`/v1/compare`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.exceptions import RequestValidationError
+
+from core.models import Study
+from core.report import (
+    effects_csv,
+    job_variants,
+    report,
+    study_variants,
+    to_json,
+    variants_csv,
+)
+from core.states import JobStatus
+from core.store import JobStore
+from core.studies import StudyError, StudySpec, expand
+from service.deps import SettingsDep, StoreDep
+from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
+
+log = logging.getLogger("tricklab.service")
+router = APIRouter(tags=["studies"])
+Table = Literal["variants", "effects"]
+CSV_TABLES = {"variants": variants_csv, "effects": effects_csv}
+MAX_COMPARED = 500
+_JOBS_HELP = f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}."
+
+
+@router.post(
+    "/v1/studies",
+    status_code=201,
+    response_model=StudyRead,
+    responses={422: {"description": "Invalid study, or more jobs than TRICKLAB_MAX_STUDY_JOBS."}},
+)
+def create_study(
+    study: StudySpec, store: StoreDep, settings: SettingsDep, response: Response
+) -> StudyRead:
+    """Queue every variant's jobs, one per seed, and return the study. Variants that resolve
+    to the same spec are one variant. `{"preset": "notebook"}` runs the study notebook."""
+    try:
+        variants = expand(study, settings.max_study_jobs)
+    except StudyError as error:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body",), "msg": str(error), "input": None}]
+        ) from None
+    row = store.create_study(study, variants)
+    log.info("study=%s created variants=%d seeds=%s", row.id, len(variants), row.seeds)
+    response.headers["Location"] = f"/v1/studies/{row.id}"
+    return _read(store, row)
+
+
+@router.get("/v1/studies", response_model=StudyList)
+def list_studies(
+    store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> StudyList:
+    """Studies, newest first, with their status and progress."""
+    studies, total = store.list_studies(limit, offset)
+    statuses = store.statuses([job_id for study in studies for job_id in _job_ids(study)])
+    return StudyList(
+        studies=[
+            StudySummary.of(study, [statuses[job_id] for job_id in _job_ids(study)])
+            for study in studies
+        ],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/v1/studies/{study_id}", response_model=StudyRead)
+def get_study(study_id: str, store: StoreDep) -> StudyRead:
+    """The study: status, progress, and the report of the runs finished so far."""
+    return _read(store, _study(store, study_id))
+
+
+@router.get("/v1/studies/{study_id}/report", response_model=ReportRead)
+def get_study_report(study_id: str, store: StoreDep) -> Any:
+    """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
+    in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
+    return to_json(_report(store, _study(store, study_id)))
+
+
+@router.get(
+    "/v1/studies/{study_id}/report.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def get_study_report_csv(study_id: str, store: StoreDep, table: Table = "variants") -> Response:
+    """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
+    study = _study(store, study_id)
+    return _csv(CSV_TABLES[table](_report(store, study)), f"study-{study.id}-{table}.csv")
+
+
+@router.post("/v1/studies/{study_id}/cancel", response_model=StudyRead)
+def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
+    """Cancel the study's queued and running jobs; finished runs stay in its report."""
+    study = store.cancel_study(study_id)
+    if study is None:
+        raise HTTPException(404, f"no study with id {study_id!r}")
+    log.info("study=%s cancelled", study.id)
+    return _read(store, study)
+
+
+@router.get("/v1/compare", response_model=ReportRead, tags=["studies"])
+def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]) -> Any:
+    """The study report for any succeeded jobs: jobs with the same spec but for the seed
+    form a variant, and tricks are compared across variants that differ by one trick."""
+    return to_json(report(_job_variants(store, jobs)))
+
+
+@router.get(
+    "/v1/compare.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+    tags=["studies"],
+)
+def compare_csv(
+    store: StoreDep,
+    jobs: Annotated[str, Query(description=_JOBS_HELP)],
+    table: Table = "variants",
+) -> Response:
+    """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
+    return _csv(CSV_TABLES[table](report(_job_variants(store, jobs))), f"compare-{table}.csv")
+
+
+def _study(store: JobStore, study_id: str) -> Study:
+    study = store.get_study(study_id)
+    if study is None:
+        raise HTTPException(404, f"no study with id {study_id!r}")
+    return study
+
+
+def _job_ids(study: Study) -> list[str]:
+    return [job_id for variant in study.variants for job_id in variant["jobs"]]
+
+
+def _report(store: JobStore, study: Study) -> dict[str, Any]:
+    jobs, metrics = store.jobs_with_metrics(_job_ids(study))
+    return report(study_variants(study, jobs, metrics))
+
+
+def _read(store: JobStore, study: Study) -> StudyRead:
+    jobs, metrics = store.jobs_with_metrics(_job_ids(study))
+    statuses = [jobs[job_id].status for job_id in _job_ids(study)]
+    summary = StudySummary.of(study, statuses)
+    return StudyRead(
+        **summary.model_dump(),
+        request=study.request,
+        report=ReportRead.model_validate(to_json(report(study_variants(study, jobs, metrics)))),
+    )
+
+
+def _job_variants(store: JobStore, jobs: str) -> list[Any]:
+    ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
+    if not ids:
+        raise HTTPException(400, "jobs: give at least one job id, comma-separated")
+    if len(ids) > MAX_COMPARED:
+        raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
+    found, metrics = store.jobs_with_metrics(ids)
+    missing = [job_id for job_id in ids if job_id not in found]
+    if missing:
+        raise HTTPException(404, f"no job with id {', '.join(map(repr, missing))}")
+    unfinished = [
+        f"{job_id} ({found[job_id].status})"
+        for job_id in ids
+        if found[job_id].status != JobStatus.SUCCEEDED
+    ]
+    if unfinished:
+        raise HTTPException(
+            409, f"only succeeded jobs can be compared; these are not: {', '.join(unfinished)}"
+        )
+    return job_variants([found[job_id] for job_id in ids], metrics)
+
+
+def _csv(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -1,0 +1,177 @@
+"""A small study trained to completion on tiny data, through the API: its jobs, status,
+report (checked against the jobs' own metrics), CSV, cancellation, and /v1/compare."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tests.conftest import TINY, drain_queue
+
+# Small and slow to learn, so that seeds give different accuracies.
+BASE = {**TINY, "learning_rate": 0.0005, "hidden_units": [4]}
+STUDY = {
+    "name": "tiny",
+    "base": BASE,
+    "tricks": ["dropout", {"name": "weight_decay", "l2": 0.001}],
+    "design": "one_at_a_time",
+    "repeats": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):
+    from fastapi.testclient import TestClient
+
+    from core.config import Settings
+    from service.app import create_app
+
+    root = tmp_path_factory.mktemp("studies")
+    settings = Settings(
+        database_url=f"sqlite:///{root / 'db.sqlite'}",
+        artifacts_dir=root / "artifacts",
+        data_dir=data_dir,
+        max_study_jobs=12,
+        _env_file=None,
+    )
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/v1/studies", json=STUDY)
+        assert created.status_code == 201, created.text
+        assert created.json()["status"] == "queued"
+        drain_queue(settings)
+        yield client, created.json()
+
+
+def test_a_study_queues_one_job_per_variant_and_seed(finished):
+    client, created = finished
+    assert created["variants"] == ["base", "base + dropout", "base + weight_decay(l2=0.001)"]
+    assert created["seeds"] == [0, 1]
+    assert created["progress"]["total"] == 6
+    specs = {}
+    for variant in created["report"]["variants"]:
+        for seed, job_id in zip(created["seeds"], variant["jobs"], strict=True):
+            spec = client.get(f"/v1/jobs/{job_id}").json()["spec"]
+            assert spec["seed"] == seed
+            specs[variant["name"], seed] = [trick["name"] for trick in spec["tricks"]]
+    assert specs["base + dropout", 1] == ["dropout"]
+    assert specs["base", 0] == []
+
+
+def test_the_finished_study_reports_what_its_jobs_measured(finished):
+    client, created = finished
+    study = client.get(f"/v1/studies/{created['id']}").json()
+    assert study["status"] == "succeeded"
+    assert study["progress"]["succeeded"] == 6
+    for variant in study["report"]["variants"]:
+        jobs = [client.get(f"/v1/jobs/{job_id}").json() for job_id in variant["jobs"]]
+        finals = [job["result"]["test_accuracy"] for job in jobs]
+        expected = stats.t.interval(
+            0.95, len(finals) - 1, loc=np.mean(finals), scale=stats.sem(finals)
+        )
+        accuracy = variant["final_test_accuracy"]
+        assert accuracy["n"] == 2
+        assert accuracy["mean"] == pytest.approx(np.mean(finals))
+        assert (accuracy["low"], accuracy["high"]) == pytest.approx(expected)
+        curves = [client.get(f"/v1/jobs/{job['id']}/metrics").json()["epochs"] for job in jobs]
+        assert variant["curves"]["epoch"] == [1, 2]
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            means = [np.mean([curve[e][key] for curve in curves]) for e in range(2)]
+            assert variant["curves"][key]["mean"] == pytest.approx(means)
+        best = [max(epoch["test_accuracy"] for epoch in curve) for curve in curves]
+        assert variant["best_test_accuracy"]["mean"] == pytest.approx(np.mean(best))
+        gaps = [curve[-1]["train_accuracy"] - curve[-1]["val_accuracy"] for curve in curves]
+        assert variant["generalisation_gap"]["mean"] == pytest.approx(np.mean(gaps))
+
+
+def test_each_trick_is_compared_with_the_base_seed_by_seed(finished):
+    client, created = finished
+    report = client.get(f"/v1/studies/{created['id']}/report").json()
+    by_name = {v["name"]: v for v in report["variants"]}
+
+    def finals(name):
+        return [
+            client.get(f"/v1/jobs/{job_id}").json()["result"]["test_accuracy"]
+            for job_id in by_name[name]["jobs"]
+        ]
+
+    effects = {effect["trick"]: effect for effect in report["effects"]}
+    assert list(effects) == ["dropout", "weight_decay(l2=0.001)"]
+    dropout = effects["dropout"]
+    assert dropout["pairs"] == [{"without": "base", "with": "base + dropout"}]
+    with_, without = finals("base + dropout"), finals("base")
+    expected = stats.ttest_rel(with_, without)
+    interval = expected.confidence_interval(0.95)
+    assert dropout["difference"]["mean"] == pytest.approx(np.mean(with_) - np.mean(without))
+    assert (dropout["difference"]["low"], dropout["difference"]["high"]) == pytest.approx(
+        (interval.low, interval.high)
+    )
+    assert dropout["p_value"] == pytest.approx(expected.pvalue)
+    assert dropout["verdict"] in ("helps", "hurts", "no detectable difference")
+    assert dropout["summary"].startswith("dropout")
+
+
+def test_the_report_comes_as_csv_too(finished):
+    client, created = finished
+    response = client.get(f"/v1/studies/{created['id']}/report.csv")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [row["variant"] for row in rows] == created["variants"]
+    report = client.get(f"/v1/studies/{created['id']}/report").json()
+    first = report["variants"][0]["final_test_accuracy"]
+    assert float(rows[0]["final_test_accuracy_mean"]) == pytest.approx(first["mean"])
+    effects = client.get(f"/v1/studies/{created['id']}/report.csv?table=effects").text
+    assert effects.splitlines()[0].startswith("trick,difference_mean")
+    assert client.get(f"/v1/studies/{created['id']}/report.csv?table=nope").status_code == 422
+
+
+def test_comparing_the_same_jobs_gives_the_same_report(finished):
+    client, created = finished
+    report = client.get(f"/v1/studies/{created['id']}/report").json()
+    ids = [job_id for variant in report["variants"] for job_id in variant["jobs"]]
+    compared = client.get("/v1/compare", params={"jobs": ",".join(ids)}).json()
+    assert [v["final_test_accuracy"] for v in compared["variants"]] == [
+        v["final_test_accuracy"] for v in report["variants"]
+    ]
+    assert [e["difference"] for e in compared["effects"]] == [
+        e["difference"] for e in report["effects"]
+    ]
+    assert client.get("/v1/compare", params={"jobs": "nope"}).status_code == 404
+    assert client.get("/v1/compare", params={"jobs": " , "}).status_code == 400
+
+
+def test_studies_are_listed_newest_first_and_can_be_cancelled(finished):
+    client, created = finished
+    queued = client.post("/v1/studies", json={**STUDY, "repeats": 1}).json()
+    listed = client.get("/v1/studies").json()
+    assert [s["id"] for s in listed["studies"]][:2] == [queued["id"], created["id"]]
+    assert listed["studies"][0]["status"] == "queued"
+    cancelled = client.post(f"/v1/studies/{queued['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["progress"]["cancelled"] == 3
+    assert client.post("/v1/studies/nope/cancel").status_code == 404
+    assert client.get("/v1/studies/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({**STUDY, "repeats": 5}, "would run 15 jobs (3 variants × 5 repeats); the limit is 12"),
+        ({**STUDY, "tricks": []}, "needs at least one trick"),
+        ({**STUDY, "tricks": ["dropout", "dropout"]}, "'dropout' is listed more than once"),
+        ({**STUDY, "design": "explicit"}, "needs 'variants'"),
+        ({**STUDY, "design": "nope"}, "design: Input should be"),
+        ({**STUDY, "tricks": ["sparkles"]}, "tricks[0]"),
+        (
+            {**STUDY, "base": {**BASE, "validation_size": 0}, "tricks": ["early_stopping"]},
+            "the variant with early_stopping is not a valid job spec",
+        ),
+    ],
+)
+def test_bad_studies_get_422_naming_the_problem(finished, body, message):
+    client, _ = finished
+    response = client.post("/v1/studies", json=body)
+    assert response.status_code == 422
+    assert message in response.text
