@@ -109,7 +109,7 @@ def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
     return _read(store, study)
 
 
-@router.get("/v1/compare", response_model=ReportRead, tags=["studies"])
+@router.get("/v1/compare", response_model=ReportRead)
 def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]) -> Any:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
@@ -120,7 +120,6 @@ def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]
     "/v1/compare.csv",
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}}},
-    tags=["studies"],
 )
 def compare_csv(
     store: StoreDep,

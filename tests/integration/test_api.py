@@ -192,10 +192,21 @@ def test_openapi_documents_the_whole_contract(client):
         ("/v1/jobs/{job_id}/model", "get"),
         ("/v1/jobs/{job_id}/model/metadata", "get"),
         ("/v1/jobs/{job_id}/predict", "post"),
+        ("/v1/studies", "post"),
+        ("/v1/studies", "get"),
+        ("/v1/studies/{study_id}", "get"),
+        ("/v1/studies/{study_id}/report", "get"),
+        ("/v1/studies/{study_id}/report.csv", "get"),
+        ("/v1/studies/{study_id}/cancel", "post"),
+        ("/v1/compare", "get"),
+        ("/v1/compare.csv", "get"),
         ("/v1/tricks", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
     }
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert len(operation["tags"]) == 1, operation["operationId"]
     predict = document["paths"]["/v1/jobs/{job_id}/predict"]["post"]
     assert set(predict["requestBody"]["content"]) == {
         "multipart/form-data",
