@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -135,7 +135,7 @@ def _row(m: EpochMetrics) -> dict[str, Any]:
 
 
 def report(variants: list[VariantRuns]) -> dict[str, Any]:
-    """The whole report as JSON-ready data."""
+    """The whole report: plain data, statistics as core.stats.Estimate."""
     return {
         "variants": [_variant(v) for v in variants],
         "effects": _effects(variants),
@@ -197,28 +197,31 @@ def _effects(variants: list[VariantRuns]) -> list[dict[str, Any]]:
         template = JobSpec.model_validate(variant.spec).template()
         return json.dumps({k: v for k, v in template.items() if k not in ("tricks", "seed")})
 
+    keys = [(frozenset(v.tricks), rest(v)) for v in variants]  # once: pairing is quadratic
     labels = list(dict.fromkeys(label for v in variants for label in v.tricks))
     effects = []
     for label in labels:
         pairs = [
             (without, with_)
-            for with_ in variants
-            for without in variants
-            if set(with_.tricks) == set(without.tricks) | {label}
-            and label not in without.tricks
-            and rest(with_) == rest(without)
+            for with_, (with_tricks, with_rest) in zip(variants, keys, strict=True)
+            for without, (without_tricks, without_rest) in zip(variants, keys, strict=True)
+            if label not in without_tricks
+            and with_tricks == without_tricks | {label}
+            and with_rest == without_rest
         ]
-        per_seed: dict[int, list[float]] = {}
+        # Per seed, the mean over the pairs with both runs finished, with and without.
+        by_seed: dict[int, tuple[list[float], list[float]]] = {}
         for without, with_ in pairs:
             for seed in with_.runs.keys() & without.runs.keys():
-                difference = (
-                    with_.runs[seed].result["test_accuracy"]
-                    - without.runs[seed].result["test_accuracy"]
-                )
-                per_seed.setdefault(seed, []).append(difference)
-        seeds = sorted(per_seed)
-        differences = [float(np.mean(per_seed[seed])) for seed in seeds]
-        comparison = paired(differences, [0.0] * len(differences))
+                treated, reference = by_seed.setdefault(seed, ([], []))
+                treated.append(with_.runs[seed].result["test_accuracy"])
+                reference.append(without.runs[seed].result["test_accuracy"])
+        seeds = sorted(by_seed)
+        comparison = paired(
+            [float(np.mean(by_seed[seed][0])) for seed in seeds],
+            [float(np.mean(by_seed[seed][1])) for seed in seeds],
+        )
+        verdict = comparison.verdict if pairs else None
         effects.append(
             {
                 "trick": label,
@@ -227,10 +230,8 @@ def _effects(variants: list[VariantRuns]) -> list[dict[str, Any]]:
                 "seeds": seeds,
                 "difference": comparison.difference,
                 "p_value": comparison.p_value,
-                "verdict": comparison.verdict if pairs else "not compared",
-                "summary": _summary(
-                    label, comparison.verdict if pairs else None, comparison.difference
-                ),
+                "verdict": verdict or "not compared",
+                "summary": _summary(label, verdict, comparison.difference),
             }
         )
     return effects
@@ -251,17 +252,6 @@ def _summary(label: str, verdict: str | None, difference: Estimate | None) -> st
     if verdict == "hurts":
         return f"{label} hurts: {points}"
     return f"{label}: no detectable difference at {difference.n} repeats: {points}"
-
-
-def to_json(data: Any) -> Any:
-    """Estimates (dataclasses) → plain dicts, recursively."""
-    if isinstance(data, Estimate):
-        return asdict(data)
-    if isinstance(data, dict):
-        return {key: to_json(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [to_json(value) for value in data]
-    return data
 
 
 VARIANT_COLUMNS = (

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,15 +55,20 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings with a SQLite file and an artifact store under root, ignoring any .env."""
+    return Settings(
+        database_url=f"sqlite:///{root / 'tricklab.db'}",
+        artifacts_dir=root / "artifacts",
+        data_dir=data_dir,
+        _env_file=None,  # type: ignore[call-arg]
+        **overrides,
+    )
+
+
 @pytest.fixture
 def settings(tmp_path: Path, data_dir: Path) -> Settings:
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tricklab.db'}",
-        artifacts_dir=tmp_path / "artifacts",
-        data_dir=data_dir,
-        poll_seconds=0.05,
-        _env_file=None,  # type: ignore[call-arg]
-    )
+    return settings_in(tmp_path, data_dir, poll_seconds=0.05)
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from fastapi.exceptions import RequestValidationError
 
 from core.models import Study
 from core.report import (
+    VariantRuns,
     effects_csv,
     job_variants,
     report,
     study_variants,
-    to_json,
     variants_csv,
 )
 from core.states import JobStatus
@@ -85,7 +85,7 @@ def get_study(study_id: str, store: StoreDep) -> StudyRead:
 def get_study_report(study_id: str, store: StoreDep) -> Any:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
-    return to_json(_report(store, _study(store, study_id)))
+    return _report(store, _study(store, study_id))
 
 
 @router.get(
@@ -113,7 +113,7 @@ def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
 def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]) -> Any:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
-    return to_json(report(_job_variants(store, jobs)))
+    return report(_job_variants(store, jobs))
 
 
 @router.get(
@@ -141,23 +141,26 @@ def _job_ids(study: Study) -> list[str]:
     return [job_id for variant in study.variants for job_id in variant["jobs"]]
 
 
-def _report(store: JobStore, study: Study) -> dict[str, Any]:
+def _variants(store: JobStore, study: Study) -> list[VariantRuns]:
     jobs, metrics = store.jobs_with_metrics(_job_ids(study))
-    return report(study_variants(study, jobs, metrics))
+    return study_variants(study, jobs, metrics)
+
+
+def _report(store: JobStore, study: Study) -> dict[str, Any]:
+    return report(_variants(store, study))
 
 
 def _read(store: JobStore, study: Study) -> StudyRead:
-    jobs, metrics = store.jobs_with_metrics(_job_ids(study))
-    statuses = [jobs[job_id].status for job_id in _job_ids(study)]
-    summary = StudySummary.of(study, statuses)
+    variants = _variants(store, study)
+    summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
     return StudyRead(
         **summary.model_dump(),
         request=study.request,
-        report=ReportRead.model_validate(to_json(report(study_variants(study, jobs, metrics)))),
+        report=ReportRead.model_validate(report(variants)),
     )
 
 
-def _job_variants(store: JobStore, jobs: str) -> list[Any]:
+def _job_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
     ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
     if not ids:
         raise HTTPException(400, "jobs: give at least one job id, comma-separated")

@@ -11,14 +11,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from threadpoolctl import threadpool_info
 
-from core.config import Settings
 from core.db import make_engine
 from core.images import decode_image, scale
 from core.retry import FailureReason
 from core.states import JobStatus
 from core.store import JobStore
 from service.app import create_app
-from tests.conftest import TINY, drain_queue, tiny_images
+from tests.conftest import TINY, drain_queue, settings_in, tiny_images
 from tests.images import encode, png_declaring
 
 IMAGES, LABELS = tiny_images(4, seed=11)
@@ -28,14 +27,8 @@ LIMIT = 100_000  # bytes of request body
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("predict")
-    settings = Settings(
-        database_url=f"sqlite:///{root / 'db.sqlite'}",
-        artifacts_dir=root / "artifacts",
-        data_dir=data_dir,
-        max_predict_files=5,
-        max_predict_instances=5,
-        max_request_bytes=LIMIT,
-        _env_file=None,
+    settings = settings_in(
+        root, data_dir, max_predict_files=5, max_predict_instances=5, max_request_bytes=LIMIT
     )
     with TestClient(create_app(settings)) as client:
         job = client.post("/v1/jobs", json={**TINY, "epochs": 3}).json()
@@ -301,12 +294,7 @@ def test_predicting_with_a_job_that_has_not_succeeded_is_a_conflict(trained):
 
 
 def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'db'}",
-        artifacts_dir=tmp_path / "a",
-        data_dir=data_dir,
-        _env_file=None,
-    )
+    settings = settings_in(tmp_path, data_dir)
     with TestClient(create_app(settings)) as client:
         job_id = client.post("/v1/jobs", json=TINY).json()["id"]
         drain_queue(settings)

@@ -6,9 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from scipy import stats
 
-from tests.conftest import TINY, drain_queue
+from service.app import create_app
+from tests.conftest import TINY, drain_queue, settings_in
 
 # Small and slow to learn, so that seeds give different accuracies.
 BASE = {**TINY, "learning_rate": 0.0005, "hidden_units": [4]}
@@ -23,19 +25,7 @@ STUDY = {
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
-    from fastapi.testclient import TestClient
-
-    from core.config import Settings
-    from service.app import create_app
-
-    root = tmp_path_factory.mktemp("studies")
-    settings = Settings(
-        database_url=f"sqlite:///{root / 'db.sqlite'}",
-        artifacts_dir=root / "artifacts",
-        data_dir=data_dir,
-        max_study_jobs=12,
-        _env_file=None,
-    )
+    settings = settings_in(tmp_path_factory.mktemp("studies"), data_dir, max_study_jobs=12)
     with TestClient(create_app(settings)) as client:
         created = client.post("/v1/studies", json=STUDY)
         assert created.status_code == 201, created.text
