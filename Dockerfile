@@ -44,6 +44,9 @@ RUN groupadd --gid 10001 tricklab \
  && chown -R tricklab:tricklab /var/lib/tricklab
 USER 10001:10001
 
+# Matplotlib's font cache (for the plots), built once here, not at every container's start.
+RUN python -c "import matplotlib.font_manager"
+
 # Settings (core/config.py) for a container: listen on every interface, keep state under
 # the volume, read datasets from the mount.
 ENV TRICKLAB_HOST=0.0.0.0 \

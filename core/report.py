@@ -33,6 +33,7 @@ CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accu
 class Run:
     """One succeeded job of a variant."""
 
+    job_id: str
     result: dict[str, Any]
     epochs: list[dict[str, Any]]  # its epoch metrics, from 1
     best_epoch: int | None
@@ -77,9 +78,7 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
     for members in groups.values():
         spec = {key: value for key, value in members[0].spec.items() if key != "seed"}
         labels = tuple(trick_label(trick) for trick in spec["tricks"])
-        variants.append(
-            _collect(VariantRuns(" + ".join(("base", *labels)), labels, spec, members), metrics)
-        )
+        variants.append(_collect(VariantRuns(_name(labels), labels, spec, members), metrics))
     by_name: dict[str, list[VariantRuns]] = {}
     for variant in variants:
         by_name.setdefault(variant.name, []).append(variant)
@@ -118,12 +117,28 @@ def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> Va
     for job in variant.jobs:
         if job.status == JobStatus.SUCCEEDED and job.result is not None:
             variant.runs[job.spec["seed"]] = Run(
+                job.id,
                 job.result,
                 [_row(m) for m in metrics.get(job.id, ())],
                 job.best_epoch,
                 job.stopped_epoch,
             )
     return variant
+
+
+def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> dict[str, Any]:
+    """One job's learning curves so far, whatever its status, shaped as a report with one
+    variant (one run: no intervals), so that the study plots draw it."""
+    run = Run(job.id, job.result or {}, [_row(m) for m in metrics], job.best_epoch, None)
+    name = _name(tuple(trick_label(trick) for trick in job.spec["tricks"]))
+    return {
+        "variants": [{"name": name, "seeds": [job.spec["seed"]], "curves": _curves([run])}],
+        "effects": [],
+    }
+
+
+def _name(labels: tuple[str, ...]) -> str:
+    return " + ".join(("base", *labels))
 
 
 def _row(m: EpochMetrics) -> dict[str, Any]:
@@ -159,6 +174,16 @@ def _variant(variant: VariantRuns) -> dict[str, Any]:
         "spec": variant.spec,
         "jobs": [job.id for job in variant.jobs],
         "seeds": sorted(variant.runs),
+        "runs": [
+            {
+                "seed": seed,
+                "job": run.job_id,
+                "test_accuracy": run.result.get("test_accuracy"),
+                "test_loss": run.result.get("test_loss"),
+                "epochs": len(run.epochs),
+            }
+            for seed, run in zip(sorted(variant.runs), runs, strict=True)
+        ],
         "progress": progress(statuses),
         "final_test_accuracy": final("test_accuracy"),
         "final_test_loss": final("test_loss"),

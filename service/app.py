@@ -18,7 +18,7 @@ from core.sweeper import Sweeper
 from service.errors import validation_error
 from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor
-from service.routes import jobs, meta, predict, studies
+from service.routes import jobs, meta, plots, predict, studies
 
 DESCRIPTION = """
 Train small image classifiers with chosen regularisation and optimisation tricks, follow
@@ -71,6 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
-    for module in (jobs, predict, studies, meta):
+    for module in (jobs, predict, studies, plots, meta):
         app.include_router(module.router)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from core.models import EpochMetrics, Job, Study
+from core.plots import PlotName
 from core.report import progress, study_status
 from core.spec import JobSpec
 from core.states import JobStatus
@@ -290,6 +291,16 @@ class Curves(BaseModel):
     gap: Curve = Field(description="Generalisation gap: train minus validation accuracy.")
 
 
+class RunRead(BaseModel):
+    """One succeeded job of a variant."""
+
+    seed: int
+    job: str
+    test_accuracy: float | None = Field(description="Of the saved model.")
+    test_loss: float | None
+    epochs: int = Field(description="Epochs it trained (fewer when early stopping stopped it).")
+
+
 class VariantReport(BaseModel):
     """A variant's runs summarised: each statistic a mean over its succeeded seeds with a 95%
     t interval (null while no run has finished)."""
@@ -299,6 +310,7 @@ class VariantReport(BaseModel):
     spec: dict[str, Any] = Field(description="Its resolved spec, without the seed.")
     jobs: list[str] = Field(description="One job per seed, in seed order.")
     seeds: list[int] = Field(description="Seeds whose jobs succeeded: the runs summarised.")
+    runs: list[RunRead] = Field(description="Those runs, in seed order.")
     progress: dict[str, int] = Field(description="Its jobs per status, and the total.")
     final_test_accuracy: Estimate | None = Field(
         description="Of the saved model (the best epoch's weights under early stopping)."
@@ -352,6 +364,7 @@ class StudyLinks(BaseModel):
     variants_csv: str
     effects_csv: str
     cancel: str
+    plots: dict[str, str] = Field(description="PNG by default; add ?format=svg for SVG.")
 
 
 class StudySummary(BaseModel):
@@ -386,6 +399,7 @@ class StudySummary(BaseModel):
                 variants_csv=f"/v1/studies/{study.id}/report.csv?table=variants",
                 effects_csv=f"/v1/studies/{study.id}/report.csv?table=effects",
                 cancel=f"/v1/studies/{study.id}/cancel",
+                plots={name: f"/v1/studies/{study.id}/plots/{name}" for name in get_args(PlotName)},
             ),
         )
 

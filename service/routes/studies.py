@@ -29,7 +29,7 @@ router = APIRouter(tags=["studies"])
 Table = Literal["variants", "effects"]
 CSV_TABLES = {"variants": variants_csv, "effects": effects_csv}
 MAX_COMPARED = 500
-_JOBS_HELP = f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}."
+JOBS_HELP = f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}."
 
 
 @router.post(
@@ -78,14 +78,14 @@ def list_studies(
 @router.get("/v1/studies/{study_id}", response_model=StudyRead)
 def get_study(study_id: str, store: StoreDep) -> StudyRead:
     """The study: status, progress, and the report of the runs finished so far."""
-    return _read(store, _study(store, study_id))
+    return _read(store, study_or_404(store, study_id))
 
 
 @router.get("/v1/studies/{study_id}/report", response_model=ReportRead)
 def get_study_report(study_id: str, store: StoreDep) -> Any:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
-    return _report(store, _study(store, study_id))
+    return study_report(store, study_or_404(store, study_id))
 
 
 @router.get(
@@ -95,8 +95,8 @@ def get_study_report(study_id: str, store: StoreDep) -> Any:
 )
 def get_study_report_csv(study_id: str, store: StoreDep, table: Table = "variants") -> Response:
     """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
-    study = _study(store, study_id)
-    return _csv(CSV_TABLES[table](_report(store, study)), f"study-{study.id}-{table}.csv")
+    study = study_or_404(store, study_id)
+    return _csv(CSV_TABLES[table](study_report(store, study)), f"study-{study.id}-{table}.csv")
 
 
 @router.post("/v1/studies/{study_id}/cancel", response_model=StudyRead)
@@ -110,10 +110,10 @@ def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
 
 
 @router.get("/v1/compare", response_model=ReportRead)
-def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]) -> Any:
+def compare(store: StoreDep, jobs: Annotated[str, Query(description=JOBS_HELP)]) -> Any:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
-    return report(_job_variants(store, jobs))
+    return report(compared_variants(store, jobs))
 
 
 @router.get(
@@ -123,14 +123,14 @@ def compare(store: StoreDep, jobs: Annotated[str, Query(description=_JOBS_HELP)]
 )
 def compare_csv(
     store: StoreDep,
-    jobs: Annotated[str, Query(description=_JOBS_HELP)],
+    jobs: Annotated[str, Query(description=JOBS_HELP)],
     table: Table = "variants",
 ) -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
-    return _csv(CSV_TABLES[table](report(_job_variants(store, jobs))), f"compare-{table}.csv")
+    return _csv(CSV_TABLES[table](report(compared_variants(store, jobs))), f"compare-{table}.csv")
 
 
-def _study(store: JobStore, study_id: str) -> Study:
+def study_or_404(store: JobStore, study_id: str) -> Study:
     study = store.get_study(study_id)
     if study is None:
         raise HTTPException(404, f"no study with id {study_id!r}")
@@ -146,7 +146,7 @@ def _variants(store: JobStore, study: Study) -> list[VariantRuns]:
     return study_variants(study, jobs, metrics)
 
 
-def _report(store: JobStore, study: Study) -> dict[str, Any]:
+def study_report(store: JobStore, study: Study) -> dict[str, Any]:
     return report(_variants(store, study))
 
 
@@ -160,7 +160,7 @@ def _read(store: JobStore, study: Study) -> StudyRead:
     )
 
 
-def _job_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
+def compared_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
     ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
     if not ids:
         raise HTTPException(400, "jobs: give at least one job id, comma-separated")

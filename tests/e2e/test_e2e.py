@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import signal
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from PIL import Image
 
 from tests.cluster import Cluster, wait_for
 from tests.conftest import TINY, tiny_images
@@ -138,3 +141,9 @@ def test_a_study_runs_to_completion_across_two_workers(stack):
     }
     claimed_by = [cluster.log(name).count("claimed") for name in ("worker", "worker-2")]
     assert sum(claimed_by) >= 6
+    for name, plot in done["links"]["plots"].items():
+        png = client.get(plot)
+        assert png.status_code == 200, (name, png.text)
+        assert Image.open(io.BytesIO(png.content)).size[0] >= 800
+        svg = client.get(plot, params={"format": "svg"})
+        assert ET.fromstring(svg.content).tag == "{http://www.w3.org/2000/svg}svg", name

@@ -3,10 +3,12 @@ report (checked against the jobs' own metrics), CSV, cancellation, and /v1/compa
 
 import csv
 import io
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from scipy import stats
 
 from service.app import create_app
@@ -132,11 +134,60 @@ def test_comparing_the_same_jobs_gives_the_same_report(finished):
     assert client.get("/v1/compare", params={"jobs": " , "}).status_code == 400
 
 
+@pytest.mark.parametrize("name", ["curves", "accuracy", "gap", "effects"])
+def test_every_study_plot_comes_as_png_and_svg(finished, name):
+    client, created = finished
+    url = created["links"]["plots"][name]
+    png = client.get(url)
+    assert png.status_code == 200, png.text
+    assert png.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(png.content))
+    assert image.format == "PNG" and image.width >= 800 and image.height >= 200
+    svg = client.get(url, params={"format": "svg"})
+    assert svg.headers["content-type"] == "image/svg+xml"
+    assert ET.fromstring(svg.content).tag == "{http://www.w3.org/2000/svg}svg"
+    assert "Study 'tiny'" in svg.text
+
+
+def test_compare_and_job_plots(finished):
+    client, created = finished
+    variants = created["report"]["variants"]
+    ids = [job_id for variant in variants for job_id in variant["jobs"]]
+    compared = client.get("/v1/compare/plots/effects", params={"jobs": ",".join(ids)})
+    assert compared.status_code == 200
+    assert Image.open(io.BytesIO(compared.content)).format == "PNG"
+    job = client.get(f"/v1/jobs/{ids[0]}/plots/curves", params={"format": "svg"})
+    assert job.status_code == 200
+    assert f"Job {ids[0]} (base, succeeded)" in job.text
+    assert client.get(f"/v1/jobs/{ids[0]}/plots/gap").headers["content-type"] == "image/png"
+
+
+def test_plots_with_nothing_to_draw_or_bad_names_get_clear_errors(finished):
+    client, created = finished
+    queued = client.post("/v1/studies", json={**STUDY, "repeats": 1}).json()
+    empty = client.get(f"/v1/studies/{queued['id']}/plots/curves")
+    assert empty.status_code == 409
+    assert "nothing to plot yet: no run has finished an epoch yet" in empty.text
+    job = queued["report"]["variants"][0]["jobs"][0]
+    assert client.get(f"/v1/jobs/{job}/plots/curves").status_code == 409
+    client.post(f"/v1/studies/{queued['id']}/cancel")
+    study = created["links"]["plots"]["curves"]
+    unknown = client.get(study.replace("curves", "pie"))
+    assert unknown.status_code == 422
+    assert "'curves', 'accuracy', 'gap' or 'effects'" in unknown.text
+    assert "'png' or 'svg'" in client.get(study, params={"format": "gif"}).text
+    assert client.get(f"/v1/jobs/{job}/plots/effects").status_code == 422
+    assert client.get("/v1/studies/nope/plots/curves").status_code == 404
+    assert client.get("/v1/jobs/nope/plots/curves").status_code == 404
+    assert client.get("/v1/compare/plots/curves", params={"jobs": "nope"}).status_code == 404
+
+
 def test_studies_are_listed_newest_first_and_can_be_cancelled(finished):
     client, created = finished
     queued = client.post("/v1/studies", json={**STUDY, "repeats": 1}).json()
     listed = client.get("/v1/studies").json()
-    assert [s["id"] for s in listed["studies"]][:2] == [queued["id"], created["id"]]
+    ids = [s["id"] for s in listed["studies"]]
+    assert ids[0] == queued["id"] and created["id"] in ids[1:]
     assert listed["studies"][0]["status"] == "queued"
     cancelled = client.post(f"/v1/studies/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"

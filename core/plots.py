@@ -1,0 +1,225 @@
+"""Plots of a comparison report (core.report): learning curves with confidence bands, the final
+test accuracy per variant with error bars, the generalisation gap, and each trick's paired
+effect. PNG or SVG.
+
+Drawn with matplotlib's object API, never pyplot: pyplot keeps global state that is not
+thread-safe, and the service renders plots in its worker threads.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any, Literal
+
+import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+
+from core.stats import Estimate
+
+PlotName = Literal["curves", "accuracy", "gap", "effects"]
+JobPlotName = Literal["curves", "gap"]  # a single job has no variants to compare
+Format = Literal["png", "svg"]
+MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
+DPI = 100
+
+# Set once for the process (rc_context would not be thread-safe): text stays text in SVGs,
+# and the same plot gives the same SVG bytes.
+matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "tricklab", "font.size": 10})
+
+RANGES = {"train_loss": (0, None), "val_loss": (0, None), "gap": (-1, 1)} | dict.fromkeys(
+    ("train_accuracy", "val_accuracy", "test_accuracy"), (0, 1)
+)
+VERDICT_COLOURS = {"helps": "#1a9850", "hurts": "#d73027"}
+NEUTRAL = "#7f7f7f"
+
+
+class NothingToPlot(Exception):
+    """The report has no finished runs (or no compared tricks) to draw yet."""
+
+
+def render(name: PlotName, data: dict[str, Any], title: str, fmt: Format = "png") -> bytes:
+    """The named plot of a report, as core.report.report makes it."""
+    figure = DRAW[name](data, title)
+    out = io.BytesIO()
+    # No creation date in the file: the same report always gives the same bytes.
+    metadata = {"Date": None} if fmt == "svg" else {}
+    figure.savefig(out, format=fmt, dpi=DPI, metadata=metadata)
+    return out.getvalue()
+
+
+def _curves(data: dict[str, Any], title: str) -> Figure:
+    variants = _with_runs(data)
+    figure = Figure(figsize=(11, 8), layout="constrained")
+    panels = [
+        ("train_loss", "Training loss", "loss"),
+        ("val_loss", "Validation loss", "loss"),
+        ("val_accuracy", "Validation accuracy", "accuracy"),
+        ("test_accuracy", "Test accuracy", "accuracy"),
+    ]
+    for axes, (key, heading, unit) in zip(figure.subplots(2, 2).flat, panels, strict=True):
+        drawn = [_band(axes, v, key, colour) for v, colour in _coloured(variants)]
+        axes.set(title=heading, xlabel="epoch", ylabel=unit)
+        _epoch_axis(axes)
+        if unit == "accuracy":
+            axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        if not any(drawn):
+            _note(axes, "not recorded (no validation split)")
+    _legend(figure, variants)
+    figure.suptitle(f"{title}: learning curves\n{_band_caption(variants)}")
+    return figure
+
+
+def _gap(data: dict[str, Any], title: str) -> Figure:
+    variants = _with_runs(data)
+    figure = Figure(figsize=(10, 6), layout="constrained")
+    axes = figure.subplots()
+    drawn = [_band(axes, v, "gap", colour) for v, colour in _coloured(variants)]
+    if not any(drawn):
+        raise NothingToPlot("no validation split, so no generalisation gap was recorded")
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set(xlabel="epoch", ylabel="training − validation accuracy")
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    _epoch_axis(axes)
+    _legend(figure, variants)
+    figure.suptitle(
+        f"{title}: generalisation gap (above 0: better on the training data than on held-out "
+        f"data)\n{_band_caption(variants)}"
+    )
+    return figure
+
+
+def _accuracy(data: dict[str, Any], title: str) -> Figure:
+    variants = [v for v in _with_runs(data) if v.get("final_test_accuracy")]
+    if not variants:
+        raise NothingToPlot("no finished run has a test accuracy yet")
+    figure, axes = _interval_rows([v["name"] for v in variants])
+    for row, (variant, colour) in enumerate(_coloured(variants)):
+        accuracy: Estimate = variant["final_test_accuracy"]
+        spread = f" ± {(accuracy.high - accuracy.mean) * 100:.2f}" if accuracy.high else ""
+        _interval(axes, row, accuracy, colour, f"{accuracy.mean * 100:.2f}{spread}%")
+        seeds = [run["test_accuracy"] for run in variant.get("runs", ())]
+        axes.plot(seeds, [row] * len(seeds), "o", color=colour, alpha=0.35, markersize=4)
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    axes.set_xlabel("final test accuracy")
+    figure.suptitle(
+        f"{title}: final test accuracy\n"
+        "◆ mean over seeds, bars: 95% confidence interval, dots: single seeds"
+    )
+    return figure
+
+
+def _effects(data: dict[str, Any], title: str) -> Figure:
+    effects = [e for e in data["effects"] if e.get("difference")]
+    if not effects:
+        raise NothingToPlot(
+            "no trick is compared yet: it needs two variants that differ by that trick alone, "
+            "with runs of the same seeds finished"
+        )
+    figure, axes = _interval_rows([e["trick"] for e in effects])
+    for row, effect in enumerate(effects):
+        colour = VERDICT_COLOURS.get(effect["verdict"], NEUTRAL)
+        _interval(axes, row, effect["difference"], colour, effect["verdict"])
+    axes.axvline(0, color="black", linewidth=0.8)
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x * 100:+.1f}"))
+    axes.set_xlabel("change in final test accuracy when the trick is added (percentage points)")
+    figure.suptitle(
+        f"{title}: what each trick does\n"
+        "◆ mean paired difference over seeds, bars: 95% confidence interval"
+    )
+    return figure
+
+
+DRAW: dict[str, Callable[[dict[str, Any], str], Figure]] = {
+    "curves": _curves,
+    "accuracy": _accuracy,
+    "gap": _gap,
+    "effects": _effects,
+}
+
+
+def _with_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    variants = [v for v in data["variants"] if v["curves"]["epoch"]]
+    if not variants:
+        raise NothingToPlot("no run has finished an epoch yet")
+    return variants
+
+
+def _coloured(variants: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any]]:
+    """A colour per variant, in report order: the same variant has the same colour in every
+    plot of one report."""
+    palette = matplotlib.colormaps["tab10" if len(variants) <= 10 else "tab20"]
+    return [(v, palette(i % palette.N)) for i, v in enumerate(variants)]
+
+
+def _band(axes: Axes, variant: dict[str, Any], key: str, colour: Any) -> bool:
+    """The mean curve and its 95% band; False when the metric was not recorded."""
+    curve = variant["curves"][key]
+    mean = np.array(curve["mean"], dtype=float)  # None (not recorded) becomes NaN
+    if np.isnan(mean).all():
+        return False
+    epochs = variant["curves"]["epoch"]
+    marker = "o" if len(epochs) == 1 else None  # one point draws no line
+    axes.plot(epochs, mean, color=colour, label=variant["name"], marker=marker, linewidth=1.6)
+    # An interval past what the metric can reach (accuracy over 100%, a negative loss) says
+    # only that the runs are few: draw it to the reachable range.
+    floor, ceiling = RANGES[key]
+    low = np.clip(np.array(curve["low"], dtype=float), floor, ceiling)
+    high = np.clip(np.array(curve["high"], dtype=float), floor, ceiling)
+    axes.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
+    return True
+
+
+def _interval_rows(labels: list[str]) -> tuple[Figure, Axes]:
+    """A chart of one labelled row per estimate, the first on top."""
+    figure = Figure(figsize=(10, 1.8 + 0.5 * len(labels)), layout="constrained")
+    axes = figure.subplots()
+    axes.set_yticks(range(len(labels)), labels)
+    axes.invert_yaxis()
+    axes.margins(y=0.5 / len(labels))
+    axes.grid(axis="x", alpha=0.3)
+    return figure, axes
+
+
+def _interval(axes: Axes, row: int, value: Estimate, colour: Any, text: str) -> None:
+    """A mean as a diamond on its row, its confidence interval as a bar, and a note at the
+    right edge."""
+    if value.low is not None and value.high is not None:
+        bar = [[value.mean - value.low], [value.high - value.mean]]
+        axes.errorbar(value.mean, row, xerr=bar, fmt="none", ecolor=colour, capsize=4)
+    axes.plot(value.mean, row, "D", color=colour, markersize=7)
+    axes.annotate(
+        f"{text} (n={value.n})",
+        (1, row),
+        xycoords=("axes fraction", "data"),
+        xytext=(6, 0),
+        textcoords="offset points",
+        va="center",
+        color=colour,
+    )
+
+
+def _legend(figure: Figure, variants: list[dict[str, Any]]) -> None:
+    handles, labels = figure.axes[0].get_legend_handles_labels()
+    if len(variants) > 1:
+        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(variants)))
+
+
+def _band_caption(variants: list[dict[str, Any]]) -> str:
+    seeds = sorted({len(v["seeds"]) for v in variants})
+    if seeds == [1]:
+        return "one run" if len(variants) == 1 else "one run per variant: no confidence bands"
+    counts = "/".join(map(str, seeds))
+    return f"lines: mean over {counts} seeds, bands: 95% confidence interval"
+
+
+def _epoch_axis(axes: Axes) -> None:
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+
+
+def _note(axes: Axes, text: str) -> None:
+    axes.text(0.5, 0.5, text, transform=axes.transAxes, ha="center", va="center", color=NEUTRAL)

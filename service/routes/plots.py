@@ -1,0 +1,84 @@
+"""Plots as PNG or SVG (`?format=svg`): a study's, any succeeded jobs' (the compare report),
+and one job's learning curves so far, whatever its status.
+
+The routes are plain `def`: drawing takes tens to hundreds of milliseconds of CPU, which
+FastAPI then spends in a worker thread instead of the event loop."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+
+from core import plots
+from core.report import job_curves, report
+from service.deps import JobDep, StoreDep
+from service.routes.studies import JOBS_HELP, compared_variants, study_or_404, study_report
+
+router = APIRouter()
+FormatQuery = Annotated[plots.Format, Query(alias="format", description="png (the default) or svg")]
+IMAGE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media_type: {} for media_type in plots.MEDIA_TYPES.values()}},
+    409: {"description": "Nothing to draw yet: no finished run, or no compared trick."},
+}
+NAMES = (
+    "curves: mean learning curves with 95% bands per variant (training and validation loss, "
+    "validation and test accuracy); accuracy: final test accuracy per variant with error "
+    "bars and single seeds; gap: the generalisation gap per epoch; effects: each trick's "
+    "paired difference in test accuracy."
+)
+
+
+@router.get(
+    "/v1/studies/{study_id}/plots/{name}",
+    tags=["studies"],
+    response_class=Response,
+    responses=IMAGE,
+    description=f"A plot of the study's report so far (finished runs only). {NAMES}",
+)
+def study_plot(
+    study_id: str, name: plots.PlotName, store: StoreDep, fmt: FormatQuery = "png"
+) -> Response:
+    study = study_or_404(store, study_id)
+    return _image(name, study_report(store, study), f"Study {study.name!r}", fmt)
+
+
+@router.get(
+    "/v1/compare/plots/{name}",
+    tags=["studies"],
+    response_class=Response,
+    responses=IMAGE,
+    description=f"A plot of the comparison of any succeeded jobs. {NAMES}",
+)
+def compare_plot(
+    name: plots.PlotName,
+    store: StoreDep,
+    jobs: Annotated[str, Query(description=JOBS_HELP)],
+    fmt: FormatQuery = "png",
+) -> Response:
+    variants = compared_variants(store, jobs)
+    runs = sum(len(variant.jobs) for variant in variants)
+    return _image(name, report(variants), f"{runs} jobs compared", fmt)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/plots/{name}",
+    tags=["jobs"],
+    response_class=Response,
+    responses=IMAGE,
+)
+def job_plot(
+    job: JobDep, name: plots.JobPlotName, store: StoreDep, fmt: FormatQuery = "png"
+) -> Response:
+    """The job's learning curves (`curves`) or generalisation gap (`gap`) so far: poll it while
+    the job trains."""
+    data = job_curves(job, store.metrics(job.id))
+    return _image(name, data, f"Job {job.id} ({data['variants'][0]['name']}, {job.status})", fmt)
+
+
+def _image(name: plots.PlotName, data: dict[str, Any], title: str, fmt: plots.Format) -> Response:
+    try:
+        image = plots.render(name, data, title, fmt)
+    except plots.NothingToPlot as reason:
+        raise HTTPException(409, f"nothing to plot yet: {reason}") from None
+    return Response(image, media_type=plots.MEDIA_TYPES[fmt])
