@@ -48,9 +48,7 @@ def trained(tricks, seed, validation=True):
 
 
 def study_report(validation=True):
-    runs = [
-        trained(tricks, seed, validation) for tricks in ([], ["dropout"]) for seed in range(3)
-    ]
+    runs = [trained(tricks, seed, validation) for tricks in ([], ["dropout"]) for seed in range(3)]
     return report(job_variants([job for job, _ in runs], {job.id: rows for job, rows in runs}))
 
 
