@@ -33,6 +33,7 @@ matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "tricklab", 
 RANGES = {"train_loss": (0, None), "val_loss": (0, None), "gap": (-1, 1)} | dict.fromkeys(
     ("train_accuracy", "val_accuracy", "test_accuracy"), (0, 1)
 )
+LEGEND_CHARACTERS = 120  # what fits across the narrowest figure at the default font size
 VERDICT_COLOURS = {"helps": "#1a9850", "hurts": "#d73027"}
 NEUTRAL = "#7f7f7f"
 
@@ -203,9 +204,13 @@ def _interval(axes: Axes, row: int, value: Estimate, colour: Any, text: str) -> 
 
 
 def _legend(figure: Figure, variants: list[dict[str, Any]]) -> None:
+    """One legend for the figure, below the plots, in as many columns as the names fit."""
+    if len(variants) < 2:
+        return
     handles, labels = figure.axes[0].get_legend_handles_labels()
-    if len(variants) > 1:
-        figure.legend(handles, labels, loc="outside lower center", ncols=min(3, len(variants)))
+    longest = max(len(label) for label in labels)
+    columns = max(1, min(3, LEGEND_CHARACTERS // (longest + 8), len(variants)))
+    figure.legend(handles, labels, loc="outside lower center", ncols=columns)
 
 
 def _band_caption(variants: list[dict[str, Any]]) -> str:
