@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+import core.layers  # noqa: F401  # registers tricklab's layers, which saved models name
 from core.artifacts import ArtifactStore, sha256_of
 from core.images import convert, open_image, scale
 from core.models import Job

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from core.layers import HashDropout
 from core.spec import (
     NUM_CLASSES,
     Augmentation,
@@ -72,7 +73,7 @@ def hidden_layer(x: Any, units: int, spec: JobSpec, index: int) -> Any:
     if bn:
         x = batch_norm(x, bn)
     if dropout := spec.trick(Dropout):
-        x = keras.layers.Dropout(dropout.rate, seed=derived_seed(spec.seed, "dropout", index))(x)
+        x = HashDropout(dropout.rate, seed=derived_seed(spec.seed, "dropout", index))(x)
     return x
 
 

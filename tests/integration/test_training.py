@@ -61,6 +61,20 @@ def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+def test_compiling_the_train_step_changes_the_speed_not_the_results(splits, monkeypatch):
+    spec = JobSpec.model_validate(
+        {**TINY, "epochs": 3, "tricks": ["dropout", "batch_norm", "weight_decay", "momentum"]}
+    )
+    assert training.jit_compile(spec) is True
+    compiled, _, _ = run(spec, splits)
+    monkeypatch.setattr(training, "jit_compile", lambda spec: False)
+    plain, _, _ = run(spec, splits)
+    assert [r["epoch"] for r in compiled] == [1, 2, 3]
+    for a, b in zip(compiled, plain, strict=True):
+        for key in a:  # XLA may order float sums differently: equal to float32 rounding
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 def test_a_checkpoint_of_another_spec_is_refused(splits):
     _, snapshots, _ = run(JobSpec.model_validate({**TINY, "epochs": 1}), splits)
     other = JobSpec.model_validate({**TINY, "hidden_units": [8]})

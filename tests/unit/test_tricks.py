@@ -46,9 +46,9 @@ def test_dropout_follows_each_hidden_layer():
     assert layer_summary(model) == [
         ("Flatten", None),
         ("Dense", "128 relu"),
-        ("Dropout", 0.3),
+        ("HashDropout", 0.3),
         ("Dense", "32 relu"),
-        ("Dropout", 0.3),
+        ("HashDropout", 0.3),
         ("Dense", "10 softmax"),
     ]
 
@@ -60,11 +60,11 @@ def test_batch_norm_sits_between_linear_dense_and_relu_before_dropout():
         ("Dense", "128 linear"),
         ("BatchNormalization", None),
         ("Activation", "relu"),
-        ("Dropout", 0.5),
+        ("HashDropout", 0.5),
         ("Dense", "32 linear"),
         ("BatchNormalization", None),
         ("Activation", "relu"),
-        ("Dropout", 0.5),
+        ("HashDropout", 0.5),
         ("Dense", "10 softmax"),
     ]
 
