@@ -129,7 +129,8 @@ def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> Va
 def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> dict[str, Any]:
     """One job's learning curves so far, whatever its status, shaped as a report with one
     variant (one run: no intervals), so that the study plots draw it."""
-    run = Run(job.id, job.result or {}, [_row(m) for m in metrics], job.best_epoch, None)
+    rows = [_row(m) for m in metrics]
+    run = Run(job.id, job.result or {}, rows, job.best_epoch, job.stopped_epoch)
     name = _name(tuple(trick_label(trick) for trick in job.spec["tricks"]))
     return {
         "variants": [{"name": name, "seeds": [job.spec["seed"]], "curves": _curves([run])}],
@@ -182,7 +183,7 @@ def _variant(variant: VariantRuns) -> dict[str, Any]:
                 "test_loss": run.result.get("test_loss"),
                 "epochs": len(run.epochs),
             }
-            for seed, run in zip(sorted(variant.runs), runs, strict=True)
+            for seed, run in sorted(variant.runs.items())
         ],
         "progress": progress(statuses),
         "final_test_accuracy": final("test_accuracy"),
