@@ -65,9 +65,11 @@ def test_compiling_the_train_step_changes_the_speed_not_the_results(splits, monk
     spec = JobSpec.model_validate(
         {**TINY, "epochs": 3, "tricks": ["dropout", "batch_norm", "weight_decay", "momentum"]}
     )
-    assert training.jit_compile(spec) is True
+    assert training.jit_compile(spec, training.JIT_MIN_STEPS) is True
+    assert training.jit_compile(spec, 3 * 19) is False  # tiny runs: compiling costs more
+    monkeypatch.setattr(training, "jit_compile", lambda spec, steps: True)
     compiled, _, _ = run(spec, splits)
-    monkeypatch.setattr(training, "jit_compile", lambda spec: False)
+    monkeypatch.setattr(training, "jit_compile", lambda spec, steps: False)
     plain, _, _ = run(spec, splits)
     assert [r["epoch"] for r in compiled] == [1, 2, 3]
     for a, b in zip(compiled, plain, strict=True):
