@@ -9,6 +9,7 @@ a run's results.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -31,9 +32,7 @@ def mix(x: Any) -> Any:
 def uniform(seed: Any, step: Any, shape: tuple[Any, ...]) -> Any:
     """Floats in [0, 1), a pure function of seed, step and position within `shape`."""
     key = mix(ops.bitwise_xor(mix(ops.cast(seed, "uint32")), ops.cast(step, "uint32")))
-    count = 1
-    for size in shape:
-        count = count * size
+    count = math.prod(shape)  # the batch size may be a symbolic tensor: prod only multiplies
     positions = ops.cast(ops.reshape(ops.arange(count, dtype="int32"), shape), "uint32")
     bits = mix(ops.bitwise_xor(positions, key))
     return ops.multiply(ops.cast(ops.right_shift(bits, 8), "float32"), _UNIT)

@@ -135,3 +135,8 @@ class Study(Base):
     cancelled_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_studies_created", "created_at"),)
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Every job of the study, variant by variant, in seed order."""
+        return [job_id for variant in self.variants for job_id in variant["jobs"]]

@@ -94,15 +94,16 @@ def _gap(data: dict[str, Any], title: str) -> Figure:
 
 
 def _accuracy(data: dict[str, Any], title: str) -> Figure:
-    variants = [v for v in _with_runs(data) if v.get("final_test_accuracy")]
+    variants = [v for v in _with_runs(data) if v["final_test_accuracy"]]
     if not variants:
         raise NothingToPlot("no finished run has a test accuracy yet")
     figure, axes = _interval_rows([v["name"] for v in variants])
     for row, (variant, colour) in enumerate(_coloured(variants)):
         accuracy: Estimate = variant["final_test_accuracy"]
-        spread = f" ± {(accuracy.high - accuracy.mean) * 100:.2f}" if accuracy.high else ""
+        high = accuracy.high
+        spread = "" if high is None else f" ± {(high - accuracy.mean) * 100:.2f}"
         _interval(axes, row, accuracy, colour, f"{accuracy.mean * 100:.2f}{spread}%")
-        seeds = [run["test_accuracy"] for run in variant.get("runs", ())]
+        seeds = [run["test_accuracy"] for run in variant["runs"]]
         axes.plot(seeds, [row] * len(seeds), "o", color=colour, alpha=0.35, markersize=4)
     axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     axes.set_xlabel("final test accuracy")
@@ -114,7 +115,7 @@ def _accuracy(data: dict[str, Any], title: str) -> Figure:
 
 
 def _effects(data: dict[str, Any], title: str) -> Figure:
-    effects = [e for e in data["effects"] if e.get("difference")]
+    effects = [e for e in data["effects"] if e["difference"]]
     if not effects:
         raise NothingToPlot(
             "no trick is compared yet: it needs two variants that differ by that trick alone, "

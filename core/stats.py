@@ -57,7 +57,7 @@ def paired(treatment: list[float], reference: list[float]) -> Comparison:
         raise ValueError("paired runs: the two lists must be equally long")
     differences = np.asarray(treatment, np.float64) - np.asarray(reference, np.float64)
     difference = estimate(differences)
-    if difference is None or difference.n < 2 or difference.std is None:
+    if difference is None or difference.std is None:  # no std: fewer than 2 runs
         return Comparison(difference, None, "not enough repeats")
     assert difference.low is not None and difference.high is not None
     p_value = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Engine, Update, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -140,10 +140,7 @@ class JobStore:
         worker finds its lease gone at its next write and stops."""
         with self._write.begin() as session:
             cancelled = session.scalars(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(sources_of(JobStatus.CANCELLED)))
-                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased())
-                .returning(Job),
+                _cancel(Job.id == job_id).returning(Job),
                 execution_options={"synchronize_session": False},
             ).one_or_none()
             return cancelled or session.get(Job, job_id)
@@ -220,11 +217,8 @@ class JobStore:
                 return None
             if study.cancelled_at is None:
                 study.cancelled_at = utcnow()
-            ids = [job_id for variant in study.variants for job_id in variant["jobs"]]
             session.execute(
-                update(Job)
-                .where(Job.id.in_(ids), Job.status.in_(sources_of(JobStatus.CANCELLED)))
-                .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased()),
+                _cancel(Job.id.in_(study.job_ids)),
                 execution_options={"synchronize_session": False},
             )
         return study
@@ -404,6 +398,15 @@ class JobStore:
             execution_options={"synchronize_session": False},
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _cancel(which: Any) -> Update:
+    """Cancel the jobs matching `which` that may still be cancelled (queued or running)."""
+    return (
+        update(Job)
+        .where(which, Job.status.in_(sources_of(JobStatus.CANCELLED)))
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased())
+    )
 
 
 def _unleased() -> dict[str, Any]:

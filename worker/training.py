@@ -164,12 +164,13 @@ JIT_MIN_STEPS = 5000
 
 
 def jit_compile(spec: JobSpec, steps: int) -> bool | str:
-    """XLA-compile the train step wherever that changes only the speed, and the run is long
-    enough to repay the compilation: 1.6× the samples per second on the 2-core CPU, where
-    Keras' "auto" would leave it off. Dropout masks come from a hash (core.layers), the same
-    compiled or not; the augmentation layers draw from the backend's generator, whose numbers
-    XLA changes, so those specs keep Keras' choice."""
-    if keras.backend.backend() not in ("tensorflow", "jax") or spec.trick(Augmentation):
+    """On TensorFlow, XLA-compile the train step wherever that changes only the speed and
+    the run is long enough to repay the compilation: 1.6× the samples per second on the 2-core
+    CPU, where Keras' "auto" would leave it off. Dropout masks come from a hash (core.layers),
+    the same compiled or not; the augmentation layers draw from the backend's generator, whose
+    numbers XLA changes, so those specs keep Keras' choice. On JAX, "auto" always compiles
+    (uncompiled JAX is far slower), and torch keeps Keras' choice too."""
+    if keras.backend.backend() != "tensorflow" or spec.trick(Augmentation):
         return "auto"
     return steps >= JIT_MIN_STEPS
 

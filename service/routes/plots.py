@@ -29,12 +29,17 @@ NAMES = (
 )
 
 
-@router.get(
+def _image_route(path: str, tag: str, description: str | None = None) -> Any:
+    """A GET route answering an image (its docstring describes it unless `description`)."""
+    return router.get(
+        path, tags=[tag], response_class=Response, responses=IMAGE, description=description
+    )
+
+
+@_image_route(
     "/v1/studies/{study_id}/plots/{name}",
-    tags=["studies"],
-    response_class=Response,
-    responses=IMAGE,
-    description=f"A plot of the study's report so far (finished runs only). {NAMES}",
+    "studies",
+    f"A plot of the study's report so far (finished runs only). {NAMES}",
 )
 def study_plot(
     study_id: str, name: plots.PlotName, store: StoreDep, fmt: FormatQuery = "png"
@@ -43,12 +48,10 @@ def study_plot(
     return _image(name, study_report(store, study), f"Study {study.name!r}", fmt)
 
 
-@router.get(
+@_image_route(
     "/v1/compare/plots/{name}",
-    tags=["studies"],
-    response_class=Response,
-    responses=IMAGE,
-    description=f"A plot of the comparison of any succeeded jobs. {NAMES}",
+    "studies",
+    f"A plot of the comparison of any succeeded jobs. {NAMES}",
 )
 def compare_plot(
     name: plots.PlotName,
@@ -57,16 +60,11 @@ def compare_plot(
     fmt: FormatQuery = "png",
 ) -> Response:
     variants = compared_variants(store, jobs)
-    runs = sum(len(variant.jobs) for variant in variants)
-    return _image(name, report(variants), f"{runs} jobs compared", fmt)
+    count = sum(len(variant.jobs) for variant in variants)
+    return _image(name, report(variants), f"{count} jobs compared", fmt)
 
 
-@router.get(
-    "/v1/jobs/{job_id}/plots/{name}",
-    tags=["jobs"],
-    response_class=Response,
-    responses=IMAGE,
-)
+@_image_route("/v1/jobs/{job_id}/plots/{name}", "jobs")
 def job_plot(
     job: JobDep, name: plots.JobPlotName, store: StoreDep, fmt: FormatQuery = "png"
 ) -> Response:

@@ -63,10 +63,10 @@ def list_studies(
 ) -> StudyList:
     """Studies, newest first, with their status and progress."""
     studies, total = store.list_studies(limit, offset)
-    statuses = store.statuses([job_id for study in studies for job_id in _job_ids(study)])
+    statuses = store.statuses([job_id for study in studies for job_id in study.job_ids])
     return StudyList(
         studies=[
-            StudySummary.of(study, [statuses[job_id] for job_id in _job_ids(study)])
+            StudySummary.of(study, [statuses[job_id] for job_id in study.job_ids])
             for study in studies
         ],
         total=total,
@@ -137,12 +137,8 @@ def study_or_404(store: JobStore, study_id: str) -> Study:
     return study
 
 
-def _job_ids(study: Study) -> list[str]:
-    return [job_id for variant in study.variants for job_id in variant["jobs"]]
-
-
 def _variants(store: JobStore, study: Study) -> list[VariantRuns]:
-    jobs, metrics = store.jobs_with_metrics(_job_ids(study))
+    jobs, metrics = store.jobs_with_metrics(study.job_ids)
     return study_variants(study, jobs, metrics)
 
 
