@@ -18,8 +18,10 @@ Training images are 28×28 uint8 grayscale, light objects on a dark background, 
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
+import pyspng
 from PIL import Image, ImageOps
 
 SIDE = 28
@@ -28,6 +30,10 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 MAX_PIXELS = 40_000_000
 # Pixels this close to the background (after inversion) count as background when trimming.
 TRIM_THRESHOLD = 16
+# The largest plain PNG decoded by libspng, not Pillow (a 256×256 picture, well under 1 ms).
+PLAIN_PNG_PIXELS = 256 * 256
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"pHYs", b"gAMA", b"sRGB", b"cHRM", b"tIME"})
 
 
 class ImageError(ValueError):
@@ -41,7 +47,41 @@ def scale(pixels: np.ndarray) -> np.ndarray:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Image file bytes → 28×28 uint8, light on dark (see the module docstring)."""
-    return convert(open_image(data))
+    pixels = decode_plain_png(data)
+    return pixels if pixels is not None else convert(open_image(data))
+
+
+def decode_plain_png(data: bytes) -> np.ndarray | None:
+    """The common case, fast: a small 8-bit grayscale PNG without interlacing, transparency
+    or metadata that changes the picture (what Fashion-MNIST's own images export as) →
+    28×28 uint8 exactly as `decode_image` makes it; None for anything else, which Pillow then
+    decodes. Such a PNG has one lossless reading, so libspng gives Pillow's pixels, in a fifth
+    of the time (~5 µs for 28×28): after HTTP itself, the largest cost of a prediction."""
+    # The IHDR chunk comes first: length 13, type, width, height, depth, colour type, and
+    # compression, filter and interlace methods.
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    small = 0 < width * height <= PLAIN_PNG_PIXELS
+    if not (small and depth == 8 and colour == 0 and interlace == 0 and _plain_chunks(data)):
+        return None
+    try:
+        gray = pyspng.load(data)
+    except RuntimeError:  # truncated or corrupt: Pillow's reading says why
+        return None
+    return _fit(gray)
+
+
+def _plain_chunks(data: bytes) -> bool:
+    """Whether every chunk is one that cannot change the pixels Pillow reads: no tRNS
+    (transparency), no eXIf or text chunks (an EXIF orientation may hide in either)."""
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if kind not in _PLAIN_CHUNKS:
+            return False
+        offset += 12 + length  # length, type, data, CRC
+    return True
 
 
 def open_image(data: bytes) -> Image.Image:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError, decode_image, scale
+from core.images import ImageError, convert, decode_image, decode_plain_png, open_image, scale
 from tests.conftest import tiny_images
 from tests.images import encode, png_declaring
 
@@ -102,6 +102,7 @@ def test_only_the_first_frame_of_an_animation_is_used():
             "truncated",
         ),
         (encode(IMAGE)[:16], "truncated"),  # cut inside the header
+        (encode(IMAGE)[:200], "truncated"),  # a small grayscale PNG, the fast path's kind
         (encode(IMAGE, "JPEG")[:30], "truncated"),
         (png_declaring(100_000, 100_000), "too large"),
         (png_declaring(7_000, 7_000), "too large"),
@@ -110,3 +111,47 @@ def test_only_the_first_frame_of_an_animation_is_used():
 def test_unusable_files_are_refused_with_a_reason(data, message):
     with pytest.raises(ImageError, match=message):
         decode_image(data)
+
+
+_ORIENTED = Image.Exif()
+_ORIENTED[0x0112] = 6  # orientation: turned a quarter
+
+
+def _plain_pngs() -> list[bytes]:
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (64, 40), dtype=np.uint8)
+    smooth = np.add.outer(np.arange(28), np.arange(28)).astype(np.uint8) * 4
+    return [
+        encode(IMAGE),
+        encode(255 - IMAGE),  # inverted on the way
+        encode(smooth, optimize=True),  # other zlib settings, so other row filters
+        encode(smooth, compress_level=0),
+        encode(noise),  # not 28×28: trimmed, resized, centred
+        encode(np.zeros((28, 28), np.uint8)),
+        encode(IMAGE)[:-12],  # no IEND chunk: both decoders read the pixels
+    ]
+
+
+@pytest.mark.parametrize("data", _plain_pngs())
+def test_plain_pngs_decode_fast_to_exactly_what_pillow_gives(data):
+    fast = decode_plain_png(data)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, convert(open_image(data)))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(Image.fromarray(IMAGE).convert("RGB")),
+        encode(Image.fromarray(IMAGE).convert("P")),
+        encode(Image.fromarray(IMAGE.astype(np.uint16) * 257)),
+        encode(IMAGE, transparency=0),  # a tRNS chunk
+        encode(IMAGE, exif=_ORIENTED),  # an eXIf chunk, which turns the picture
+        encode(np.zeros((300, 300), np.uint8)),  # over PLAIN_PNG_PIXELS
+        encode(IMAGE, "JPEG"),
+        encode(IMAGE)[:200],  # truncated: Pillow's reading says why
+        png_declaring(28, 28)[:20],
+    ],
+)
+def test_other_files_are_left_to_pillow(data):
+    assert decode_plain_png(data) is None
