@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
-    for module in (jobs, predict, studies, plots, meta):
+    # Routes are matched in order: the hot predict route first saves matching ~30 others.
+    for module in (predict, jobs, studies, plots, meta):
         app.include_router(module.router)
     return app

@@ -13,7 +13,7 @@ import numpy as np
 
 import core.layers  # noqa: F401  # registers tricklab's layers, which saved models name
 from core.artifacts import ArtifactStore, sha256_of
-from core.images import convert, open_image, scale
+from core.images import convert, decode_plain_png, open_image, scale
 from core.models import Job
 from core.spec import DATASET_CLASSES
 from service.batching import Batcher
@@ -37,7 +37,7 @@ class ModelUnavailable(RuntimeError):
 class Prediction:
     label: int
     class_name: str
-    probabilities: list[float]
+    probabilities: np.ndarray  # float32, the model's own output
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,12 @@ class LoadedModel:
         """pixels: (n, 28, 28), 0–255 → one prediction per image, in order. Raises
         batching.Overloaded when too many images already wait for this model."""
         batched = await self.batcher.run(scale(pixels))
-        probabilities = np.asarray(batched.probabilities, dtype=np.float64)
+        probabilities = np.asarray(batched.probabilities, dtype=np.float32)
         labels = probabilities.argmax(axis=1).tolist()
         return Predictions(
             [
                 Prediction(label, self.class_names[label], row)
-                for label, row in zip(labels, probabilities.tolist(), strict=True)
+                for label, row in zip(labels, probabilities, strict=True)
             ],
             batched.batch_size,
         )
@@ -112,6 +112,9 @@ class Predictor:
     async def decode(self, data: bytes) -> np.ndarray:
         """Image file bytes → 28×28 pixels; raises core.images.ImageError. A small image is
         decoded at once (a thread hop would cost more); a large one in a thread."""
+        pixels = decode_plain_png(data)
+        if pixels is not None:
+            return pixels
         image = open_image(data)
         if image.width * image.height <= INLINE_PIXELS:
             return convert(image)
