@@ -43,8 +43,9 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training and serving benchmarks on the genuine Fashion-MNIST (about 4 minutes)
+bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 7 minutes)
 	$(PY) bench/train.py
+	$(PY) bench/pack.py
 	$(PY) bench/serve.py
 
 CHAOS_JOBS ?= 60

@@ -31,10 +31,18 @@ def mix(x: Any) -> Any:
 
 def uniform(seed: Any, step: Any, shape: tuple[Any, ...]) -> Any:
     """Floats in [0, 1), a pure function of seed, step and position within `shape`."""
-    key = mix(ops.bitwise_xor(mix(ops.cast(seed, "uint32")), ops.cast(step, "uint32")))
     count = math.prod(shape)  # the batch size may be a symbolic tensor: prod only multiplies
     positions = ops.cast(ops.reshape(ops.arange(count, dtype="int32"), shape), "uint32")
-    bits = mix(ops.bitwise_xor(positions, key))
+    return unit_floats(mix(ops.bitwise_xor(positions, step_key(seed, step))))
+
+
+def step_key(seed: Any, step: Any) -> Any:
+    """The key of one step's draws (element-wise over tensors of seeds and steps)."""
+    return mix(ops.bitwise_xor(mix(ops.cast(seed, "uint32")), ops.cast(step, "uint32")))
+
+
+def unit_floats(bits: Any) -> Any:
+    """Random uint32 bits → floats in [0, 1), from their top 24 bits."""
     return ops.multiply(ops.cast(ops.right_shift(bits, 8), "float32"), _UNIT)
 
 

@@ -77,7 +77,7 @@ def train(
     keras.backend.clear_session()  # fresh layer names and graph state for every job
     keras.utils.set_random_seed(spec.seed)
 
-    x_train, y_train = scale(splits.x_train), _targets(spec, splits.y_train)
+    x_train, y_train = scale(splits.x_train), targets(spec, splits.y_train)
     x_val, x_test = scale(splits.x_val), scale(splits.x_test)
     model = tricks.build_model(spec)
     trainer = _on_device(model, x_train)
@@ -205,7 +205,8 @@ def as_float(value: Any) -> float:
     return float(str(np.float32(value)))
 
 
-def _targets(spec: JobSpec, labels: np.ndarray) -> np.ndarray:
+def targets(spec: JobSpec, labels: np.ndarray) -> np.ndarray:
+    """Labels as the loss takes them: class numbers, or one-hot rows for label smoothing."""
     y = labels.astype(np.int32)
     return np.eye(NUM_CLASSES, dtype=np.float32)[y] if tricks.one_hot_labels(spec) else y
 

@@ -5,7 +5,9 @@ Backend-neutral Keras 3 only (no `tf.`), so the same code trains on TensorFlow, 
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,18 +123,40 @@ def cosine_decay(initial: float, trick: CosineDecay, total_steps: int) -> Any:
     )
 
 
-def loss_and_metrics(spec: JobSpec) -> tuple[keras.losses.Loss, list[keras.metrics.Metric]]:
-    """The loss minimised, and metrics that stay comparable across tricks: accuracy, and the
-    plain cross-entropy (no L2 penalty, no label smoothing) that every *_loss column reports."""
+@dataclass(frozen=True)
+class PerSample:
+    """Per-sample functions of (targets, probabilities): the loss minimised, and metrics that
+    stay comparable across tricks: accuracy, and the plain cross-entropy (no L2 penalty, no
+    label smoothing) that every *_loss column reports."""
+
+    loss: Callable[[Any, Any], Any]
+    accuracy: Callable[[Any, Any], Any]
+    crossentropy: Callable[[Any, Any], Any]
+
+
+def per_sample(spec: JobSpec) -> PerSample:
     if smoothing := spec.trick(LabelSmoothing):
         # Smoothing needs one-hot targets (see `one_hot_labels`).
-        return keras.losses.CategoricalCrossentropy(label_smoothing=smoothing.amount), [
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.CategoricalCrossentropy(name=CROSSENTROPY),
-        ]
-    return keras.losses.SparseCategoricalCrossentropy(), [
-        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        keras.metrics.SparseCategoricalCrossentropy(name=CROSSENTROPY),
+        return PerSample(
+            functools.partial(
+                keras.losses.categorical_crossentropy, label_smoothing=smoothing.amount
+            ),
+            keras.metrics.categorical_accuracy,
+            keras.losses.categorical_crossentropy,
+        )
+    return PerSample(
+        keras.losses.sparse_categorical_crossentropy,
+        keras.metrics.sparse_categorical_accuracy,
+        keras.losses.sparse_categorical_crossentropy,
+    )
+
+
+def loss_and_metrics(spec: JobSpec) -> tuple[Callable[[Any, Any], Any], list[keras.metrics.Metric]]:
+    """The loss (Keras averages it over the batch) and metrics `fit` takes."""
+    functions = per_sample(spec)
+    return functions.loss, [
+        keras.metrics.MeanMetricWrapper(functions.accuracy, name="accuracy"),
+        keras.metrics.MeanMetricWrapper(functions.crossentropy, name=CROSSENTROPY),
     ]
 
 

@@ -37,6 +37,12 @@ def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
     assert "ratio tricklab / notebook loop:" in output
 
 
+def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
+    output = run_bench(tmp_path, "bench/pack.py", "--jobs", "2", "--epochs", "1")
+    assert "largest difference in a job's final test accuracy: 0.0000" in output
+    assert "ratio packed / one after another:" in output
+
+
 def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
     output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "1")
     for concurrency in (1, 8, 32):

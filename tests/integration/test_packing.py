@@ -1,0 +1,116 @@
+"""Packing on tiny data: a job trains the same packed as alone, whatever it is packed with."""
+
+import numpy as np
+import pytest
+
+from core.spec import JobSpec
+from tests.conftest import TINY
+from worker import datasets, training
+from worker.checkpoints import Snapshot
+from worker.packing import Branch, pack_key, train_pack
+
+SHARED = {**TINY, "epochs": 6, "learning_rate": 0.05}
+TRICKS = ["dropout", "batch_norm", "momentum", "cosine_decay"]
+# Three jobs of one pack: what may differ between branches differs.
+SPECS = [
+    JobSpec.model_validate({**SHARED, "seed": 1, "tricks": TRICKS}),
+    JobSpec.model_validate(
+        {**SHARED, "seed": 2, "tricks": [*TRICKS, {"name": "weight_decay", "l2": 0.01}]}
+    ),
+    JobSpec.model_validate(
+        {**SHARED, "seed": 3, "tricks": [*TRICKS, {"name": "early_stopping", "patience": 1}]}
+    ),
+]
+TOLERANCE = 1e-5  # float32 sums in another order, nothing more
+
+
+@pytest.fixture(scope="module")
+def splits(data_dir):
+    return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
+
+
+class Recorder:
+    def __init__(self, refuse_at: int | None = None):
+        self.rows, self.snapshots, self.refuse_at = [], {}, refuse_at
+
+    def __call__(self, row, snapshot):
+        if row["epoch"] == self.refuse_at:
+            return False
+        self.rows.append({k: v for k, v in row.items() if k != "seconds"})
+        self.snapshots[row["epoch"]] = snapshot
+        return True
+
+
+@pytest.fixture(scope="module")
+def alone(splits):
+    runs = []
+    for spec in SPECS:
+        recorder = Recorder()
+        runs.append((recorder, training.train(spec, splits, recorder)))
+    return runs
+
+
+def assert_same_rows(rows, expected):
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in expected]
+    for row, want in zip(rows, expected, strict=True):
+        assert row.keys() == want.keys()
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, abs=TOLERANCE), (row["epoch"], key)
+
+
+def test_each_packed_job_trains_exactly_as_it_would_alone(splits, alone):
+    recorders = [Recorder() for _ in SPECS]
+    outcomes = train_pack([Branch(s, r) for s, r in zip(SPECS, recorders, strict=True)], splits)
+
+    assert alone[2][1].stopped_epoch is not None  # early stopping did end one branch early
+    for recorder, outcome, (alone_recorder, trained) in zip(
+        recorders, outcomes, alone, strict=True
+    ):
+        assert_same_rows(recorder.rows, alone_recorder.rows)
+        assert (outcome.best_epoch, outcome.stopped_epoch) == (
+            trained.best_epoch,
+            trained.stopped_epoch,
+        )
+        assert outcome.result.keys() == trained.result.keys()
+        for key in trained.result.keys() - {"seconds"}:
+            assert outcome.result[key] == pytest.approx(trained.result[key], abs=TOLERANCE)
+        for packed, single in zip(
+            outcome.model.get_weights(), trained.model.get_weights(), strict=True
+        ):
+            np.testing.assert_allclose(packed, single, rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_a_job_packed_with_others_is_unchanged_by_them(splits, alone):
+    # The first job again, now beside two others of different seeds and decay.
+    others = [s.model_copy(update={"seed": seed}) for seed, s in ((7, SPECS[1]), (8, SPECS[0]))]
+    recorder = Recorder()
+    train_pack([Branch(SPECS[0], recorder), *(Branch(s, Recorder()) for s in others)], splits)
+    assert_same_rows(recorder.rows, alone[0][0].rows)
+
+
+def test_a_packed_checkpoint_resumes_alone_as_if_never_stopped(splits, alone, tmp_path):
+    recorders = [Recorder() for _ in SPECS]
+    train_pack([Branch(s, r) for s, r in zip(SPECS, recorders, strict=True)], splits)
+    path = tmp_path / "checkpoint.npz"
+    recorders[1].snapshots[2].save(path)
+
+    resumed = Recorder()
+    training.train(SPECS[1], splits, resumed, resume=Snapshot.load(path))
+    assert_same_rows(resumed.rows, alone[1][0].rows[2:])
+
+
+def test_a_branch_whose_lease_is_lost_ends_alone(splits, alone):
+    recorders = [Recorder(refuse_at=2), Recorder()]
+    outcomes = train_pack([Branch(s, r) for s, r in zip(SPECS[:2], recorders, strict=True)], splits)
+    assert isinstance(outcomes[0], training.LeaseLost)
+    assert [r["epoch"] for r in recorders[0].rows] == [1]
+    assert_same_rows(recorders[1].rows, alone[1][0].rows)
+
+
+def test_only_compatible_specs_share_a_pack_key():
+    assert len({pack_key(spec) for spec in SPECS}) == 1
+    for change in ({"learning_rate": 0.01}, {"batch_size": 64}, {"hidden_units": [32]}):
+        assert pack_key(SPECS[0].model_copy(update=change)) != pack_key(SPECS[0])
+    assert pack_key(JobSpec.model_validate({**SHARED, "tricks": ["augmentation"]})) is None
+    with pytest.raises(ValueError, match="pack_key"):
+        train_pack([Branch(SPECS[0], Recorder()), Branch(JobSpec(), Recorder())], None)
