@@ -38,6 +38,7 @@ from worker.datasets import Splits
 from worker.training import (
     STEPS_PER_EXECUTION,
     Control,
+    Gather,
     Interrupted,
     LeaseLost,
     Report,
@@ -265,23 +266,6 @@ def _shared(variable: Any) -> bool:
 _IMAGES_PATH = "gather/images"
 
 
-class _Gather(keras.layers.Layer):
-    """The training images as one device-resident variable; (batch, K) indices → images."""
-
-    def __init__(self, images: np.ndarray, **kwargs: Any) -> None:
-        super().__init__(name="gather", **kwargs)
-        self.images = self.add_weight(
-            shape=images.shape,
-            dtype="float32",
-            initializer=lambda shape, dtype: images,
-            trainable=False,
-            name="images",
-        )
-
-    def call(self, indices: Any) -> Any:
-        return ops.take(self.images, indices, axis=0)
-
-
 class _StackedDense(keras.layers.Layer):
     """K Dense layers side by side: (batch, K, in) → (batch, K, units), branch k with its own
     kernel[k] and bias[k]; also each branch's L2 penalty on them, as Keras' L2 regulariser
@@ -340,7 +324,7 @@ def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> keras.Mode
     spec, branches = specs[0], len(specs)
     l2 = [(t.l2 if (t := s.trick(WeightDecay)) else 0.0) for s in specs]
     indices = keras.Input(shape=(branches,), dtype="int32", name="indices")
-    x = keras.layers.Reshape((branches, 28 * 28))(_Gather(images)(indices))
+    x = keras.layers.Reshape((branches, 28 * 28))(Gather(images, name="gather")(indices))
     penalties = []
     bn, dropout = spec.trick(BatchNorm), spec.trick(Dropout)
     for units in spec.hidden_units:

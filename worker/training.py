@@ -211,8 +211,9 @@ def targets(spec: JobSpec, labels: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[y] if tricks.one_hot_labels(spec) else y
 
 
-class _Gather(keras.layers.Layer):
-    """Holds the training images as one device-resident variable; maps indices to images."""
+class Gather(keras.layers.Layer):
+    """Holds the training images as one device-resident variable; maps indices (of any
+    shape) to images."""
 
     def __init__(self, images: np.ndarray, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -231,7 +232,7 @@ class _Gather(keras.layers.Layer):
 def _on_device(model: keras.Model, images: np.ndarray) -> keras.Model:
     """The model behind an index → image lookup: trained, never saved."""
     indices = keras.Input(shape=(), dtype="int32", name="index")
-    return keras.Model(indices, model(_Gather(images)(indices)), name="trainer")
+    return keras.Model(indices, model(Gather(images)(indices)), name="trainer")
 
 
 class _StopWhen(keras.callbacks.Callback):
