@@ -8,11 +8,11 @@ sum of the branches' losses, so each branch's gradient is its own loss's gradien
 SGD update each element from its own gradient alone, so each branch takes the steps it would
 take alone.
 
-Each branch is mirrored by the model its job would train alone (`tricks.build_model`): its
-initial weights come from there, and after every epoch its slices of the stacked variables
-(and of the optimizer's) are copied back, where the code the single-job trainer uses scores
-it, checkpoints it (in the single-job format, so it resumes alone or in any pack) and follows
-its early stopping. A branch that stops (early stopping, a lost lease, a diverged loss) keeps
+Each branch is mirrored by the `training.Run` its job would have alone: its initial weights
+come from there, and after every epoch its slices of the stacked variables (and of the
+optimizer's) are copied back, where the single-job trainer's own code scores it, checkpoints
+it (in the single-job format, so it resumes alone or in any pack) and follows its early
+stopping. A branch that stops (early stopping, a lost lease, a diverged loss) keeps
 being computed, ignored, until the pack ends; nothing it computes reaches the others.
 """
 
@@ -29,7 +29,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from core.images import scale
 from core.layers import mix, step_key, unit_floats
 from core.spec import NUM_CLASSES, Augmentation, BatchNorm, Dropout, JobSpec, WeightDecay
 from worker import tricks
@@ -38,16 +37,16 @@ from worker.datasets import Splits
 from worker.training import (
     STEPS_PER_EXECUTION,
     Control,
+    Data,
     Gather,
     Interrupted,
     LeaseLost,
     Report,
+    Run,
     Trained,
     TrainingDiverged,
-    as_float,
     epoch_order,
     jit_compile,
-    scores,
     targets,
 )
 
@@ -84,17 +83,20 @@ def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
     raised for it alone. They must share a `pack_key` and resume from the same epoch."""
     started = time.perf_counter()
     specs = [branch.spec for branch in branches]
-    if len({pack_key(spec) for spec in specs}) != 1 or pack_key(specs[0]) is None:
+    keys = {pack_key(spec) for spec in specs}
+    if len(keys) != 1 or None in keys:
         raise ValueError("a pack's specs must share one pack_key")
     if len({branch.resume.epoch if branch.resume else 0 for branch in branches}) != 1:
         raise ValueError("a pack's branches must resume from the same epoch")
     keras.backend.clear_session()
     spec = specs[0]  # what the branches share
-    x_train, x_val, x_test = scale(splits.x_train), scale(splits.x_val), scale(splits.x_test)
-    steps_per_epoch = math.ceil(len(x_train) / spec.batch_size)
-    alone = [_Alone.build(branch, steps_per_epoch) for branch in branches]
+    data = Data.of(splits)
+    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
+    runs = [
+        Run.start(b.spec, data, b.report, b.control, steps_per_epoch, b.resume) for b in branches
+    ]
     optimizer = tricks.optimizer(spec, steps_per_epoch)
-    trainer = _stacked_trainer(specs, x_train)
+    trainer = _stacked_trainer(specs, data.x_train)
     trainer.compile(
         optimizer=optimizer,
         loss={"probabilities": _summed_loss(spec), "penalty": _summed_penalty},
@@ -106,19 +108,20 @@ def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
         jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
     )
     optimizer.build(trainer.trainable_variables)
-    for k, mirror in enumerate(alone):
-        mirror.copy_into(k, trainer, optimizer)
-    outcomes: list[Outcome | None] = [None] * len(branches)
+    mirror = _Mirror(trainer, optimizer, runs)
+    mirror.into_pack()
+
     done = branches[0].resume.epoch if branches[0].resume else 0
-    for k, mirror in enumerate(alone):
-        if mirror.watch.exhausted:  # its worker died after early stopping ended it
-            outcomes[k] = mirror.finish(done, splits, x_train, x_val, x_test, started)
+    # A branch checkpointed at the epoch early stopping ended: its worker died before finishing.
+    outcomes: list[Outcome | None] = [
+        run.finish(done, started) if run.watch.exhausted else None for run in runs
+    ]
     y_train = targets(spec, splits.y_train)
     for epoch in range(done + 1, spec.epochs + 1):
-        if all(outcome is not None for outcome in outcomes):
+        if None not in outcomes:
             break
         began = time.perf_counter()
-        orders = np.stack([epoch_order(s.seed, epoch, len(x_train)) for s in specs], axis=1)
+        orders = np.stack([epoch_order(s.seed, epoch, len(data.x_train)) for s in specs], axis=1)
         history = trainer.fit(
             orders,
             {"probabilities": y_train[orders], "penalty": np.zeros(orders.shape, np.float32)},
@@ -129,141 +132,55 @@ def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
             verbose=0,
         )
         logs = {name: values[-1] for name, values in history.history.items()}
-        seconds = (time.perf_counter() - began) / len(branches)
-        for k, (branch, mirror) in enumerate(zip(branches, alone, strict=True)):
+        fit_seconds = (time.perf_counter() - began) / len(branches)  # each branch's share
+        mirror.out_of_pack([k for k, outcome in enumerate(outcomes) if outcome is None])
+        for k, run in enumerate(runs):
             if outcomes[k] is not None:
                 continue
             try:
-                mirror.copy_from(k, trainer, optimizer)
-                if mirror.epoch_ended(epoch, _branch_logs(logs, k), splits, x_val, x_test, seconds):
-                    outcomes[k] = mirror.finish(epoch, splits, x_train, x_val, x_test, started)
-                elif branch.control.stop_requested.is_set() and epoch < spec.epochs:
-                    outcomes[k] = Interrupted()
-            except (LeaseLost, TrainingDiverged) as error:
+                if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds):
+                    outcomes[k] = run.finish(epoch, started)
+            except (LeaseLost, Interrupted, TrainingDiverged) as error:
                 outcomes[k] = error
-    for k, mirror in enumerate(alone):
-        if outcomes[k] is None:
-            outcomes[k] = mirror.finish(None, splits, x_train, x_val, x_test, started)
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [
+        run.finish(None, started) if outcome is None else outcome
+        for outcome, run in zip(outcomes, runs, strict=True)
+    ]
 
 
-@dataclass
-class _Alone:
-    """A branch's job as it would train alone: its model, optimizer and best-epoch watch."""
+class _Mirror:
+    """Each stacked variable of the pack (model and optimizer) beside the branches' own
+    variables it holds: the optimizer's scalars (step count, learning rate) are shared; every
+    other variable holds branch k's values at [k] of its (K, ...) reshape."""
 
-    branch: Branch
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    watch: tricks.BestEpoch
+    def __init__(self, trainer: keras.Model, optimizer: Any, runs: Sequence[Run]) -> None:
+        images = trainer.get_layer("gather").images
+        self.stacked = [v for v in trainer.variables if v is not images] + optimizer.variables
+        self.own = [[*run.model.variables, *run.optimizer.variables] for run in runs]
+        if any(len(own) != len(self.stacked) for own in self.own):
+            raise AssertionError("the stacked model does not mirror the single-job model")
 
-    @classmethod
-    def build(cls, branch: Branch, steps_per_epoch: int) -> _Alone:
-        model = tricks.build_model(branch.spec)
-        optimizer = tricks.optimizer(branch.spec, steps_per_epoch)
-        optimizer.build(model.trainable_variables)
-        resume = branch.resume
-        watch = resume.restore(model, optimizer) if resume else tricks.best_epoch(branch.spec)
-        return cls(branch, model, optimizer, watch)
+    def into_pack(self) -> None:
+        for i, stacked in enumerate(self.stacked):
+            values = [keras.ops.convert_to_numpy(own[i]) for own in self.own]
+            value = values[0] if _shared(self.own[0][i]) else np.stack(values)
+            stacked.assign(value.astype(stacked.dtype).reshape(stacked.shape))
 
-    def copy_into(self, k: int, trainer: keras.Model, optimizer: Any) -> None:
-        for stacked, mine in _pairs(self, trainer, optimizer):
-            mine_value = keras.ops.convert_to_numpy(mine)
-            if _shared(mine):
-                stacked.assign(mine_value)
-                continue
-            value = np.array(keras.ops.convert_to_numpy(stacked))
-            value.reshape(-1, *mine_value.shape)[k] = mine_value
-            stacked.assign(value)
-
-    def copy_from(self, k: int, trainer: keras.Model, optimizer: Any) -> None:
-        for stacked, mine in _pairs(self, trainer, optimizer):
+    def out_of_pack(self, branches: Sequence[int]) -> None:
+        """Into these branches' own variables (not those of ended ones: their final models)."""
+        for i, stacked in enumerate(self.stacked):
             value = keras.ops.convert_to_numpy(stacked)
-            mine.assign(value if _shared(mine) else value.reshape(-1, *mine.shape)[k])
-
-    def epoch_ended(
-        self,
-        epoch: int,
-        logs: dict[str, float],
-        splits: Splits,
-        x_val: np.ndarray,
-        x_test: np.ndarray,
-        train_seconds: float,
-    ) -> bool:
-        """The single-job trainer's end of an epoch for this branch; True when it stops."""
-        if self.branch.control.lease_lost.is_set():
-            raise LeaseLost
-        objective = logs["objective"]
-        if not math.isfinite(objective):
-            raise TrainingDiverged(
-                f"the training loss became {objective} in epoch {epoch}; "
-                "a lower learning_rate usually helps"
-            )
-        began = time.perf_counter()
-        val = scores(self.model, x_val, splits.y_val)
-        seconds = train_seconds + time.perf_counter() - began
-        test = scores(self.model, x_test, splits.y_test)
-        assert test is not None
-        row = {
-            "epoch": epoch,
-            "train_loss": as_float(logs["crossentropy"]),
-            "train_accuracy": as_float(logs["accuracy"]),
-            "train_objective": as_float(objective),
-            "val_loss": val[0] if val else None,
-            "val_accuracy": val[1] if val else None,
-            "test_loss": test[0],
-            "test_accuracy": test[1],
-            "learning_rate": as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
-            "seconds": seconds,
-        }
-        stop = self.watch.update(epoch, row["val_loss"], self.model)
-        snapshot = Snapshot.capture(epoch, self.model, self.optimizer, self.watch)
-        if not self.branch.report(row, snapshot):
-            raise LeaseLost
-        return stop
-
-    def finish(
-        self,
-        stopped_epoch: int | None,
-        splits: Splits,
-        x_train: np.ndarray,
-        x_val: np.ndarray,
-        x_test: np.ndarray,
-        started: float,
-    ) -> Trained:
-        """As the single-job trainer ends: best weights back, and the final model's scores."""
-        if self.watch.best_weights:
-            self.model.set_weights(self.watch.best_weights)
-        result: dict[str, Any] = {"epochs_trained": stopped_epoch or self.branch.spec.epochs}
-        result["parameters"] = self.model.count_params()
-        for part, x, y in (
-            ("train", x_train, splits.y_train),
-            ("val", x_val, splits.y_val),
-            ("test", x_test, splits.y_test),
-        ):
-            if part_scores := scores(self.model, x, y):
-                result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
-        result["seconds"] = time.perf_counter() - started
-        return Trained(self.model, self.watch.best_epoch, stopped_epoch, result)
-
-
-def _pairs(alone: _Alone, trainer: keras.Model, optimizer: Any) -> list[tuple[Any, Any]]:
-    """Each stacked variable with the alone variable it holds a slice of (or equals)."""
-    stacked = [v for v in trainer.variables if v.path != _IMAGES_PATH]
-    mine = list(alone.model.variables)
-    if len(stacked) != len(mine) or len(optimizer.variables) != len(alone.optimizer.variables):
-        raise AssertionError("the stacked model does not mirror the single-job model")
-    return list(zip(stacked + optimizer.variables, mine + alone.optimizer.variables, strict=True))
+            for k in branches:
+                variable = self.own[k][i]
+                shape = variable.shape
+                variable.assign(value if _shared(variable) else value.reshape(-1, *shape)[k])
 
 
 def _shared(variable: Any) -> bool:
-    """The optimizer's scalars (step count, learning rate) are the pack's, not a branch's;
-    every other variable is stacked, branch k's values at [k] of its (K, ...) reshape."""
     return len(variable.shape) == 0
 
 
 # ---- the stacked model ------------------------------------------------------------------
-
-_IMAGES_PATH = "gather/images"
 
 
 class _StackedDense(keras.layers.Layer):
@@ -320,7 +237,7 @@ class _StackedHashDropout(keras.layers.Layer):
 
 def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> keras.Model:
     """(batch, K) indices → {"probabilities": (batch, K, 10), "penalty": (batch, K)}, its
-    variables in the order of the single-job model's (see `_pairs`)."""
+    variables in the order of the single-job model's (see `_Mirror`)."""
     spec, branches = specs[0], len(specs)
     l2 = [(t.l2 if (t := s.trick(WeightDecay)) else 0.0) for s in specs]
     indices = keras.Input(shape=(branches,), dtype="int32", name="indices")

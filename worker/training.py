@@ -72,35 +72,32 @@ def train(
 ) -> Trained:
     """Train from scratch, or from `resume` on. After each epoch, `report(metrics, snapshot)`
     must return True to go on (False: the lease is gone, so LeaseLost)."""
-    control = control or Control()
     started = time.perf_counter()
     keras.backend.clear_session()  # fresh layer names and graph state for every job
     keras.utils.set_random_seed(spec.seed)
 
-    x_train, y_train = scale(splits.x_train), targets(spec, splits.y_train)
-    x_val, x_test = scale(splits.x_val), scale(splits.x_test)
-    model = tricks.build_model(spec)
-    trainer = _on_device(model, x_train)
+    data = Data.of(splits)
+    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
+    run = Run.start(spec, data, report, control or Control(), steps_per_epoch, resume)
+    trainer = _on_device(run.model, data.x_train)
     loss, metrics = tricks.loss_and_metrics(spec)
-    steps_per_epoch = math.ceil(len(x_train) / spec.batch_size)
-    optimizer = tricks.optimizer(spec, steps_per_epoch)
     trainer.compile(
-        optimizer=optimizer,
+        optimizer=run.optimizer,
         loss=loss,
         metrics=metrics,
         steps_per_execution=STEPS_PER_EXECUTION,
         jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
     )
-    watch = resume.restore(model, optimizer) if resume else tricks.best_epoch(spec)
-    stop_at_once = _StopWhen(control.lease_lost)
+    y_train = targets(spec, splits.y_train)
+    stop_at_once = _StopWhen(run.control.lease_lost)
 
     done = resume.epoch if resume else 0
     # A checkpoint taken at the epoch early stopping ended: its worker died before finishing.
-    stopped_epoch = done if resume and watch.exhausted else None
+    stopped_epoch = done if resume and run.watch.exhausted else None
     last = done if stopped_epoch else spec.epochs
     for epoch in range(done + 1, last + 1):
         began = time.perf_counter()
-        order = epoch_order(spec.seed, epoch, len(x_train))
+        order = epoch_order(spec.seed, epoch, len(data.x_train))
         history = trainer.fit(
             order,
             y_train[order],
@@ -110,52 +107,114 @@ def train(
             callbacks=[stop_at_once],
             verbose=0,
         )
-        if control.lease_lost.is_set():
-            raise LeaseLost
         logs = {name: values[-1] for name, values in history.history.items()}
-        if not math.isfinite(logs["loss"]):
+        epoch_logs = {
+            "objective": logs["loss"],
+            "accuracy": logs["accuracy"],
+            "crossentropy": logs[tricks.CROSSENTROPY],
+        }
+        if run.end_epoch(epoch, epoch_logs, time.perf_counter() - began):
+            stopped_epoch = epoch
+            break
+    return run.finish(stopped_epoch, started)
+
+
+@dataclass(frozen=True)
+class Data:
+    """The splits with their images as the model sees them (scaled to [0, 1])."""
+
+    splits: Splits
+    x_train: np.ndarray
+    x_val: np.ndarray
+    x_test: np.ndarray
+
+    @classmethod
+    def of(cls, splits: Splits) -> Data:
+        return cls(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
+
+    def parts(self) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
+        return (
+            ("train", self.x_train, self.splits.y_train),
+            ("val", self.x_val, self.splits.y_val),
+            ("test", self.x_test, self.splits.y_test),
+        )
+
+
+@dataclass
+class Run:
+    """One job's model, optimizer and best-epoch watch, and what ends each of its epochs and
+    its training: the same whether it trains alone or packed with others (worker.packing)."""
+
+    spec: JobSpec
+    data: Data
+    report: Report
+    control: Control
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    watch: tricks.BestEpoch
+
+    @classmethod
+    def start(
+        cls,
+        spec: JobSpec,
+        data: Data,
+        report: Report,
+        control: Control,
+        steps_per_epoch: int,
+        resume: Snapshot | None,
+    ) -> Run:
+        model = tricks.build_model(spec)
+        optimizer = tricks.optimizer(spec, steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+        watch = resume.restore(model, optimizer) if resume else tricks.best_epoch(spec)
+        return cls(spec, data, report, control, model, optimizer, watch)
+
+    def end_epoch(self, epoch: int, logs: dict[str, float], fit_seconds: float) -> bool:
+        """Score, record and checkpoint an epoch trained with these epoch-mean `logs`
+        (objective, accuracy, crossentropy); True when early stopping ends the training.
+        Raises LeaseLost, TrainingDiverged, or Interrupted when the worker asked to stop."""
+        if self.control.lease_lost.is_set():
+            raise LeaseLost
+        if not math.isfinite(logs["objective"]):
             raise TrainingDiverged(
-                f"the training loss became {logs['loss']} in epoch {epoch}; "
+                f"the training loss became {logs['objective']} in epoch {epoch}; "
                 "a lower learning_rate usually helps"
             )
-        val = scores(model, x_val, splits.y_val)
-        seconds = time.perf_counter() - began
-        test = scores(model, x_test, splits.y_test)
+        began = time.perf_counter()
+        val = scores(self.model, self.data.x_val, self.data.splits.y_val)
+        seconds = fit_seconds + time.perf_counter() - began
+        test = scores(self.model, self.data.x_test, self.data.splits.y_test)
         assert test is not None  # datasets.load refuses an empty test set
         row = {
             "epoch": epoch,
-            "train_loss": as_float(logs[tricks.CROSSENTROPY]),
+            "train_loss": as_float(logs["crossentropy"]),
             "train_accuracy": as_float(logs["accuracy"]),
-            "train_objective": as_float(logs["loss"]),
+            "train_objective": as_float(logs["objective"]),
             "val_loss": val[0] if val else None,
             "val_accuracy": val[1] if val else None,
             "test_loss": test[0],
             "test_accuracy": test[1],
-            "learning_rate": as_float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+            "learning_rate": as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
             "seconds": seconds,
         }
-        stop = watch.update(epoch, row["val_loss"], model)
-        if not report(row, Snapshot.capture(epoch, model, optimizer, watch)):
+        stop = self.watch.update(epoch, row["val_loss"], self.model)
+        if not self.report(row, Snapshot.capture(epoch, self.model, self.optimizer, self.watch)):
             raise LeaseLost
-        if stop:
-            stopped_epoch = epoch
-            break
-        if control.stop_requested.is_set() and epoch < spec.epochs:
+        if not stop and self.control.stop_requested.is_set() and epoch < self.spec.epochs:
             raise Interrupted
+        return stop
 
-    if watch.best_weights:  # early stopping keeps the best epoch's weights
-        model.set_weights(watch.best_weights)
-    result: dict[str, Any] = {"epochs_trained": stopped_epoch or spec.epochs}
-    result["parameters"] = model.count_params()
-    for part, x, y in (
-        ("train", x_train, splits.y_train),
-        ("val", x_val, splits.y_val),
-        ("test", x_test, splits.y_test),
-    ):
-        if part_scores := scores(model, x, y):
-            result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
-    result["seconds"] = time.perf_counter() - started
-    return Trained(model, watch.best_epoch, stopped_epoch, result)
+    def finish(self, stopped_epoch: int | None, started: float) -> Trained:
+        """The final model (early stopping's best weights) and its scores."""
+        if self.watch.best_weights:
+            self.model.set_weights(self.watch.best_weights)
+        result: dict[str, Any] = {"epochs_trained": stopped_epoch or self.spec.epochs}
+        result["parameters"] = self.model.count_params()
+        for part, x, y in self.data.parts():
+            if part_scores := scores(self.model, x, y):
+                result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
+        result["seconds"] = time.perf_counter() - started
+        return Trained(self.model, self.watch.best_epoch, stopped_epoch, result)
 
 
 # XLA compiles a train step in about 1.5 s and then saves about 0.3 ms a step on the 2-core
