@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from core.models import EpochMetrics, Job, Study
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.stats import Estimate, estimate, paired
-from core.studies import trick_label
+from core.studies import trick_label, variant_name
 
 CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "gap")
 
@@ -78,7 +79,7 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
     for members in groups.values():
         spec = {key: value for key, value in members[0].spec.items() if key != "seed"}
         labels = tuple(trick_label(trick) for trick in spec["tricks"])
-        variants.append(_collect(VariantRuns(_name(labels), labels, spec, members), metrics))
+        variants.append(_collect(VariantRuns(variant_name(labels), labels, spec, members), metrics))
     by_name: dict[str, list[VariantRuns]] = {}
     for variant in variants:
         by_name.setdefault(variant.name, []).append(variant)
@@ -98,7 +99,8 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
 
 def progress(statuses: Sequence[JobStatus]) -> dict[str, int]:
     """How many jobs are in each status, and in all."""
-    return {"total": len(statuses), **{s.value: list(statuses).count(s) for s in JobStatus}}
+    counts = Counter(statuses)
+    return {"total": len(statuses), **{s.value: counts[s] for s in JobStatus}}
 
 
 def study_status(cancelled: bool, statuses: Sequence[JobStatus]) -> str:
@@ -131,15 +133,11 @@ def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> dict[str, Any]:
     variant (one run: no intervals), so that the study plots draw it."""
     rows = [_row(m) for m in metrics]
     run = Run(job.id, job.result or {}, rows, job.best_epoch, job.stopped_epoch)
-    name = _name(tuple(trick_label(trick) for trick in job.spec["tricks"]))
+    name = variant_name(tuple(trick_label(trick) for trick in job.spec["tricks"]))
     return {
         "variants": [{"name": name, "seeds": [job.spec["seed"]], "curves": _curves([run])}],
         "effects": [],
     }
-
-
-def _name(labels: tuple[str, ...]) -> str:
-    return " + ".join(("base", *labels))
 
 
 def _row(m: EpochMetrics) -> dict[str, Any]:

@@ -8,6 +8,7 @@ two specs that train the same model compare equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -231,9 +232,7 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _resolve(self) -> JobSpec:
         names = [trick.name for trick in self.tricks]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
+        refuse_repeated(names)
         if "early_stopping" in names and self.validation_size == 0:
             raise ValueError(
                 "early_stopping watches the validation loss: validation_size must be > 0"
@@ -269,6 +268,13 @@ class JobSpec(Strict):
     @property
     def class_names(self) -> tuple[str, ...]:
         return DATASET_CLASSES[self.dataset]
+
+
+def refuse_repeated(names: Sequence[str]) -> None:
+    """A trick may be listed once: ValueError naming those listed more often."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
 
 
 def trick_catalogue() -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from core.spec import TRICKS, JobSpec, Strict, TrickItem
+from core.spec import TRICKS, JobSpec, Strict, TrickItem, refuse_repeated
 
 Design = Literal["one_at_a_time", "leave_one_out", "cumulative", "full_factorial", "explicit"]
 DESIGNS: dict[str, str] = {
@@ -87,9 +87,7 @@ class StudySpec(Strict):
         if not self.tricks:
             raise ValueError(f"the {self.design} design needs at least one trick in 'tricks'")
         names = [trick.name for trick in self.tricks]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
+        refuse_repeated(names)
         in_base = sorted(set(names) & {trick.name for trick in self.base.tricks})
         if in_base:
             raise ValueError(
@@ -171,7 +169,12 @@ def _name(study: StudySpec, added: tuple[str, ...]) -> str:
             label for label in map(trick_label, _dumped(study.tricks)) if label not in added
         ]
         return f"all − {left_out[0]}" if left_out else "all"
-    return " + ".join(("base", *added))
+    return variant_name(added)
+
+
+def variant_name(labels: tuple[str, ...]) -> str:
+    """The name of the base spec with these tricks added: 'base + dropout'."""
+    return " + ".join(("base", *labels))
 
 
 def _dumped(tricks: list[Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""Request-scoped dependencies: the store, the predictor, settings, and the job in the path.
+"""Request-scoped dependencies: the store, the predictor, settings, and the job or study in
+the path.
 
 The app-state getters are `async` only so that FastAPI calls them in place: it would run a
 plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
@@ -11,7 +12,7 @@ from fastapi import Depends, HTTPException, Request
 
 from core.artifacts import ArtifactStore
 from core.config import Settings
-from core.models import Job
+from core.models import Job, Study
 from core.store import JobStore
 from service.predictor import Predictor
 
@@ -46,3 +47,17 @@ def get_job(job_id: str, store: StoreDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(get_job)]
+
+
+def get_study(study_id: str, store: StoreDep) -> Study:
+    study = store.get_study(study_id)
+    if study is None:
+        raise HTTPException(404, no_study(study_id))
+    return study
+
+
+def no_study(study_id: str) -> str:
+    return f"no study with id {study_id!r}"
+
+
+StudyDep = Annotated[Study, Depends(get_study)]

@@ -12,8 +12,8 @@ from fastapi import APIRouter, HTTPException, Query, Response
 
 from core import plots
 from core.report import job_curves, report
-from service.deps import JobDep, StoreDep
-from service.routes.studies import JOBS_HELP, compared_variants, study_or_404, study_report
+from service.deps import JobDep, StoreDep, StudyDep
+from service.routes.studies import JOBS_HELP, compared_variants, study_report
 
 router = APIRouter()
 FormatQuery = Annotated[plots.Format, Query(alias="format", description="png (the default) or svg")]
@@ -42,9 +42,8 @@ def _image_route(path: str, tag: str, description: str | None = None) -> Any:
     f"A plot of the study's report so far (finished runs only). {NAMES}",
 )
 def study_plot(
-    study_id: str, name: plots.PlotName, store: StoreDep, fmt: FormatQuery = "png"
+    study: StudyDep, name: plots.PlotName, store: StoreDep, fmt: FormatQuery = "png"
 ) -> Response:
-    study = study_or_404(store, study_id)
     return _image(name, study_report(store, study), f"Study {study.name!r}", fmt)
 
 

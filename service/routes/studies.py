@@ -21,7 +21,7 @@ from core.report import (
 from core.states import JobStatus
 from core.store import JobStore
 from core.studies import StudyError, StudySpec, expand
-from service.deps import SettingsDep, StoreDep
+from service.deps import SettingsDep, StoreDep, StudyDep, no_study
 from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
@@ -76,16 +76,16 @@ def list_studies(
 
 
 @router.get("/v1/studies/{study_id}", response_model=StudyRead)
-def get_study(study_id: str, store: StoreDep) -> StudyRead:
+def get_study(study: StudyDep, store: StoreDep) -> StudyRead:
     """The study: status, progress, and the report of the runs finished so far."""
-    return _read(store, study_or_404(store, study_id))
+    return _read(store, study)
 
 
 @router.get("/v1/studies/{study_id}/report", response_model=ReportRead)
-def get_study_report(study_id: str, store: StoreDep) -> Any:
+def get_study_report(study: StudyDep, store: StoreDep) -> Any:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
-    return study_report(store, study_or_404(store, study_id))
+    return study_report(store, study)
 
 
 @router.get(
@@ -93,9 +93,8 @@ def get_study_report(study_id: str, store: StoreDep) -> Any:
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}}},
 )
-def get_study_report_csv(study_id: str, store: StoreDep, table: Table = "variants") -> Response:
+def get_study_report_csv(study: StudyDep, store: StoreDep, table: Table = "variants") -> Response:
     """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
-    study = study_or_404(store, study_id)
     return _csv(CSV_TABLES[table](study_report(store, study)), f"study-{study.id}-{table}.csv")
 
 
@@ -104,7 +103,7 @@ def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
     """Cancel the study's queued and running jobs; finished runs stay in its report."""
     study = store.cancel_study(study_id)
     if study is None:
-        raise HTTPException(404, f"no study with id {study_id!r}")
+        raise HTTPException(404, no_study(study_id))
     log.info("study=%s cancelled", study.id)
     return _read(store, study)
 
@@ -128,13 +127,6 @@ def compare_csv(
 ) -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
     return _csv(CSV_TABLES[table](report(compared_variants(store, jobs))), f"compare-{table}.csv")
-
-
-def study_or_404(store: JobStore, study_id: str) -> Study:
-    study = store.get_study(study_id)
-    if study is None:
-        raise HTTPException(404, f"no study with id {study_id!r}")
-    return study
 
 
 def _variants(store: JobStore, study: Study) -> list[VariantRuns]:
