@@ -55,6 +55,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def splits(data_dir: Path) -> Any:
+    """The tiny Fashion-MNIST folder loaded as the worker loads it, TINY's validation split."""
+    from worker import datasets
+
+    return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
+
+
 def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:
     """Settings with a SQLite file and an artifact store under root, ignoring any .env."""
     return Settings(

@@ -109,7 +109,7 @@ def test_sigint_hands_the_running_job_back_and_exits(stack):
     assert "Application shutdown complete" in cluster.log("api")
 
 
-def test_a_study_runs_to_completion_across_two_workers(stack):
+def test_a_study_runs_to_completion_with_two_workers_on_its_queue(stack):
     cluster, client = stack, stack.client
     cluster.start_worker("worker-2")
     study = client.post(

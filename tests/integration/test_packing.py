@@ -5,7 +5,7 @@ import pytest
 
 from core.spec import JobSpec
 from tests.conftest import TINY
-from worker import datasets, training
+from worker import training
 from worker.checkpoints import Snapshot
 from worker.packing import Branch, pack_key, train_pack
 
@@ -22,11 +22,6 @@ SPECS = [
     ),
 ]
 TOLERANCE = 1e-5  # float32 sums in another order, nothing more
-
-
-@pytest.fixture(scope="module")
-def splits(data_dir):
-    return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
 
 
 class Recorder:

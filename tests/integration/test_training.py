@@ -5,7 +5,7 @@ import pytest
 
 from core.spec import JobSpec
 from tests.conftest import TINY
-from worker import datasets, training
+from worker import training
 from worker.checkpoints import Snapshot
 
 EVERYTHING_RANDOM = {
@@ -19,11 +19,6 @@ EVERYTHING_RANDOM = {
         {"name": "early_stopping", "patience": 10},
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def splits(data_dir):
-    return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
 
 
 def run(spec, splits, **kwargs):

@@ -7,6 +7,8 @@ from tests.conftest import tiny_images
 from tests.images import encode, png_declaring
 
 IMAGE = tiny_images(1, seed=5)[0][0]  # 28×28, light band on a dark, noisy background
+ORIENTED = Image.Exif()
+ORIENTED[0x0112] = 6  # orientation 6: the stored pixels are turned a quarter left
 
 
 def test_scale_maps_0_255_to_0_1_as_float32():
@@ -56,11 +58,9 @@ def test_inversion_follows_the_median_of_the_border_exactly(low, high, inverted)
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
 def test_the_exif_orientation_is_applied(format):
-    # Orientation 6: the stored pixels are turned a quarter left; viewers turn them back.
-    exif = Image.Exif()
-    exif[0x0112] = 6
+    # The stored pixels are turned a quarter left; viewers turn them back.
     stored = Image.fromarray(IMAGE).transpose(Image.Transpose.ROTATE_90)
-    decoded = decode_image(encode(stored, format, exif=exif, quality=100)).astype(int)
+    decoded = decode_image(encode(stored, format, exif=ORIENTED, quality=100)).astype(int)
     assert np.abs(decoded - IMAGE.astype(int)).max() <= (0 if format == "PNG" else 12)
 
 
@@ -113,10 +113,6 @@ def test_unusable_files_are_refused_with_a_reason(data, message):
         decode_image(data)
 
 
-_ORIENTED = Image.Exif()
-_ORIENTED[0x0112] = 6  # orientation: turned a quarter
-
-
 def _plain_pngs() -> list[bytes]:
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (64, 40), dtype=np.uint8)
@@ -146,7 +142,7 @@ def test_plain_pngs_decode_fast_to_exactly_what_pillow_gives(data):
         encode(Image.fromarray(IMAGE).convert("P")),
         encode(Image.fromarray(IMAGE.astype(np.uint16) * 257)),
         encode(IMAGE, transparency=0),  # a tRNS chunk
-        encode(IMAGE, exif=_ORIENTED),  # an eXIf chunk, which turns the picture
+        encode(IMAGE, exif=ORIENTED),  # an eXIf chunk, which turns the picture
         encode(np.zeros((300, 300), np.uint8)),  # over PLAIN_PNG_PIXELS
         encode(IMAGE, "JPEG"),
         encode(IMAGE)[:200],  # truncated: Pillow's reading says why

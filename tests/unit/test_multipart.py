@@ -65,7 +65,11 @@ def test_data_that_only_resembles_a_boundary_is_kept():
         (form(b"X" + file_section(b"x")), CONTENT_TYPE, "boundary line is malformed"),
         (form(b"\r\nContent-Disposition: form-data"), CONTENT_TYPE, "do not end with a blank line"),
         (form(b"\r\n\r\nno headers"), CONTENT_TYPE, "no 'Content-Disposition: form-data"),
-        (form(b'\r\nContent-Disposition: attachment; name="file"\r\n\r\nx'), CONTENT_TYPE, "no"),
+        (
+            form(b'\r\nContent-Disposition: attachment; name="file"\r\n\r\nx'),
+            CONTENT_TYPE,
+            "no 'Content-Disposition: form-data",
+        ),
         (form(b"\r\nContent-Disposition: form-data\r\n\r\nx"), CONTENT_TYPE, "; name=...'"),
         (form(*[file_section(b"x")] * 4), CONTENT_TYPE, "4 parts in the form; at most 3 files"),
     ],

@@ -87,7 +87,16 @@ def test_each_study_plot_as_svg_names_what_it_shows(name, shows):
 def test_a_job_plot_draws_its_epochs_so_far_without_bands():
     job, rows = trained(["dropout"], seed=0)
     job.status = JobStatus.RUNNING
-    text = svg_text(plots.render("curves", job_curves(job, rows[:3]), "Job x", "svg"))
+    curves = job_curves(job, rows[:3])
+    drawn = curves["variants"][0]["curves"]
+    assert drawn["epoch"] == [1, 2, 3]
+    assert all(
+        bound is None
+        for key in ("train_loss", "test_accuracy")
+        for part in ("low", "high")
+        for bound in drawn[key][part]
+    )
+    text = svg_text(plots.render("curves", curves, "Job x", "svg"))
     assert "one run" in text
     assert "confidence" not in text
 
