@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     sweep_seconds: float = Field(15.0, gt=0, le=600)
     # Attempts that may fail (worker lost, unexpected error) before the job fails for good.
     max_attempts: int = Field(3, ge=1, le=10_000)
+    # Compatible queued jobs a worker claims at once and trains as one model (1: one at a time).
+    pack_size: int = Field(8, ge=1, le=64)
     # Loaded models kept in the service's memory, least recently used evicted first.
     model_cache_size: int = Field(8, ge=1, le=1000)
     # Prediction limits: each bounds what one request, or a flood of them, can cost.

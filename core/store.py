@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -26,6 +26,10 @@ from core.states import JobStatus, sources_of
 from core.studies import StudySpec, Variant
 
 MAX_ERROR_MESSAGE = 4000
+# Queued jobs, oldest first, looked through for a claimed job's pack mates.
+PACK_CANDIDATES = 256
+# A job's stored spec → which jobs it can train together with (equal keys); None: alone.
+PackKey = Callable[[dict[str, Any]], str | None]
 
 
 @dataclass(frozen=True)
@@ -231,41 +235,74 @@ class JobStore:
 
     def claim(self, worker: str, device: str) -> tuple[Job, Lease] | None:
         """Take the oldest queued job, in one short write transaction."""
-        token = secrets.token_hex(16)
-        now = utcnow()
-        oldest = (
-            select(Job.id)
+        claimed = self.claim_pack(worker, device)
+        return claimed[0] if claimed else None
+
+    def claim_pack(
+        self, worker: str, device: str, size: int = 1, key: PackKey | None = None
+    ) -> list[tuple[Job, Lease]]:
+        """Take the oldest queued job and up to `size - 1` more that can train beside it,
+        in one short write transaction: queued jobs among the next `PACK_CANDIDATES`, oldest
+        first, with the same `key` (not None) and checkpoint epoch. A job with a failed
+        attempt is taken alone, so a job that kills its worker takes no pack mates with it
+        more than once."""
+        queued = (
+            select(Job.id, Job.spec, Job.checkpoint_epoch, Job.failures)
             .where(Job.status == JobStatus.QUEUED)
             .order_by(Job.created_at, Job.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite's BEGIN IMMEDIATE suffices
-            .scalar_subquery()
         )
         with self._write.begin() as session:
-            job = session.scalars(
-                update(Job)
-                .where(Job.id == oldest, Job.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    worker=worker,
-                    device=device,
-                    lease_token=token,
-                    lease_expires_at=now + self.lease,
-                    heartbeat_at=now,
-                    started_at=now,
-                )
-                .returning(Job),
-                execution_options={"synchronize_session": False},
-            ).one_or_none()
-            if job is None:
-                return None
-            # The history is exactly the checkpointed epochs: the next one resumes after them.
-            session.execute(
-                delete(EpochMetrics).where(
-                    EpochMetrics.job_id == job.id, EpochMetrics.epoch > (job.checkpoint_epoch or 0)
-                )
+            # PostgreSQL: a job another worker is claiming is skipped; SQLite's BEGIN IMMEDIATE
+            # suffices there.
+            first = session.execute(queued.limit(1).with_for_update(skip_locked=True)).first()
+            if first is None:
+                return []
+            ids = [first.id]
+            pack = key(first.spec) if key and size > 1 and not first.failures else None
+            if pack is not None:
+                mates = [
+                    row.id
+                    for row in session.execute(
+                        queued.where(Job.id != first.id).limit(PACK_CANDIDATES)
+                    )
+                    if not row.failures
+                    and row.checkpoint_epoch == first.checkpoint_epoch
+                    and key(row.spec) == pack  # type: ignore[misc]
+                ][: size - 1]
+                # Those still free (unlocked, queued): no waiting on another claim, no deadlock.
+                ids += session.scalars(
+                    select(Job.id)
+                    .where(Job.id.in_(mates), Job.status == JobStatus.QUEUED)
+                    .order_by(Job.created_at, Job.id)
+                    .with_for_update(skip_locked=True)
+                ).all()
+            return [self._take(session, job_id, worker, device) for job_id in ids]
+
+    def _take(self, session: Session, job_id: str, worker: str, device: str) -> tuple[Job, Lease]:
+        token = secrets.token_hex(16)
+        now = utcnow()
+        job = session.scalars(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                worker=worker,
+                device=device,
+                lease_token=token,
+                lease_expires_at=now + self.lease,
+                heartbeat_at=now,
+                started_at=now,
             )
+            .returning(Job),
+            execution_options={"synchronize_session": False},
+        ).one()
+        # The history is exactly the checkpointed epochs: the next one resumes after them.
+        session.execute(
+            delete(EpochMetrics).where(
+                EpochMetrics.job_id == job.id, EpochMetrics.epoch > (job.checkpoint_epoch or 0)
+            )
+        )
         return job, Lease(job.id, token, job.attempts)
 
     def heartbeat(self, lease: Lease) -> bool:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat_seconds=settings.heartbeat_seconds,
         sweep_seconds=settings.sweep_seconds,
         name=name,
+        pack_size=settings.pack_size,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -1,5 +1,6 @@
-"""The worker's loop: claim → (resume) → train, checkpointing every epoch → finish, always
-recording the outcome; a heartbeat keeps the lease alive meanwhile."""
+"""The worker's loop: claim a job, or a pack of compatible jobs → (resume) → train, checkpointing
+every epoch → finish, always recording each job's outcome; a heartbeat per job keeps its lease
+alive meanwhile."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,9 @@ from core.retry import FailureReason
 from core.spec import JobSpec
 from core.store import Checkpoint, JobStore, Lease
 from core.sweeper import Sweeper
-from worker import datasets, training
+from worker import datasets, packing, training
 from worker.checkpoints import Snapshot
+from worker.datasets import Splits
 from worker.devices import setup_device
 
 log = logging.getLogger("tricklab.worker")
@@ -56,6 +60,20 @@ class Heartbeat(threading.Thread):
         self.join()
 
 
+@dataclass
+class Held:
+    """A job this worker has claimed: its lease, the heartbeat renewing it, how its training
+    is steered, and its newest registered checkpoint."""
+
+    job: Job
+    lease: Lease
+    spec: JobSpec
+    control: training.Control
+    heartbeat: Heartbeat
+    checkpoint: Checkpoint | None
+    settled: bool = False
+
+
 class Worker:
     def __init__(
         self,
@@ -66,29 +84,32 @@ class Worker:
         heartbeat_seconds: float = 10.0,
         sweep_seconds: float = 15.0,
         name: str | None = None,
+        pack_size: int = 1,
     ) -> None:
         self.store, self.artifacts, self.data_dir = store, artifacts, data_dir
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.sweep_seconds = sweep_seconds
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.pack_size = pack_size
         self.device = setup_device()
         self._stop = threading.Event()
-        self._control: training.Control | None = None
+        self._held: list[Held] = []
 
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
     def request_stop(self) -> None:
-        """Stop after the current epoch; the running job goes back to the queue."""
+        """Stop after the current epoch; the running jobs go back to the queue."""
         self._stop.set()
-        if self._control is not None:
-            self._control.stop_requested.set()
+        for held in self._held:
+            held.control.stop_requested.set()
 
     def run(self, once: bool = False) -> None:
-        """Train jobs until asked to stop; with `once`, train at most one job and return."""
-        log.info("worker=%s started device=%r", self.name, self.device)
+        """Train jobs until asked to stop; with `once`, train at most one job (or pack) and
+        return."""
+        log.info("worker=%s started device=%r pack_size=%d", self.name, self.device, self.pack_size)
         sweeper = Sweeper(self.store, self.sweep_seconds)
         sweeper.start()
         try:
@@ -103,25 +124,98 @@ class Worker:
         log.info("worker=%s stopped", self.name)
 
     def run_one(self) -> bool:
-        """Claim and train one job; False if the queue was empty."""
-        claimed = self.store.claim(self.name, self.device)
-        if claimed is None:
-            return False
-        job, lease = claimed
+        """Claim a job, or up to `pack_size` compatible ones, and train them (together when
+        there are several); False if the queue was empty."""
+        claimed = self.store.claim_pack(self.name, self.device, self.pack_size, _pack_key)
+        held = self._held = [self._hold(job, lease, len(claimed)) for job, lease in claimed]
+        try:
+            self._train(held)
+        except BaseException:  # a second signal or SystemExit: hand the jobs back, then go
+            for one in held:
+                if not one.settled and self.store.release(one.lease):
+                    log.warning(
+                        "job=%s handed back to the queue: worker stopped at once", one.job.id
+                    )
+            raise
+        finally:
+            for one in held:
+                one.heartbeat.stop()
+            self._held = []
+        return bool(claimed)
+
+    def _hold(self, job: Job, lease: Lease, pack: int) -> Held:
         log.info(
-            "job=%s claimed worker=%s attempt=%d checkpoint_epoch=%s",
+            "job=%s claimed worker=%s attempt=%d checkpoint_epoch=%s pack=%d",
             job.id,
             self.name,
             lease.attempt,
             job.checkpoint_epoch,
+            pack,
         )
-        control = self._control = training.Control()
+        control = training.Control()
         if self.stopping:
             control.stop_requested.set()
         heartbeat = Heartbeat(self.store, lease, control.lease_lost, self.heartbeat_seconds)
         heartbeat.start()
+        spec = JobSpec.model_validate(job.spec)
+        return Held(job, lease, spec, control, heartbeat, _registered(job))
+
+    def _train(self, held: list[Held]) -> None:
+        """Train the held jobs (all of one pack key), each settled as soon as it ends."""
+        if not held:
+            return
+        spec = held[0].spec
         try:
-            self._train(job, lease, control, heartbeat)
+            splits = datasets.load(spec.dataset, self.data_dir, spec.validation_size)
+        except Exception as error:
+            for one in held:
+                self._settle(one, error)
+            return
+        # A pack trains from one epoch: a job whose checkpoint proved unusable starts apart.
+        by_epoch: dict[int, list[tuple[Held, Snapshot | None]]] = {}
+        for one in held:
+            try:
+                resume = self._resume(one)
+            except Exception as error:
+                self._settle(one, error)
+                continue
+            by_epoch.setdefault(resume.epoch if resume else 0, []).append((one, resume))
+        for group in by_epoch.values():
+            self._train_group(group, splits)
+
+    def _train_group(self, group: list[tuple[Held, Snapshot | None]], splits: Splits) -> None:
+        """One job alone, or several as one pack."""
+        if len(group) == 1:
+            ((one, resume),) = group
+            try:
+                outcome: Outcome = training.train(
+                    one.spec, splits, partial(self._record, one), one.control, resume
+                )
+            except Exception as error:
+                outcome = error
+            self._settle(one, outcome)
+            return
+        branches = [
+            packing.Branch(one.spec, partial(self._record, one), one.control, resume)
+            for one, resume in group
+        ]
+        try:
+            packing.train_pack(
+                branches, splits, ended=lambda k, outcome: self._settle(group[k][0], outcome)
+            )
+        except Exception as error:  # whatever ended the pack ends its unsettled jobs
+            for one, _ in group:
+                if not one.settled:
+                    self._settle(one, error)
+
+    def _settle(self, held: Held, outcome: Outcome) -> None:
+        """Record how a job's attempt ended: finished, handed back to the queue, retried or
+        failed; nothing when its lease is gone."""
+        job, lease = held.job, held.lease
+        try:
+            if isinstance(outcome, Exception):
+                raise outcome
+            self._finish(held, outcome)
         except training.LeaseLost:
             log.info("job=%s cancelled or taken over: stopped without writing more", job.id)
         except training.Interrupted:
@@ -141,39 +235,26 @@ class Worker:
                 error,
                 status,
             )
-        except BaseException:  # a second signal or SystemExit: hand the job back, then go
-            self.store.release(lease)
-            log.warning("job=%s handed back to the queue: worker stopped at once", job.id)
-            raise
-        finally:
-            heartbeat.stop()
-            self._control = None
+        held.settled = True
+        held.heartbeat.stop()
+
+    def _record(self, held: Held, row: dict[str, Any], snapshot: Snapshot) -> bool:
+        """Checkpoint an epoch and store its metrics with the checkpoint; False if the lease
+        is gone. The job's previous checkpoint file goes once the new one is registered."""
+        job, lease = held.job, held.lease
+        name = self.artifacts.attempt_file(job.id, lease.token, f"checkpoint-{row['epoch']}.npz")
+        new = Checkpoint(row["epoch"], name, self.artifacts.write_atomic(name, snapshot.save))
+        if not self.store.record_epoch(lease, row, new):
+            self.artifacts.remove(name)
+            return False
+        if held.checkpoint is not None:
+            self.artifacts.remove(held.checkpoint.path)
+        held.checkpoint = new
+        _log_epoch(job.id, held.spec, row)
         return True
 
-    def _train(
-        self, job: Job, lease: Lease, control: training.Control, heartbeat: Heartbeat
-    ) -> None:
-        spec = JobSpec.model_validate(job.spec)
-        splits = datasets.load(spec.dataset, self.data_dir, spec.validation_size)
-        resume = self._resume(job, lease)
-        checkpoint = _registered(job)  # replaced (and removed) by the first new one
-
-        def record(row: dict[str, Any], snapshot: Snapshot) -> bool:
-            nonlocal checkpoint
-            name = self.artifacts.attempt_file(
-                job.id, lease.token, f"checkpoint-{row['epoch']}.npz"
-            )
-            new = Checkpoint(row["epoch"], name, self.artifacts.write_atomic(name, snapshot.save))
-            if not self.store.record_epoch(lease, row, new):
-                self.artifacts.remove(name)
-                return False
-            if checkpoint is not None:
-                self.artifacts.remove(checkpoint.path)
-            checkpoint = new
-            _log_epoch(job.id, spec, row)
-            return True
-
-        trained = training.train(spec, splits, record, control, resume)
+    def _finish(self, held: Held, trained: training.Trained) -> None:
+        job, lease = held.job, held.lease
         model_path = self.artifacts.attempt_file(job.id, lease.token, "model.keras")
         digest = self.artifacts.write_atomic(model_path, trained.model.save)
         self.artifacts.write_json(
@@ -182,11 +263,11 @@ class Worker:
                 "job_id": job.id,
                 "spec": job.spec,
                 "result": trained.result,
-                "class_names": list(spec.class_names),
+                "class_names": list(held.spec.class_names),
                 "model_sha256": digest,
             },
         )
-        heartbeat.stop()  # before the final write, so it cannot mistake the end for a loss
+        held.heartbeat.stop()  # before the final write, so it cannot mistake the end for a loss
         if not self.store.finish(
             lease,
             result=trained.result,
@@ -210,10 +291,10 @@ class Worker:
             trained.result["seconds"],
         )
 
-    def _resume(self, job: Job, lease: Lease) -> Snapshot | None:
+    def _resume(self, held: Held) -> Snapshot | None:
         """The job's registered checkpoint; if it is gone or damaged, the job starts over
         from epoch 1 rather than failing."""
-        checkpoint = _registered(job)
+        job, lease, checkpoint = held.job, held.lease, held.checkpoint
         if checkpoint is None:
             return None
         path = self.artifacts.path(checkpoint.path)
@@ -233,6 +314,13 @@ class Worker:
             return None
         log.info("job=%s resuming after epoch %d", job.id, checkpoint.epoch)
         return snapshot
+
+
+Outcome = training.Trained | Exception
+
+
+def _pack_key(spec: dict[str, Any]) -> str | None:
+    return packing.pack_key(JobSpec.model_validate(spec))
 
 
 def _registered(job: Job) -> Checkpoint | None:

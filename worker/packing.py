@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +78,14 @@ class Branch:
 Outcome = Trained | LeaseLost | Interrupted | TrainingDiverged
 
 
-def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
+def train_pack(
+    branches: Sequence[Branch],
+    splits: Splits,
+    ended: Callable[[int, Outcome], None] = lambda k, outcome: None,
+) -> list[Outcome]:
     """Train the branches together; for each, what `training.train` would have returned or
-    raised for it alone. They must share a `pack_key` and resume from the same epoch."""
+    raised for it alone, also passed to `ended(k, outcome)` as soon as branch k ends. They
+    must share a `pack_key` and resume from the same epoch."""
     started = time.perf_counter()
     specs = [branch.spec for branch in branches]
     keys = {pack_key(spec) for spec in specs}
@@ -111,11 +116,16 @@ def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
     mirror = _Mirror(trainer, optimizer, runs)
     mirror.into_pack()
 
+    outcomes: list[Outcome | None] = [None] * len(runs)
+
+    def end(k: int, outcome: Outcome) -> None:
+        outcomes[k] = outcome
+        ended(k, outcome)
+
     done = branches[0].resume.epoch if branches[0].resume else 0
-    # A branch checkpointed at the epoch early stopping ended: its worker died before finishing.
-    outcomes: list[Outcome | None] = [
-        run.finish(done, started) if run.watch.exhausted else None for run in runs
-    ]
+    for k, run in enumerate(runs):
+        if run.watch.exhausted:  # checkpointed as early stopping ended: its worker died then
+            end(k, run.finish(done, started))
     y_train = targets(spec, splits.y_train)
     for epoch in range(done + 1, spec.epochs + 1):
         if None not in outcomes:
@@ -139,13 +149,13 @@ def train_pack(branches: Sequence[Branch], splits: Splits) -> list[Outcome]:
                 continue
             try:
                 if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds):
-                    outcomes[k] = run.finish(epoch, started)
+                    end(k, run.finish(epoch, started))
             except (LeaseLost, Interrupted, TrainingDiverged) as error:
-                outcomes[k] = error
-    return [
-        run.finish(None, started) if outcome is None else outcome
-        for outcome, run in zip(outcomes, runs, strict=True)
-    ]
+                end(k, error)
+    for k, run in enumerate(runs):
+        if outcomes[k] is None:
+            end(k, run.finish(None, started))
+    return outcomes  # type: ignore[return-value]  # every branch has ended
 
 
 class _Mirror:

@@ -1,12 +1,16 @@
-"""Packing on tiny data: a job trains the same packed as alone, whatever it is packed with."""
+"""Packing on tiny data: a job trains the same packed as alone, whatever it is packed with,\nand a worker packs queued jobs and settles each as if it had trained alone."""
 
+import keras
 import numpy as np
 import pytest
 
+from core.artifacts import ArtifactStore
 from core.spec import JobSpec
+from core.states import JobStatus
 from tests.conftest import TINY
 from worker import training
 from worker.checkpoints import Snapshot
+from worker.loop import Worker
 from worker.packing import Branch, pack_key, train_pack
 
 SHARED = {**TINY, "epochs": 6, "learning_rate": 0.05}
@@ -109,3 +113,68 @@ def test_only_compatible_specs_share_a_pack_key():
     assert pack_key(JobSpec.model_validate({**SHARED, "tricks": ["augmentation"]})) is None
     with pytest.raises(ValueError, match="pack_key"):
         train_pack([Branch(SPECS[0], Recorder()), Branch(JobSpec(), Recorder())], None)
+
+
+# ---- a worker packing queued jobs ---------------------------------------------------------
+
+
+def packing_worker(settings, store):
+    return Worker(store, ArtifactStore(settings.artifacts_dir), settings.data_dir, pack_size=8)
+
+
+def stored_rows(store, job_id, like):
+    return [{key: getattr(m, key) for key in like} for m in store.metrics(job_id)]
+
+
+def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, store, alone):
+    ids = [store.enqueue(spec)[0].id for spec in SPECS]
+    apart = store.enqueue(SPECS[0].model_copy(update={"hidden_units": [16]}))[0].id
+    assert packing_worker(settings, store).run_one()
+
+    assert store.get(apart).status == JobStatus.QUEUED  # another architecture: not a mate
+    jobs = [store.get(job_id) for job_id in ids]
+    for job, (recorder, trained) in zip(jobs, alone, strict=True):
+        assert job.status == JobStatus.SUCCEEDED, job.error_message
+        assert (job.attempts, job.best_epoch, job.stopped_epoch) == (
+            1,
+            trained.best_epoch,
+            trained.stopped_epoch,
+        )
+        assert_same_rows(stored_rows(store, job.id, recorder.rows[0]), recorder.rows)
+        assert job.result["test_accuracy"] == pytest.approx(
+            trained.result["test_accuracy"], abs=TOLERANCE
+        )
+        model = keras.saving.load_model(settings.artifacts_dir / job.model_path)
+        for saved, single in zip(model.get_weights(), trained.model.get_weights(), strict=True):
+            np.testing.assert_allclose(saved, single, rtol=TOLERANCE, atol=TOLERANCE)
+    # The early-stopped job was finished when it stopped, not when the pack ended.
+    assert jobs[2].finished_at < min(job.finished_at for job in jobs[:2])
+
+
+def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
+    settings, store, alone, monkeypatch
+):
+    ids = [store.enqueue(spec)[0].id for spec in SPECS]
+    worker = packing_worker(settings, store)
+    record_epoch = store.record_epoch
+
+    def cancel_and_stop_at_epoch_2(lease, metrics, checkpoint):
+        if (lease.job_id, metrics["epoch"]) == (ids[0], 2):
+            store.cancel(ids[1])  # as DELETE /v1/jobs/{id} would, mid-epoch-end
+            worker.request_stop()  # as SIGTERM would
+        return record_epoch(lease, metrics, checkpoint)
+
+    monkeypatch.setattr(store, "record_epoch", cancel_and_stop_at_epoch_2)
+    assert worker.run_one()
+    first, cancelled, third = (store.get(job_id) for job_id in ids)
+    assert (first.status, first.checkpoint_epoch) == (JobStatus.QUEUED, 2)
+    assert (third.status, third.checkpoint_epoch) == (JobStatus.QUEUED, 2)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert [m.epoch for m in store.metrics(ids[1])] == [1]
+
+    monkeypatch.undo()
+    assert packing_worker(settings, store).run_one()  # the rest, resumed from epoch 2 together
+    for job_id, (recorder, _) in zip([ids[0], ids[2]], [alone[0], alone[2]], strict=True):
+        assert store.get(job_id).status == JobStatus.SUCCEEDED
+        assert_same_rows(stored_rows(store, job_id, recorder.rows[0]), recorder.rows)
+    assert [m.attempt for m in store.metrics(ids[0])] == [1, 1, 2, 2, 2, 2]

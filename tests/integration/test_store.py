@@ -65,6 +65,43 @@ def test_claim_takes_the_oldest_job_counts_an_attempt_and_leases_it(any_store):
     assert any_store.claim("w3", "CPU") is None
 
 
+def by_width(spec: dict) -> str:
+    """A stand-in for the worker's pack key: jobs of one width train together."""
+    return str(spec["hidden_units"])
+
+
+def test_a_pack_is_the_oldest_job_and_its_oldest_compatible_mates(any_store):
+    ids = [
+        any_store.enqueue(JobSpec(seed=seed, hidden_units=[width]))[0].id
+        for seed, width in enumerate([8, 16, 8, 8, 8])
+    ]
+    pack = any_store.claim_pack("w1", "CPU", 3, by_width)
+    assert [job.id for job, _ in pack] == [ids[0], ids[2], ids[3]]
+    assert all(job.status == JobStatus.RUNNING and job.attempts == 1 for job, _ in pack)
+    assert [lease.job_id for _, lease in pack] == [job.id for job, _ in pack]
+    assert len({lease.token for _, lease in pack}) == 3  # each job fenced on its own
+    assert [job.id for job, _ in any_store.claim_pack("w2", "CPU", 3, by_width)] == [ids[1]]
+    assert [job.id for job, _ in any_store.claim_pack("w2", "CPU", 3, by_width)] == [ids[4]]
+    assert any_store.claim_pack("w2", "CPU", 3, by_width) == []
+
+
+def test_a_failed_or_checkpointed_job_is_packed_only_with_its_kind(any_store):
+    ids = [any_store.enqueue(JobSpec(seed=seed))[0].id for seed in range(6)]
+    failed, *checkpointed = (any_store.claim("w", "CPU")[1] for _ in range(3))
+    any_store.fail(failed, FailureReason.ERROR, RuntimeError("out of memory"))
+    for lease in checkpointed:
+        record(any_store, lease, 1)
+        any_store.release(lease)
+
+    def pack() -> list[str]:
+        return [job.id for job, _ in any_store.claim_pack("w", "CPU", 8, by_width)]
+
+    # One crash already took its pack down: the job that failed trains alone from now on.
+    assert pack() == [ids[0]]
+    assert pack() == ids[1:3]  # resumed from epoch 1 together, not with fresh jobs
+    assert pack() == ids[3:]
+
+
 def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store):
     lease = claimed(any_store)
     assert record(any_store, lease, 1)
@@ -235,17 +272,19 @@ def test_a_version_2_database_gains_the_studies_table_and_keeps_its_jobs(tmp_pat
 def claim_all(url: str, worker: str, results) -> None:
     store = JobStore(make_engine(url))
     claimed = []
-    while (claim := store.claim(worker, "CPU")) is not None:
-        claimed.append(claim[0].id)
-        store.finish(claim[1], result={})
+    while pack := store.claim_pack(worker, "CPU", 3, by_width):
+        for job, lease in pack:
+            claimed.append(job.id)
+            store.finish(lease, result={})
     results.put(claimed)
 
 
-def test_racing_worker_processes_never_claim_the_same_job(database_url):
+def test_racing_worker_processes_never_claim_the_same_job_in_packs(database_url):
     engine = make_engine(database_url)
     init_db(engine)
     store = JobStore(engine)
-    ids = {store.enqueue(JobSpec(seed=i))[0].id for i in range(200)}
+    # Three interleaved kinds: each pack skips over the others' jobs.
+    ids = {store.enqueue(JobSpec(seed=i, hidden_units=[8 + i % 3]))[0].id for i in range(200)}
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     processes = [
