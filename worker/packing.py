@@ -35,6 +35,7 @@ from worker import tricks
 from worker.checkpoints import Snapshot
 from worker.datasets import Splits
 from worker.training import (
+    EVAL_BATCH,
     STEPS_PER_EXECUTION,
     Control,
     Data,
@@ -47,6 +48,7 @@ from worker.training import (
     TrainingDiverged,
     epoch_order,
     jit_compile,
+    scores_of,
     targets,
 )
 
@@ -101,14 +103,17 @@ def train_pack(
         Run.start(b.spec, data, b.report, b.control, steps_per_epoch, b.resume) for b in branches
     ]
     optimizer = tricks.optimizer(spec, steps_per_epoch)
-    trainer = _stacked_trainer(specs, data.x_train)
+    trainer, scorer = _stacked_trainer(specs, data.x_train)
+    loss = {"probabilities": _summed_loss(spec)}
+    metrics = {"probabilities": _branch_means(spec, len(specs))}
+    penalised = "penalty" in trainer.output_names  # some branch has weight decay
+    if penalised:
+        loss["penalty"] = _summed_penalty
+        metrics["penalty"] = [_BranchMean(_penalty, len(specs), "penalty")]
     trainer.compile(
         optimizer=optimizer,
-        loss={"probabilities": _summed_loss(spec), "penalty": _summed_penalty},
-        metrics={
-            "probabilities": _branch_metrics(spec, len(specs)),
-            "penalty": [_branch_mean(k) for k in range(len(specs))],
-        },
+        loss=loss,
+        metrics=metrics,
         steps_per_execution=STEPS_PER_EXECUTION,
         jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
     )
@@ -132,9 +137,12 @@ def train_pack(
             break
         began = time.perf_counter()
         orders = np.stack([epoch_order(s.seed, epoch, len(data.x_train)) for s in specs], axis=1)
+        y = {"probabilities": y_train[orders]}
+        if penalised:
+            y["penalty"] = np.zeros(orders.shape, np.float32)
         history = trainer.fit(
             orders,
-            {"probabilities": y_train[orders], "penalty": np.zeros(orders.shape, np.float32)},
+            y,
             batch_size=spec.batch_size,
             epochs=1,
             shuffle=False,
@@ -142,16 +150,24 @@ def train_pack(
             verbose=0,
         )
         logs = {name: values[-1] for name, values in history.history.items()}
-        fit_seconds = (time.perf_counter() - began) / len(branches)  # each branch's share
         mirror.out_of_pack([k for k, outcome in enumerate(outcomes) if outcome is None])
+        val = _scores(scorer, data.x_val, splits.y_val)
+        fit_seconds = (time.perf_counter() - began) / len(branches)  # each branch's share
+        test = _scores(scorer, data.x_test, splits.y_test)
         for k, run in enumerate(runs):
             if outcomes[k] is not None:
                 continue
             try:
-                if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds):
+                scored = {"val": val[k], "test": test[k]}
+                if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds, scored):
                     end(k, run.finish(epoch, started))
             except (LeaseLost, Interrupted, TrainingDiverged) as error:
                 end(k, error)
+    # Those whose final model is their last epoch's, still in the pack, are scored together.
+    last = [k for k, o in enumerate(outcomes) if o is None and not runs[k].watch.best_weights]
+    scored = {part: _scores(scorer, x, y) for part, x, y in data.parts()} if last else {}
+    for k in last:
+        end(k, runs[k].finish(None, started, {part: s[k] for part, s in scored.items()}))
     for k, run in enumerate(runs):
         if outcomes[k] is None:
             end(k, run.finish(None, started))
@@ -194,15 +210,17 @@ def _shared(variable: Any) -> bool:
 
 
 class _StackedDense(keras.layers.Layer):
-    """K Dense layers side by side: (batch, K, in) → (batch, K, units), branch k with its own
-    kernel[k] and bias[k]; also each branch's L2 penalty on them, as Keras' L2 regulariser
-    on kernel and bias computes it, broadcast to (batch, K)."""
+    """K Dense layers side by side: (K, batch, in) → (K, batch, units), branch k with its own
+    kernel[k] and bias[k] (a (1, batch, in) input is shared by all branches). With weight
+    decay on some branch, also each branch's L2 penalty on them, as Keras' L2 regulariser on
+    kernel and bias computes it, broadcast to (batch, K)."""
 
     def __init__(
         self, branches: int, units: int, l2: Sequence[float], activation: str | None = None
     ) -> None:
         super().__init__()
         self.branches, self.units, self.l2 = branches, units, list(l2)
+        self.penalised = any(self.l2)
         self.activation = keras.activations.get(activation)
 
     def build(self, input_shape: tuple[int, ...]) -> None:
@@ -211,18 +229,20 @@ class _StackedDense(keras.layers.Layer):
         self.kernel = self.add_weight(shape=shape, initializer="zeros", name="kernel")
         self.bias = self.add_weight(shape=shape[::2], initializer="zeros", name="bias")
 
-    def call(self, x: Any) -> tuple[Any, Any]:
-        y = self.activation(ops.einsum("bki,kio->bko", x, self.kernel) + self.bias)
+    def call(self, x: Any) -> Any:
+        y = self.activation(ops.matmul(x, self.kernel) + self.bias[:, None, :])
+        if not self.penalised:
+            return y
         squares = ops.sum(ops.square(self.kernel), axis=(1, 2)) + ops.sum(
             ops.square(self.bias), axis=1
         )
         penalty = ops.multiply(ops.convert_to_tensor(self.l2, "float32"), squares)
-        return y, ops.broadcast_to(penalty, (ops.shape(x)[0], self.branches))
+        return y, ops.broadcast_to(penalty, (ops.shape(x)[1], self.branches))
 
 
 class _StackedHashDropout(keras.layers.Layer):
-    """HashDropout per branch: branch k's mask is exactly the one its single-job HashDropout
-    draws at the same step. State (K, 2): [branch k's seed, steps taken]."""
+    """HashDropout per branch on (K, batch, units): branch k's mask is exactly the one its
+    single-job HashDropout draws at the same step. State (K, 2): [branch k's seed, steps]."""
 
     def __init__(self, branches: int, rate: float) -> None:
         super().__init__()
@@ -238,38 +258,75 @@ class _StackedHashDropout(keras.layers.Layer):
         state = self.state.value * 1  # a copy, read before the assignment (as Keras' own)
         self.state.assign(ops.add(state, ops.convert_to_tensor([0, 1], "int32")))
         keys = step_key(state[:, 0], state[:, 1])  # (K,)
-        batch, units = ops.shape(x)[0], ops.shape(x)[2]
-        positions = ops.reshape(ops.arange(batch * units, dtype="int32"), (batch, 1, units))
-        bits = mix(ops.bitwise_xor(ops.cast(positions, "uint32"), keys[None, :, None]))
+        batch, units = ops.shape(x)[1], ops.shape(x)[2]
+        positions = ops.reshape(ops.arange(batch * units, dtype="int32"), (1, batch, units))
+        bits = mix(ops.bitwise_xor(ops.cast(positions, "uint32"), keys[:, None, None]))
         scaled = ops.multiply(x, 1.0 / (1.0 - self.rate))
         return ops.where(unit_floats(bits) >= self.rate, scaled, ops.zeros_like(x))
 
 
-def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> keras.Model:
-    """(batch, K) indices → {"probabilities": (batch, K, 10), "penalty": (batch, K)}, its
-    variables in the order of the single-job model's (see `_Mirror`)."""
+def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> tuple[keras.Model, Any]:
+    """(batch, K) indices → {"probabilities": (batch, K, 10), and with weight decay
+    "penalty": (batch, K)}, its variables in the order of the single-job model's (see
+    `_Mirror`); and the same layers as (N, 28, 28) images → (K, N, 10) probabilities, to score
+    every branch on the same images at once."""
     spec, branches = specs[0], len(specs)
     l2 = [(t.l2 if (t := s.trick(WeightDecay)) else 0.0) for s in specs]
-    indices = keras.Input(shape=(branches,), dtype="int32", name="indices")
-    x = keras.layers.Reshape((branches, 28 * 28))(Gather(images, name="gather")(indices))
-    penalties = []
     bn, dropout = spec.trick(BatchNorm), spec.trick(Dropout)
+    layers = []
     for units in spec.hidden_units:
-        x, penalty = _StackedDense(branches, units, l2, None if bn else "relu")(x)
-        penalties.append(penalty)
+        layers.append(_StackedDense(branches, units, l2, None if bn else "relu"))
         if bn:  # per branch and unit: one BatchNormalization over (K × units) columns
-            x = keras.layers.Reshape((branches * units,))(x)
-            x = keras.layers.BatchNormalization(momentum=bn.momentum)(x)
-            x = keras.layers.Activation("relu")(keras.layers.Reshape((branches, units))(x))
+            layers.append(keras.layers.BatchNormalization(momentum=bn.momentum))
         if dropout:
-            x = _StackedHashDropout(branches, dropout.rate)(x)
-    probabilities, _ = _StackedDense(branches, NUM_CLASSES, [0.0] * branches, "softmax")(x)
-    penalty = penalties[0] if len(penalties) == 1 else keras.layers.Add()(penalties)
+            layers.append(_StackedHashDropout(branches, dropout.rate))
+    layers.append(_StackedDense(branches, NUM_CLASSES, [0.0] * branches, "softmax"))
+
+    def forward(x: Any) -> tuple[Any, list[Any]]:  # (K or 1, batch, 784) → (K, batch, 10)
+        penalties = []
+        for layer in layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                units = ops.shape(x)[2]
+                x = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, branches * units))
+                x = ops.relu(layer(x))
+                x = ops.transpose(ops.reshape(x, (-1, branches, units)), (1, 0, 2))
+            else:
+                x = layer(x)
+                if isinstance(x, tuple):
+                    x, penalty = x
+                    if layer is not layers[-1]:
+                        penalties.append(penalty)
+        return x, penalties
+
+    indices = keras.Input(shape=(branches,), dtype="int32", name="indices")
+    x = Gather(images, name="gather")(ops.transpose(indices))  # (K, batch, 28, 28)
+    probabilities, penalties = forward(ops.reshape(x, (branches, -1, 28 * 28)))
     outputs = {
-        "probabilities": keras.layers.Identity(name="probabilities")(probabilities),
-        "penalty": keras.layers.Identity(name="penalty")(penalty),
+        "probabilities": keras.layers.Identity(name="probabilities")(
+            ops.transpose(probabilities, (1, 0, 2))
+        )
     }
-    return keras.Model(indices, outputs, name="pack")
+    if penalties:
+        penalty = penalties[0] if len(penalties) == 1 else keras.layers.Add()(penalties)
+        outputs["penalty"] = keras.layers.Identity(name="penalty")(penalty)
+    trainer = keras.Model(indices, outputs, name="pack")
+    inputs = keras.Input(shape=(28, 28), name="images")
+    scorer = keras.Model(inputs, forward(ops.reshape(inputs, (1, -1, 28 * 28)))[0])
+    return trainer, scorer
+
+
+def _scores(scorer: keras.Model, images: np.ndarray, labels: np.ndarray) -> list[Any]:
+    """`training.scores` of every branch, from one inference pass of all branches."""
+    if not len(images):
+        return [None] * scorer.output.shape[0]
+    probabilities = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(scorer(images[start : start + EVAL_BATCH], training=False))
+            for start in range(0, len(images), EVAL_BATCH)
+        ],
+        axis=1,
+    )
+    return [scores_of(p, labels) for p in probabilities]
 
 
 # ---- losses and per-branch metrics --------------------------------------------------------
@@ -288,33 +345,44 @@ def _summed_penalty(y_true: Any, y_pred: Any) -> Any:
     return ops.sum(y_pred, axis=-1)
 
 
-def _branch_metrics(spec: JobSpec, branches: int) -> list[keras.metrics.Metric]:
-    """Per branch, the single-job trainer's epoch logs: its loss (without the penalty, which
-    `_branch_mean` follows), accuracy and plain cross-entropy."""
+class _BranchMean(keras.metrics.Metric):
+    """Every branch's epoch mean of a per-sample function of (targets, outputs) that maps
+    (batch, K, ...) to (batch, K): K MeanMetricWrappers' sums, in one (K,) state."""
+
+    def __init__(self, function: Any, branches: int, name: str) -> None:
+        super().__init__(name=name)
+        self.function = function
+        self.total = self.add_variable(shape=(branches,), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        values = ops.cast(self.function(y_true, y_pred), self.dtype)
+        self.total.assign_add(ops.sum(values, axis=0))
+        self.count.assign_add(ops.cast(ops.shape(values)[0], self.dtype))
+
+    def result(self) -> Any:
+        return ops.divide_no_nan(self.total, self.count)
+
+
+def _branch_means(spec: JobSpec, branches: int) -> list[keras.metrics.Metric]:
+    """The single-job trainer's epoch logs, for every branch: its loss (without the penalty,
+    which a "penalty" `_BranchMean` follows), accuracy and plain cross-entropy."""
     per_sample = tricks.per_sample(spec)
-    functions = {
-        "objective": per_sample.loss,
-        "accuracy": per_sample.accuracy,
-        "crossentropy": per_sample.crossentropy,
-    }
     return [
-        keras.metrics.MeanMetricWrapper(_on_branch(function, k), name=f"{name}_{k}")
-        for k in range(branches)
-        for name, function in functions.items()
+        _BranchMean(per_sample.loss, branches, "objective"),
+        _BranchMean(per_sample.accuracy, branches, "accuracy"),
+        _BranchMean(per_sample.crossentropy, branches, "crossentropy"),
     ]
 
 
-def _on_branch(function: Any, k: int) -> Any:
-    return lambda y_true, y_pred: function(y_true[:, k], y_pred[:, k])
-
-
-def _branch_mean(k: int) -> keras.metrics.Metric:
-    return keras.metrics.MeanMetricWrapper(lambda _, y_pred: y_pred[:, k], name=f"penalty_{k}")
+def _penalty(y_true: Any, y_pred: Any) -> Any:
+    return y_pred
 
 
 def _branch_logs(logs: dict[str, Any], k: int) -> dict[str, float]:
-    def log(name: str) -> float:
-        return float(next(value for key, value in logs.items() if key.endswith(f"{name}_{k}")))
+    def log(name: str) -> float:  # the (K,) epoch means of a `_BranchMean`; no penalty: 0
+        values = [value for key, value in logs.items() if key.endswith(name)]
+        return float(np.asarray(values[0])[k]) if values else 0.0
 
     return {
         "objective": log("objective") + log("penalty"),

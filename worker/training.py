@@ -31,6 +31,8 @@ from worker.datasets import Splits
 STEPS_PER_EXECUTION = 256
 EVAL_BATCH = 1024  # evaluation batch size: any size gives the same numbers, larger is faster
 
+Scores = tuple[float, float] | None  # plain cross-entropy and accuracy; None: an empty split
+
 
 class LeaseLost(Exception):
     """The job was cancelled or another worker holds it now: write nothing more about it."""
@@ -169,10 +171,18 @@ class Run:
         watch = resume.restore(model, optimizer) if resume else tricks.best_epoch(spec)
         return cls(spec, data, report, control, model, optimizer, watch)
 
-    def end_epoch(self, epoch: int, logs: dict[str, float], fit_seconds: float) -> bool:
+    def end_epoch(
+        self,
+        epoch: int,
+        logs: dict[str, float],
+        fit_seconds: float,
+        scored: dict[str, Scores] | None = None,
+    ) -> bool:
         """Score, record and checkpoint an epoch trained with these epoch-mean `logs`
         (objective, accuracy, crossentropy); True when early stopping ends the training.
-        Raises LeaseLost, TrainingDiverged, or Interrupted when the worker asked to stop."""
+        `scored`: the model's val and test `scores`, when already computed (their time
+        counted in `fit_seconds`). Raises LeaseLost, TrainingDiverged, or Interrupted when
+        the worker asked to stop."""
         if self.control.lease_lost.is_set():
             raise LeaseLost
         if not math.isfinite(logs["objective"]):
@@ -180,10 +190,12 @@ class Run:
                 f"the training loss became {logs['objective']} in epoch {epoch}; "
                 "a lower learning_rate usually helps"
             )
-        began = time.perf_counter()
-        val = scores(self.model, self.data.x_val, self.data.splits.y_val)
-        seconds = fit_seconds + time.perf_counter() - began
-        test = scores(self.model, self.data.x_test, self.data.splits.y_test)
+        if scored is None:  # alone: validation is timed as part of the epoch, test is not
+            began = time.perf_counter()
+            scored = {"val": scores(self.model, self.data.x_val, self.data.splits.y_val)}
+            fit_seconds += time.perf_counter() - began
+            scored["test"] = scores(self.model, self.data.x_test, self.data.splits.y_test)
+        val, test = scored["val"], scored["test"]
         assert test is not None  # datasets.load refuses an empty test set
         row = {
             "epoch": epoch,
@@ -195,7 +207,7 @@ class Run:
             "test_loss": test[0],
             "test_accuracy": test[1],
             "learning_rate": as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
-            "seconds": seconds,
+            "seconds": fit_seconds,
         }
         stop = self.watch.update(epoch, row["val_loss"], self.model)
         if not self.report(row, Snapshot.capture(epoch, self.model, self.optimizer, self.watch)):
@@ -204,14 +216,20 @@ class Run:
             raise Interrupted
         return stop
 
-    def finish(self, stopped_epoch: int | None, started: float) -> Trained:
-        """The final model (early stopping's best weights) and its scores."""
+    def finish(
+        self,
+        stopped_epoch: int | None,
+        started: float,
+        scored: dict[str, Scores] | None = None,
+    ) -> Trained:
+        """The final model (early stopping's best weights) and its scores (`scored`: those
+        of each part, already computed)."""
         if self.watch.best_weights:
             self.model.set_weights(self.watch.best_weights)
         result: dict[str, Any] = {"epochs_trained": stopped_epoch or self.spec.epochs}
         result["parameters"] = self.model.count_params()
         for part, x, y in self.data.parts():
-            if part_scores := scores(self.model, x, y):
+            if part_scores := (scored[part] if scored else scores(self.model, x, y)):
                 result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
         result["seconds"] = time.perf_counter() - started
         return Trained(self.model, self.watch.best_epoch, stopped_epoch, result)
@@ -239,9 +257,7 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count).astype(np.int32)
 
 
-def scores(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray
-) -> tuple[float, float] | None:
+def scores(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Scores:
     """Plain cross-entropy and accuracy in inference mode; None for an empty split."""
     if not len(images):
         return None
@@ -252,6 +268,11 @@ def scores(
             for start in range(0, len(images), EVAL_BATCH)
         ]
     )
+    return scores_of(probabilities, labels)
+
+
+def scores_of(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """`scores` of these predicted class probabilities."""
     losses = keras.losses.sparse_categorical_crossentropy(labels.astype(np.int32), probabilities)
     loss = float(np.mean(keras.ops.convert_to_numpy(losses), dtype=np.float64))
     accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
