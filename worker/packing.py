@@ -44,6 +44,7 @@ from worker.training import (
     LeaseLost,
     Report,
     Run,
+    Scores,
     Trained,
     TrainingDiverged,
     epoch_order,
@@ -165,9 +166,9 @@ def train_pack(
                 end(k, error)
     # Those whose final model is their last epoch's, still in the pack, are scored together.
     last = [k for k, o in enumerate(outcomes) if o is None and not runs[k].watch.best_weights]
-    scored = {part: _scores(scorer, x, y) for part, x, y in data.parts()} if last else {}
+    by_part = {part: _scores(scorer, x, y) for part, x, y in data.parts()} if last else {}
     for k in last:
-        end(k, runs[k].finish(None, started, {part: s[k] for part, s in scored.items()}))
+        end(k, runs[k].finish(None, started, {part: s[k] for part, s in by_part.items()}))
     for k, run in enumerate(runs):
         if outcomes[k] is None:
             end(k, run.finish(None, started))
@@ -292,10 +293,9 @@ def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> tuple[kera
                 x = ops.transpose(ops.reshape(x, (-1, branches, units)), (1, 0, 2))
             else:
                 x = layer(x)
-                if isinstance(x, tuple):
+                if isinstance(x, tuple):  # a layer with weight decay on some branch
                     x, penalty = x
-                    if layer is not layers[-1]:
-                        penalties.append(penalty)
+                    penalties.append(penalty)
         return x, penalties
 
     indices = keras.Input(shape=(branches,), dtype="int32", name="indices")
@@ -315,7 +315,7 @@ def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> tuple[kera
     return trainer, scorer
 
 
-def _scores(scorer: keras.Model, images: np.ndarray, labels: np.ndarray) -> list[Any]:
+def _scores(scorer: keras.Model, images: np.ndarray, labels: np.ndarray) -> list[Scores]:
     """`training.scores` of every branch, from one inference pass of all branches."""
     if not len(images):
         return [None] * scorer.output.shape[0]
