@@ -128,6 +128,8 @@ class Worker:
         there are several); False if the queue was empty."""
         claimed = self.store.claim_pack(self.name, self.device, self.pack_size, _pack_key)
         held = self._held = [self._hold(job, lease, len(claimed)) for job, lease in claimed]
+        if self.stopping:  # a signal that came while they were being claimed
+            self.request_stop()
         try:
             self._train(held)
         except BaseException:  # a second signal or SystemExit: hand the jobs back, then go
@@ -153,8 +155,6 @@ class Worker:
             pack,
         )
         control = training.Control()
-        if self.stopping:
-            control.stop_requested.set()
         heartbeat = Heartbeat(self.store, lease, control.lease_lost, self.heartbeat_seconds)
         heartbeat.start()
         spec = JobSpec.model_validate(job.spec)
@@ -181,7 +181,11 @@ class Worker:
                 continue
             by_epoch.setdefault(resume.epoch if resume else 0, []).append((one, resume))
         for group in by_epoch.values():
-            self._train_group(group, splits)
+            if not self.stopping:
+                self._train_group(group, splits)
+                continue
+            for one, _ in group:  # not started yet: back to the queue without an epoch
+                self._settle(one, training.Interrupted())
 
     def _train_group(self, group: list[tuple[Held, Snapshot | None]], splits: Splits) -> None:
         """One job alone, or several as one pack."""
