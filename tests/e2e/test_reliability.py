@@ -103,7 +103,10 @@ def test_chaos_kills_lose_nothing_and_resume_exactly(make_cluster, small_data, c
     # Kills aim at running jobs, so one job may be hit several times: more attempts than
     # kills, so that no job can run out (the poison test checks that limit).
     cluster = make_cluster(MAX_ATTEMPTS=str(kills + 1))
-    ids = submit(cluster, jobs, epochs=epochs)
+    # A gentle learning rate: packed or alone, float sums in another order differ by ~1e-7 a
+    # step, and at 0.001 that stays under 1e-6 over 15 epochs (measured on 20 seeds); at 0.01
+    # this 8-unit net amplifies it past 1e-4 for some seeds, and exactness could not be told.
+    ids = submit(cluster, jobs, epochs=epochs, learning_rate=0.001)
     workers = ["w0", "w1", "w2"]  # the live process in each slot; restarts get new names
     for name in workers:
         cluster.start_worker(name)
