@@ -259,7 +259,7 @@ class JobStore:
                 return []
             ids = [first.id]
             pack = key(first.spec) if key and size > 1 and not first.failures else None
-            if pack is not None:
+            if key is not None and pack is not None:
                 mates = [
                     row.id
                     for row in session.execute(
@@ -267,7 +267,7 @@ class JobStore:
                     )
                     if not row.failures
                     and row.checkpoint_epoch == first.checkpoint_epoch
-                    and key(row.spec) == pack  # type: ignore[misc]
+                    and key(row.spec) == pack
                 ][: size - 1]
                 # Those still free (unlocked, queued): no waiting on another claim, no deadlock.
                 ids += session.scalars(
