@@ -10,10 +10,11 @@ take alone.
 
 Each branch is mirrored by the `training.Run` its job would have alone: its initial weights
 come from there, and after every epoch its slices of the stacked variables (and of the
-optimizer's) are copied back, where the single-job trainer's own code scores it, checkpoints
+optimizer's) are copied back, where the single-job trainer's own code records it, checkpoints
 it (in the single-job format, so it resumes alone or in any pack) and follows its early
-stopping. A branch that stops (early stopping, a lost lease, a diverged loss) keeps
-being computed, ignored, until the pack ends; nothing it computes reaches the others.
+stopping; its validation and test scores come from one inference pass of all branches. A
+branch that stops (early stopping, a lost lease, a diverged loss) keeps being computed,
+ignored, until the pack ends; nothing it computes reaches the others.
 """
 
 from __future__ import annotations
