@@ -127,6 +127,8 @@ class Worker:
         """Claim a job, or up to `pack_size` compatible ones, and train them (together when
         there are several); False if the queue was empty."""
         claimed = self.store.claim_pack(self.name, self.device, self.pack_size, _pack_key)
+        if not claimed:
+            return False
         held = self._held = [self._hold(job, lease, len(claimed)) for job, lease in claimed]
         if self.stopping:  # a signal that came while they were being claimed
             self.request_stop()
@@ -143,7 +145,7 @@ class Worker:
             for one in held:
                 one.heartbeat.stop()
             self._held = []
-        return bool(claimed)
+        return True
 
     def _hold(self, job: Job, lease: Lease, pack: int) -> Held:
         log.info(
@@ -162,8 +164,6 @@ class Worker:
 
     def _train(self, held: list[Held]) -> None:
         """Train the held jobs (all of one pack key), each settled as soon as it ends."""
-        if not held:
-            return
         spec = held[0].spec
         try:
             splits = datasets.load(spec.dataset, self.data_dir, spec.validation_size)

@@ -36,7 +36,6 @@ from worker import tricks
 from worker.checkpoints import Snapshot
 from worker.datasets import Splits
 from worker.training import (
-    EVAL_BATCH,
     STEPS_PER_EXECUTION,
     Control,
     Data,
@@ -49,6 +48,7 @@ from worker.training import (
     Trained,
     TrainingDiverged,
     epoch_order,
+    inferred,
     jit_compile,
     scores_of,
     targets,
@@ -320,14 +320,7 @@ def _scores(scorer: keras.Model, images: np.ndarray, labels: np.ndarray) -> list
     """`training.scores` of every branch, from one inference pass of all branches."""
     if not len(images):
         return [None] * scorer.output.shape[0]
-    probabilities = np.concatenate(
-        [
-            keras.ops.convert_to_numpy(scorer(images[start : start + EVAL_BATCH], training=False))
-            for start in range(0, len(images), EVAL_BATCH)
-        ],
-        axis=1,
-    )
-    return [scores_of(p, labels) for p in probabilities]
+    return [scores_of(p, labels) for p in inferred(scorer, images, axis=1)]  # (K, N, 10)
 
 
 # ---- losses and per-branch metrics --------------------------------------------------------

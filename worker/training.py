@@ -261,14 +261,20 @@ def scores(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Scores
     """Plain cross-entropy and accuracy in inference mode; None for an empty split."""
     if not len(images):
         return None
-    # Plain calls, not model.predict: no function to trace for each new model, same numbers.
-    probabilities = np.concatenate(
+    return scores_of(inferred(model, images), labels)
+
+
+def inferred(model: keras.Model, images: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The model's outputs in inference mode, EVAL_BATCH images a call, joined along the
+    outputs' batch `axis`. Plain calls, not model.predict: no function to trace for each new
+    model, the same numbers."""
+    return np.concatenate(
         [
             keras.ops.convert_to_numpy(model(images[start : start + EVAL_BATCH], training=False))
             for start in range(0, len(images), EVAL_BATCH)
-        ]
+        ],
+        axis=axis,
     )
-    return scores_of(probabilities, labels)
 
 
 def scores_of(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
