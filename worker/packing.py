@@ -32,11 +32,10 @@ from keras import ops
 
 from core.layers import mix, step_key, unit_floats
 from core.spec import NUM_CLASSES, Augmentation, BatchNorm, Dropout, JobSpec, WeightDecay
-from worker import tricks
+from worker import steps, tricks
 from worker.checkpoints import Snapshot
 from worker.datasets import Splits
 from worker.training import (
-    STEPS_PER_EXECUTION,
     Control,
     Data,
     Gather,
@@ -116,7 +115,6 @@ def train_pack(
         optimizer=optimizer,
         loss=loss,
         metrics=metrics,
-        steps_per_execution=STEPS_PER_EXECUTION,
         jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
     )
     optimizer.build(trainer.trainable_variables)
@@ -134,6 +132,10 @@ def train_pack(
         if run.watch.exhausted:  # checkpointed as early stopping ended: its worker died then
             end(k, run.finish(done, started))
     y_train = targets(spec, splits.y_train)
+
+    def all_lost() -> bool:
+        return all(branch.control.lease_lost.is_set() for branch in branches)
+
     for epoch in range(done + 1, spec.epochs + 1):
         if None not in outcomes:
             break
@@ -142,16 +144,11 @@ def train_pack(
         y = {"probabilities": y_train[orders]}
         if penalised:
             y["penalty"] = np.zeros(orders.shape, np.float32)
-        history = trainer.fit(
-            orders,
-            y,
-            batch_size=spec.batch_size,
-            epochs=1,
-            shuffle=False,
-            callbacks=[_StopWhenAllLost([branch.control for branch in branches])],
-            verbose=0,
-        )
-        logs = {name: values[-1] for name, values in history.history.items()}
+        logs = steps.train_epoch(trainer, orders, y, spec.batch_size, all_lost)
+        if logs is None:  # every branch's lease is lost
+            for k in [k for k, outcome in enumerate(outcomes) if outcome is None]:
+                end(k, LeaseLost())
+            break
         mirror.out_of_pack([k for k, outcome in enumerate(outcomes) if outcome is None])
         val = _scores(scorer, data.x_val, splits.y_val)
         fit_seconds = (time.perf_counter() - began) / len(branches)  # each branch's share
@@ -267,7 +264,9 @@ class _StackedHashDropout(keras.layers.Layer):
         return ops.where(unit_floats(bits) >= self.rate, scaled, ops.zeros_like(x))
 
 
-def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> tuple[keras.Model, Any]:
+def _stacked_trainer(
+    specs: Sequence[JobSpec], images: np.ndarray
+) -> tuple[steps.Trainer, keras.Model]:
     """(batch, K) indices → {"probabilities": (batch, K, 10), and with weight decay
     "penalty": (batch, K)}, its variables in the order of the single-job model's (see
     `_Mirror`); and the same layers as (N, 28, 28) images → (K, N, 10) probabilities, to score
@@ -310,7 +309,7 @@ def _stacked_trainer(specs: Sequence[JobSpec], images: np.ndarray) -> tuple[kera
     if penalties:
         penalty = penalties[0] if len(penalties) == 1 else keras.layers.Add()(penalties)
         outputs["penalty"] = keras.layers.Identity(name="penalty")(penalty)
-    trainer = keras.Model(indices, outputs, name="pack")
+    trainer = steps.Trainer(indices, outputs, name="pack")
     inputs = keras.Input(shape=(28, 28), name="images")
     scorer = keras.Model(inputs, forward(ops.reshape(inputs, (1, -1, 28 * 28)))[0])
     return trainer, scorer
@@ -383,15 +382,3 @@ def _branch_logs(logs: dict[str, Any], k: int) -> dict[str, float]:
         "accuracy": log("accuracy"),
         "crossentropy": log("crossentropy"),
     }
-
-
-class _StopWhenAllLost(keras.callbacks.Callback):
-    """Ends `fit` within a few steps once every branch's lease is lost."""
-
-    def __init__(self, controls: Sequence[Control]) -> None:
-        super().__init__()
-        self.controls = controls
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        if all(control.lease_lost.is_set() for control in self.controls):
-            self.model.stop_training = True

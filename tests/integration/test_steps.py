@@ -1,0 +1,73 @@
+"""Chunks of steps per compiled call (worker.steps) take exactly the steps Keras' `fit` takes."""
+
+import keras
+import numpy as np
+import pytest
+
+from core.images import scale
+from core.spec import JobSpec
+from tests.conftest import TINY
+from worker import steps, training, tricks
+
+SPEC = JobSpec.model_validate(
+    {**TINY, "tricks": ["dropout", "batch_norm", "weight_decay", "cosine_decay"]}
+)
+
+
+def trainer(model_class, splits):
+    """The spec's model behind an index lookup of the training images, compiled as a job's."""
+    keras.backend.clear_session()
+    model = tricks.build_model(SPEC)
+    indices = keras.Input(shape=(), dtype="int32")
+    images = training.Gather(scale(splits.x_train))(indices)
+    wrapped = model_class(indices, model(images))
+    loss, metrics = tricks.loss_and_metrics(SPEC)
+    wrapped.compile(optimizer=tricks.optimizer(SPEC, 16), loss=loss, metrics=metrics)
+    return wrapped
+
+
+@pytest.fixture
+def epoch(splits):
+    order = training.epoch_order(SPEC.seed, 1, len(splits.x_train))
+    return order, splits.y_train[order].astype(np.int32)
+
+
+@pytest.mark.parametrize("chunk_steps", [256, 4])
+def test_an_epoch_in_chunks_equals_fit(splits, epoch, monkeypatch, chunk_steps):
+    # 500 images: 15 full batches and one of 20. In chunks of 4 steps: 4 + 4 + 4 + 3 (one row
+    # of padding), then the partial batch alone.
+    monkeypatch.setattr(steps, "CHUNK_STEPS", chunk_steps)
+    order, labels = epoch
+    fitted = trainer(keras.Model, splits)
+    history = fitted.fit(order, labels, batch_size=32, shuffle=False, verbose=0)
+    chunked = trainer(steps.Trainer, splits)
+    logs = steps.train_epoch(chunked, order, labels, 32)
+
+    assert int(chunked.optimizer.iterations) == int(fitted.optimizer.iterations) == 16
+    for ours, theirs in zip(chunked.get_weights(), fitted.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert logs is not None and logs.keys() == history.history.keys()
+    for name, values in history.history.items():  # epoch means, merged from the chunks'
+        assert float(logs[name]) == pytest.approx(values[-1], rel=1e-5), name
+
+
+def test_a_stop_between_chunks_leaves_the_epoch_unfinished(splits, epoch, monkeypatch):
+    monkeypatch.setattr(steps, "CHUNK_STEPS", 4)
+    order, labels = epoch
+    chunked = trainer(steps.Trainer, splits)
+    calls = []
+
+    def stop_after_two_chunks():
+        calls.append(1)
+        return len(calls) > 2
+
+    assert steps.train_epoch(chunked, order, labels, 32, stop_after_two_chunks) is None
+    assert int(chunked.optimizer.iterations) == 8
+
+
+def test_a_set_smaller_than_a_batch_is_one_step(splits, epoch):
+    order, labels = epoch
+    chunked = trainer(steps.Trainer, splits)
+    logs = steps.train_epoch(chunked, order[:20], labels[:20], 32)
+    assert logs is not None and np.isfinite(logs["loss"])
+    assert int(chunked.optimizer.iterations) == 1
