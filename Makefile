@@ -18,7 +18,7 @@ help: ## list the commands
 
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --editable '.[dev,postgres]'
+	$(PY) -m pip install --quiet --editable '.[dev,postgres,jax]'
 	@touch $@
 
 install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
@@ -33,8 +33,9 @@ up: $(INSTALLED) ## initialise the database, serve the API and run one worker (C
 worker: $(INSTALLED) ## run one more worker against the same configuration
 	$(PY) -m worker
 
-test: $(INSTALLED) ## install and run the whole test suite
+test: $(INSTALLED) ## install and run the whole test suite, then its backend-neutral tests on JAX
 	$(PY) -m pytest
+	KERAS_BACKEND=jax $(PY) -m pytest -m backends -p no:cacheprovider
 
 test-fast: $(INSTALLED) ## the suite without slow and end-to-end tests
 	$(PY) -m pytest -m "not slow and not e2e"

@@ -79,6 +79,7 @@ def test_each_packed_job_trains_exactly_as_it_would_alone(splits, alone):
             np.testing.assert_allclose(packed, single, rtol=TOLERANCE, atol=TOLERANCE)
 
 
+@pytest.mark.backends
 def test_a_job_packed_with_others_is_unchanged_by_them(splits, alone):
     # The first job again, now beside two others of different seeds and decay.
     others = [s.model_copy(update={"seed": seed}) for seed, s in ((7, SPECS[1]), (8, SPECS[0]))]
@@ -87,6 +88,7 @@ def test_a_job_packed_with_others_is_unchanged_by_them(splits, alone):
     assert_same_rows(recorder.rows, alone[0][0].rows)
 
 
+@pytest.mark.backends
 def test_a_packed_checkpoint_resumes_alone_as_if_never_stopped(splits, alone, tmp_path):
     recorders = [Recorder() for _ in SPECS]
     train_pack([Branch(s, r) for s, r in zip(SPECS, recorders, strict=True)], splits)
@@ -98,6 +100,7 @@ def test_a_packed_checkpoint_resumes_alone_as_if_never_stopped(splits, alone, tm
     assert_same_rows(resumed.rows, alone[1][0].rows[2:])
 
 
+@pytest.mark.backends
 def test_a_branch_whose_lease_is_lost_ends_alone(splits, alone):
     recorders = [Recorder(refuse_at=2), Recorder()]
     outcomes = train_pack([Branch(s, r) for s, r in zip(SPECS[:2], recorders, strict=True)], splits)

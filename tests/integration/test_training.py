@@ -33,6 +33,7 @@ def run(spec, splits, **kwargs):
     return rows, snapshots, trained
 
 
+@pytest.mark.backends
 def test_epoch_order_depends_on_seed_and_epoch_only():
     first = training.epoch_order(3, 1, 100)
     assert sorted(first) == list(range(100))
@@ -41,6 +42,7 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
     assert not np.array_equal(first, training.epoch_order(4, 1, 100))
 
 
+@pytest.mark.backends
 def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_path):
     spec = JobSpec.model_validate(EVERYTHING_RANDOM)
     rows, snapshots, trained = run(spec, splits)
@@ -79,6 +81,7 @@ def test_a_checkpoint_of_another_spec_is_refused(splits):
         run(other, splits, resume=snapshots[1])
 
 
+@pytest.mark.backends
 def test_a_lost_lease_stops_training_at_once_without_reporting(splits):
     control = training.Control()
     control.lease_lost.set()
@@ -86,12 +89,14 @@ def test_a_lost_lease_stops_training_at_once_without_reporting(splits):
         run(JobSpec.model_validate({**TINY, "epochs": 50}), splits, control=control)
 
 
+@pytest.mark.backends
 def test_a_refused_report_means_the_lease_is_gone(splits):
     spec = JobSpec.model_validate({**TINY, "epochs": 5})
     with pytest.raises(training.LeaseLost):
         training.train(spec, splits, lambda row, snapshot: row["epoch"] < 2)
 
 
+@pytest.mark.backends
 def test_a_stop_request_ends_after_the_epoch_is_reported(splits):
     control = training.Control()
     control.stop_requested.set()
@@ -106,6 +111,7 @@ def test_a_stop_request_ends_after_the_epoch_is_reported(splits):
     assert reported == [1]
 
 
+@pytest.mark.backends
 def test_resuming_from_the_epoch_early_stopping_ended_trains_no_further(splits):
     # The worker died after reporting the stopping epoch and before finishing the job.
     spec = JobSpec.model_validate(
