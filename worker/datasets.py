@@ -26,7 +26,7 @@ class DatasetError(ValueError):
     not help; the message says what to fix."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: see `load`
 class Splits:
     """uint8 images (n, 28, 28) and int labels (n,). The validation split is the first
     `validation_size` training images, as in the notebook; it may be empty."""
@@ -94,6 +94,7 @@ def _read_all(folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+@lru_cache(maxsize=4)  # the same Splits for the same arguments: jobs share what derives from it
 def load(name: str, data_dir: Path, validation_size: int) -> Splits:
     arrays = _read_all(find_dataset(name, data_dir))
     x, y = arrays["x_train"], arrays["y_train"]

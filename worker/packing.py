@@ -104,7 +104,7 @@ def train_pack(
         Run.start(b.spec, data, b.report, b.control, steps_per_epoch, b.resume) for b in branches
     ]
     optimizer = tricks.optimizer(spec, steps_per_epoch)
-    trainer, scorer = _stacked_trainer(specs, data.x_train)
+    trainer, scorer = _stacked_trainer(specs, data.device_images)
     loss = {"probabilities": _summed_loss(spec)}
     metrics = {"probabilities": _branch_means(spec, len(specs))}
     penalised = "penalty" in trainer.output_names  # some branch has weight decay
@@ -265,7 +265,7 @@ class _StackedHashDropout(keras.layers.Layer):
 
 
 def _stacked_trainer(
-    specs: Sequence[JobSpec], images: np.ndarray
+    specs: Sequence[JobSpec], images: keras.Variable
 ) -> tuple[steps.Trainer, keras.Model]:
     """(batch, K) indices → {"probabilities": (batch, K, 10), and with weight decay
     "penalty": (batch, K)}, its variables in the order of the single-job model's (see

@@ -9,6 +9,7 @@ an uninterrupted run would have, and no image crosses from host to device per st
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -77,7 +78,7 @@ def train(
     data = Data.of(splits)
     steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
     run = Run.start(spec, data, report, control or Control(), steps_per_epoch, resume)
-    trainer = _on_device(run.model, data.x_train)
+    trainer = _on_device(run.model, data.device_images)
     loss, metrics = tricks.loss_and_metrics(spec)
     trainer.compile(
         optimizer=run.optimizer,
@@ -110,9 +111,11 @@ def train(
     return run.finish(stopped_epoch, started)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Data:
-    """The splits with their images as the model sees them (scaled to [0, 1])."""
+    """A dataset's splits with their images as the model sees them (scaled to [0, 1]), and
+    the training images on the device. One per loaded dataset, shared by the jobs that train
+    on it: scaling and copying the 50,000 training images took about 0.8 s a job."""
 
     splits: Splits
     x_train: np.ndarray
@@ -121,7 +124,12 @@ class Data:
 
     @classmethod
     def of(cls, splits: Splits) -> Data:
-        return cls(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
+        return _data_of(splits)
+
+    @functools.cached_property
+    def device_images(self) -> keras.Variable:
+        """The training images, in one variable on the device that `Gather` reads."""
+        return keras.Variable(self.x_train, trainable=False, name="images")
 
     def parts(self) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
         return (
@@ -129,6 +137,11 @@ class Data:
             ("val", self.x_val, self.splits.y_val),
             ("test", self.x_test, self.splits.y_test),
         )
+
+
+@functools.lru_cache(maxsize=2)  # splits compare by identity: datasets.load caches them
+def _data_of(splits: Splits) -> Data:
+    return Data(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
 
 
 @dataclass
@@ -287,24 +300,17 @@ def targets(spec: JobSpec, labels: np.ndarray) -> np.ndarray:
 
 
 class Gather(keras.layers.Layer):
-    """Holds the training images as one device-resident variable; maps indices (of any
-    shape) to images."""
+    """Maps indices (of any shape) to the images held by a device-resident variable."""
 
-    def __init__(self, images: np.ndarray, **kwargs: Any) -> None:
+    def __init__(self, images: keras.Variable, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.images = self.add_weight(
-            shape=images.shape,
-            dtype="float32",
-            initializer=lambda shape, dtype: images,
-            trainable=False,
-            name="images",
-        )
+        self.images = images  # tracked: one of this layer's non-trainable variables
 
     def call(self, indices: Any) -> Any:
         return keras.ops.take(self.images, indices, axis=0)
 
 
-def _on_device(model: keras.Model, images: np.ndarray) -> steps.Trainer:
+def _on_device(model: keras.Model, images: keras.Variable) -> steps.Trainer:
     """The model behind an index → image lookup: trained, never saved."""
     indices = keras.Input(shape=(), dtype="int32", name="index")
     return steps.Trainer(indices, model(Gather(images)(indices)), name="trainer")

@@ -4,7 +4,6 @@ import keras
 import numpy as np
 import pytest
 
-from core.images import scale
 from core.spec import JobSpec
 from tests.conftest import TINY
 from worker import steps, training, tricks
@@ -24,7 +23,7 @@ def trainer(model_class, splits, spec=SGD):
     keras.backend.clear_session()
     model = tricks.build_model(spec)
     indices = keras.Input(shape=(), dtype="int32")
-    images = training.Gather(scale(splits.x_train))(indices)
+    images = training.Gather(training.Data.of(splits).device_images)(indices)
     wrapped = model_class(indices, model(images))
     loss, metrics = tricks.loss_and_metrics(spec)
     wrapped.compile(optimizer=tricks.optimizer(spec, 16), loss=loss, metrics=metrics)
