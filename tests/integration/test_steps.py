@@ -18,7 +18,7 @@ SGD = JobSpec.model_validate(
 ADAM = JobSpec.model_validate({**TINY, "tricks": ["dropout", "weight_decay", "cosine_decay"]})
 
 
-def trainer(model_class, splits, spec=SGD):
+def trainer(model_class, splits, spec=SGD, jit_compile="auto"):
     """The spec's model behind an index lookup of the training images, compiled as a job's."""
     keras.backend.clear_session()
     model = tricks.build_model(spec)
@@ -26,7 +26,9 @@ def trainer(model_class, splits, spec=SGD):
     images = training.Gather(training.Data.of(splits).device_images)(indices)
     wrapped = model_class(indices, model(images))
     loss, metrics = tricks.loss_and_metrics(spec)
-    wrapped.compile(optimizer=tricks.optimizer(spec, 16), loss=loss, metrics=metrics)
+    wrapped.compile(
+        optimizer=tricks.optimizer(spec, 16), loss=loss, metrics=metrics, jit_compile=jit_compile
+    )
     return wrapped
 
 
@@ -37,16 +39,18 @@ def epoch(splits):
 
 
 @pytest.mark.parametrize(
-    ("spec", "chunk_steps"), [(SGD, 256), (ADAM, 4)], ids=["sgd-one-chunk", "adam-chunks-of-4"]
+    ("spec", "chunk_steps", "jit_compile"),
+    [(SGD, 256, "auto"), (ADAM, 4, "auto"), (SGD, 4, True)],
+    ids=["sgd-one-chunk", "adam-chunks-of-4", "sgd-xla"],
 )
-def test_an_epoch_in_chunks_equals_fit(splits, epoch, monkeypatch, spec, chunk_steps):
+def test_an_epoch_in_chunks_equals_fit(splits, epoch, monkeypatch, spec, chunk_steps, jit_compile):
     # 500 images: 15 full batches and one of 20. In chunks of 4 steps: 4 + 4 + 4 + 3 (one row
-    # of padding), then the partial batch alone.
+    # of padding), then the partial batch alone (with XLA asked for: uncompiled on TensorFlow).
     monkeypatch.setattr(steps, "CHUNK_STEPS", chunk_steps)
     order, labels = epoch
-    fitted = trainer(keras.Model, splits, spec)
+    fitted = trainer(keras.Model, splits, spec, jit_compile)
     history = fitted.fit(order, labels, batch_size=32, shuffle=False, verbose=0)
-    chunked = trainer(steps.Trainer, splits, spec)
+    chunked = trainer(steps.Trainer, splits, spec, jit_compile)
     logs = steps.train_epoch(chunked, order, labels, 32)
 
     assert int(chunked.optimizer.iterations) == int(fitted.optimizer.iterations) == 16
