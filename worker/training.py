@@ -26,7 +26,7 @@ from worker import steps, tricks
 from worker.checkpoints import Snapshot
 from worker.datasets import Splits
 
-EVAL_BATCH = 1024  # evaluation batch size: any size gives the same numbers, larger is faster
+EVAL_BATCH = 4096  # images per inference call: the same numbers at any size; fewer calls are faster
 
 Scores = tuple[float, float] | None  # plain cross-entropy and accuracy; None: an empty split
 
