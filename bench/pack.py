@@ -29,6 +29,7 @@ from typing import Any  # noqa: E402
 from bench.common import data_dir  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from worker import datasets, training  # noqa: E402
+from worker.devices import freeze_imports, setup_device  # noqa: E402
 from worker.packing import Branch, train_pack  # noqa: E402
 
 
@@ -43,10 +44,15 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = data_dir()
+    device = setup_device()
+    freeze_imports()  # as the worker does
     splits = datasets.load("fashion_mnist", folder, JobSpec().validation_size)
     specs = [JobSpec(epochs=args.epochs, seed=seed) for seed in range(args.jobs)]
     samples = args.jobs * args.epochs * len(splits.x_train)
-    print(f"data: {folder}; {args.jobs} base-model jobs of {args.epochs} epochs", flush=True)
+    print(
+        f"data: {folder}; {args.jobs} base-model jobs of {args.epochs} epochs on {device}",
+        flush=True,
+    )
 
     began = time.perf_counter()
     alone = []

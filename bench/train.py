@@ -46,7 +46,7 @@ from core.images import scale  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from worker import tricks  # noqa: E402
 from worker.datasets import Splits, load  # noqa: E402
-from worker.devices import setup_device  # noqa: E402
+from worker.devices import freeze_imports, setup_device  # noqa: E402
 from worker.training import train  # noqa: E402
 
 WARMUP_EPOCHS = 1  # the baseline's first epoch traces its train step (twice: last batch is 16)
@@ -149,6 +149,7 @@ def main() -> None:
 
     folder = data_dir()
     device = setup_device()
+    freeze_imports()  # as the worker does
     splits = load("fashion_mnist", folder, JobSpec().validation_size)
     n_train = len(splits.x_train)
     print(f"data: {folder}  ({n_train} train, {len(splits.x_val)} val, {len(splits.x_test)} test)")

@@ -18,6 +18,7 @@ from core.config import get_settings
 from core.db import init_db, make_engine
 from core.logs import setup_logging
 from core.store import JobStore
+from worker.devices import freeze_imports
 from worker.loop import Worker
 
 log = logging.getLogger("tricklab.worker")
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         name=name,
         pack_size=settings.pack_size,
     )
+    freeze_imports()  # after Worker() loaded the backend
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if worker.stopping:

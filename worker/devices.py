@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 
@@ -35,3 +36,11 @@ def setup_device() -> str:
         if torch.cuda.is_available():
             return f"GPU:0 {torch.cuda.get_device_name(0)} (torch)"
     return f"CPU {platform.machine()} ×{os.cpu_count()} ({backend})"
+
+
+def freeze_imports() -> None:
+    """Once a process has loaded its backend, and before it trains: TensorFlow and Keras leave
+    ~300,000 long-lived objects that the full collection Keras' `clear_session` runs before
+    every job would walk (0.27 s a job on the 2-core CPU; 0.03 s once they are set aside)."""
+    gc.collect()  # what is garbage now is not kept forever
+    gc.freeze()
