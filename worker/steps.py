@@ -12,6 +12,7 @@ epoch a chunk at a time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import keras
@@ -42,7 +43,7 @@ class Trainer(keras.Model):
         step = super().train_step
 
         def body(i: Any, carry: Any) -> Any:
-            step((x[i], _row(y, i)))
+            step((x[i], _at(y, i)))
             return carry
 
         ops.fori_loop(0, _steps(x), body, 0)
@@ -52,7 +53,7 @@ class Trainer(keras.Model):
         """JAX: each step maps the state (every variable's value) to the next."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         step = super().train_step
-        state = ops.fori_loop(0, _steps(x), lambda i, s: step(s, (x[i], _row(y, i)))[1], state)
+        state = ops.fori_loop(0, _steps(x), lambda i, s: step(s, (x[i], _at(y, i)))[1], state)
         metrics = list(zip(self.metrics_variables, state[3], strict=True))
         with keras.StatelessScope(state_mapping=metrics):
             return self.get_metrics_result(), state
@@ -83,8 +84,9 @@ def _steps(x: Any) -> Any:
     return ops.sum(ops.cast(ops.not_equal(first, PADDING), "int32"))
 
 
-def _row(y: Any, i: Any) -> Any:
-    return keras.tree.map_structure(lambda t: t[i], y)
+def _at(structure: Any, key: Any) -> Any:
+    """Each array of a structure (the targets: one array, or a dict of them) indexed by key."""
+    return keras.tree.map_structure(lambda array: array[key], structure)
 
 
 def train_epoch(
@@ -104,9 +106,9 @@ def train_epoch(
         if stop():
             return None
         if not trainer.metrics_built:
-            _build(trainer, indices[:batch_size], _take(targets, slice(0, batch_size)))
+            _build(trainer, indices[:batch_size], _at(targets, slice(0, batch_size)))
         x = _chunk(indices, rows, batch_size, PADDING)
-        y = keras.tree.map_structure(lambda t: _chunk(t, rows, batch_size, 0), targets)  # noqa: B023
+        y = keras.tree.map_structure(partial(_chunk, rows=rows, batch_size=batch_size), targets)
         if samples < batch_size:
             logs = trainer.train_partial_batch(x, y)
         else:
@@ -119,7 +121,7 @@ def train_epoch(
 
 def _chunks(count: int, batch_size: int) -> list[tuple[slice, int]]:
     """Each call's slice of the epoch and its number of samples: CHUNK_STEPS full batches at
-    a time, then the partial batch alone (another shape: compiled once more)."""
+    a time, then the partial batch alone (see `Trainer.train_partial_batch`)."""
     full = count // batch_size * batch_size
     span = CHUNK_STEPS * batch_size
     calls = [(slice(s, min(s + span, full)), min(span, full - s)) for s in range(0, full, span)]
@@ -128,7 +130,7 @@ def _chunks(count: int, batch_size: int) -> list[tuple[slice, int]]:
     return calls
 
 
-def _chunk(array: np.ndarray, rows: slice, batch_size: int, fill: Any) -> np.ndarray:
+def _chunk(array: np.ndarray, rows: slice, batch_size: int, fill: Any = 0) -> np.ndarray:
     """array[rows] as (steps, batch, ...): full batches padded with `fill` to CHUNK_STEPS
     steps, or the partial batch as one step."""
     part = array[rows]
@@ -138,10 +140,6 @@ def _chunk(array: np.ndarray, rows: slice, batch_size: int, fill: Any) -> np.nda
     padded = np.full((CHUNK_STEPS, *steps.shape[1:]), fill, array.dtype)
     padded[: len(steps)] = steps
     return padded
-
-
-def _take(targets: Any, rows: slice) -> Any:
-    return keras.tree.map_structure(lambda t: t[rows], targets)
 
 
 def _build(trainer: Trainer, x: np.ndarray, y: Any) -> None:

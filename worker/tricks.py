@@ -80,7 +80,7 @@ def hidden_layer(x: Any, units: int, spec: JobSpec, index: int) -> Any:
 
 
 def weight_decay(trick: WeightDecay | None) -> keras.regularizers.Regularizer | None:
-    # Keras adds every layer's regulariser penalty to model.losses, which fit() adds to the
+    # Keras adds every layer's regulariser penalty to model.losses, which its train step adds to the
     # loss it minimises (the notebook's custom loop forgot them, so its L2 did nothing).
     return keras.regularizers.L2(trick.l2) if trick else None
 
@@ -152,7 +152,7 @@ def per_sample(spec: JobSpec) -> PerSample:
 
 
 def loss_and_metrics(spec: JobSpec) -> tuple[Callable[[Any, Any], Any], list[keras.metrics.Metric]]:
-    """The loss (Keras averages it over the batch) and metrics `fit` takes."""
+    """The loss (Keras averages it over the batch) and metrics a job's trainer compiles."""
     functions = per_sample(spec)
     return functions.loss, [
         keras.metrics.MeanMetricWrapper(functions.accuracy, name="accuracy"),
