@@ -100,13 +100,13 @@ def train_epoch(
     (N, ...) arrays beside them) in batches of `batch_size`, the last one smaller if N is not
     a multiple of it; the epoch means of the trainer's metrics. Checks `stop()` before every
     chunk: None once it is true, the epoch left unfinished."""
+    if not trainer.metrics_built:
+        _build(trainer, indices[:batch_size], _at(targets, slice(0, batch_size)))
     totals: dict[str, Any] = {}
     seen = 0
     for rows, samples in _chunks(len(indices), batch_size):
         if stop():
             return None
-        if not trainer.metrics_built:
-            _build(trainer, indices[:batch_size], _at(targets, slice(0, batch_size)))
         x = _chunk(indices, rows, batch_size, PADDING)
         y = keras.tree.map_structure(partial(_chunk, rows=rows, batch_size=batch_size), targets)
         if samples < batch_size:

@@ -124,8 +124,9 @@ class Data:
     x_test: np.ndarray
 
     @classmethod
+    @functools.lru_cache(maxsize=2)  # splits compare by identity: datasets.load caches them
     def of(cls, splits: Splits) -> Data:
-        return _data_of(splits)
+        return cls(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
 
     @functools.cached_property
     def device_images(self) -> keras.Variable:
@@ -138,11 +139,6 @@ class Data:
             ("val", self.x_val, self.splits.y_val),
             ("test", self.x_test, self.splits.y_test),
         )
-
-
-@functools.lru_cache(maxsize=2)  # splits compare by identity: datasets.load caches them
-def _data_of(splits: Splits) -> Data:
-    return Data(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
 
 
 @dataclass

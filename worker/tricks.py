@@ -80,8 +80,8 @@ def hidden_layer(x: Any, units: int, spec: JobSpec, index: int) -> Any:
 
 
 def weight_decay(trick: WeightDecay | None) -> keras.regularizers.Regularizer | None:
-    # Keras adds every layer's regulariser penalty to model.losses, which its train step adds to the
-    # loss it minimises (the notebook's custom loop forgot them, so its L2 did nothing).
+    # Keras adds every layer's regulariser penalty to model.losses, which its train step adds
+    # to the loss it minimises (the notebook's custom loop forgot them, so its L2 did nothing).
     return keras.regularizers.L2(trick.l2) if trick else None
 
 

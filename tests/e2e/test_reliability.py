@@ -115,14 +115,16 @@ def test_chaos_kills_lose_nothing_and_resume_exactly(make_cluster, small_data, c
         busy = {job.worker for job in cluster.store.list_jobs(JobStatus.RUNNING, 100)[0]}
         return [slot for slot, name in enumerate(workers) if name in busy]
 
-    def targets() -> list[int] | str:  # or "ended": every job may end before every kill
-        return training_slots() or ("ended" if all_ended(cluster, ids) else [])
-
     rng = random.Random(7)
     made = 0
     for kill in range(kills):
-        slots = wait_for(targets, 300, "a worker in the middle of a job", every=0.05)
-        if slots == "ended":
+        slots = wait_for(
+            lambda: training_slots() or all_ended(cluster, ids),
+            300,
+            "a worker in the middle of a job",
+            every=0.05,
+        )
+        if slots is True:  # every job ended before every kill was spent
             break
         # A random moment of a job's life (its first epoch ends about 0.8 s after the claim,
         # alone or in a pack): setting up, training, checkpointing, saving the model, or
