@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from worker.datasets import DatasetError, find_dataset
+from core.datasets import DatasetError, find_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"

@@ -27,8 +27,9 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 from bench.common import data_dir  # noqa: E402
+from core import datasets  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
-from worker import datasets, training  # noqa: E402
+from worker import training  # noqa: E402
 from worker.devices import freeze_imports, setup_device  # noqa: E402
 from worker.packing import Branch, train_pack  # noqa: E402
 

@@ -45,7 +45,7 @@ import httpx2 as httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.common import data_dir  # noqa: E402
-from worker.datasets import load  # noqa: E402
+from core.datasets import load  # noqa: E402
 
 BOUNDARY = "tricklab-bench"
 

@@ -42,10 +42,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import data_dir  # noqa: E402
+from core.datasets import Splits, load  # noqa: E402
 from core.images import scale  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from worker import tricks  # noqa: E402
-from worker.datasets import Splits, load  # noqa: E402
 from worker.devices import freeze_imports, setup_device  # noqa: E402
 from worker.training import train  # noqa: E402
 

@@ -15,9 +15,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from core.config import Settings
+from core.datasets import FILES, write_idx
 from core.db import init_db, make_engine
 from core.store import JobStore
-from worker.datasets import FILES, write_idx
 
 # PostgreSQL for the tests that run on both databases; .ci/run sets it.
 POSTGRES_URL = os.environ.get("TRICKLAB_TEST_POSTGRES_URL")
@@ -58,7 +58,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def splits(data_dir: Path) -> Any:
     """The tiny Fashion-MNIST folder loaded as the worker loads it, TINY's validation split."""
-    from worker import datasets
+    from core import datasets
 
     return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
 

@@ -13,15 +13,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core import datasets
 from core.artifacts import ArtifactStore, sha256_of
+from core.datasets import Splits
 from core.models import Job
 from core.retry import FailureReason
 from core.spec import JobSpec
 from core.store import Checkpoint, JobStore, Lease
 from core.sweeper import Sweeper
-from worker import datasets, packing, training
+from worker import packing, training
 from worker.checkpoints import Snapshot
-from worker.datasets import Splits
 from worker.devices import setup_device
 
 log = logging.getLogger("tricklab.worker")

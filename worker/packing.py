@@ -30,11 +30,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from core.datasets import Splits
 from core.layers import mix, step_key, unit_floats
 from core.spec import NUM_CLASSES, Augmentation, BatchNorm, Dropout, JobSpec, WeightDecay
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
-from worker.datasets import Splits
 from worker.training import (
     Control,
     Data,

@@ -21,11 +21,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from core.datasets import Splits
 from core.images import scale
 from core.spec import NUM_CLASSES, Augmentation, JobSpec
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
-from worker.datasets import Splits
 
 EVAL_BATCH = 4096  # images per inference call: the same numbers at any size; fewer calls are faster
 

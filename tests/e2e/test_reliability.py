@@ -20,13 +20,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from core import datasets
 from core.artifacts import sha256_of
 from core.spec import JobSpec
 from core.states import TERMINAL, JobStatus
 from tests.cluster import FAST_LEASES, Cluster, wait_for
 from tests.conftest import write_dataset
 from tests.e2e.crashing_worker import POISON_SEED
-from worker import datasets, training
+from worker import training
 from worker.checkpoints import Snapshot
 
 pytestmark = pytest.mark.e2e

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from core.datasets import DatasetError, find_dataset
 from core.spec import JobSpec
 from core.states import JobStatus
 from tests.conftest import drain_queue
-from worker.datasets import DatasetError, find_dataset
 
 pytestmark = pytest.mark.slow
 

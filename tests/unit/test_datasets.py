@@ -4,8 +4,8 @@ import re
 import numpy as np
 import pytest
 
+from core.datasets import FILES, DatasetError, find_dataset, load, read_idx, write_idx
 from tests.conftest import TINY_TEST, TINY_TRAIN, write_dataset
-from worker.datasets import FILES, DatasetError, find_dataset, load, read_idx, write_idx
 
 
 def test_idx_round_trip(tmp_path):

@@ -90,7 +90,8 @@ def test_weight_decay_penalty_enters_the_training_loss():
 
 
 def test_weight_decay_shrinks_the_trained_weights(data_dir):
-    from worker import datasets, training
+    from core import datasets
+    from worker import training
 
     splits = datasets.load("fashion_mnist", data_dir, 100)
     norms = {}
