@@ -64,6 +64,52 @@ class Settings(BaseSettings):
         4096, ge=1, description="Images waiting for one model; beyond it, 503 and Retry-After."
     )
 
+    # Slow clients: a connection holds a slot until its request has arrived, so each part of
+    # the arrival has a deadline (beyond it, 408 or the connection is closed).
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time from a connection's opening (or a later request's first byte) to its "
+        "complete headers; beyond it, the connection is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Time to receive a whole request body; beyond it, 408."
+    )
+    max_json_bytes: int = Field(
+        256 * 2**10,
+        ge=1024,
+        description="JSON bodies of routes that take no images (job specs, studies); larger "
+        "ones get 413.",
+    )
+    # Decoding cost grows with pixels, not bytes: a 163 KiB PNG can hold 40 million of them.
+    max_image_pixels: int = Field(
+        4_000_000, ge=784, description="Pixels of one uploaded image, read from its header."
+    )
+    max_request_pixels: int = Field(
+        16_000_000, ge=784, description="Pixels of all the images of one prediction request."
+    )
+
+    # What one job may cost; a spec over a limit is refused (422) before it is queued.
+    max_parameters: int = Field(
+        5_000_000, ge=1000, description="Trainable and non-trainable parameters of one model."
+    )
+    max_steps_per_job: int = Field(
+        1_000_000, ge=1, description="Training steps of one job: epochs × steps per epoch."
+    )
+    max_job_seconds: float = Field(
+        4 * 3600.0,
+        gt=0,
+        description="Training time of one job, over all its attempts; beyond it the job "
+        "fails with reason timeout.",
+    )
+    max_pack_memory_bytes: int = Field(
+        2**30,
+        ge=2**20,
+        description="Estimated training memory of one pack (weights, gradients, optimizer "
+        "state, activations); a worker packs fewer jobs to stay within it, and a job that "
+        "alone needs more is refused.",
+    )
     # A study refuses to expand into more jobs than this (a full factorial doubles per trick).
     max_study_jobs: int = Field(200, ge=1, le=100_000)
 

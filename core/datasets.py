@@ -26,6 +26,10 @@ class DatasetError(ValueError):
     not help; the message says what to fix."""
 
 
+class SplitError(DatasetError):
+    """The dataset is there, but the spec's validation split leaves no training images."""
+
+
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: see `load`
 class Splits:
     """uint8 images (n, 28, 28) and int labels (n,). The validation split is the first
@@ -79,6 +83,30 @@ def find_dataset(name: str, data_dir: Path) -> Path:
     )
 
 
+def training_images(name: str, data_dir: Path, validation_size: int) -> int:
+    """How many images a job on `name` trains on, read from the labels file's header alone
+    (a few hundred bytes): what the service checks a spec against before queueing it."""
+    path = find_dataset(name, data_dir) / FILES["y_train"]
+    try:
+        with gzip.open(path, "rb") as file:
+            header = file.read(8)
+    except (OSError, EOFError) as error:
+        raise DatasetError(f"{path}: unreadable ({error})") from None
+    if len(header) < 8 or header[:4] != struct.pack(">HBB", 0, _UBYTE, 1):
+        raise DatasetError(f"{path}: not an IDX label file (magic {header[:4].hex()})")
+    (count,) = struct.unpack(">I", header[4:])
+    _check_split(name, count, validation_size)
+    return count - validation_size
+
+
+def _check_split(name: str, count: int, validation_size: int) -> None:
+    if validation_size >= count:
+        raise SplitError(
+            f"validation_size {validation_size} leaves no training images: "
+            f"{name} has {count} training images"
+        )
+
+
 @lru_cache(maxsize=2)
 def _read_all(folder: Path) -> dict[str, np.ndarray]:
     """Read once per worker process; the arrays are shared by every job that uses them."""
@@ -100,11 +128,7 @@ def load(name: str, data_dir: Path, validation_size: int) -> Splits:
     x, y = arrays["x_train"], arrays["y_train"]
     if not len(arrays["x_test"]):
         raise DatasetError(f"{name} has no test images")
-    if validation_size >= len(x):
-        raise DatasetError(
-            f"validation_size {validation_size} leaves no training images: "
-            f"{name} has {len(x)} training images"
-        )
+    _check_split(name, len(x), validation_size)
     return Splits(
         x_train=x[validation_size:],
         y_train=y[validation_size:],

@@ -8,10 +8,11 @@ two specs that train the same model compare equal.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "fashion_mnist": (
@@ -30,10 +31,25 @@ DATASET_CLASSES: dict[str, tuple[str, ...]] = {
 }
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+# The largest seed: a positive 32-bit integer, which every backend's seeded generators take.
+MAX_SEED = 2**31 - 1
 
 # The notebook's learning rates: Adam's Keras default, and plain SGD's usual starting point.
 ADAM_LEARNING_RATE = 0.001
 SGD_LEARNING_RATE = 0.01
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # Python's True is 1, so pydantic would take true for 1; JSON's booleans are no numbers.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
+# After any constraints in a type's metadata, or the JSON schema loses them.
+NOT_A_BOOLEAN = BeforeValidator(_not_a_boolean)
+Integer = Annotated[int, NOT_A_BOOLEAN]
+Number = Annotated[float, NOT_A_BOOLEAN]
 
 
 class Strict(BaseModel):
@@ -58,7 +74,7 @@ class Dropout(Strict):
     unit can rely on another; inactive at evaluation and prediction."""
 
     name: Literal["dropout"] = "dropout"
-    rate: float = Field(0.5, gt=0, lt=1, description="Fraction of units dropped (notebook: 0.5).")
+    rate: Number = Field(0.5, gt=0, lt=1, description="Fraction of units dropped (notebook: 0.5).")
 
 
 class WeightDecay(Strict):
@@ -66,7 +82,7 @@ class WeightDecay(Strict):
     loss (so the reported train loss includes it); pulls weights towards zero."""
 
     name: Literal["weight_decay"] = "weight_decay"
-    l2: float = Field(
+    l2: Number = Field(
         0.01, gt=0, le=1, description="Penalty factor: l2 * sum(w²) (notebook: 0.01)."
     )
 
@@ -76,7 +92,7 @@ class BatchNorm(Strict):
     BatchNormalization → ReLU, before any dropout. Steadier, faster optimisation."""
 
     name: Literal["batch_norm"] = "batch_norm"
-    momentum: float = Field(
+    momentum: Number = Field(
         0.99, gt=0, lt=1, description="Momentum of the moving mean and variance used at inference."
     )
 
@@ -86,10 +102,10 @@ class EarlyStopping(Strict):
     restores the weights of the best epoch; the job records best_epoch and stopped_epoch."""
 
     name: Literal["early_stopping"] = "early_stopping"
-    patience: int = Field(
+    patience: Integer = Field(
         3, ge=1, le=100, description="Epochs without improvement before stopping."
     )
-    min_delta: float = Field(
+    min_delta: Number = Field(
         0.0,
         ge=0,
         le=1,
@@ -101,8 +117,8 @@ class Momentum(Strict):
     """Replaces Adam by SGD with (Nesterov) momentum; the learning rate defaults to 0.01."""
 
     name: Literal["momentum"] = "momentum"
-    momentum: float = Field(0.9, gt=0, lt=1, description="Velocity decay factor.")
-    nesterov: bool = Field(True, description="Use Nesterov's look-ahead gradient.")
+    momentum: Number = Field(0.9, gt=0, lt=1, description="Velocity decay factor.")
+    nesterov: StrictBool = Field(True, description="Use Nesterov's look-ahead gradient.")
 
 
 class LabelSmoothing(Strict):
@@ -110,7 +126,9 @@ class LabelSmoothing(Strict):
     discouraging over-confident predictions."""
 
     name: Literal["label_smoothing"] = "label_smoothing"
-    amount: float = Field(0.1, gt=0, lt=1, description="Probability mass moved off the true class.")
+    amount: Number = Field(
+        0.1, gt=0, lt=1, description="Probability mass moved off the true class."
+    )
 
 
 class CosineDecay(Strict):
@@ -118,7 +136,7 @@ class CosineDecay(Strict):
     `final_fraction` of it at the last epoch."""
 
     name: Literal["cosine_decay"] = "cosine_decay"
-    final_fraction: float = Field(
+    final_fraction: Number = Field(
         0.0, ge=0, lt=1, description="Final learning rate as a fraction of the initial one."
     )
 
@@ -128,13 +146,13 @@ class Augmentation(Strict):
     inactive at evaluation and prediction."""
 
     name: Literal["augmentation"] = "augmentation"
-    shift: float = Field(
+    shift: Number = Field(
         0.1,
         ge=0,
         le=0.5,
         description="Largest shift, as a fraction of the image's height and width.",
     )
-    flip: bool = Field(True, description="Mirror half of the images left to right.")
+    flip: StrictBool = Field(True, description="Mirror half of the images left to right.")
 
     @model_validator(mode="after")
     def _does_something(self) -> Augmentation:
@@ -210,24 +228,24 @@ class JobSpec(Strict):
     tricks: list[TrickItem] = Field(
         default_factory=list, max_length=len(TRICK_TYPES), description="Tricks to apply."
     )
-    epochs: int = Field(10, ge=1, le=1000, description="Epochs to train (notebook: 10).")
-    batch_size: int = Field(32, ge=1, le=8192, description="Images per step (notebook: 32).")
-    learning_rate: float | None = Field(
-        None, gt=0, le=10, description="null: 0.001 for Adam, 0.01 with the momentum trick."
+    epochs: Integer = Field(10, ge=1, le=1000, description="Epochs to train (notebook: 10).")
+    batch_size: Integer = Field(32, ge=1, le=8192, description="Images per step (notebook: 32).")
+    learning_rate: Annotated[float, Field(gt=0, le=10), NOT_A_BOOLEAN] | None = Field(
+        None, description="null: 0.001 for Adam, 0.01 with the momentum trick."
     )
-    validation_size: int = Field(
+    validation_size: Integer = Field(
         10_000,
         ge=0,
         le=50_000,
         description="Training images held out, from the front of the set (0: no validation).",
     )
-    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096), NOT_A_BOOLEAN]] = Field(
         default_factory=lambda: [128, 32],
         min_length=1,
         max_length=8,
         description="Width of each hidden Dense layer (notebook: 128, 32).",
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds weights, shuffling and dropout.")
+    seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seeds weights, shuffling and dropout.")
 
     @model_validator(mode="after")
     def _resolve(self) -> JobSpec:
@@ -272,7 +290,7 @@ class JobSpec(Strict):
 
 def refuse_repeated(names: Sequence[str]) -> None:
     """A trick may be listed once: ValueError naming those listed more often."""
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
     if repeated:
         raise ValueError(f"trick {', '.join(map(repr, repeated))} is listed more than once")
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from core.spec import TRICKS, JobSpec, Strict, TrickItem, refuse_repeated
+from core.spec import (
+    MAX_SEED,
+    TRICK_TYPES,
+    TRICKS,
+    Integer,
+    JobSpec,
+    Strict,
+    TrickItem,
+    refuse_repeated,
+)
 
 Design = Literal["one_at_a_time", "leave_one_out", "cumulative", "full_factorial", "explicit"]
 DESIGNS: dict[str, str] = {
@@ -47,15 +56,17 @@ class StudySpec(Strict):
         default_factory=JobSpec, description="The spec every variant starts from."
     )
     tricks: list[TrickItem] = Field(
-        default_factory=list, description="The tricks compared (not for the explicit design)."
+        default_factory=list,
+        max_length=len(TRICK_TYPES),
+        description="The tricks compared, each at most once (not for the explicit design).",
     )
     design: Design = Field(
         "one_at_a_time", description="; ".join(f"{k}: {v}" for k, v in DESIGNS.items())
     )
-    variants: list[list[TrickItem]] | None = Field(
+    variants: list[Annotated[list[TrickItem], Field(max_length=len(TRICK_TYPES))]] | None = Field(
         None, min_length=1, max_length=256, description="The explicit design's trick lists."
     )
-    repeats: int = Field(
+    repeats: Integer = Field(
         3, ge=1, le=50, description="Seeds per variant (at least 2 for intervals)."
     )
 
@@ -71,6 +82,15 @@ class StudySpec(Strict):
             }
             return {**preset, **data}
         return data
+
+    @model_validator(mode="after")
+    def _seeds_fit(self) -> StudySpec:
+        if self.seeds[-1] > MAX_SEED:
+            raise ValueError(
+                f"the seeds run from base.seed {self.base.seed} to {self.seeds[-1]} "
+                f"({self.repeats} repeats), past the largest seed {MAX_SEED}: lower base.seed"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_design(self) -> StudySpec:
