@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ class ArtifactStore:
     def write_json(self, relative: str, document: Any) -> str:
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"
         return self.write_atomic(relative, lambda path: path.write_text(text))
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete every file of a job: its checkpoints and models, from all its leases."""
+        shutil.rmtree(self.path(f"jobs/{job_id}"), ignore_errors=True)
 
     def remove(self, relative: str) -> None:
         """Delete a file, then its parent folders that became empty, up to the root."""

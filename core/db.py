@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.schema import CreateColumn
 
-from core.models import ADDITIVE_UPGRADES, SCHEMA_VERSION, Base, Meta
+from core.models import SCHEMA_VERSION, UPGRADES, Base, Meta
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
 # read-then-update can then never interleave with another writer's, and lock waits happen
@@ -76,8 +77,9 @@ def init_db(engine: Engine) -> None:
         version = None
         if Meta.__tablename__ in tables:
             version = connection.scalar(select(Meta.value).where(Meta.key == "schema_version"))
-        if version in ADDITIVE_UPGRADES:
+        if version in UPGRADES:
             Base.metadata.create_all(connection)  # only the tables that are missing
+            _add_columns(connection, UPGRADES[version])
             connection.execute(
                 update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
             )
@@ -87,6 +89,18 @@ def init_db(engine: Engine) -> None:
                 f"the database {engine.url.render_as_string()} has tricklab schema version "
                 f"{version or 1}, this tricklab needs {SCHEMA_VERSION}: start from a new "
                 "database (e.g. move ./var/tricklab.db away) or migrate it"
+            )
+
+
+def _add_columns(connection: Connection, names: tuple[str, ...]) -> None:
+    """Add these columns ("table.column", as the models define them) where missing."""
+    for name in names:
+        table, column = name.split(".")
+        existing = {c["name"] for c in inspect(connection).get_columns(table)}
+        if column not in existing:
+            definition = CreateColumn(Base.metadata.tables[table].c[column])
+            connection.execute(
+                text(f"ALTER TABLE {table} ADD COLUMN {definition.compile(connection)}")
             )
 
 

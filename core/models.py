@@ -35,9 +35,12 @@ def utcnow() -> datetime:
 
 
 # Bump when a table changes: init_db refuses a database written with another layout.
-SCHEMA_VERSION = 3
-# Versions init_db can bring up to date by creating the tables added since (3: studies).
-ADDITIVE_UPGRADES = ("2",)
+SCHEMA_VERSION = 4
+# Versions init_db can bring up to date, and the columns added since each (it creates the
+# tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
+# of its files.
+_COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at")
+UPGRADES: dict[str, tuple[str, ...]] = {"2": _COLUMNS_4, "3": _COLUMNS_4}
 
 
 class Base(DeclarativeBase):
@@ -70,7 +73,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     # Client-chosen key making a submission safe to retry (the Idempotency-Key header).
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
-    attempts: Mapped[int] = mapped_column(default=0)  # claims so far
+    # Attempts so far, the running one included; one that a stopping worker handed back
+    # goes on when the job is claimed again, so it is counted once.
+    attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)  # failed attempts allowed
     # One entry per failed attempt: attempt, reason, worker, error_type, message, at.
     failures: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
@@ -93,6 +98,11 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(200))
     model_path: Mapped[str | None] = mapped_column(String(500))  # relative to the artifact store
     model_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Wall-clock seconds the job has trained, over its attempts, up to its last checkpoint:
+    # what TRICKLAB_MAX_JOB_SECONDS bounds.
+    trained_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # Set when its checkpoints and model were deleted (DELETE /v1/jobs/{id}); the rows stay.
+    artifacts_deleted_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),

@@ -22,14 +22,15 @@ from core.db import WRITE
 from core.models import EpochMetrics, Job, Study, utcnow
 from core.retry import FailureReason, after_failure
 from core.spec import JobSpec
-from core.states import JobStatus, sources_of
+from core.states import TERMINAL, JobStatus, sources_of
 from core.studies import StudySpec, Variant
 
 MAX_ERROR_MESSAGE = 4000
 # Queued jobs, oldest first, looked through for a claimed job's pack mates.
 PACK_CANDIDATES = 256
-# A job's stored spec → which jobs it can train together with (equal keys); None: alone.
-PackKey = Callable[[dict[str, Any]], str | None]
+# A job's stored spec → which jobs it can train together with (equal keys), and how many of
+# them fit in one pack (the oldest job's count bounds its pack); None: it trains alone.
+PackKey = Callable[[dict[str, Any]], tuple[str, int] | None]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,25 @@ class JobStore:
             ).one_or_none()
             return cancelled or session.get(Job, job_id)
 
+    def delete_artifacts(self, job_id: str) -> Job | None:
+        """Mark a finished job's files deleted and forget where they were (the caller removes
+        them); the job and its metrics stay. Returns the job as it now is (unchanged unless
+        it had ended), or None if there is no such job."""
+        with self._write.begin() as session:
+            deleted = session.scalars(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(TERMINAL))
+                .values(
+                    artifacts_deleted_at=func.coalesce(Job.artifacts_deleted_at, utcnow()),
+                    model_path=None,
+                    checkpoint_path=None,
+                    checkpoint_sha256=None,
+                )
+                .returning(Job),
+                execution_options={"synchronize_session": False},
+            ).one_or_none()
+            return deleted or session.get(Job, job_id)
+
     # -- studies ------------------------------------------------------------------------
 
     def create_study(self, study: StudySpec, variants: list[Variant]) -> Study:
@@ -241,11 +261,11 @@ class JobStore:
     def claim_pack(
         self, worker: str, device: str, size: int = 1, key: PackKey | None = None
     ) -> list[tuple[Job, Lease]]:
-        """Take the oldest queued job and up to `size - 1` more that can train beside it,
-        in one short write transaction: queued jobs among the next `PACK_CANDIDATES`, oldest
-        first, with the same `key` (not None) and checkpoint epoch. A job with a failed
-        attempt is taken alone, so a job that kills its worker takes no pack mates with it
-        more than once."""
+        """Take the oldest queued job and up to `size - 1` more that can train beside it
+        (fewer if `key` says fewer fit), in one short write transaction: queued jobs among
+        the next `PACK_CANDIDATES`, oldest first, with the same `key` (not None) and
+        checkpoint epoch. A job with a failed attempt is taken alone, so a job that kills its
+        worker takes no pack mates with it more than once."""
         queued = (
             select(Job.id, Job.spec, Job.checkpoint_epoch, Job.failures)
             .where(Job.status == JobStatus.QUEUED)
@@ -267,8 +287,8 @@ class JobStore:
                     )
                     if not row.failures
                     and row.checkpoint_epoch == first.checkpoint_epoch
-                    and key(row.spec) == pack
-                ][: size - 1]
+                    and _same_pack(key(row.spec), pack)
+                ][: min(size, pack[1]) - 1]
                 # Those still free (unlocked, queued): no waiting on another claim, no deadlock.
                 ids += session.scalars(
                     select(Job.id)
@@ -310,13 +330,16 @@ class JobStore:
         with self._write.begin() as session:
             return self._touch(session, lease)
 
-    def record_epoch(self, lease: Lease, metrics: dict[str, Any], checkpoint: Checkpoint) -> bool:
-        """Store one epoch's metrics and register its checkpoint, together; False if the
-        lease is gone."""
+    def record_epoch(
+        self, lease: Lease, metrics: dict[str, Any], checkpoint: Checkpoint, trained_seconds: float
+    ) -> bool:
+        """Store one epoch's metrics and register its checkpoint, together, with the time the
+        job has trained by then over all its attempts; False if the lease is gone."""
         with self._write.begin() as session:
             if not self._touch(
                 session,
                 lease,
+                trained_seconds=trained_seconds,
                 epochs_done=metrics["epoch"],
                 checkpoint_epoch=checkpoint.epoch,
                 checkpoint_path=checkpoint.path,
@@ -355,9 +378,12 @@ class JobStore:
 
     def release(self, lease: Lease) -> bool:
         """Hand a running job back to the queue at once (its worker is stopping); it keeps
-        its checkpoint and history, and the attempt does not count as failed."""
+        its checkpoint and history, and the attempt goes on when the job is claimed again:
+        it is neither failed nor counted twice."""
         with self._write.begin() as session:
-            return self._touch(session, lease, status=JobStatus.QUEUED, **_unleased())
+            return self._touch(
+                session, lease, status=JobStatus.QUEUED, attempts=Job.attempts - 1, **_unleased()
+            )
 
     def fail(self, lease: Lease, reason: FailureReason, error: BaseException) -> JobStatus | None:
         """Record a failed attempt: the job is retried or fails, as core.retry decides.
@@ -435,6 +461,10 @@ class JobStore:
             execution_options={"synchronize_session": False},
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _same_pack(key: tuple[str, int] | None, pack: tuple[str, int]) -> bool:
+    return key is not None and key[0] == pack[0]
 
 
 def _cancel(which: Any) -> Update:

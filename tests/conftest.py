@@ -127,8 +127,9 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield test_client
 
 
-def drain_queue(settings: Settings) -> None:
-    """Train every queued job in this process, as `python -m worker` would."""
+def drain_queue(settings: Settings, **options: Any) -> None:
+    """Train every queued job in this process, as `python -m worker` would (`options`: the
+    Worker's, e.g. pack_size)."""
     from core.artifacts import ArtifactStore
     from worker.loop import Worker
 
@@ -136,6 +137,7 @@ def drain_queue(settings: Settings) -> None:
         JobStore(make_engine(settings.database_url), settings.lease_seconds, settings.max_attempts),
         ArtifactStore(settings.artifacts_dir),
         settings.data_dir,
+        **options,
     )
     while worker.run_one():
         pass

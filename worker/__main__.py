@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         sweep_seconds=settings.sweep_seconds,
         name=name,
         pack_size=settings.pack_size,
+        pack_memory_bytes=settings.max_pack_memory_bytes,
+        max_job_seconds=settings.max_job_seconds,
     )
     freeze_imports()  # after Worker() loaded the backend
 

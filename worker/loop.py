@@ -5,15 +5,19 @@ alive meanwhile."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core import datasets
+from pydantic import ValidationError
+
+from core import cost, datasets
 from core.artifacts import ArtifactStore, sha256_of
 from core.datasets import Splits
 from core.models import Job
@@ -24,6 +28,7 @@ from core.sweeper import Sweeper
 from worker import packing, training
 from worker.checkpoints import Snapshot
 from worker.devices import setup_device
+from worker.servable import servable
 
 log = logging.getLogger("tricklab.worker")
 
@@ -33,6 +38,10 @@ def failure_reason(error: BaseException) -> FailureReason:
         return FailureReason.INVALID_DATA
     if isinstance(error, training.TrainingDiverged):
         return FailureReason.DIVERGED
+    if isinstance(error, training.TimedOut):
+        return FailureReason.TIMEOUT
+    if isinstance(error, ValidationError):
+        return FailureReason.INVALID_SPEC
     return FailureReason.ERROR
 
 
@@ -64,7 +73,7 @@ class Heartbeat(threading.Thread):
 @dataclass
 class Held:
     """A job this worker has claimed: its lease, the heartbeat renewing it, how its training
-    is steered, and its newest registered checkpoint."""
+    is steered, its newest registered checkpoint, and when this attempt began."""
 
     job: Job
     lease: Lease
@@ -72,7 +81,12 @@ class Held:
     control: training.Control
     heartbeat: Heartbeat
     checkpoint: Checkpoint | None
+    began: float = field(default_factory=time.monotonic)
     settled: bool = False
+
+    def trained_seconds(self) -> float:
+        """Over all the job's attempts: what earlier ones recorded, and this one so far."""
+        return self.job.trained_seconds + time.monotonic() - self.began
 
 
 class Worker:
@@ -86,6 +100,8 @@ class Worker:
         sweep_seconds: float = 15.0,
         name: str | None = None,
         pack_size: int = 1,
+        pack_memory_bytes: int = 2**30,
+        max_job_seconds: float = math.inf,
     ) -> None:
         self.store, self.artifacts, self.data_dir = store, artifacts, data_dir
         self.poll_seconds = poll_seconds
@@ -93,6 +109,8 @@ class Worker:
         self.sweep_seconds = sweep_seconds
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.pack_size = pack_size
+        self.pack_memory_bytes = pack_memory_bytes
+        self.max_job_seconds = max_job_seconds
         self.device = setup_device()
         self._stop = threading.Event()
         self._held: list[Held] = []
@@ -115,8 +133,13 @@ class Worker:
         sweeper.start()
         try:
             while not self.stopping:
-                if self.run_one() and not once:
-                    continue
+                try:
+                    if self.run_one() and not once:
+                        continue
+                except Exception:  # the database went away for a moment, say: not the end
+                    log.exception(
+                        "worker=%s could not claim or settle jobs; trying again", self.name
+                    )
                 if once:
                     break
                 self._stop.wait(self.poll_seconds)
@@ -127,14 +150,17 @@ class Worker:
     def run_one(self) -> bool:
         """Claim a job, or up to `pack_size` compatible ones, and train them (together when
         there are several); False if the queue was empty."""
-        claimed = self.store.claim_pack(self.name, self.device, self.pack_size, _pack_key)
+        claimed = self.store.claim_pack(self.name, self.device, self.pack_size, self._pack_key)
         if not claimed:
             return False
-        held = self._held = [self._hold(job, lease, len(claimed)) for job, lease in claimed]
+        held = self._held = [
+            one for job, lease in claimed if (one := self._hold(job, lease, len(claimed)))
+        ]
         if self.stopping:  # a signal that came while they were being claimed
             self.request_stop()
         try:
-            self._train(held)
+            if held:
+                self._train(held)
         except BaseException:  # a second signal or SystemExit: hand the jobs back, then go
             for one in held:
                 if not one.settled and self.store.release(one.lease):
@@ -148,7 +174,9 @@ class Worker:
             self._held = []
         return True
 
-    def _hold(self, job: Job, lease: Lease, pack: int) -> Held:
+    def _hold(self, job: Job, lease: Lease, pack: int) -> Held | None:
+        """Start holding a claimed job; None if its stored spec cannot be read, which fails
+        the job alone (reason invalid_spec)."""
         log.info(
             "job=%s claimed worker=%s attempt=%d checkpoint_epoch=%s pack=%d",
             job.id,
@@ -157,11 +185,26 @@ class Worker:
             job.checkpoint_epoch,
             pack,
         )
-        control = training.Control()
+        try:
+            spec = JobSpec.model_validate(job.spec)
+        except ValidationError as error:
+            status = self.store.fail(lease, FailureReason.INVALID_SPEC, _unreadable(error))
+            log.error("job=%s has an invalid spec (%s); job now %s", job.id, error, status)
+            return None
+        deadline = time.monotonic() + self.max_job_seconds - job.trained_seconds
+        control = training.Control(time_limit=self.max_job_seconds, deadline=deadline)
         heartbeat = Heartbeat(self.store, lease, control.lease_lost, self.heartbeat_seconds)
         heartbeat.start()
-        spec = JobSpec.model_validate(job.spec)
         return Held(job, lease, spec, control, heartbeat, _registered(job))
+
+    def _pack_key(self, document: dict[str, Any]) -> tuple[str, int] | None:
+        """Which jobs train together, and how many of them fit the memory budget."""
+        try:
+            spec = JobSpec.model_validate(document)
+        except ValidationError:
+            return None  # alone: it fails as invalid_spec once held
+        key = packing.pack_key(spec)
+        return None if key is None else (key, self.pack_memory_bytes // cost.memory_bytes(spec))
 
     def _train(self, held: list[Held]) -> None:
         """Train the held jobs (all of one pack key), each settled as soon as it ends."""
@@ -249,7 +292,7 @@ class Worker:
         job, lease = held.job, held.lease
         name = self.artifacts.attempt_file(job.id, lease.token, f"checkpoint-{row['epoch']}.npz")
         new = Checkpoint(row["epoch"], name, self.artifacts.write_atomic(name, snapshot.save))
-        if not self.store.record_epoch(lease, row, new):
+        if not self.store.record_epoch(lease, row, new, held.trained_seconds()):
             self.artifacts.remove(name)
             return False
         if held.checkpoint is not None:
@@ -261,7 +304,8 @@ class Worker:
     def _finish(self, held: Held, trained: training.Trained) -> None:
         job, lease = held.job, held.lease
         model_path = self.artifacts.attempt_file(job.id, lease.token, "model.keras")
-        digest = self.artifacts.write_atomic(model_path, trained.model.save)
+        # Saved with standard Keras layers only: the file loads in plain Keras, and serves.
+        digest = self.artifacts.write_atomic(model_path, servable(trained.model).save)
         self.artifacts.write_json(
             self.artifacts.attempt_file(job.id, lease.token, "spec.json"),
             {
@@ -324,8 +368,11 @@ class Worker:
 Outcome = training.Trained | Exception
 
 
-def _pack_key(spec: dict[str, Any]) -> str | None:
-    return packing.pack_key(JobSpec.model_validate(spec))
+def _unreadable(error: ValidationError) -> ValueError:
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors()
+    )
+    return ValueError(f"the stored spec is not a valid job spec: {problems}")
 
 
 def _registered(job: Job) -> Checkpoint | None:

@@ -44,6 +44,7 @@ from worker.training import (
     Report,
     Run,
     Scores,
+    TimedOut,
     Trained,
     TrainingDiverged,
     epoch_order,
@@ -78,7 +79,7 @@ class Branch:
     resume: Snapshot | None = None
 
 
-Outcome = Trained | LeaseLost | Interrupted | TrainingDiverged
+Outcome = Trained | LeaseLost | TimedOut | Interrupted | TrainingDiverged
 
 
 def train_pack(
@@ -133,8 +134,8 @@ def train_pack(
             end(k, run.finish(done, started))
     y_train = targets(spec, splits.y_train)
 
-    def all_lost() -> bool:
-        return all(branch.control.lease_lost.is_set() for branch in branches)
+    def all_halted() -> bool:
+        return all(branch.control.halt() for branch in branches)
 
     for epoch in range(done + 1, spec.epochs + 1):
         if None not in outcomes:
@@ -144,10 +145,10 @@ def train_pack(
         y = {"probabilities": y_train[orders]}
         if penalised:
             y["penalty"] = np.zeros(orders.shape, np.float32)
-        logs = steps.train_epoch(trainer, orders, y, spec.batch_size, all_lost)
-        if logs is None:  # every branch's lease is lost
+        logs = steps.train_epoch(trainer, orders, y, spec.batch_size, all_halted)
+        if logs is None:  # every branch's lease is lost, or its time up
             for k in [k for k, outcome in enumerate(outcomes) if outcome is None]:
-                end(k, LeaseLost())
+                end(k, branches[k].control.halt() or LeaseLost())
             break
         mirror.out_of_pack([k for k, outcome in enumerate(outcomes) if outcome is None])
         val = _scores(scorer, data.x_val, splits.y_val)
@@ -160,7 +161,7 @@ def train_pack(
                 scored = {"val": val[k], "test": test[k]}
                 if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds, scored):
                     end(k, run.finish(epoch, started))
-            except (LeaseLost, Interrupted, TrainingDiverged) as error:
+            except (LeaseLost, TimedOut, Interrupted, TrainingDiverged) as error:
                 end(k, error)
     # Those whose final model is their last epoch's, still in the pack, are scored together.
     last = [k for k, o in enumerate(outcomes) if o is None and not runs[k].watch.best_weights]

@@ -21,13 +21,12 @@ from typing import Any
 import keras
 import numpy as np
 
+from core.cost import EVAL_BATCH
 from core.datasets import Splits
 from core.images import scale
 from core.spec import NUM_CLASSES, Augmentation, JobSpec
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
-
-EVAL_BATCH = 4096  # images per inference call: the same numbers at any size; fewer calls are faster
 
 Scores = tuple[float, float] | None  # plain cross-entropy and accuracy; None: an empty split
 
@@ -44,12 +43,31 @@ class TrainingDiverged(ArithmeticError):
     """The loss became NaN or infinite; retrying the same spec would diverge again."""
 
 
+class TimedOut(Exception):
+    """The job has trained for longer than it may, over all its attempts."""
+
+
 @dataclass
 class Control:
     """How the worker steers a training from outside, from any thread."""
 
     lease_lost: threading.Event = field(default_factory=threading.Event)  # stop at once
     stop_requested: threading.Event = field(default_factory=threading.Event)  # after the epoch
+    # The job's training time over all its attempts (TRICKLAB_MAX_JOB_SECONDS), and the
+    # time.monotonic() at which this attempt has used up what is left of it.
+    time_limit: float = math.inf
+    deadline: float = math.inf
+
+    def halt(self) -> LeaseLost | TimedOut | None:
+        """Why training must stop at once, if it must: checked between chunks of steps."""
+        if self.lease_lost.is_set():
+            return LeaseLost()
+        if time.monotonic() > self.deadline:
+            return TimedOut(
+                f"the job trained for longer than its limit of {self.time_limit:g} s over all "
+                "its attempts (TRICKLAB_MAX_JOB_SECONDS)"
+            )
+        return None
 
 
 @dataclass
@@ -97,10 +115,10 @@ def train(
         began = time.perf_counter()
         order = epoch_order(spec.seed, epoch, len(data.x_train))
         logs = steps.train_epoch(
-            trainer, order, y_train[order], spec.batch_size, run.control.lease_lost.is_set
+            trainer, order, y_train[order], spec.batch_size, lambda: bool(run.control.halt())
         )
         if logs is None:
-            raise LeaseLost
+            raise run.control.halt() or LeaseLost()
         epoch_logs = {
             "objective": logs["loss"],
             "accuracy": logs["accuracy"],
@@ -180,10 +198,10 @@ class Run:
         """Score, record and checkpoint an epoch trained with these epoch-mean `logs`
         (objective, accuracy, crossentropy); True when early stopping ends the training.
         `scored`: the model's val and test `scores`, when already computed (their time
-        counted in `fit_seconds`). Raises LeaseLost, TrainingDiverged, or Interrupted when
-        the worker asked to stop."""
-        if self.control.lease_lost.is_set():
-            raise LeaseLost
+        counted in `fit_seconds`). Raises LeaseLost, TimedOut, TrainingDiverged, or
+        Interrupted when the worker asked to stop."""
+        if halt := self.control.halt():
+            raise halt
         if not math.isfinite(logs["objective"]):
             raise TrainingDiverged(
                 f"the training loss became {logs['objective']} in epoch {epoch}; "

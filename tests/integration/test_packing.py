@@ -161,11 +161,11 @@ def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
     worker = packing_worker(settings, store)
     record_epoch = store.record_epoch
 
-    def cancel_and_stop_at_epoch_2(lease, metrics, checkpoint):
+    def cancel_and_stop_at_epoch_2(lease, metrics, *args):
         if (lease.job_id, metrics["epoch"]) == (ids[0], 2):
-            store.cancel(ids[1])  # as DELETE /v1/jobs/{id} would, mid-epoch-end
+            store.cancel(ids[1])  # as POST /v1/jobs/{id}/cancel would, mid-epoch-end
             worker.request_stop()  # as SIGTERM would
-        return record_epoch(lease, metrics, checkpoint)
+        return record_epoch(lease, metrics, *args)
 
     monkeypatch.setattr(store, "record_epoch", cancel_and_stop_at_epoch_2)
     assert worker.run_one()
@@ -180,4 +180,6 @@ def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
     for job_id, (recorder, _) in zip([ids[0], ids[2]], [alone[0], alone[2]], strict=True):
         assert store.get(job_id).status == JobStatus.SUCCEEDED
         assert_same_rows(stored_rows(store, job_id, recorder.rows[0]), recorder.rows)
-    assert [m.attempt for m in store.metrics(ids[0])] == [1, 1, 2, 2, 2, 2]
+    # Handed back by a stopping worker, the attempt went on: one attempt, resumed after epoch 2.
+    assert [m.attempt for m in store.metrics(ids[0])] == [1] * 6
+    assert store.get(ids[0]).attempts == 1

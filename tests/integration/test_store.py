@@ -28,7 +28,7 @@ EPOCH = {
 
 def record(store: JobStore, lease: Lease, epoch: int) -> bool:
     checkpoint = Checkpoint(epoch, f"jobs/{lease.job_id}/{epoch}.npz", "0" * 64)
-    return store.record_epoch(lease, {"epoch": epoch, **EPOCH}, checkpoint)
+    return store.record_epoch(lease, {"epoch": epoch, **EPOCH}, checkpoint, 1.5 * epoch)
 
 
 def claimed(store: JobStore, spec: JobSpec | None = None) -> Lease:
@@ -65,9 +65,10 @@ def test_claim_takes_the_oldest_job_counts_an_attempt_and_leases_it(any_store):
     assert any_store.claim("w3", "CPU") is None
 
 
-def by_width(spec: dict) -> str:
-    """A stand-in for the worker's pack key: jobs of one width train together."""
-    return str(spec["hidden_units"])
+def by_width(spec: dict) -> tuple[str, int]:
+    """A stand-in for the worker's pack key: jobs of one width train together, as many as
+    the spec's `batch_size` says (a stand-in for the memory budget)."""
+    return str(spec["hidden_units"]), spec["batch_size"]
 
 
 def test_a_pack_is_the_oldest_job_and_its_oldest_compatible_mates(any_store):
@@ -224,9 +225,40 @@ def test_release_hands_the_job_back_with_its_checkpoint(any_store):
         [],
         1,
     )
-    again, _ = any_store.claim("w2", "CPU")
-    assert (again.id, again.attempts) == (job.id, 2)
+    # The attempt goes on: a graceful hand-back is neither a failure nor a second attempt.
+    assert (job.attempts, job.max_attempts, job.trained_seconds) == (0, 3, 1.5)
+    again, lease = any_store.claim("w2", "CPU")
+    assert (again.id, again.attempts, lease.attempt) == (job.id, 1, 1)
     assert [m.epoch for m in any_store.metrics(job.id)] == [1]
+    for _ in range(5):  # however often it is handed back
+        assert any_store.release(lease)
+        again, lease = any_store.claim("w2", "CPU")
+    assert again.attempts == 1
+
+
+def test_a_pack_holds_no_more_jobs_than_its_key_says_fit(any_store):
+    ids = [any_store.enqueue(JobSpec(seed=seed, batch_size=2))[0].id for seed in range(5)]
+    assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 8, by_width)] == ids[:2]
+    assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 1, by_width)] == ids[2:3]
+
+
+def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_store):
+    lease = claimed(any_store)
+    record(any_store, lease, 1)
+    running = any_store.delete_artifacts(lease.job_id)
+    assert (running.status, running.artifacts_deleted_at) == (JobStatus.RUNNING, None)
+    any_store.finish(lease, result={"test_accuracy": 0.8}, model_path="jobs/x/model.keras")
+    deleted = any_store.delete_artifacts(lease.job_id)
+    assert deleted.artifacts_deleted_at is not None
+    assert (deleted.model_path, deleted.checkpoint_path, deleted.result) == (
+        None,
+        None,
+        {"test_accuracy": 0.8},
+    )
+    assert [m.epoch for m in any_store.metrics(lease.job_id)] == [1]
+    again = any_store.delete_artifacts(lease.job_id)  # idempotent: the first time is kept
+    assert again.artifacts_deleted_at == deleted.artifacts_deleted_at
+    assert any_store.delete_artifacts("nope") is None
 
 
 def test_forgetting_a_checkpoint_starts_the_history_over(any_store):
@@ -256,17 +288,27 @@ def test_an_older_schema_is_refused_with_advice(tmp_path):
         init_db(engine)
 
 
-def test_a_version_2_database_gains_the_studies_table_and_keeps_its_jobs(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'v2.db'}")
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url, version):
+    engine = make_engine(database_url)
     init_db(engine)
     job, _ = JobStore(engine).enqueue(JobSpec(seed=3))
-    with engine.begin() as connection:  # as tricklab with schema version 2 left it
-        connection.exec_driver_sql("DROP TABLE studies")
-        connection.exec_driver_sql("UPDATE tricklab_meta SET value = '2'")
+    with engine.begin() as connection:  # as tricklab with that schema version left it
+        if version == "2":
+            connection.exec_driver_sql("DROP TABLE studies")
+        for column in ("trained_seconds", "artifacts_deleted_at"):
+            connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        connection.exec_driver_sql(f"UPDATE tricklab_meta SET value = '{version}'")
     init_db(engine)
     store = JobStore(engine)
-    assert store.get(job.id).spec["seed"] == 3
+    upgraded = store.get(job.id)
+    assert (upgraded.spec["seed"], upgraded.trained_seconds, upgraded.artifacts_deleted_at) == (
+        3,
+        0.0,
+        None,
+    )
     assert store.list_studies() == ([], 0)
+    init_db(engine)  # and again: nothing left to do
 
 
 def claim_all(url: str, worker: str, results) -> None:

@@ -5,13 +5,17 @@ import json
 import keras
 import numpy as np
 import pytest
+from sqlalchemy.exc import OperationalError
 
-from core.artifacts import sha256_of
+from core.artifacts import ArtifactStore, sha256_of
 from core.config import get_settings
 from core.spec import JobSpec
 from core.states import JobStatus
+from core.store import Checkpoint
 from tests.conftest import TINY, drain_queue, write_dataset
+from tests.integration.test_store import EPOCH
 from worker.__main__ import main
+from worker.loop import Worker
 
 
 @pytest.fixture
@@ -118,3 +122,84 @@ def test_errors_fail_the_job_with_their_type_and_message(settings, store, tmp_pa
     )
     assert "lower learning_rate" in diverged.error_message
     assert store.get(healthy.id).status == JobStatus.SUCCEEDED  # the worker carried on
+
+
+def stored(store, document: dict) -> str:
+    """A queued job whose spec is stored as given, unvalidated: as an older tricklab could
+    have stored it (a study's derived seed past the largest one, once)."""
+    job = store._new_job(JobSpec.model_validate(TINY))
+    job.spec = document
+    with store._write.begin() as session:
+        session.add(job)
+    return job.id
+
+
+@pytest.mark.parametrize("pack_size", [1, 8])
+def test_a_stored_spec_that_cannot_be_read_fails_alone_and_the_others_train(
+    settings, store, client, pack_size
+):
+    healthy = [store.enqueue(JobSpec.model_validate({**TINY, "seed": s}))[0].id for s in (1, 2)]
+    unreadable = [
+        stored(store, {**JobSpec.model_validate(TINY).model_dump(), "seed": 2**31}),
+        stored(store, {"tricks": "dropout", "epochs": "many"}),
+    ]
+    listed = client.get("/v1/jobs")  # shown as stored, not a 500
+    assert listed.status_code == 200
+    assert {job["spec"].get("epochs") for job in listed.json()["jobs"]} == {2, "many"}
+
+    drain_queue(settings, pack_size=pack_size)
+    for job_id in healthy:
+        assert store.get(job_id).status == JobStatus.SUCCEEDED
+    for job_id in unreadable:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert (job["status"], job["attempts"], job["error"]["reason"]) == (
+            "failed",
+            1,
+            "invalid_spec",
+        )
+        assert job["error"]["message"].startswith("the stored spec is not a valid job spec: ")
+    assert "seed: Input should be less than or equal to 2147483647" in store.get(
+        unreadable[0]
+    ).error_message
+
+
+@pytest.mark.parametrize("pack_size", [1, 8])
+def test_a_job_that_trains_past_its_time_fails_with_reason_timeout(settings, store, pack_size):
+    spec = JobSpec.model_validate({**TINY, "epochs": 1000})
+    ids = [store.enqueue(spec.model_copy(update={"seed": seed}))[0].id for seed in range(2)]
+    drain_queue(settings, pack_size=pack_size, max_job_seconds=1.0)
+    for job_id in ids:
+        job = store.get(job_id)
+        assert (job.status, job.failure_reason, job.attempts) == (JobStatus.FAILED, "timeout", 1)
+        assert "its limit of 1 s over all its attempts (TRICKLAB_MAX_JOB_SECONDS)" in (
+            job.error_message
+        )
+        assert job.epochs_done < 1000
+
+
+def test_time_spent_in_earlier_attempts_counts(settings, store):
+    store.enqueue(JobSpec.model_validate(TINY))
+    _, lease = store.claim("w", "CPU")
+    store.record_epoch(lease, {"epoch": 1, **EPOCH}, Checkpoint(1, "gone.npz", "0" * 64), 50.0)
+    store.release(lease)  # 50 s trained; the limit is 30
+    drain_queue(settings, max_job_seconds=30)
+    job = store.get(lease.job_id)
+    assert (job.status, job.failure_reason) == (JobStatus.FAILED, "timeout")
+
+
+def test_the_worker_loop_outlives_a_passing_database_error(settings, store, monkeypatch, caplog):
+    job = store.enqueue(JobSpec.model_validate(TINY))[0]
+    worker = Worker(store, ArtifactStore(settings.artifacts_dir), settings.data_dir)
+    claim_pack = store.claim_pack
+    calls = iter([OperationalError("SELECT", {}, Exception("the database is restarting"))])
+
+    def flaky(*args, **kwargs):
+        if error := next(calls, None):
+            raise error
+        return claim_pack(*args, **kwargs)
+
+    monkeypatch.setattr(store, "claim_pack", flaky)
+    worker.run(once=True)  # the error: logged, not raised
+    assert "could not claim or settle jobs" in caplog.text
+    worker.run(once=True)
+    assert store.get(job.id).status == JobStatus.SUCCEEDED

@@ -1,0 +1,135 @@
+"""A saved servable model loads with plain Keras in a process that cannot import tricklab, and
+answers exactly as the trained model does at inference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from core.spec import JobSpec
+from service.inference import numpy_forward
+from tests.conftest import TINY
+from worker import training
+from worker.servable import servable
+
+VARIANTS = {
+    "base": [],
+    "dropout": ["dropout"],
+    "dropout+batch_norm": ["dropout", "batch_norm"],
+    "augmentation": ["augmentation"],
+}
+
+# Run with `python -I` in an empty folder, so neither the repository nor the current directory
+# is on sys.path; the script also hides the project's editable install, which is on the meta
+# path of this virtualenv. argv: the folder holding inputs.npy and one <variant>.keras per model.
+# Each model's answer, or its loading error, is reported on its own, so that one model that
+# cannot load fails its own tests only.
+LOADER = """
+import importlib.util, json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith("__editable__")]
+OURS = ("core", "worker", "service")
+assert all(importlib.util.find_spec(name) is None for name in OURS), "tricklab is importable"
+from pathlib import Path
+import keras, numpy as np
+folder = Path(sys.argv[1])
+inputs = np.load(folder / "inputs.npy")
+answers = {}
+for path in sorted(folder.glob("*.keras")):
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        answers[path.stem] = {"error": f"{type(error).__name__}: {error}"}
+        continue
+    outputs = keras.ops.convert_to_numpy(model(inputs, training=False))
+    answers[path.stem] = {
+        "outputs": outputs.tolist(),
+        "modules": [type(layer).__module__ for layer in model.layers],
+        "imported": sorted(name for name in sys.modules if name.split(".")[0] in OURS),
+    }
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(splits: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Each variant trained, its servable model saved, and what a plain-Keras process answers
+    for fixed inputs next to the trained model's own inference-mode outputs."""
+    folder = tmp_path_factory.mktemp("servable")
+    (folder / "trained").mkdir()  # the models as trained, outside the loader's glob
+    scaled = training.Data.of(splits).x_test[:16]
+    noise = np.random.default_rng(0).random((16, 28, 28), np.float32)
+    inputs = np.concatenate([scaled, noise]).astype(np.float32)
+    np.save(folder / "inputs.npy", inputs)
+    expected = {}
+    for name, tricks in VARIANTS.items():
+        spec = JobSpec.model_validate({**TINY, "tricks": tricks})
+        trained = training.train(spec, splits, lambda row, snapshot: True)
+        expected[name] = keras.ops.convert_to_numpy(trained.model(inputs, training=False))
+        servable(trained.model).save(folder / f"{name}.keras")
+        trained.model.save(folder / "trained" / f"{name}.keras")
+    empty = tmp_path_factory.mktemp("cwd")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOADER, str(folder)],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    answers = json.loads(result.stdout)
+    return {"folder": folder, "inputs": inputs, "expected": expected, "answers": answers}
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loads_without_tricklab_and_answers_as_the_trained_model(saved, variant):
+    answer = saved["answers"][variant]
+    assert "error" not in answer, answer["error"][:2000]
+    assert answer["imported"] == []  # loading needed nothing of tricklab
+    assert all(module.startswith("keras.") for module in answer["modules"]), answer["modules"]
+    np.testing.assert_allclose(
+        np.asarray(answer["outputs"], np.float32), saved["expected"][variant], rtol=0, atol=1e-6
+    )
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_saved_config_names_only_standard_keras_classes(saved, variant):
+    with zipfile.ZipFile(saved["folder"] / f"{variant}.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert config["module"].startswith("keras") and config["registered_name"] == "Functional"
+    assert config["config"]["name"] == "tricklab_mlp"
+    layers = config["config"]["layers"]
+    assert [layer["config"]["name"] for layer in layers if layer["class_name"] == "InputLayer"] == [
+        "image"
+    ]
+    for layer in layers:
+        assert layer["module"].startswith("keras."), layer
+        assert layer["registered_name"] in (None, layer["class_name"]), layer
+    assert "tricklab>" not in json.dumps(config)
+    if "dropout" in VARIANTS[variant]:
+        assert "Dropout" in {layer["class_name"] for layer in layers}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("saved_as", ["servable", "trained"])
+def test_the_service_runs_it_and_models_saved_as_trained_on_the_numpy_path(
+    saved, variant, saved_as
+):
+    """The service (which registers HashDropout, for models saved before servable models)
+    loads both, and its numpy fast path recognises both."""
+    folder = saved["folder"] if saved_as == "servable" else saved["folder"] / "trained"
+    model = keras.saving.load_model(folder / f"{variant}.keras", compile=False, safe_mode=True)
+    forward = numpy_forward(model)
+    assert forward is not None
+    # The predictor's own test before it serves through numpy: float32 sums in another order.
+    np.testing.assert_allclose(
+        forward(saved["inputs"]), saved["expected"][variant], rtol=1e-4, atol=1e-6
+    )
