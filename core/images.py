@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import pyspng
@@ -26,8 +27,6 @@ from PIL import Image, ImageOps
 
 SIDE = 28
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
-# A 28×28 result needs no huge source; refusing before decoding stops decompression bombs.
-MAX_PIXELS = 40_000_000
 # Pixels this close to the background (after inversion) count as background when trimming.
 TRIM_THRESHOLD = 16
 # The largest plain PNG decoded by libspng, not Pillow (a 256×256 picture, well under 1 ms).
@@ -40,18 +39,45 @@ class ImageError(ValueError):
     """The bytes are not a usable image; the message says why."""
 
 
+@dataclass
+class PixelBudget:
+    """What decoding may cost, in pixels, judged from each picture's header before any
+    decoding: a small file can declare a huge picture (a 163 KiB PNG can hold 40 million
+    pixels), and a 28×28 result needs no huge source. `per_image` bounds each picture, and
+    `total` all the pictures charged to this budget (one request's)."""
+
+    per_image: int
+    total: int
+    spent: int = 0
+
+    def charge(self, width: int, height: int) -> None:
+        """Count a picture of this size, or raise ImageError naming the limit it passes."""
+        pixels = width * height
+        if pixels > self.per_image:
+            raise ImageError(
+                f"image too large: {width}×{height} pixels; the limit is {self.per_image:,} "
+                "pixels a picture (TRICKLAB_MAX_IMAGE_PIXELS)"
+            )
+        if self.spent + pixels > self.total:
+            raise ImageError(
+                f"the pictures of this request hold more than {self.total:,} pixels together "
+                "(TRICKLAB_MAX_REQUEST_PIXELS); send fewer or smaller pictures per request"
+            )
+        self.spent += pixels
+
+
 def scale(pixels: np.ndarray) -> np.ndarray:
     """uint8 (or 0–255 float) pixels → float32 in [0, 1]: exactly what the model sees."""
     return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
 
 
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes, budget: PixelBudget) -> np.ndarray:
     """Image file bytes → 28×28 uint8, light on dark (see the module docstring)."""
-    pixels = decode_plain_png(data)
-    return pixels if pixels is not None else convert(open_image(data))
+    pixels = decode_plain_png(data, budget)
+    return pixels if pixels is not None else convert(open_image(data, budget))
 
 
-def decode_plain_png(data: bytes) -> np.ndarray | None:
+def decode_plain_png(data: bytes, budget: PixelBudget) -> np.ndarray | None:
     """The common case, fast: a small 8-bit grayscale PNG without interlacing, transparency
     or metadata that changes the picture (what Fashion-MNIST's own images export as) →
     28×28 uint8 exactly as `decode_image` makes it; None for anything else, which Pillow then
@@ -69,6 +95,7 @@ def decode_plain_png(data: bytes) -> np.ndarray | None:
         gray = pyspng.load(data)
     except RuntimeError:  # truncated or corrupt: Pillow's reading says why
         return None
+    budget.charge(width, height)
     return _fit(gray)
 
 
@@ -84,8 +111,9 @@ def _plain_chunks(data: bytes) -> bool:
     return True
 
 
-def open_image(data: bytes) -> Image.Image:
-    """Reads only the header: cheap, and refuses oversized images before any decoding."""
+def open_image(data: bytes, budget: PixelBudget) -> Image.Image:
+    """Reads only the header: cheap, and charges the budget (or refuses the picture) before
+    any decoding."""
     if not data:
         raise ImageError("the file is empty")
     try:
@@ -96,13 +124,12 @@ def open_image(data: bytes) -> Image.Image:
         ) from None
     except Image.DecompressionBombError:  # Pillow's own, far higher limit
         raise ImageError(
-            f"image too large: its header declares far over the limit of {MAX_PIXELS:,} pixels"
+            f"image too large: its header declares far over the limit of {budget.per_image:,} "
+            "pixels a picture (TRICKLAB_MAX_IMAGE_PIXELS)"
         ) from None
     except (OSError, SyntaxError, ValueError) as error:  # a header cut short or garbled
         raise ImageError(f"corrupt or truncated image: {error}") from None
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise ImageError(f"image too large: {width}×{height} pixels; the limit is {MAX_PIXELS:,}")
+    budget.charge(*image.size)
     return image
 
 

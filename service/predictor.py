@@ -13,7 +13,7 @@ import numpy as np
 
 import core.layers  # noqa: F401  # registers tricklab's layers, which saved models name
 from core.artifacts import ArtifactStore, sha256_of
-from core.images import convert, decode_plain_png, open_image, scale
+from core.images import PixelBudget, convert, decode_plain_png, open_image, scale
 from core.models import Job
 from core.spec import DATASET_CLASSES
 from service.batching import Batcher
@@ -95,6 +95,10 @@ class Predictor:
             self._models.move_to_end(job_id)
         return model
 
+    def forget(self, job_id: str) -> None:
+        """Drop the job's model from memory (its files were deleted)."""
+        self._models.pop(job_id, None)
+
     async def load(self, job: Job) -> LoadedModel:
         """A succeeded job's model, loaded (checksum checked) unless it is in memory already.
         Raises ModelUnavailable."""
@@ -109,13 +113,14 @@ class Predictor:
         # A client that goes away must not cancel the load the others wait for.
         return await asyncio.shield(loading)
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Image file bytes → 28×28 pixels; raises core.images.ImageError. A small image is
-        decoded at once (a thread hop would cost more); a large one in a thread."""
-        pixels = decode_plain_png(data)
+    async def decode(self, data: bytes, budget: PixelBudget) -> np.ndarray:
+        """Image file bytes → 28×28 pixels, charged to the request's `budget`; raises
+        core.images.ImageError. A small image is decoded at once (a thread hop would cost
+        more); a large one in a thread."""
+        pixels = decode_plain_png(data, budget)
         if pixels is not None:
             return pixels
-        image = open_image(data)
+        image = open_image(data, budget)
         if image.width * image.height <= INLINE_PIXELS:
             return convert(image)
         async with self._decoding:

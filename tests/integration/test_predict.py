@@ -12,13 +12,15 @@ from PIL import Image
 from threadpoolctl import threadpool_info
 
 from core.db import make_engine
-from core.images import decode_image, scale
+from core.images import PixelBudget, decode_image, scale
 from core.retry import FailureReason
 from core.states import JobStatus
 from core.store import JobStore
 from service.app import create_app
 from tests.conftest import TINY, drain_queue, settings_in, tiny_images
 from tests.images import encode, png_declaring
+
+BUDGET = PixelBudget(per_image=4_000_000, total=16_000_000)
 
 IMAGES, LABELS = tiny_images(4, seed=11)
 LIMIT = 100_000  # bytes of request body
@@ -28,7 +30,12 @@ LIMIT = 100_000  # bytes of request body
 def trained(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("predict")
     settings = settings_in(
-        root, data_dir, max_predict_files=5, max_predict_instances=5, max_request_bytes=LIMIT
+        root,
+        data_dir,
+        max_predict_files=5,
+        max_predict_instances=5,
+        max_request_bytes=LIMIT,
+        max_request_pixels=8_000_000,
     )
     with TestClient(create_app(settings)) as client:
         job = client.post("/v1/jobs", json={**TINY, "epochs": 3}).json()
@@ -126,7 +133,7 @@ def test_every_way_of_sending_an_image_gives_the_same_probabilities(trained, kin
         client.post(url, content=data, headers={"content-type": kind}),
         client.post(url, json={"instances": [b64(data)]}),
         # The pixels the one preprocessing function makes of the file, sent as an array.
-        client.post(url, json={"instances": [decode_image(data).tolist()]}),
+        client.post(url, json={"instances": [decode_image(data, BUDGET).tolist()]}),
     ]
     assert [answer.status_code for answer in answers] == [200] * 4, answers[-1].text
     first, *others = [answer.json()["predictions"] for answer in answers]
@@ -159,7 +166,7 @@ def test_model_metadata_describes_input_classes_training_and_result(trained):
 
     queued = client.get("/v1/jobs", params={"status": "queued"}).json()["jobs"][0]["id"]
     assert client.get(f"/v1/jobs/{queued}/model/metadata").status_code == 409
-    assert client.get("/v1/jobs/nope/model/metadata").status_code == 404
+    assert client.get("/v1/jobs/00000000000000000000000000000000/model/metadata").status_code == 404
 
 
 def detail(response) -> str:
@@ -255,8 +262,14 @@ def raw(data: bytes) -> dict:
         (lambda: raw(b""), 400, "the body: the file is empty"),
         (lambda: raw(b"not an image"), 400, "the body: not an image"),
         (lambda: raw(encode(IMAGES[0])[:60]), 400, "the body: corrupt or truncated"),
-        (lambda: raw(png_declaring(100_000, 100_000)), 400, "far over the limit of 40,000,000"),
+        (lambda: raw(png_declaring(100_000, 100_000)), 400, "far over the limit of 4,000,000"),
         (lambda: raw(png_declaring(7_000, 7_000)), 400, "7000×7000 pixels; the limit"),
+        (lambda: raw(png_declaring(2_001, 2_000)), 400, "(TRICKLAB_MAX_IMAGE_PIXELS)"),
+        (
+            lambda: {"files": files(*[encode(np.zeros((2_000, 1_000), np.uint8))] * 5)},
+            400,
+            "file 5 ('image4.png'): the pictures of this request hold more than 8,000,000",
+        ),
         (lambda: raw(b"x" * (LIMIT + 1)), 413, f"the request body is {LIMIT + 1:,} bytes"),
         (lambda: {"files": files(b"x" * LIMIT)}, 413, "the limit is 100,000 bytes"),
         (lambda: {**raw(b""), "content": iter([b"x" * 60_000] * 2)}, 413, "over 100,000 bytes"),
@@ -289,8 +302,10 @@ def test_predicting_with_a_job_that_has_not_succeeded_is_a_conflict(trained):
             response = client.post(f"/v1/jobs/{job_id}/predict", **request)
             assert response.status_code == 409, response.text
             assert f"is {status}" in response.json()["detail"]
-    unknown = client.post("/v1/jobs/nope/predict", json={"instances": IMAGES[:1].tolist()})
-    assert unknown.status_code == 404 and "no job with id 'nope'" in unknown.json()["detail"]
+    unknown_id = "0" * 32
+    unknown = client.post(f"/v1/jobs/{unknown_id}/predict", json={"instances": IMAGES[:1].tolist()})
+    assert unknown.status_code == 404
+    assert f"no job with id '{unknown_id}'" in unknown.json()["detail"]
 
 
 def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):

@@ -2,13 +2,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError, convert, decode_image, decode_plain_png, open_image, scale
+from core.images import (
+    ImageError,
+    PixelBudget,
+    convert,
+    decode_image,
+    decode_plain_png,
+    open_image,
+    scale,
+)
 from tests.conftest import tiny_images
 from tests.images import encode, png_declaring
 
 IMAGE = tiny_images(1, seed=5)[0][0]  # 28×28, light band on a dark, noisy background
 ORIENTED = Image.Exif()
 ORIENTED[0x0112] = 6  # orientation 6: the stored pixels are turned a quarter left
+
+
+def budget() -> PixelBudget:
+    """The service's default limits: 4 million pixels a picture, 16 million a request."""
+    return PixelBudget(per_image=4_000_000, total=16_000_000)
+
+
+def decode(data: bytes):
+    return decode_image(data, budget())
 
 
 def test_scale_maps_0_255_to_0_1_as_float32():
@@ -18,19 +35,19 @@ def test_scale_maps_0_255_to_0_1_as_float32():
 
 
 def test_a_28x28_grayscale_png_keeps_its_exact_pixels():
-    np.testing.assert_array_equal(decode_image(encode(IMAGE)), IMAGE)
+    np.testing.assert_array_equal(decode(encode(IMAGE)), IMAGE)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
 def test_colour_modes_convert_to_the_same_grayscale(mode):
     image = Image.fromarray(IMAGE).convert(mode)
-    np.testing.assert_array_equal(decode_image(encode(image)), IMAGE)
+    np.testing.assert_array_equal(decode(encode(image)), IMAGE)
 
 
 def test_16_bit_levels_are_scaled_to_8_bits():
     wide = Image.fromarray(IMAGE.astype(np.uint16) * 257)
     assert wide.mode == "I;16"
-    np.testing.assert_array_equal(decode_image(encode(wide)), IMAGE)
+    np.testing.assert_array_equal(decode(encode(wide)), IMAGE)
 
 
 @pytest.mark.parametrize(("format", "tolerance"), [("WEBP", 0), ("GIF", 0), ("JPEG", 12)])
@@ -38,12 +55,12 @@ def test_other_formats(format, tolerance):
     options = (
         {"lossless": True} if format == "WEBP" else {"quality": 95} if format == "JPEG" else {}
     )
-    decoded = decode_image(encode(IMAGE, format, **options)).astype(int)
+    decoded = decode(encode(IMAGE, format, **options)).astype(int)
     assert np.abs(decoded - IMAGE.astype(int)).max() <= tolerance
 
 
 def test_dark_on_light_pictures_are_inverted():
-    np.testing.assert_array_equal(decode_image(encode(255 - IMAGE)), IMAGE)
+    np.testing.assert_array_equal(decode(encode(255 - IMAGE)), IMAGE)
 
 
 @pytest.mark.parametrize(("low", "high", "inverted"), [(100, 200, True), (0, 254, False)])
@@ -53,26 +70,26 @@ def test_inversion_follows_the_median_of_the_border_exactly(low, high, inverted)
     pixels[0], pixels[-1] = low, high
     pixels[1:-1, 0], pixels[1:-1, -1] = low, high
     expected = 255 - pixels if inverted else pixels
-    np.testing.assert_array_equal(decode_image(encode(pixels)), expected)
+    np.testing.assert_array_equal(decode(encode(pixels)), expected)
 
 
 @pytest.mark.parametrize("format", ["PNG", "JPEG"])
 def test_the_exif_orientation_is_applied(format):
     # The stored pixels are turned a quarter left; viewers turn them back.
     stored = Image.fromarray(IMAGE).transpose(Image.Transpose.ROTATE_90)
-    decoded = decode_image(encode(stored, format, exif=ORIENTED, quality=100)).astype(int)
+    decoded = decode(encode(stored, format, exif=ORIENTED, quality=100)).astype(int)
     assert np.abs(decoded - IMAGE.astype(int)).max() <= (0 if format == "PNG" else 12)
 
 
 def test_larger_pictures_are_scaled_down_by_area_averaging():
     big = Image.fromarray(IMAGE).resize((112, 112), Image.Resampling.NEAREST)
-    np.testing.assert_array_equal(decode_image(encode(big)), IMAGE)
+    np.testing.assert_array_equal(decode(encode(big)), IMAGE)
 
 
 def test_aspect_ratio_is_kept_and_the_object_centred():
     picture = np.zeros((60, 100), dtype=np.uint8)
     picture[10:30, 20:60] = 200  # a 40 wide, 20 high block
-    rows, cols = np.nonzero(decode_image(encode(picture)))
+    rows, cols = np.nonzero(decode(encode(picture)))
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (7, 21, 0, 28)
 
 
@@ -81,14 +98,14 @@ def test_transparent_background_becomes_dark_background():
     for colour in (255, 30):  # a light object and a dark one, each on transparency
         rgba = np.zeros((40, 40, 4), dtype=np.uint8)
         rgba[10:30, 10:30][triangle] = (colour, colour, colour, 255)
-        decoded = decode_image(encode(Image.fromarray(rgba, "RGBA")))
+        decoded = decode(encode(Image.fromarray(rgba, "RGBA")))
         assert decoded[0, 27] == 0 and decoded[27, 0] > 200, colour
 
 
 def test_only_the_first_frame_of_an_animation_is_used():
     frames = [Image.fromarray(IMAGE), Image.fromarray(np.zeros_like(IMAGE))]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    np.testing.assert_array_equal(decode_image(data), IMAGE)
+    np.testing.assert_array_equal(decode(data), IMAGE)
 
 
 @pytest.mark.parametrize(
@@ -105,12 +122,13 @@ def test_only_the_first_frame_of_an_animation_is_used():
         (encode(IMAGE)[:200], "truncated"),  # a small grayscale PNG, the fast path's kind
         (encode(IMAGE, "JPEG")[:30], "truncated"),
         (png_declaring(100_000, 100_000), "too large"),
-        (png_declaring(7_000, 7_000), "too large"),
+        (png_declaring(7_000, 7_000), "7000×7000 pixels; the limit is 4,000,000 pixels a picture"),
+        (png_declaring(2_001, 2_000), "TRICKLAB_MAX_IMAGE_PIXELS"),
     ],
 )
 def test_unusable_files_are_refused_with_a_reason(data, message):
     with pytest.raises(ImageError, match=message):
-        decode_image(data)
+        decode(data)
 
 
 def _plain_pngs() -> list[bytes]:
@@ -130,9 +148,9 @@ def _plain_pngs() -> list[bytes]:
 
 @pytest.mark.parametrize("data", _plain_pngs())
 def test_plain_pngs_decode_fast_to_exactly_what_pillow_gives(data):
-    fast = decode_plain_png(data)
+    fast = decode_plain_png(data, budget())
     assert fast is not None
-    np.testing.assert_array_equal(fast, convert(open_image(data)))
+    np.testing.assert_array_equal(fast, convert(open_image(data, budget())))
 
 
 @pytest.mark.parametrize(
@@ -150,4 +168,14 @@ def test_plain_pngs_decode_fast_to_exactly_what_pillow_gives(data):
     ],
 )
 def test_other_files_are_left_to_pillow(data):
-    assert decode_plain_png(data) is None
+    assert decode_plain_png(data, budget()) is None
+
+
+def test_a_budget_bounds_each_picture_and_all_of_a_request_together():
+    shared = PixelBudget(per_image=2_500_000, total=3_000_000)
+    decode_image(encode(np.zeros((1_000, 1_000), np.uint8)), shared)
+    decode_image(encode(IMAGE), shared)  # the fast path charges too
+    assert shared.spent == 1_000_000 + 28 * 28
+    with pytest.raises(ImageError, match="more than 3,000,000 pixels together"):
+        open_image(png_declaring(1_500, 1_500), shared)  # refused from its header
+    assert shared.spent == 1_000_000 + 28 * 28
