@@ -23,12 +23,33 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
 
+# Never half up: when the API or the worker ends, the other is stopped (SIGTERM: the worker
+# finishes its epoch and hands its job back) and `make up` fails, saying which one ended. Ctrl-C
+# reaches both processes from the terminal, so the shell only waits for them then (a second
+# signal would stop the worker mid-epoch). Background jobs of a script ignore SIGINT; each
+# process gets it back, or one still starting would miss Ctrl-C. `wait -n -p` needs bash 5.1.
 up: $(INSTALLED) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
 	@$(PY) -m core.db
-	@trap 'kill -TERM $$api $$worker 2>/dev/null; wait' TERM; \
-	$(PY) -m service & api=$$!; \
-	$(PY) -m worker & worker=$$!; \
-	wait
+	@if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501)); then \
+	  echo "make up: needs bash 5.1 or newer, this is $$BASH_VERSION" >&2; exit 2; \
+	fi; \
+	stopping=; \
+	trap 'stopping=130' INT; \
+	trap 'stopping=143; kill -TERM $$api $$worker 2>/dev/null' TERM; \
+	(trap - INT QUIT; exec $(PY) -m service) & api=$$!; \
+	(trap - INT QUIT; exec $(PY) -m worker) & worker=$$!; \
+	ended=; \
+	while [[ -z $$ended ]]; do wait -n -p ended $$api $$worker; status=$$?; done; \
+	if [[ $$ended == "$$api" ]]; then name=api other=worker left=$$worker; \
+	else name=worker other=api left=$$api; fi; \
+	if [[ -z $$stopping ]]; then \
+	  how="exit status $$status"; \
+	  ((status > 128)) && how="killed by SIG$$(kill -l $$((status - 128)))"; \
+	  echo "make up: the $$name ended ($$how); stopping the $$other" >&2; \
+	  kill -TERM $$left 2>/dev/null; \
+	fi; \
+	while kill -0 $$left 2>/dev/null; do wait $$left; done; \
+	exit $${stopping:-$$((status ? status : 1))}
 
 worker: $(INSTALLED) ## run one more worker against the same configuration
 	$(PY) -m worker

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import socket
+import sys
+
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from core.config import get_settings
 from core.logs import setup_logging
+from service.protocol import with_header_timeout
+
+log = logging.getLogger("tricklab.service")
+# Errors that a different port might cure; any other (no such address, a name that does not
+# resolve) is the host's.
+PORT_ERRORS = (errno.EADDRINUSE, errno.EACCES)
 
 
 def serve(factory: str = "service.app:create_app") -> None:
@@ -13,14 +26,58 @@ def serve(factory: str = "service.app:create_app") -> None:
     endpoint is served through here too, so the two are compared like for like)."""
     settings = get_settings()
     setup_logging(settings.log_level)
-    uvicorn.run(
+    # Before the app is imported (and TensorFlow with it, seconds of start-up lines): a port
+    # that is taken is then one line, and the socket bound here is the one uvicorn serves on,
+    # so nothing can take the port in between.
+    sockets = listen(settings.host, settings.port)
+    config = uvicorn.Config(
         factory,
         factory=True,
         host=settings.host,
         port=settings.port,
+        http=with_header_timeout(settings.header_timeout_seconds),
         limit_concurrency=settings.max_concurrent_requests,  # beyond it: 503, not more memory
         log_config=None,  # keep the one log format set up above
     )
+    server = uvicorn.Server(config)
+    # uvicorn shuts down cleanly on Ctrl-C, then raises it again for whoever called it.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the app failed to start
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to (as uvicorn's own binding does:
+    "localhost" is 127.0.0.1 and ::1, "" every interface), or exit with one line naming the
+    setting to change."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sockets: list[socket.socket] = []
+    try:
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # A restart need not wait for the last run's connections to leave TIME_WAIT; a
+            # port that another process listens on is still refused.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # so that "::" and "0.0.0.0" do not collide
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen()  # here, not in uvicorn: listen() too can find the port taken
+    except OSError as error:
+        for sock in sockets:
+            sock.close()
+        reason = (error.strerror or str(error)).lower()
+        if error.errno in PORT_ERRORS:
+            hint = "set TRICKLAB_PORT to a free port (or TRICKLAB_HOST)"
+        else:
+            hint = "set TRICKLAB_HOST to an address of this machine (or TRICKLAB_PORT)"
+        sys.exit(f"tricklab: cannot listen on {where}: {reason}; {hint}")
+    log.info("listening on http://%s", where)
+    return sockets
 
 
 if __name__ == "__main__":

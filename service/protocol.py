@@ -1,0 +1,63 @@
+"""uvicorn's HTTP protocol with a deadline for request headers.
+
+uvicorn closes a keep-alive connection that stays idle between requests, but sets no time
+limit on a request's headers: a client that opens a connection and sends nothing, or half a
+header line, holds it (and one of TRICKLAB_MAX_CONCURRENT_REQUESTS) for as long as it likes,
+and a few hundred such clients turn everyone else away. This subclass closes a connection
+whose request headers are not complete `header_timeout` seconds after the connection opened,
+or after the first byte of a later request on a kept-alive connection. The body has its own
+deadline, in service.limits.BodyLimits, where a 408 can be answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    header_timeout = 10.0  # seconds; `with_header_timeout` makes a subclass with another
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # From the connection's opening, not its first byte: one that sends nothing at all
+        # holds a slot as surely as one that stops half-way.
+        self._arm_header_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:  # a later request on a kept-alive connection
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        # No response: there is no complete request to answer, and a client that sent
+        # nothing may not even be speaking HTTP.
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.logger.debug("closing a connection whose request headers took too long")
+            self.transport.close()
+
+
+def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
+    """The protocol class to give uvicorn (`Config(http=...)`), which creates each
+    connection's protocol itself, so the timeout travels as a class attribute."""
+    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})

@@ -1,0 +1,175 @@
+"""Starting the service for real: `python -m service` on a port that is taken, and `make up`,
+which must never leave one of its two processes running without the other."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.cluster import wait_for
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+VENV = Path(sys.prefix)
+TIMEOUT = 120  # seconds: generous, for a loaded machine importing TensorFlow twice at once
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def environment(root: Path, data_dir: Path, port: int) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TRICKLAB_") and key not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    }
+    return {
+        **env,
+        "PYTHONUNBUFFERED": "1",
+        "TRICKLAB_PORT": str(port),
+        "TRICKLAB_DATABASE_URL": f"sqlite:///{root / 'tricklab.db'}",
+        "TRICKLAB_ARTIFACTS_DIR": str(root / "artifacts"),
+        "TRICKLAB_DATA_DIR": str(data_dir),
+        "TRICKLAB_POLL_SECONDS": "0.1",
+    }
+
+
+def test_a_taken_port_is_one_line_naming_the_setting(tmp_path, data_dir, taken_port):
+    done = subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=environment(tmp_path, data_dir, taken_port),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"tricklab: cannot listen on 127.0.0.1:{taken_port}: address already in use; "
+        "set TRICKLAB_PORT to a free port (or TRICKLAB_HOST)\n"
+    )
+
+
+class Up:
+    """`make up` in a process group of its own (as a terminal runs it), its output in a file."""
+
+    def __init__(self, root: Path, data_dir: Path, port: int) -> None:
+        self.log = root / "make-up.log"
+        self.port = port
+        # The venv running these tests, without reinstalling it (-o: take the install stamp
+        # as up to date, whatever pyproject.toml's time).
+        command = ["make", "up", f"VENV={VENV}", "-o", f"{VENV}/.installed-stamp"]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=environment(root, data_dir, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.group = self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def members(self) -> dict[int, str]:
+        """The processes left in make's group, with their command lines."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                # The process group is the 5th field, after the parenthesised command name.
+                if entry.name.isdigit():
+                    stat = (entry / "stat").read_text()
+                    if int(stat.rsplit(")", 1)[1].split()[2]) == self.group:
+                        command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                        found[int(entry.name)] = command.decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # gone meanwhile
+        return found
+
+    def wait_until_serving(self) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, TIMEOUT, f"the API to be ready; make up said:\n{self.output()}")
+        wait_for(lambda: " started device=" in self.output(), TIMEOUT, "the worker to start")
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"make up still running; it said:\n{self.output()}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.group, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def up(tmp_path: Path, data_dir: Path) -> Iterator[Callable[[int], Up]]:
+    started: list[Up] = []
+
+    def start(port: int) -> Up:
+        started.append(Up(tmp_path, data_dir, port))
+        return started[-1]
+
+    yield start
+    for each in started:
+        each.close()
+
+
+def test_make_up_stops_the_worker_and_fails_when_the_api_cannot_start(up, taken_port):
+    run = up(taken_port)
+    assert run.wait() != 0
+    output = run.output()
+    assert f"cannot listen on 127.0.0.1:{taken_port}: address already in use" in output
+    assert "make up: the api ended (exit status 1); stopping the worker" in output
+    assert run.members() == {}  # the worker is gone, not training on unseen
+
+
+def test_make_up_stops_the_api_and_fails_when_the_worker_dies(up):
+    run = up(free_port())
+    run.wait_until_serving()
+    (worker,) = (
+        pid for pid, command in run.members().items() if command.split()[1:3] == ["-m", "worker"]
+    )
+    os.kill(worker, signal.SIGKILL)
+    assert run.wait() != 0
+    assert "make up: the worker ended (killed by SIGKILL); stopping the api" in run.output()
+    assert run.members() == {}
+
+
+def test_ctrl_c_stops_both_cleanly(up):
+    run = up(free_port())
+    run.wait_until_serving()
+    os.killpg(run.group, signal.SIGINT)  # what a terminal does on Ctrl-C
+    assert run.wait() in (-signal.SIGINT, 130)
+    output = run.output()
+    assert " ended (" not in output  # no complaint: both were asked to stop
+    assert "signal=SIGINT: stopping after the current epoch" in output
+    assert " stopped" in output and "Finished server process" in output
+    assert run.members() == {}
