@@ -5,9 +5,14 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from core.artifacts import ArtifactStore
@@ -15,11 +20,12 @@ from core.config import Settings, get_settings
 from core.db import init_db, make_engine
 from core.store import JobStore
 from core.sweeper import Sweeper
-from service.errors import validation_error
+from service.errors import method_not_allowed, validation_error
 from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor
 from service.routes import jobs, meta, plots, predict, studies
 
+STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
 DESCRIPTION = """
 Train small image classifiers with chosen regularisation and optimisation tricks, follow
 their metrics epoch by epoch, and classify images with the trained models.
@@ -64,14 +70,49 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.stop()
         engine.dispose()
 
-    app = FastAPI(title="tricklab", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="tricklab",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # One schema per model for requests and responses alike: a JobSpec sent and the
+        # JobSpec read back are one type in a generated client.
+        separate_input_output_schemas=False,
+        # Short, stable operation ids ("jobs-submit"): a client's method names.
+        generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # served below, from the package: the page must work offline
+        redoc_url=None,
+    )
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_request_bytes,
+        max_json_bytes=settings.max_json_bytes,
         max_in_flight=settings.max_in_flight_bytes,
+        body_timeout=settings.body_timeout_seconds,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order: the hot predict route first saves matching ~30 others.
     for module in (predict, jobs, studies, plots, meta):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="tricklab API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once, with the models predict reads itself
+            default_openapi()["components"]["schemas"].update(predict.COMPONENTS)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Query, Request, params
+from fastapi.dependencies.utils import get_flat_params
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from core.artifacts import ArtifactStore
 from core.config import Settings
@@ -39,7 +42,19 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_job(job_id: str, store: StoreDep) -> Job:
+# Ids are uuid4 hex: anything else is a 422 before the database is asked.
+ID_PATTERN = "^[0-9a-f]{32}$"
+JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job's id, 32 hex digits.")]
+StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="A study's id, 32 hex digits.")]
+# The largest integer every database stores: larger offsets and epochs are 422s, not 500s.
+MAX_INT = 2**31 - 1
+Offset = Annotated[
+    int, Query(ge=0, le=MAX_INT, description="Items to skip, for the pages after the first.")
+]
+Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+
+
+def get_job(job_id: JobId, store: StoreDep) -> Job:
     job = store.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job with id {job_id!r}")
@@ -49,7 +64,7 @@ def get_job(job_id: str, store: StoreDep) -> Job:
 JobDep = Annotated[Job, Depends(get_job)]
 
 
-def get_study(study_id: str, store: StoreDep) -> Study:
+def get_study(study_id: StudyId, store: StoreDep) -> Study:
     study = store.get_study(study_id)
     if study is None:
         raise HTTPException(404, no_study(study_id))
@@ -61,3 +76,39 @@ def no_study(study_id: str) -> str:
 
 
 StudyDep = Annotated[Study, Depends(get_study)]
+
+
+async def no_unknown_query(request: Request) -> None:
+    """A query parameter the route does not take is a 422 naming those it takes: a typo such
+    as ?statsu=running would otherwise be ignored, and the answer silently unfiltered."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    allowed = _query_names(route)
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "unknown_parameter",
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter {name!r}; this route takes "
+                    f"{', '.join(allowed) or 'none'}",
+                    "input": request.query_params[name],
+                }
+                for name in unknown
+            ]
+        )
+
+
+_QUERY_NAMES: dict[str, tuple[str, ...]] = {}  # by operation id
+
+
+def _query_names(route: APIRoute) -> tuple[str, ...]:
+    if route.unique_id not in _QUERY_NAMES:
+        _QUERY_NAMES[route.unique_id] = tuple(
+            field.alias
+            for field in get_flat_params(route.dependant)
+            if isinstance(field.field_info, params.Query)
+        )
+    return _QUERY_NAMES[route.unique_id]

@@ -1,4 +1,6 @@
-"""Validation errors that name the field, in the shape FastAPI clients already parse."""
+"""Error responses: validation errors that name the field, in the shape FastAPI clients
+already parse; and the statuses each route declares in the OpenAPI document, with their
+bodies."""
 
 from __future__ import annotations
 
@@ -8,11 +10,45 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.routing import Match
 
+from core.cost import Refusal
 from core.spec import TRICKS
-from service.schemas import INSTANCE_KINDS
+from service.schemas import INSTANCE_KINDS, Error, ValidationErrors
 
 DISCRIMINATOR_TAGS = {*TRICKS, *INSTANCE_KINDS}
+
+# What each error status means on any route; a route says what its 409 means.
+MEANINGS = {
+    400: "Malformed: the body is not JSON, the form is broken, or an image is unusable; the "
+    "detail says which.",
+    404: "No job or study with that id.",
+    408: "The body did not arrive within TRICKLAB_BODY_TIMEOUT_SECONDS.",
+    410: "The job's files were deleted (DELETE /v1/jobs/{job_id}): its model is gone.",
+    413: "The body is over its limit: TRICKLAB_MAX_JSON_BYTES for JSON, "
+    "TRICKLAB_MAX_REQUEST_BYTES for images.",
+    415: "The body's Content-Type is not one this route takes; the detail lists them.",
+    422: "Invalid: each error names its field, what is wrong and what is allowed, or the limit "
+    "passed and the setting that raises it.",
+    503: "Busy (retry after Retry-After seconds): too many request bytes, or images waiting "
+    "for a model, at once; or the database or the model file is unavailable.",
+}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# What a route that takes a JSON body can answer about it.
+BODY = (400, 408, 413, 415, 422, 503)
+
+
+def errors(*codes: int, conflict: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, each with its body's schema
+    (`conflict`: what a 409 means on this route)."""
+    meanings = {**MEANINGS, 409: conflict}
+    return {
+        code: {
+            "model": ValidationErrors if code == 422 else Error,
+            "description": meanings[code],
+        }
+        for code in sorted(set(codes) | ({409} if conflict else set()))
+    }
 
 
 def field_path(loc: Sequence[Any]) -> str:
@@ -46,11 +82,22 @@ def describe(error: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
-async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """422 naming each invalid field; 400 when the body is not JSON at all."""
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each invalid field; 400 when the body is not JSON at all, 415 when it was
+    not sent as JSON."""
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     for error in errors:
+        if tuple(error["loc"]) == ("body",) and isinstance(error.get("input"), bytes):
+            # FastAPI hands over the raw bytes of a body whose Content-Type is not JSON.
+            sent = request.headers.get("content-type")
+            return JSONResponse(
+                status_code=415,
+                content={
+                    "detail": "the body must be JSON, sent with Content-Type: application/json "
+                    f"(it came {f'as {sent!r}' if sent else 'without a Content-Type'})"
+                },
+            )
         if error["type"] == "json_invalid":
             reason = error.get("ctx", {}).get("error", "malformed")
             position = error["loc"][-1]
@@ -61,3 +108,38 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
                 },
             )
     return JSONResponse(status_code=422, content={"detail": [describe(e) for e in errors]})
+
+
+def refused(refusals: Sequence[Refusal], within: tuple[str, ...] = ()) -> RequestValidationError:
+    """A 422 naming each refusal's field, like a validation error (`within`: where in the
+    body the spec sits, e.g. ("base",) for a study's base spec)."""
+    return RequestValidationError(
+        [
+            {
+                "type": "over_limit" if "limit" in refusal.context else "unavailable",
+                "loc": ("body", *within, refusal.field),
+                "msg": refusal.message,
+                "input": None,
+                "ctx": refusal.context,
+            }
+            for refusal in refusals
+        ]
+    )
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with every method the path takes in Allow: Starlette would name only those of the
+    first route that matches the path, and a path such as /v1/jobs has several."""
+    methods = ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    )
+    return JSONResponse(
+        {"detail": f"{request.method} is not allowed on {request.url.path}; allowed: {methods}"},
+        status_code=405,
+        headers={"Allow": methods},
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
@@ -14,6 +15,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationError,
     WithJsonSchema,
 )
 
@@ -23,6 +25,34 @@ from core.report import progress, study_status
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.stats import Estimate
+
+# A body of bytes (a file), as OpenAPI 3.1 describes one.
+BINARY = {"type": "string", "format": "binary"}
+
+
+class Error(BaseModel):
+    """The body of every error response but a validation error: what went wrong, and what to
+    do about it."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One invalid field: where it is, and what is wrong with it and what is allowed."""
+
+    loc: list[str | int] = Field(description="Where, as FastAPI locates it: ['body', 'epochs'].")
+    field: str = Field(description="Where, as a path: 'tricks[0].rate'.")
+    msg: str = Field(description="What is wrong and what is allowed, starting with the field.")
+    type: str = Field(description="The kind of problem, e.g. less_than_equal, over_limit.")
+    ctx: dict[str, Any] | None = Field(
+        None, description="The limit and value involved, where there are some."
+    )
+
+
+class ValidationErrors(BaseModel):
+    """A 422: every invalid field of the request."""
+
+    detail: list[ValidationIssue]
 
 
 class JobError(BaseModel):
@@ -70,7 +100,10 @@ class JobRead(BaseModel):
     id: str
     status: JobStatus
     spec: JobSpec = Field(description="The resolved spec: every default filled in.")
-    attempts: int = Field(description="Times a worker claimed the job.")
+    attempts: int = Field(
+        description="Attempts so far, the running one included. A worker that stops hands its "
+        "attempt back to the queue, and it goes on when the job is claimed again."
+    )
     max_attempts: int = Field(description="Failed attempts allowed before the job fails.")
     failures: list[AttemptFailure] = Field(description="Each failed attempt, oldest first.")
     created_at: datetime
@@ -90,15 +123,30 @@ class JobRead(BaseModel):
     error: JobError | None
     device: str | None = Field(description="What the job trained on, e.g. 'GPU:0 NVIDIA H200'.")
     worker: str | None
+    trained_seconds: float = Field(
+        description="Wall-clock seconds of training over all attempts, up to the last "
+        "checkpoint; TRICKLAB_MAX_JOB_SECONDS bounds it."
+    )
+    artifacts_deleted_at: datetime | None = Field(
+        description="When the job's files (checkpoints, model) were deleted; the job and its "
+        "metrics stay."
+    )
     links: JobLinks
 
     @classmethod
     def of(cls, job: Job) -> JobRead:
         base = f"/v1/jobs/{job.id}"
-        return cls(
+        try:
+            spec: JobSpec | dict[str, Any] = JobSpec.model_validate(job.spec)
+            make: Callable[..., JobRead] = cls
+        except ValidationError:
+            # Stored by an older tricklab, it no longer parses (its job fails with reason
+            # invalid_spec): shown as stored, unvalidated, rather than answering 500.
+            spec, make = job.spec, cls.model_construct
+        return make(
             id=job.id,
             status=job.status,
-            spec=JobSpec.model_validate(job.spec),
+            spec=spec,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             failures=[AttemptFailure.model_validate(f) for f in job.failures],
@@ -108,7 +156,7 @@ class JobRead(BaseModel):
             lease_expires_at=job.lease_expires_at,
             heartbeat_at=job.heartbeat_at,
             epochs_done=job.epochs_done,
-            epochs_total=job.spec["epochs"],
+            epochs_total=job.spec.get("epochs"),
             checkpoint_epoch=job.checkpoint_epoch,
             best_epoch=job.best_epoch,
             stopped_epoch=job.stopped_epoch,
@@ -120,6 +168,8 @@ class JobRead(BaseModel):
             else None,
             device=job.device,
             worker=job.worker,
+            trained_seconds=job.trained_seconds,
+            artifacts_deleted_at=job.artifacts_deleted_at,
             links=JobLinks(
                 self=base,
                 metrics=f"{base}/metrics",
@@ -189,7 +239,7 @@ class EncodedImage(BaseModel):
     b64: Annotated[
         bytes,
         BeforeValidator(_strict_base64),
-        WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+        WithJsonSchema({"type": "string", "contentEncoding": "base64", "minLength": 1}),
         Field(description="Base64 of a PNG, JPEG, WebP or GIF file."),
     ]
 
@@ -257,6 +307,11 @@ class ModelMetadata(BaseModel):
         description="How the loaded model runs: 'numpy' (its layers as a verified chain of numpy "
         "operations, see the README) or 'keras'; null while it is not loaded."
     )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "unavailable"]
+    detail: str | None = Field(None, description="Why the service is not ready.")
 
 
 class TrickInfo(BaseModel):

@@ -6,33 +6,44 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from core.artifacts import ArtifactStore
+from core.cost import refusals
 from core.models import Job
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.store import IdempotencyConflict
-from service.deps import ArtifactsDep, JobDep, StoreDep
-from service.schemas import JobList, JobRead, MetricsRead
+from service.deps import (
+    MAX_INT,
+    ArtifactsDep,
+    JobDep,
+    Limit,
+    Offset,
+    PredictorDep,
+    SettingsDep,
+    StoreDep,
+    no_unknown_query,
+)
+from service.errors import BODY, errors, refused
+from service.schemas import BINARY, JobList, JobRead, MetricsRead
 
 log = logging.getLogger("tricklab.service")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
 
 
 @router.post(
     "",
+    name="jobs-submit",
     status_code=201,
     response_model=JobRead,
-    responses={
-        409: {"description": "The Idempotency-Key was used for a different spec."},
-        422: {"description": "Invalid spec; each error names its field."},
-    },
+    responses=errors(*BODY, conflict="The Idempotency-Key was used for a different spec."),
 )
 def submit_job(
     spec: JobSpec,
     store: StoreDep,
+    settings: SettingsDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -45,6 +56,8 @@ def submit_job(
     ] = None,
 ) -> JobRead:
     """Queue a training job. The job is durable once this answers."""
+    if found := refusals(spec, settings):
+        raise refused(found)
     try:
         job, created = store.enqueue(spec, idempotency_key)
     except IdempotencyConflict as conflict:
@@ -57,26 +70,30 @@ def submit_job(
     return JobRead.of(job)
 
 
-@router.get("", response_model=JobList)
+@router.get("", name="jobs-list", response_model=JobList, responses=errors(422))
 def list_jobs(
-    store: StoreDep,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    store: StoreDep, status: JobStatus | None = None, limit: Limit = 50, offset: Offset = 0
 ) -> JobList:
     """Jobs, newest first, optionally only those with one status."""
     jobs, total = store.list_jobs(status, limit, offset)
     return JobList(jobs=[JobRead.of(j) for j in jobs], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{job_id}", response_model=JobRead, responses={404: {"description": "No such job."}})
+@router.get("/{job_id}", name="jobs-get", response_model=JobRead, responses=errors(404, 422))
 def get_job(job: JobDep) -> JobRead:
+    """The job: status, resolved spec, attempts and failures, progress, result or error."""
     return JobRead.of(job)
 
 
-@router.get("/{job_id}/metrics", response_model=MetricsRead)
+@router.get(
+    "/{job_id}/metrics", name="jobs-metrics", response_model=MetricsRead, responses=errors(404, 422)
+)
 def get_metrics(
-    job: JobDep, store: StoreDep, since_epoch: Annotated[int, Query(ge=0)] = 0
+    job: JobDep,
+    store: StoreDep,
+    since_epoch: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="The last epoch you have.")
+    ] = 0,
 ) -> MetricsRead:
     """Per-epoch history after `since_epoch` (poll with the last epoch you have)."""
     return MetricsRead.of(job, list(store.metrics(job.id, since_epoch)))
@@ -84,8 +101,9 @@ def get_metrics(
 
 @router.post(
     "/{job_id}/cancel",
+    name="jobs-cancel",
     response_model=JobRead,
-    responses={409: {"description": "The job already succeeded or failed."}},
+    responses=errors(404, 422, conflict="The job already succeeded or failed."),
 )
 def cancel_job(job: JobDep, store: StoreDep) -> JobRead:
     """Cancel a queued or running job (a running one stops within an epoch). Cancelling a
@@ -102,10 +120,11 @@ def cancel_job(job: JobDep, store: StoreDep) -> JobRead:
 
 @router.get(
     "/{job_id}/model",
+    name="jobs-model",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The .keras file."},
-        409: {"description": "The job has not succeeded."},
+        200: {"content": {"application/octet-stream": {"schema": BINARY}}},
+        **errors(404, 410, 422, conflict="The job has not succeeded."),
     },
 )
 def download_model(job: JobDep, artifacts: ArtifactsDep) -> FileResponse:
@@ -117,17 +136,50 @@ def download_model(job: JobDep, artifacts: ArtifactsDep) -> FileResponse:
     )
 
 
+@router.delete(
+    "/{job_id}",
+    name="jobs-delete",
+    response_model=JobRead,
+    responses=errors(404, 422, conflict="The job has not ended: cancel it first."),
+)
+def delete_job_files(
+    job: JobDep, store: StoreDep, artifacts: ArtifactsDep, predictor: PredictorDep
+) -> JobRead:
+    """Delete an ended job's files (checkpoints and model), so that disk use does not grow
+    without end. The job, its metrics and its result stay; its model can no longer be
+    downloaded or served (410). Deleting again is harmless."""
+    current = store.delete_artifacts(job.id) or job
+    if current.artifacts_deleted_at is None:
+        raise HTTPException(
+            409,
+            f"job {job.id} is {current.status}: only an ended job's files can be deleted; "
+            f"cancel it first (POST /v1/jobs/{job.id}/cancel)",
+        )
+    artifacts.remove_job(job.id)
+    predictor.forget(job.id)
+    log.info("job=%s files deleted", job.id)
+    return JobRead.of(current)
+
+
 def model_file(job: Job, artifacts: ArtifactStore) -> Path:
-    """A succeeded job's model file; 409 before it succeeded, 404 if the file is gone."""
-    require_succeeded(job.id, job.status)
+    """A succeeded job's model file; 409 before it succeeded, 410 once its files were
+    deleted, 404 if the file is gone."""
+    require_model(job)
     path = artifacts.path(job.model_path or "")
     if not path.is_file():
         raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
     return path
 
 
-def require_succeeded(job_id: str, status: JobStatus) -> None:
-    if status != JobStatus.SUCCEEDED:
+def require_model(job: Job) -> None:
+    """409 unless the job succeeded; 410 if its model was deleted since."""
+    if job.status != JobStatus.SUCCEEDED:
         raise HTTPException(
-            409, f"job {job_id} is {status}: its model exists only once it has succeeded"
+            409, f"job {job.id} is {job.status}: its model exists only once it has succeeded"
+        )
+    if job.artifacts_deleted_at is not None:
+        raise HTTPException(
+            410,
+            f"the files of job {job.id} were deleted at {job.artifacts_deleted_at.isoformat()}: "
+            "its model can no longer be downloaded or served",
         )

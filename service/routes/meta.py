@@ -2,33 +2,47 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from core.spec import trick_catalogue
-from service.deps import StoreDep
-from service.schemas import TrickCatalogue
+from service.deps import StoreDep, no_unknown_query
+from service.schemas import Health, TrickCatalogue
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(no_unknown_query)])
 
 
-@router.get("/v1/tricks", response_model=TrickCatalogue, tags=["tricks"])
+@router.get("/v1/tricks", name="tricks-list", response_model=TrickCatalogue, tags=["tricks"])
 def list_tricks() -> TrickCatalogue:
     """Every trick a spec can name: what it does, its parameters, defaults and limits."""
     return TrickCatalogue.model_validate({"tricks": trick_catalogue()})
 
 
-@router.get("/healthz", tags=["health"])
-def healthz() -> dict[str, str]:
+@router.get(
+    "/healthz",
+    name="healthz",
+    tags=["health"],
+    response_model=Health,
+    response_model_exclude_none=True,
+)
+def healthz() -> Health:
     """The process is up."""
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
-@router.get("/readyz", tags=["health"], responses={503: {"description": "Database unreachable."}})
-def readyz(store: StoreDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    name="readyz",
+    tags=["health"],
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"description": "The database does not answer.", "model": Health}},
+)
+def readyz(store: StoreDep) -> Health | JSONResponse:
     """The database answers."""
     try:
         store.ping()
     except Exception as error:
-        return JSONResponse({"status": "unavailable", "detail": str(error)}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        unready = Health(status="unavailable", detail=str(error))
+        return JSONResponse(unready.model_dump(), status_code=503)
+    return Health(status="ready")

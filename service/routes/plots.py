@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from core import plots
 from core.report import job_curves, report
-from service.deps import JobDep, StoreDep, StudyDep
-from service.routes.studies import JOBS_HELP, compared_variants, study_report
+from service.deps import JobDep, StoreDep, StudyDep, no_unknown_query
+from service.errors import errors
+from service.routes.studies import UNFINISHED, JobIds, compared_variants, study_report
+from service.schemas import BINARY
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(no_unknown_query)])
 FormatQuery = Annotated[plots.Format, Query(alias="format", description="png (the default) or svg")]
 IMAGE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {media_type: {} for media_type in plots.MEDIA_TYPES.values()}},
-    409: {"description": "Nothing to draw yet: no finished run, or no compared trick."},
+    200: {"content": {media_type: {"schema": BINARY} for media_type in plots.MEDIA_TYPES.values()}},
 }
+NOTHING = "Nothing to draw yet: no finished run, or no compared trick."
 NAMES = (
     "curves: mean learning curves with 95% bands per variant (training and validation loss, "
     "validation and test accuracy); accuracy: final test accuracy per variant with error "
@@ -29,16 +31,24 @@ NAMES = (
 )
 
 
-def _image_route(path: str, tag: str, description: str | None = None) -> Any:
+def _image_route(
+    path: str, name: str, errors: dict[int | str, Any], description: str | None = None
+) -> Any:
     """A GET route answering an image (its docstring describes it unless `description`)."""
     return router.get(
-        path, tags=[tag], response_class=Response, responses=IMAGE, description=description
+        path,
+        name=name,
+        tags=[name.split("-")[0]],
+        response_class=Response,
+        responses={**IMAGE, **errors},
+        description=description,
     )
 
 
 @_image_route(
     "/v1/studies/{study_id}/plots/{name}",
-    "studies",
+    "studies-plot",
+    errors(404, 422, conflict=NOTHING),
     f"A plot of the study's report so far (finished runs only). {NAMES}",
 )
 def study_plot(
@@ -49,21 +59,19 @@ def study_plot(
 
 @_image_route(
     "/v1/compare/plots/{name}",
-    "studies",
+    "compare-plot",
+    errors(400, 404, 422, conflict=f"{UNFINISHED} Or: {NOTHING}"),
     f"A plot of the comparison of any succeeded jobs. {NAMES}",
 )
 def compare_plot(
-    name: plots.PlotName,
-    store: StoreDep,
-    jobs: Annotated[str, Query(description=JOBS_HELP)],
-    fmt: FormatQuery = "png",
+    name: plots.PlotName, store: StoreDep, jobs: JobIds, fmt: FormatQuery = "png"
 ) -> Response:
     variants = compared_variants(store, jobs)
     count = sum(len(variant.jobs) for variant in variants)
     return _image(name, report(variants), f"{count} jobs compared", fmt)
 
 
-@_image_route("/v1/jobs/{job_id}/plots/{name}", "jobs")
+@_image_route("/v1/jobs/{job_id}/plots/{name}", "jobs-plot", errors(404, 422, conflict=NOTHING))
 def job_plot(
     job: JobDep, name: plots.JobPlotName, store: StoreDep, fmt: FormatQuery = "png"
 ) -> Response:

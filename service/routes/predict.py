@@ -3,24 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from core.images import SIDE, ImageError
+from core.images import SIDE, ImageError, PixelBudget
 from core.spec import DATASET_CLASSES
 from core.store import JobStore
 from service.batching import Overloaded
-from service.deps import ArtifactsDep, JobDep, PredictorDep, get_job
+from service.deps import (
+    ID_PATTERN,
+    ArtifactsDep,
+    JobDep,
+    PredictorDep,
+    get_job,
+    no_unknown_query,
+)
+from service.errors import BODY, errors
 from service.multipart import FormError, parse_form
 from service.predictor import LoadedModel, ModelUnavailable, Predictor
-from service.routes.jobs import model_file, require_succeeded
+from service.routes.jobs import model_file, require_model
 from service.schemas import (
+    BINARY,
     EncodedImage,
     JobResult,
     ModelInput,
@@ -31,39 +41,47 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1/jobs", tags=["predictions"])
 
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+# A raw body is sniffed, whatever its type says; application/octet-stream is the one the
+# OpenAPI document names, which client generators understand.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "application/octet-stream")
 _ACCEPTED = (
     "send image files as multipart/form-data 'file' parts, one image as the raw body with "
     f'Content-Type {", ".join(IMAGE_TYPES)}, or JSON {{"instances": [...]}} with '
     'Content-Type application/json, each instance a 28×28 pixel array or {"b64": ...}'
 )
-_BINARY = {"type": "string", "format": "binary"}
+# The JSON body's models, for the document's components (service.app puts them there).
+_JSON_BODY = PredictInstances.model_json_schema(ref_template="#/components/schemas/{model}")
+COMPONENTS = {**_JSON_BODY.pop("$defs"), "PredictInstances": _JSON_BODY}
 _REQUEST_BODY = {
     "required": True,
+    "description": "Image files (PNG, JPEG, WebP or GIF, any size or colour mode) as a form, "
+    "or one as the raw body (Content-Type application/octet-stream, or its own image type: "
+    f"{', '.join(IMAGE_TYPES[:-1])}), or JSON instances.",
     "content": {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {
-                    "file": {
-                        "type": "array",
-                        "items": _BINARY,
-                        "description": "PNG, JPEG, WebP or GIF images, any size or colour mode.",
-                    }
-                },
+                "properties": {"file": {"type": "array", "items": BINARY, "minItems": 1}},
                 "required": ["file"],
             }
         },
-        **{kind: {"schema": _BINARY} for kind in IMAGE_TYPES},
-        "application/json": {"schema": PredictInstances.model_json_schema()},
+        "application/octet-stream": {"schema": BINARY},
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictInstances"}},
     },
 }
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": ID_PATTERN},
+    "description": "A job's id, 32 hex digits.",
+}
 BATCH_HEADER = "Tricklab-Batch-Size"
 
 
 @router.post(
     "/{job_id}/predict",
+    name="jobs-predict",
     response_model=PredictResponse,
     # job_id is read from the path in the function (see there), so it is declared here.
     openapi_extra={"requestBody": _REQUEST_BODY, "parameters": [_JOB_ID]},
@@ -76,14 +94,7 @@ BATCH_HEADER = "Tricklab-Batch-Size"
                 }
             }
         },
-        400: {"description": "Empty, corrupt, oversized or non-image file; too many files."},
-        409: {"description": "The job has not succeeded."},
-        413: {"description": "The body is over TRICKLAB_MAX_REQUEST_BYTES."},
-        415: {"description": "Not multipart/form-data, an image type, or application/json."},
-        422: {"description": "JSON instances of the wrong shape or range."},
-        503: {
-            "description": "Busy: retry after Retry-After seconds. Or the model file is unusable."
-        },
+        **errors(404, 410, *BODY, conflict="The job has not succeeded."),
     },
 )
 async def predict(request: Request) -> Response:
@@ -92,17 +103,23 @@ async def predict(request: Request) -> Response:
     arrays are used as they are."""
     # From app state and the path, not through Depends or a job_id parameter: resolving them
     # cost ~35 µs and ~5% of a request's time on this hot path, more than the forward pass.
+    if request.query_params:  # as its router's other routes do, through a dependency
+        await no_unknown_query(request)
     state = request.app.state
     job_id: str = request.path_params["job_id"]
     store, predictor, settings = state.store, state.predictor, state.settings
     model = predictor.loaded(job_id) or await _load(job_id, store, predictor)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
     if content_type == "multipart/form-data":
-        pixels = await _from_files(request, predictor, settings.max_predict_files)
+        pixels = await _from_files(request, predictor, budget, settings.max_predict_files)
     elif content_type in IMAGE_TYPES:
-        pixels = (await _decode(predictor, await request.body(), "the body"))[np.newaxis]
+        image = await _decode(predictor, await request.body(), budget, "the body")
+        pixels = image[np.newaxis]
     elif content_type == "application/json":
-        pixels = await _from_json(await request.body(), predictor, settings.max_predict_instances)
+        pixels = await _from_json(
+            await request.body(), predictor, budget, settings.max_predict_instances
+        )
     else:
         raise HTTPException(
             415, f"unsupported Content-Type {content_type or '(none)'!r}: {_ACCEPTED}"
@@ -123,8 +140,19 @@ async def predict(request: Request) -> Response:
 
 
 async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedModel:
+    if not re.fullmatch(ID_PATTERN, job_id):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", "job_id"),
+                    "msg": f"String should match pattern '{ID_PATTERN}'",
+                    "input": job_id,
+                }
+            ]
+        )
     job = await run_in_threadpool(get_job, job_id, store)
-    require_succeeded(job.id, job.status)
+    require_model(job)
     try:
         return await predictor.load(job)
     except ModelUnavailable as error:
@@ -133,8 +161,10 @@ async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedMod
 
 @router.get(
     "/{job_id}/model/metadata",
+    name="jobs-model-metadata",
     response_model=ModelMetadata,
-    responses={409: {"description": "The job has not succeeded."}},
+    dependencies=[Depends(no_unknown_query)],
+    responses=errors(404, 410, 422, conflict="The job has not succeeded."),
 )
 def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep) -> ModelMetadata:
     """What the model expects and answers, how it was trained, and how well it did."""
@@ -163,14 +193,16 @@ def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep
     )
 
 
-async def _decode(predictor: Predictor, data: bytes, what: str) -> np.ndarray:
+async def _decode(predictor: Predictor, data: bytes, budget: PixelBudget, what: str) -> np.ndarray:
     try:
-        return await predictor.decode(data)
+        return await predictor.decode(data, budget)
     except ImageError as error:
         raise HTTPException(400, f"{what}: {error}") from None
 
 
-async def _from_files(request: Request, predictor: Predictor, max_files: int) -> np.ndarray:
+async def _from_files(
+    request: Request, predictor: Predictor, budget: PixelBudget, max_files: int
+) -> np.ndarray:
     body = await request.body()
     try:
         parts = parse_form(body, request.headers["content-type"], max_files)
@@ -184,11 +216,13 @@ async def _from_files(request: Request, predictor: Predictor, max_files: int) ->
         if part.filename is None:
             raise HTTPException(400, f"file {number}: 'file' must be a file upload, not text")
         what = f"file {number} ({part.filename!r})"
-        images.append(await _decode(predictor, part.data, what))
+        images.append(await _decode(predictor, part.data, budget, what))
     return np.stack(images)
 
 
-async def _from_json(body: bytes, predictor: Predictor, max_instances: int) -> np.ndarray:
+async def _from_json(
+    body: bytes, predictor: Predictor, budget: PixelBudget, max_instances: int
+) -> np.ndarray:
     try:
         document: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -207,7 +241,9 @@ async def _from_json(body: bytes, predictor: Predictor, max_instances: int) -> n
     images = []
     for number, instance in enumerate(request.instances):
         if isinstance(instance, EncodedImage):
-            images.append(await _decode(predictor, instance.b64, f"instances[{number}].b64"))
+            images.append(
+                await _decode(predictor, instance.b64, budget, f"instances[{number}].b64")
+            )
         else:
             images.append(np.asarray(instance, dtype=np.float32))
     return np.stack(images)

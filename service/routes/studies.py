@@ -4,11 +4,13 @@ and the same report for any finished jobs (`/v1/compare`)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 
+from core.cost import refusals
 from core.models import Study
 from core.report import (
     VariantRuns,
@@ -21,22 +23,44 @@ from core.report import (
 from core.states import JobStatus
 from core.store import JobStore
 from core.studies import StudyError, StudySpec, expand
-from service.deps import SettingsDep, StoreDep, StudyDep, no_study
+from service.deps import (
+    Limit,
+    Offset,
+    SettingsDep,
+    StoreDep,
+    StudyDep,
+    StudyId,
+    no_study,
+    no_unknown_query,
+)
+from service.errors import BODY, errors, refused
 from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
-router = APIRouter(tags=["studies"])
+router = APIRouter(tags=["studies"], dependencies=[Depends(no_unknown_query)])
 Table = Literal["variants", "effects"]
 CSV_TABLES = {"variants": variants_csv, "effects": effects_csv}
 MAX_COMPARED = 500
-JOBS_HELP = f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}."
+JobIds = Annotated[
+    str,
+    Query(
+        # 500 ids of 32 characters and their commas.
+        min_length=1,
+        max_length=MAX_COMPARED * 33,
+        pattern=r"[0-9a-f]",
+        description=f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}.",
+    ),
+]
+UNFINISHED = "Some of the jobs have not succeeded."
+CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 
 
 @router.post(
     "/v1/studies",
+    name="studies-create",
     status_code=201,
     response_model=StudyRead,
-    responses={422: {"description": "Invalid study, or more jobs than TRICKLAB_MAX_STUDY_JOBS."}},
+    responses=errors(*BODY),
 )
 def create_study(
     study: StudySpec, store: StoreDep, settings: SettingsDep, response: Response
@@ -49,18 +73,22 @@ def create_study(
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body",), "msg": str(error), "input": None}]
         ) from None
+    # Checked before anything is queued: the base spec, then what each variant adds to it.
+    found = refusals(study.base, settings) or [
+        replace(refusal, message=f"variant {variant.name!r}: {refusal.message}")
+        for variant in variants
+        for refusal in refusals(variant.spec, settings)
+    ]
+    if found:
+        raise refused(found, within=("base",))
     row = store.create_study(study, variants)
     log.info("study=%s created variants=%d seeds=%s", row.id, len(variants), row.seeds)
     response.headers["Location"] = f"/v1/studies/{row.id}"
     return _read(store, row)
 
 
-@router.get("/v1/studies", response_model=StudyList)
-def list_studies(
-    store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> StudyList:
+@router.get("/v1/studies", name="studies-list", response_model=StudyList, responses=errors(422))
+def list_studies(store: StoreDep, limit: Limit = 50, offset: Offset = 0) -> StudyList:
     """Studies, newest first, with their status and progress."""
     studies, total = store.list_studies(limit, offset)
     statuses = store.statuses([job_id for study in studies for job_id in study.job_ids])
@@ -75,13 +103,23 @@ def list_studies(
     )
 
 
-@router.get("/v1/studies/{study_id}", response_model=StudyRead)
+@router.get(
+    "/v1/studies/{study_id}",
+    name="studies-get",
+    response_model=StudyRead,
+    responses=errors(404, 422),
+)
 def get_study(study: StudyDep, store: StoreDep) -> StudyRead:
     """The study: status, progress, and the report of the runs finished so far."""
     return _read(store, study)
 
 
-@router.get("/v1/studies/{study_id}/report", response_model=ReportRead)
+@router.get(
+    "/v1/studies/{study_id}/report",
+    name="studies-report",
+    response_model=ReportRead,
+    responses=errors(404, 422),
+)
 def get_study_report(study: StudyDep, store: StoreDep) -> Any:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
@@ -90,16 +128,22 @@ def get_study_report(study: StudyDep, store: StoreDep) -> Any:
 
 @router.get(
     "/v1/studies/{study_id}/report.csv",
+    name="studies-report-csv",
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={200: CSV, **errors(404, 422)},
 )
 def get_study_report_csv(study: StudyDep, store: StoreDep, table: Table = "variants") -> Response:
     """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
     return _csv(CSV_TABLES[table](study_report(store, study)), f"study-{study.id}-{table}.csv")
 
 
-@router.post("/v1/studies/{study_id}/cancel", response_model=StudyRead)
-def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
+@router.post(
+    "/v1/studies/{study_id}/cancel",
+    name="studies-cancel",
+    response_model=StudyRead,
+    responses=errors(404, 422),
+)
+def cancel_study(study_id: StudyId, store: StoreDep) -> StudyRead:
     """Cancel the study's queued and running jobs; finished runs stay in its report."""
     study = store.cancel_study(study_id)
     if study is None:
@@ -108,8 +152,13 @@ def cancel_study(study_id: str, store: StoreDep) -> StudyRead:
     return _read(store, study)
 
 
-@router.get("/v1/compare", response_model=ReportRead)
-def compare(store: StoreDep, jobs: Annotated[str, Query(description=JOBS_HELP)]) -> Any:
+@router.get(
+    "/v1/compare",
+    name="compare",
+    response_model=ReportRead,
+    responses=errors(400, 404, 422, conflict=UNFINISHED),
+)
+def compare(store: StoreDep, jobs: JobIds) -> Any:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
     return report(compared_variants(store, jobs))
@@ -117,14 +166,11 @@ def compare(store: StoreDep, jobs: Annotated[str, Query(description=JOBS_HELP)])
 
 @router.get(
     "/v1/compare.csv",
+    name="compare-csv",
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}}}},
+    responses={200: CSV, **errors(400, 404, 422, conflict=UNFINISHED)},
 )
-def compare_csv(
-    store: StoreDep,
-    jobs: Annotated[str, Query(description=JOBS_HELP)],
-    table: Table = "variants",
-) -> Response:
+def compare_csv(store: StoreDep, jobs: JobIds, table: Table = "variants") -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
     return _csv(CSV_TABLES[table](report(compared_variants(store, jobs))), f"compare-{table}.csv")
 
@@ -150,8 +196,6 @@ def _read(store: JobStore, study: Study) -> StudyRead:
 
 def compared_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
     ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
-    if not ids:
-        raise HTTPException(400, "jobs: give at least one job id, comma-separated")
     if len(ids) > MAX_COMPARED:
         raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
     found, metrics = store.jobs_with_metrics(ids)

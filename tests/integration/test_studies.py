@@ -137,7 +137,9 @@ def test_comparing_the_same_jobs_gives_the_same_report(finished):
         e["difference"] for e in report["effects"]
     ]
     assert client.get("/v1/compare", params={"jobs": "nope"}).status_code == 404
-    assert client.get("/v1/compare", params={"jobs": " , "}).status_code == 400
+    assert client.get("/v1/compare", params={"jobs": " , "}).status_code == 422
+    too_many = ",".join(f"{n:x}" for n in range(501))
+    assert client.get("/v1/compare", params={"jobs": too_many}).status_code == 400
 
 
 @pytest.mark.parametrize("name", ["curves", "accuracy", "gap", "effects"])
@@ -183,8 +185,8 @@ def test_plots_with_nothing_to_draw_or_bad_names_get_clear_errors(finished):
     assert "'curves', 'accuracy', 'gap' or 'effects'" in unknown.text
     assert "'png' or 'svg'" in client.get(study, params={"format": "gif"}).text
     assert client.get(f"/v1/jobs/{job}/plots/effects").status_code == 422
-    assert client.get("/v1/studies/nope/plots/curves").status_code == 404
-    assert client.get("/v1/jobs/nope/plots/curves").status_code == 404
+    assert client.get("/v1/studies/00000000000000000000000000000000/plots/curves").status_code == 404
+    assert client.get("/v1/jobs/00000000000000000000000000000000/plots/curves").status_code == 404
     assert client.get("/v1/compare/plots/curves", params={"jobs": "nope"}).status_code == 404
 
 
@@ -198,8 +200,8 @@ def test_studies_are_listed_newest_first_and_can_be_cancelled(finished):
     cancelled = client.post(f"/v1/studies/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["progress"]["cancelled"] == 3
-    assert client.post("/v1/studies/nope/cancel").status_code == 404
-    assert client.get("/v1/studies/nope").status_code == 404
+    assert client.post("/v1/studies/00000000000000000000000000000000/cancel").status_code == 404
+    assert client.get("/v1/studies/00000000000000000000000000000000").status_code == 404
 
 
 @pytest.mark.parametrize(
