@@ -4,11 +4,16 @@ effect. PNG or SVG.
 
 Drawn with matplotlib's object API, never pyplot: pyplot keeps global state that is not
 thread-safe, and the service renders plots in its worker threads.
+
+Titles and names are text that users write (a study's name), so they are drawn as written:
+never parsed as mathtext, on lines of their own, cut to a length that fits (see `_lines`).
 """
 
 from __future__ import annotations
 
 import io
+import textwrap
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -16,6 +21,8 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from core.stats import Estimate
@@ -27,13 +34,32 @@ MEDIA_TYPES: dict[str, str] = {"png": "image/png", "svg": "image/svg+xml"}
 DPI = 100
 
 # Set once for the process (rc_context would not be thread-safe): text stays text in SVGs,
-# and the same plot gives the same SVG bytes.
-matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "tricklab", "font.size": 10})
+# and the same plot gives the same SVG bytes. Every text is drawn as written: mathtext would
+# draw a study named "$x$" as an italic x and fail on one named "$\frac{a}{b}$" (the plot a
+# 500); no text of these plots is meant as mathtext or LaTeX.
+matplotlib.rcParams.update(
+    {
+        "svg.fonttype": "none",
+        "svg.hashsalt": "tricklab",
+        "font.size": 10,
+        "text.parse_math": False,
+        "text.usetex": False,
+    }
+)
 
 RANGES = {"train_loss": (0, None), "val_loss": (0, None), "gap": (-1, 1)} | dict.fromkeys(
     ("train_accuracy", "val_accuracy", "test_accuracy"), (0, 1)
 )
-LEGEND_CHARACTERS = 120  # what fits across the narrowest figure at the default font size
+# Room for text, measured as drawn (a line of W is twice as wide as one of i): a title line
+# across the narrowest figure (10 inches), in lines of at most TITLE_CHARACTERS; a variant's
+# name as a row label or a legend entry, beside a row's note and a plot still worth reading
+# (about 80 characters of ordinary text; the longest name a preset gives, all the notebook's
+# tricks, is 70); a trick's, beside the effects plot's long axis label, which needs more room
+# (about 55 characters; a trick with all its parameters set takes 40).
+FIGURE_INCHES = 9.5
+TITLE_CHARACTERS, TITLE_LINES = 70, 2
+VARIANT_INCHES, TRICK_INCHES = 6.5, 4.5
+LEGEND_HANDLE_INCHES = 0.8  # a legend entry's line sample, and the padding around it
 VERDICT_COLOURS = {"helps": "#1a9850", "hurts": "#d73027"}
 NEUTRAL = "#7f7f7f"
 
@@ -43,8 +69,8 @@ class NothingToPlot(Exception):
 
 
 def render(name: PlotName, data: dict[str, Any], title: str, fmt: Format = "png") -> bytes:
-    """The named plot of a report, as core.report.report makes it."""
-    figure = DRAW[name](data, title)
+    """The named plot of a report, as core.report.report makes it, as an image file."""
+    figure = draw(name, data, title)
     out = io.BytesIO()
     # No creation date in the file: the same report always gives the same bytes.
     metadata = {"Date": None} if fmt == "svg" else {}
@@ -70,7 +96,7 @@ def _curves(data: dict[str, Any], title: str) -> Figure:
         if not any(drawn):
             _note(axes, "not recorded (no validation split)")
     _legend(figure, variants)
-    figure.suptitle(f"{title}: learning curves\n{_band_caption(variants)}")
+    figure.suptitle(f"{title}\nlearning curves\n{_band_caption(variants)}")
     return figure
 
 
@@ -87,7 +113,7 @@ def _gap(data: dict[str, Any], title: str) -> Figure:
     _epoch_axis(axes)
     _legend(figure, variants)
     figure.suptitle(
-        f"{title}: generalisation gap (above 0: better on the training data than on held-out "
+        f"{title}\ngeneralisation gap (above 0: better on the training data than on held-out "
         f"data)\n{_band_caption(variants)}"
     )
     return figure
@@ -97,7 +123,7 @@ def _accuracy(data: dict[str, Any], title: str) -> Figure:
     variants = [v for v in _with_runs(data) if v["final_test_accuracy"]]
     if not variants:
         raise NothingToPlot("no finished run has a test accuracy yet")
-    figure, axes = _interval_rows([v["name"] for v in variants])
+    figure, axes = _interval_rows([_label(v["name"], VARIANT_INCHES) for v in variants])
     for row, (variant, colour) in enumerate(_coloured(variants)):
         accuracy: Estimate = variant["final_test_accuracy"]
         high = accuracy.high
@@ -108,7 +134,7 @@ def _accuracy(data: dict[str, Any], title: str) -> Figure:
     axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     axes.set_xlabel("final test accuracy")
     figure.suptitle(
-        f"{title}: final test accuracy\n"
+        f"{title}\nfinal test accuracy: "
         "◆ mean over seeds, bars: 95% confidence interval, dots: single seeds"
     )
     return figure
@@ -121,7 +147,7 @@ def _effects(data: dict[str, Any], title: str) -> Figure:
             "no trick is compared yet: it needs two variants that differ by that trick alone, "
             "with runs of the same seeds finished"
         )
-    figure, axes = _interval_rows([e["trick"] for e in effects])
+    figure, axes = _interval_rows([_label(e["trick"], TRICK_INCHES) for e in effects])
     for row, effect in enumerate(effects):
         colour = VERDICT_COLOURS.get(effect["verdict"], NEUTRAL)
         _interval(axes, row, effect["difference"], colour, effect["verdict"])
@@ -129,7 +155,7 @@ def _effects(data: dict[str, Any], title: str) -> Figure:
     axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x * 100:+.1f}"))
     axes.set_xlabel("change in final test accuracy when the trick is added (percentage points)")
     figure.suptitle(
-        f"{title}: what each trick does\n"
+        f"{title}\nwhat each trick does: "
         "◆ mean paired difference over seeds, bars: 95% confidence interval"
     )
     return figure
@@ -141,6 +167,12 @@ DRAW: dict[str, Callable[[dict[str, Any], str], Figure]] = {
     "gap": _gap,
     "effects": _effects,
 }
+
+
+def draw(name: PlotName, data: dict[str, Any], title: str) -> Figure:
+    """The named plot of a report as a figure. The title may hold text that users write: it is
+    drawn as written, on at most TITLE_LINES lines of its own above the plot's description."""
+    return DRAW[name](data, _lines(title, TITLE_CHARACTERS, TITLE_LINES))
 
 
 def _with_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,7 +197,8 @@ def _band(axes: Axes, variant: dict[str, Any], key: str, colour: Any) -> bool:
         return False
     epochs = variant["curves"]["epoch"]
     marker = "o" if len(epochs) == 1 else None  # one point draws no line
-    axes.plot(epochs, mean, color=colour, label=variant["name"], marker=marker, linewidth=1.6)
+    label = _label(variant["name"], VARIANT_INCHES)
+    axes.plot(epochs, mean, color=colour, label=label, marker=marker, linewidth=1.6)
     # An interval past what the metric can reach (accuracy over 100%, a negative loss) says
     # only that the runs are few: draw it to the reachable range.
     floor, ceiling = RANGES[key]
@@ -209,8 +242,9 @@ def _legend(figure: Figure, variants: list[dict[str, Any]]) -> None:
     if len(variants) < 2:
         return
     handles, labels = figure.axes[0].get_legend_handles_labels()
-    longest = max(len(label) for label in labels)
-    columns = max(1, min(3, LEGEND_CHARACTERS // (longest + 8), len(variants)))
+    size = matplotlib.rcParams["legend.fontsize"]
+    widest = max(_inches(label, size) for label in labels) + LEGEND_HANDLE_INCHES
+    columns = max(1, min(3, int(FIGURE_INCHES // widest), len(variants)))
     figure.legend(handles, labels, loc="outside lower center", ncols=columns)
 
 
@@ -229,3 +263,59 @@ def _epoch_axis(axes: Axes) -> None:
 
 def _note(axes: Axes, text: str) -> None:
     axes.text(0.5, 0.5, text, transform=axes.transAxes, ha="center", va="center", color=NEUTRAL)
+
+
+# Characters that would break a line, or the plot: a line break (of any kind) in a name would
+# start a line of the title or legend that the name does not own, control characters and
+# unpaired surrogates are not allowed in an SVG (XML) file and have no glyph, and the bidi
+# controls reorder the text after them in a browser's SVG but not in the PNG. Line breaks
+# become spaces; the rest become U+FFFD, so that what was there still shows.
+_BREAKS = "\t\n\v\f\r\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+_UNDRAWABLE = [
+    *range(0x20),
+    *range(0x7F, 0xA0),
+    *range(0xD800, 0xE000),
+    0xFFFE,
+    0xFFFF,
+    0x2028,
+    0x2029,
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+]
+_DRAWABLE = str.maketrans({c: " " if chr(c) in _BREAKS else "\ufffd" for c in _UNDRAWABLE})
+
+
+def _lines(text: str, width: int, count: int) -> str:
+    """A title as drawn: printable, broken at spaces into at most `count` lines of at most
+    `width` characters (a word longer than a line is broken too) that fit across the figure,
+    the rest cut off with an ellipsis."""
+    lines = textwrap.wrap(text.translate(_DRAWABLE), width, break_on_hyphens=False)
+    if len(lines) > count:
+        lines = lines[:count]
+        lines[-1] = lines[-1][: width - 1].rstrip() + "…"
+    size = matplotlib.rcParams["figure.titlesize"]
+    return "\n".join(_fit(line, FIGURE_INCHES, size) for line in lines)
+
+
+def _label(name: str, inches: float) -> str:
+    """A variant's or trick's name as a row label or a legend entry: printable, on one line,
+    cut off with an ellipsis where it is wider than `inches`."""
+    return _fit(name.translate(_DRAWABLE), inches, matplotlib.rcParams["ytick.labelsize"])
+
+
+def _fit(text: str, inches: float, size: Any) -> str:
+    """The text, or as much of its start as fits in `inches` with an ellipsis after it."""
+    if _inches(text, size) <= inches:
+        return text
+    fits = bisect_right(
+        range(len(text)), inches, key=lambda end: _inches(text[:end].rstrip() + "…", size)
+    )
+    return text[: fits - 1].rstrip() + "…"
+
+
+def _inches(text: str, size: Any) -> float:
+    """How wide the text is drawn at this font size (as matplotlib takes it: 10, "large")."""
+    width, _, _ = text_to_path.get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=False
+    )
+    return float(width) / 72

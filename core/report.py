@@ -292,13 +292,11 @@ VARIANT_COLUMNS = (
 
 def variants_csv(data: dict[str, Any]) -> str:
     """One row per variant: each statistic's mean, interval bounds and run count."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
     header = ["variant", "tricks", "runs", "jobs_total"]
     for column in VARIANT_COLUMNS:
         header += [f"{column}_mean", f"{column}_low", f"{column}_high"]
     header.append("stopped_epochs")
-    writer.writerow(header)
+    rows = []
     for variant in data["variants"]:
         row = [
             variant["name"],
@@ -309,30 +307,27 @@ def variants_csv(data: dict[str, Any]) -> str:
         for column in VARIANT_COLUMNS:
             value: Estimate | None = variant[column]
             row += [value.mean, value.low, value.high] if value else [None] * 3
-        row.append(" ".join(str(e) if e else "-" for e in variant["stopped_epochs"]))
-        writer.writerow(row)
-    return out.getvalue()
+        row.append(" ".join(str(e) if e else "none" for e in variant["stopped_epochs"]))
+        rows.append(row)
+    return _csv(header, rows)
 
 
 def effects_csv(data: dict[str, Any]) -> str:
     """One row per trick: the paired difference in final test accuracy and the verdict."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "trick",
-            "difference_mean",
-            "difference_low",
-            "difference_high",
-            "seeds",
-            "p_value",
-            "verdict",
-            "pairs",
-        ]
-    )
+    header = [
+        "trick",
+        "difference_mean",
+        "difference_low",
+        "difference_high",
+        "seeds",
+        "p_value",
+        "verdict",
+        "pairs",
+    ]
+    rows = []
     for effect in data["effects"]:
         difference: Estimate | None = effect["difference"]
-        writer.writerow(
+        rows.append(
             [
                 effect["trick"],
                 *([difference.mean, difference.low, difference.high] if difference else [None] * 3),
@@ -342,4 +337,32 @@ def effects_csv(data: dict[str, Any]) -> str:
                 "; ".join(f"{p['without']} → {p['with']}" for p in effect["pairs"]),
             ]
         )
+    return _csv(header, rows)
+
+
+# A spreadsheet opening a CSV file takes a cell that starts with one of these for a formula
+# (and a formula can run commands, or send the sheet's data away: CSV injection). OWASP's
+# rule: such a text cell gets a leading apostrophe, which shows and makes the cell text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    """A CSV table in which no text cell starts a formula: every text cell goes through the
+    rule, so text that users write (and names built from it) cannot. Numbers are written as
+    numbers, negative ones included: to a spreadsheet they are numbers, not formulas."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in [header, *rows]:
+        writer.writerow([_inert_cell(cell) for cell in row])
     return out.getvalue()
+
+
+def _inert_cell(cell: Any) -> Any:
+    if not isinstance(cell, str):
+        return cell
+    if cell.startswith(FORMULA_STARTS):
+        cell = "'" + cell
+    # The writer quotes a cell with a line feed in it, but not one with a lone carriage return
+    # (the lines end in "\n"), which readers and spreadsheets take for the end of the row: one
+    # name could add rows of its own.
+    return cell.replace("\r\n", "\n").replace("\r", "\n")

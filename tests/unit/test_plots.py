@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from core import plots
@@ -114,3 +115,106 @@ def test_a_report_without_finished_runs_has_nothing_to_plot(name):
     job.status, job.result = JobStatus.QUEUED, None
     with pytest.raises(plots.NothingToPlot):
         plots.render(name, report(job_variants([job], {})), "S")
+
+
+# Text that users write: a study's name reaches the title, and names (today built from
+# tricks, tomorrow maybe labels) reach the legend and the row labels.
+MATHTEXT = [r"$\frac{a}{b}$", r"$\alpha$", "$x", r"$\undefinedcommand$", "$$"]
+MARKUP = "<script>alert(1)</script> ]]> & &amp; <!--"
+PLOTS = ["curves", "accuracy", "gap", "effects"]
+
+
+def named(text):
+    """The study report with every name that a plot draws replaced by the text."""
+    data = study_report()
+    for i, variant in enumerate(data["variants"]):
+        variant["name"] = f"{text} {i}"
+    for effect in data["effects"]:
+        effect["trick"] = text
+    return data
+
+
+def svg_root(image: bytes) -> ET.Element:
+    root = ET.fromstring(image)  # raises on anything not well-formed: a name broke out
+    assert not [e for e in root.iter() if e.tag.rsplit("}", 1)[-1].lower() == "script"]
+    return root
+
+
+def lines_of(image: bytes) -> list[str]:
+    """Each line of text in an SVG plot (a line of a title is a text element of its own)."""
+    return [element.text or "" for element in svg_root(image).iter(f"{SVG}text")]
+
+
+@pytest.mark.parametrize("name", PLOTS)
+@pytest.mark.parametrize("text", MATHTEXT)
+def test_mathtext_in_titles_and_names_is_drawn_as_written(name, text):
+    data = named(text)
+    title = f"Study {text}"
+    Image.open(io.BytesIO(plots.render(name, data, title))).verify()
+    lines = lines_of(plots.render(name, data, title, "svg"))
+    assert title in lines
+    # The legend (curves, gap) or the row labels (accuracy, effects) draw the names too.
+    assert (text if name == "effects" else f"{text} 1") in lines
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_markup_in_names_is_escaped_in_the_svg(name):
+    image = plots.render(name, named(MARKUP), f"Study {MARKUP}", "svg")
+    assert b"<script" not in image and b"<!--" not in image
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in image
+    lines = lines_of(image)
+    assert f"Study {MARKUP}" in lines
+    assert (MARKUP if name == "effects" else f"{MARKUP} 0") in lines
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_control_characters_draw_neither_lines_of_their_own_nor_a_broken_file(name):
+    # Line breaks become spaces: no name starts a title line of its own. What cannot be
+    # drawn, or written in XML (NUL, an escape, an unpaired surrogate, a bidi override),
+    # becomes U+FFFD, so that it still shows something was there.
+    text = "a\nFORGED\r\nb\tc\x00d\x1be\x85f\u2028g\u202eh\ud800i\ufffe"
+    drawn = "a FORGED  b c\ufffdd\ufffde f g\ufffdh\ufffdi\ufffd"
+    data = named(text)
+    Image.open(io.BytesIO(plots.render(name, data, f"Study {text}"))).verify()
+    lines = lines_of(plots.render(name, data, f"Study {text}", "svg"))
+    assert f"Study {drawn}" in lines
+    assert (drawn if name == "effects" else f"{drawn} 0") in lines
+    assert "FORGED" not in lines
+
+
+@pytest.mark.parametrize("name", PLOTS)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A study with a very long name " * 7,  # about 200 characters, as long as a name goes
+        "x" * 200,  # no space to break it at
+        "W" * 200,  # the widest letter: a line of it is far wider than its count suggests
+    ],
+)
+def test_long_names_are_cut_with_an_ellipsis_and_everything_stays_inside_the_figure(name, text):
+    figure = plots.draw(name, named(text), f"Study {text}")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    drawn = figure.get_tightbbox(canvas.get_renderer())
+    inside = figure.bbox_inches
+    assert inside.x0 <= drawn.x0 and drawn.x1 <= inside.x1
+    assert inside.y0 <= drawn.y0 and drawn.y1 <= inside.y1
+    # The title's lines, then what the plot shows (and how its bands are drawn).
+    lines = figure.get_suptitle().splitlines()
+    assert len(lines) == plots.TITLE_LINES + 1 + (name in ("curves", "gap"))
+    title = lines[: plots.TITLE_LINES]
+    assert all(len(line) <= plots.TITLE_CHARACTERS for line in title)
+    assert title[-1].endswith("…")
+    labels = [t.get_text() for axes in figure.axes for t in axes.get_yticklabels()]
+    if figure.legends:
+        labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels and all(label.endswith("…") for label in labels)
+
+
+def test_a_name_that_fits_is_drawn_whole():
+    name = "base + dropout + weight_decay + early_stopping + batch_norm + momentum"
+    data = study_report()
+    data["variants"][1]["name"] = name
+    lines = lines_of(plots.render("accuracy", data, "Study 'notebook'", "svg"))
+    assert name in lines
+    assert "Study 'notebook'" in lines

@@ -1,11 +1,14 @@
 """The report's grouping and its rule for comparing a trick: every pair of variants that
 differ by that trick alone, averaged per seed, the interval taken over seeds."""
 
+import csv
+import io
+
 import numpy as np
 import pytest
 
 from core.models import Job
-from core.report import job_variants, report, study_status
+from core.report import effects_csv, job_variants, report, study_status, variants_csv
 from core.spec import JobSpec
 from core.states import JobStatus
 
@@ -97,3 +100,49 @@ def test_variant_statistics_use_succeeded_runs_only():
 )
 def test_study_status(cancelled, statuses, expected):
     assert study_status(cancelled, [JobStatus(s) for s in statuses]) == expected
+
+
+# Cells that a spreadsheet would take for a formula (CSV injection), each with its text.
+CRAFTED = ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1:A9)", "\t=1+1", "\r=1+1"]
+
+
+def test_no_text_cell_of_the_csv_tables_starts_a_formula_and_numbers_stay_numbers():
+    # Dropout hurts: its differences are negative numbers, written as they are.
+    jobs = [
+        job(t, s, 0.8 - 0.01 * len(t) + 0.002 * s * len(t))
+        for s in range(3)
+        for t in ([], ["dropout"])
+    ]
+    data = report(job_variants(jobs, {}))
+    for i, variant in enumerate(data["variants"]):
+        variant["name"] = CRAFTED[i]
+        variant["tricks"] = [CRAFTED[i + 2]]
+    (effect,) = data["effects"]
+    effect["trick"], effect["verdict"] = CRAFTED[4], CRAFTED[5]
+    effect["pairs"] = [{"without": CRAFTED[3], "with": "base"}]
+
+    variants = list(csv.DictReader(io.StringIO(variants_csv(data), newline="")))
+    assert [row["variant"] for row in variants] == ["'" + text for text in CRAFTED[:2]]
+    assert [row["tricks"] for row in variants] == ["'" + text for text in CRAFTED[2:4]]
+    # A run that early stopping did not stop is "none": no cell of ours starts a formula.
+    assert variants[0]["stopped_epochs"] == "none none none"
+    mean = data["variants"][0]["final_test_accuracy"].mean
+    assert variants[0]["final_test_accuracy_mean"] == repr(mean)
+
+    (row,) = csv.DictReader(io.StringIO(effects_csv(data), newline=""))
+    # A carriage return would end the row where it is not quoted: it is a line feed, quoted.
+    assert row["trick"] == "'\t=1+1" and row["verdict"] == "'\n=1+1"
+    assert row["pairs"] == "'@SUM(A1:A9) → base"
+    difference = effect["difference"]
+    assert difference.mean < 0 and difference.high < 0
+    assert row["difference_mean"] == repr(difference.mean)  # -0.01…: a number, left alone
+    assert row["difference_high"] == repr(difference.high)
+    assert float(row["p_value"]) == pytest.approx(effect["p_value"])
+
+
+@pytest.mark.parametrize("text", ["base", "all − dropout", "dropout(rate=0.2)", "", "'=x", " =x"])
+def test_text_that_starts_no_formula_is_written_as_it_is(text):
+    data = report(job_variants([job([], 0, 0.8)], {}))
+    data["variants"][0]["name"] = text
+    (row,) = csv.DictReader(io.StringIO(variants_csv(data), newline=""))
+    assert row["variant"] == text
