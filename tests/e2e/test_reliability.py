@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx2 as httpx
 import keras
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from core import datasets
 from core.artifacts import sha256_of
+from core.models import Job
 from core.spec import JobSpec
 from core.states import TERMINAL, JobStatus
 from tests.cluster import FAST_LEASES, Cluster, wait_for
@@ -312,6 +313,30 @@ def test_a_poison_job_fails_after_max_attempts_while_others_flow(make_cluster):
         (3, "worker_lost"),
     ]
     assert all(cluster.store.get(job_id).status == JobStatus.SUCCEEDED for job_id in others)
+
+
+def test_a_stored_spec_that_no_longer_parses_fails_alone_and_the_worker_goes_on(make_cluster):
+    # As an older tricklab could store it: a study's derived seed past the largest seed.
+    cluster = make_cluster()
+    before, poison, after = submit(cluster, 3, epochs=2)
+    with cluster.store.engine.begin() as connection:
+        spec = {**cluster.store.get(poison).spec, "seed": 2**31}
+        connection.execute(update(Job).where(Job.id == poison).values(spec=spec))
+    assert cluster.client.get("/v1/jobs").status_code == 200  # shown as stored
+    cluster.start_worker("w")  # packs up to 8: all three are claimed together
+    wait_for(lambda: all_ended(cluster, [before, poison, after]), 300, "the jobs to end")
+
+    failed = cluster.client.get(f"/v1/jobs/{poison}").json()
+    assert (failed["status"], failed["error"]["reason"], failed["attempts"]) == (
+        "failed",
+        "invalid_spec",
+        1,
+    )
+    assert "seed: Input should be less than or equal to 2147483647" in failed["error"]["message"]
+    assert {cluster.store.get(job).status for job in (before, after)} == {JobStatus.SUCCEEDED}
+    (later,) = submit(cluster, 1, epochs=1, seed=7)  # the worker is still there
+    wait_for(lambda: all_ended(cluster, [later]), 120, "a job submitted afterwards")
+    assert cluster.store.get(later).status == JobStatus.SUCCEEDED and cluster.alive("w")
 
 
 def test_every_returned_job_id_survives_the_api_being_killed(make_cluster):

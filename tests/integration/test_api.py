@@ -1,5 +1,7 @@
 """The API through TestClient, against a real SQLite file."""
 
+import re
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -311,3 +313,103 @@ def test_a_job_shows_its_lease_attempts_and_failures(client, store):
         "OSError",
         "disk full",
     )
+
+
+def test_an_ended_jobs_files_can_be_deleted_and_its_model_is_then_gone(client, settings):
+    job = submit(client)
+    queued = client.delete(f"/v1/jobs/{job['id']}")
+    assert queued.status_code == 409 and "cancel it first" in queued.json()["detail"]
+    drain_queue(settings)
+    url = f"/v1/jobs/{job['id']}"
+    assert client.post(f"{url}/predict", json={"instances": [[[0] * 28] * 28]}).status_code == 200
+    folder = settings.artifacts_dir / "jobs" / job["id"]
+    assert any(folder.rglob("model.keras"))
+
+    deleted = client.delete(url)
+    assert deleted.status_code == 200
+    assert deleted.json()["artifacts_deleted_at"] is not None and not folder.exists()
+    assert client.delete(url).json() == deleted.json()  # again: harmless, the same answer
+    for response in (
+        client.get(f"{url}/model"),
+        client.get(f"{url}/model/metadata"),
+        client.post(f"{url}/predict", json={"instances": [[[0] * 28] * 28]}),  # was loaded
+    ):
+        assert response.status_code == 410, response.text
+        assert "were deleted at" in response.json()["detail"]
+    kept = client.get(url).json()
+    assert kept["status"] == "succeeded" and kept["result"] == deleted.json()["result"]
+    assert len(client.get(f"{url}/metrics").json()["epochs"]) == TINY["epochs"]
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/v1/jobs?offset=1000000000000000000000000000000", "offset"),
+        ("/v1/studies?offset=1000000000000000000000000000000", "offset"),
+        ("/v1/jobs/{job}/metrics?since_epoch=100000000000000000000000", "since_epoch"),
+    ],
+)
+def test_integers_beyond_what_the_database_stores_are_422(client, path, parameter):
+    response = client.get(path.format(job=submit(client)["id"]))
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == (
+        f"{parameter}: Input should be less than or equal to 2147483647"
+    )
+
+
+def test_an_unknown_query_parameter_is_named_not_ignored(client):
+    response = client.get("/v1/jobs?statsu=running")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["msg"] == (
+        "statsu: unknown query parameter 'statsu'; this route takes status, limit, offset"
+    )
+    predict = client.post(f"/v1/jobs/{UNKNOWN}/predict?fast=1", json={"instances": []})
+    assert predict.status_code == 422 and "this route takes none" in predict.text
+
+
+def test_a_method_a_path_does_not_take_names_those_it_does(client):
+    response = client.put("/v1/jobs")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST"
+    assert response.json()["detail"] == "PUT is not allowed on /v1/jobs; allowed: GET, POST"
+
+
+def test_json_sent_without_its_content_type_is_told_so(client):
+    for headers in ({}, {"content-type": "text/plain"}):
+        response = client.post("/v1/jobs", content=b'{"epochs": 1}', headers=headers)
+        assert response.status_code == 415
+        assert "must be JSON, sent with Content-Type: application/json" in response.text
+
+
+def test_booleans_are_not_numbers(client):
+    response = client.post("/v1/jobs", json={**TINY, "epochs": True, "learning_rate": False})
+    assert response.status_code == 422
+    assert [issue["msg"] for issue in response.json()["detail"]] == [
+        "epochs: must be a number, not true",
+        "learning_rate: must be a number, not false",
+    ]
+
+
+def test_a_spec_over_a_limit_is_refused_naming_it_and_nothing_is_queued(client):
+    huge = {**TINY, "hidden_units": [4096] * 8, "epochs": 1000, "batch_size": 1}
+    response = client.post("/v1/jobs", json=huge)
+    assert response.status_code == 422
+    issues = {issue["field"]: issue for issue in response.json()["detail"]}
+    assert set(issues) == {"hidden_units", "batch_size"}  # 500 images: 500,000 steps pass
+    assert issues["hidden_units"]["ctx"] == {
+        "value": 120_725_514,
+        "limit": 5_000_000,
+        "setting": "TRICKLAB_MAX_PARAMETERS",
+    }
+    study = {"base": huge, "tricks": ["dropout"], "repeats": 8}
+    assert client.post("/v1/studies", json=study).status_code == 422
+    assert client.post("/v1/jobs", json={**TINY, "dataset": "svhn"}).status_code == 422
+    assert client.get("/v1/jobs").json()["total"] == client.get("/v1/studies").json()["total"] == 0
+
+
+def test_the_docs_page_needs_nothing_from_outside(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)""", page.text)
+    assert assets and all(asset.startswith("/") for asset in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset

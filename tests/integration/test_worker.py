@@ -5,10 +5,12 @@ import json
 import keras
 import numpy as np
 import pytest
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from core.artifacts import ArtifactStore, sha256_of
 from core.config import get_settings
+from core.models import Job
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.store import Checkpoint
@@ -127,10 +129,9 @@ def test_errors_fail_the_job_with_their_type_and_message(settings, store, tmp_pa
 def stored(store, document: dict) -> str:
     """A queued job whose spec is stored as given, unvalidated: as an older tricklab could
     have stored it (a study's derived seed past the largest one, once)."""
-    job = store._new_job(JobSpec.model_validate(TINY))
-    job.spec = document
-    with store._write.begin() as session:
-        session.add(job)
+    job = store.enqueue(JobSpec.model_validate(TINY))[0]
+    with store.engine.begin() as connection:
+        connection.execute(update(Job).where(Job.id == job.id).values(spec=document))
     return job.id
 
 
