@@ -95,6 +95,12 @@ class Cluster:
         except httpx.TransportError:
             return False
 
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:

@@ -6,7 +6,6 @@ of a careless client, each answered with its documented error, also typed."""
 from __future__ import annotations
 
 import importlib
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 from tests.cluster import Cluster, wait_for
 from tests.conftest import TINY, tiny_images
 from tests.images import encode
-from tests.integration.test_servable import LOADER
+from tests.integration.test_servable import load_without_tricklab
 
 pytestmark = pytest.mark.e2e
 IMAGES, LABELS = tiny_images(3, seed=21)
@@ -36,13 +35,10 @@ content_type_overrides:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("client")
-    cluster = Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}")
-    try:
+    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}") as cluster:
         cluster.start_api()
         cluster.start_worker("worker")
         yield cluster
-    finally:
-        cluster.close()
 
 
 # openapi-python-client 0.29.1 gives a required body of several content types (predict's)
@@ -156,17 +152,10 @@ def test_a_generated_client_submits_reads_back_typed_and_predicts(stack, generat
 
     # The downloaded model loads with plain Keras, in a process that cannot import tricklab.
     model = operation("jobs", "jobs_model").sync_detailed(done.id, client=client)
-    (tmp_path / "job.keras").write_bytes(model.content)
-    np.save(tmp_path / "inputs.npy", (IMAGES / 255).astype(np.float32))
-    loaded = subprocess.run(
-        [sys.executable, "-I", "-c", LOADER, str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert loaded.returncode == 0, loaded.stderr
-    answer = json.loads(loaded.stdout)["job"]
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "job.keras").write_bytes(model.content)
+    np.save(tmp_path / "models" / "inputs.npy", (IMAGES / 255).astype(np.float32))
+    answer = load_without_tricklab(tmp_path / "models", cwd=tmp_path)["job"]
     assert "error" not in answer and answer["imported"] == []
     assert np.argmax(answer["outputs"], axis=1).tolist() == LABELS.tolist()
 

@@ -22,13 +22,10 @@ IMAGES, LABELS = tiny_images(3, seed=21)
 
 @pytest.fixture
 def stack(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}")
-    try:
+    with Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}") as cluster:
         cluster.start_api()
         cluster.start_worker("worker")
         yield cluster
-    finally:
-        cluster.close()
 
 
 def status_of(client: httpx.Client, job_id: str) -> str:

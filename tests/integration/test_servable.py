@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -74,17 +75,22 @@ def saved(splits: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
         expected[name] = keras.ops.convert_to_numpy(trained.model(inputs, training=False))
         servable(trained.model).save(folder / f"{name}.keras")
         trained.model.save(folder / "trained" / f"{name}.keras")
-    empty = tmp_path_factory.mktemp("cwd")
+    answers = load_without_tricklab(folder, cwd=tmp_path_factory.mktemp("cwd"))
+    return {"folder": folder, "inputs": inputs, "expected": expected, "answers": answers}
+
+
+def load_without_tricklab(folder: Path, cwd: Path) -> dict[str, Any]:
+    """What a Python that cannot import tricklab answers for each model in the folder (see
+    LOADER), run from `cwd`, an empty folder."""
     result = subprocess.run(
         [sys.executable, "-I", "-c", LOADER, str(folder)],
-        cwd=empty,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    answers = json.loads(result.stdout)
-    return {"folder": folder, "inputs": inputs, "expected": expected, "answers": answers}
+    return dict(json.loads(result.stdout))
 
 
 @pytest.mark.backends

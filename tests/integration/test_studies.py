@@ -24,6 +24,8 @@ STUDY = {
     "repeats": 2,
 }
 
+UNKNOWN = "0" * 32  # a well-formed id that nothing has
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
@@ -185,8 +187,8 @@ def test_plots_with_nothing_to_draw_or_bad_names_get_clear_errors(finished):
     assert "'curves', 'accuracy', 'gap' or 'effects'" in unknown.text
     assert "'png' or 'svg'" in client.get(study, params={"format": "gif"}).text
     assert client.get(f"/v1/jobs/{job}/plots/effects").status_code == 422
-    assert client.get("/v1/studies/00000000000000000000000000000000/plots/curves").status_code == 404
-    assert client.get("/v1/jobs/00000000000000000000000000000000/plots/curves").status_code == 404
+    assert client.get(f"/v1/studies/{UNKNOWN}/plots/curves").status_code == 404
+    assert client.get(f"/v1/jobs/{UNKNOWN}/plots/curves").status_code == 404
     assert client.get("/v1/compare/plots/curves", params={"jobs": "nope"}).status_code == 404
 
 
@@ -200,8 +202,8 @@ def test_studies_are_listed_newest_first_and_can_be_cancelled(finished):
     cancelled = client.post(f"/v1/studies/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["progress"]["cancelled"] == 3
-    assert client.post("/v1/studies/00000000000000000000000000000000/cancel").status_code == 404
-    assert client.get("/v1/studies/00000000000000000000000000000000").status_code == 404
+    assert client.post(f"/v1/studies/{UNKNOWN}/cancel").status_code == 404
+    assert client.get(f"/v1/studies/{UNKNOWN}").status_code == 404
 
 
 @pytest.mark.parametrize(

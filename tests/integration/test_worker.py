@@ -159,9 +159,10 @@ def test_a_stored_spec_that_cannot_be_read_fails_alone_and_the_others_train(
             "invalid_spec",
         )
         assert job["error"]["message"].startswith("the stored spec is not a valid job spec: ")
-    assert "seed: Input should be less than or equal to 2147483647" in store.get(
-        unreadable[0]
-    ).error_message
+    assert (
+        "seed: Input should be less than or equal to 2147483647"
+        in store.get(unreadable[0]).error_message
+    )
 
 
 @pytest.mark.parametrize("pack_size", [1, 8])
