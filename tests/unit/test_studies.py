@@ -124,6 +124,16 @@ def test_more_jobs_than_the_limit_are_refused_before_any_is_made():
         ({"design": "explicit", "variants": [[]], "tricks": ["dropout"]}, "not 'tricks'"),
         ({"tricks": ["dropout"], "variants": [[]]}, "only for the explicit design"),
         ({"tricks": ["dropout"], "repeats": 0}, "greater than or equal to 1"),
+        ({"tricks": ["dropout"], "repeats": True}, "must be a number, not true"),
+        (
+            {"base": {"seed": 2**31 - 1}, "tricks": ["dropout"], "repeats": 2},
+            "the seeds run from base.seed 2147483647 to 2147483648 .* past the largest seed",
+        ),
+        ({"tricks": ["dropout"] * 9}, "List should have at most 8 items"),
+        (
+            {"design": "explicit", "variants": [["dropout"] * 9]},
+            "List should have at most 8 items",
+        ),
     ],
 )
 def test_invalid_studies_are_refused_with_the_reason(fields, message):
@@ -136,3 +146,8 @@ def test_trick_labels_name_only_the_parameters_changed():
     assert trick_label({"name": "momentum", "momentum": 0.8, "nesterov": False}) == (
         "momentum(momentum=0.8, nesterov=False)"
     )
+
+
+def test_the_last_seed_may_be_the_largest_one():
+    study = StudySpec(base={"seed": 2**31 - 2}, tricks=["dropout"], repeats=2)
+    assert study.seeds == [2**31 - 2, 2**31 - 1]
