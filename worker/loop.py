@@ -40,8 +40,6 @@ def failure_reason(error: BaseException) -> FailureReason:
         return FailureReason.DIVERGED
     if isinstance(error, training.TimedOut):
         return FailureReason.TIMEOUT
-    if isinstance(error, ValidationError):
-        return FailureReason.INVALID_SPEC
     return FailureReason.ERROR
 
 
@@ -204,7 +202,11 @@ class Worker:
         except ValidationError:
             return None  # alone: it fails as invalid_spec once held
         key = packing.pack_key(spec)
-        return None if key is None else (key, self.pack_memory_bytes // cost.memory_bytes(spec))
+        if key is None:
+            return None
+        # At least the job itself: one that alone needs more than the budget (admitted under
+        # other limits) still trains, alone.
+        return key, max(1, self.pack_memory_bytes // cost.memory_bytes(spec))
 
     def _train(self, held: list[Held]) -> None:
         """Train the held jobs (all of one pack key), each settled as soon as it ends."""

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
+from core import cost
 from core.artifacts import ArtifactStore, sha256_of
 from core.config import get_settings
 from core.models import Job
@@ -205,3 +206,19 @@ def test_the_worker_loop_outlives_a_passing_database_error(settings, store, monk
     assert "could not claim or settle jobs" in caplog.text
     worker.run(once=True)
     assert store.get(job.id).status == JobStatus.SUCCEEDED
+
+
+def test_a_pack_holds_only_as_many_jobs_as_fit_the_memory_budget(settings, store):
+    spec = JobSpec.model_validate(TINY)
+    for seed in range(4):
+        store.enqueue(spec.model_copy(update={"seed": seed}))
+    artifacts = ArtifactStore(settings.artifacts_dir)
+
+    def one_pack(budget: int) -> int:
+        worker = Worker(store, artifacts, settings.data_dir, pack_size=8, pack_memory_bytes=budget)
+        before = store.list_jobs(JobStatus.SUCCEEDED)[1]
+        assert worker.run_one()
+        return store.list_jobs(JobStatus.SUCCEEDED)[1] - before
+
+    assert one_pack(int(2.5 * cost.memory_bytes(spec))) == 2
+    assert one_pack(1) == 1  # a job that alone passes the budget still trains, alone
