@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
@@ -99,7 +98,12 @@ class JobLinks(BaseModel):
 class JobRead(BaseModel):
     id: str
     status: JobStatus
-    spec: JobSpec = Field(description="The resolved spec: every default filled in.")
+    spec: JobSpec | dict[str, Any] = Field(
+        union_mode="left_to_right",
+        description="The resolved spec: every default filled in. A spec stored by an older "
+        "tricklab that no longer parses is shown as stored; its job fails with reason "
+        "invalid_spec.",
+    )
     attempts: int = Field(
         description="Attempts so far, the running one included. A worker that stops hands its "
         "attempt back to the queue, and it goes on when the job is claimed again."
@@ -115,7 +119,7 @@ class JobRead(BaseModel):
     )
     heartbeat_at: datetime | None
     epochs_done: int
-    epochs_total: int
+    epochs_total: int | None = Field(description="None when the stored spec no longer parses.")
     checkpoint_epoch: int | None = Field(description="A retry resumes after this epoch.")
     best_epoch: int | None = Field(description="Epoch with the lowest validation loss.")
     stopped_epoch: int | None = Field(description="Epoch at which early stopping ended the run.")
@@ -138,12 +142,9 @@ class JobRead(BaseModel):
         base = f"/v1/jobs/{job.id}"
         try:
             spec: JobSpec | dict[str, Any] = JobSpec.model_validate(job.spec)
-            make: Callable[..., JobRead] = cls
         except ValidationError:
-            # Stored by an older tricklab, it no longer parses (its job fails with reason
-            # invalid_spec): shown as stored, unvalidated, rather than answering 500.
-            spec, make = job.spec, cls.model_construct
-        return make(
+            spec = job.spec
+        return cls(
             id=job.id,
             status=job.status,
             spec=spec,
@@ -156,7 +157,7 @@ class JobRead(BaseModel):
             lease_expires_at=job.lease_expires_at,
             heartbeat_at=job.heartbeat_at,
             epochs_done=job.epochs_done,
-            epochs_total=job.spec.get("epochs"),
+            epochs_total=spec.epochs if isinstance(spec, JobSpec) else None,
             checkpoint_epoch=job.checkpoint_epoch,
             best_epoch=job.best_epoch,
             stopped_epoch=job.stopped_epoch,
