@@ -8,42 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from core.config import Settings
-from core.datasets import FILES, write_idx
 from core.db import init_db, make_engine
 from core.store import JobStore
+from tests.support.data import TINY, write_dataset
+from tests.support.inprocess import settings_in
 
 # PostgreSQL for the tests that run on both databases; .ci/run sets it.
 POSTGRES_URL = os.environ.get("TRICKLAB_TEST_POSTGRES_URL")
-
-# A job that trains in well under a second on the tiny dataset.
-TINY = {"epochs": 2, "validation_size": 100, "learning_rate": 0.01, "hidden_units": [32, 16]}
-TINY_TRAIN, TINY_TEST = 600, 100
-
-
-def tiny_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Learnable in an epoch: class c is a bright band across rows 2c..2c+5, over noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, count).astype(np.uint8)
-    images = rng.integers(0, 60, (count, 28, 28)).astype(np.uint8)
-    for image, label in zip(images, labels, strict=True):
-        image[2 * label : 2 * label + 6, 4:24] = 220
-    return images, labels
-
-
-def write_dataset(folder: Path, train: int = TINY_TRAIN, test: int = TINY_TEST) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = {"train": tiny_images(train, 1), "t10k": tiny_images(test, 2)}
-    for key, name in FILES.items():
-        images, labels = parts["train" if key.endswith("train") else "t10k"]
-        write_idx(folder / name, images if key.startswith("x") else labels)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +38,6 @@ def splits(data_dir: Path) -> Any:
     from core import datasets
 
     return datasets.load("fashion_mnist", data_dir, TINY["validation_size"])
-
-
-def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings with a SQLite file and an artifact store under root, ignoring any .env."""
-    return Settings(
-        database_url=f"sqlite:///{root / 'tricklab.db'}",
-        artifacts_dir=root / "artifacts",
-        data_dir=data_dir,
-        _env_file=None,  # type: ignore[call-arg]
-        **overrides,
-    )
 
 
 @pytest.fixture
@@ -125,19 +91,3 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def drain_queue(settings: Settings, **options: Any) -> None:
-    """Train every queued job in this process, as `python -m worker` would (`options`: the
-    Worker's, e.g. pack_size)."""
-    from core.artifacts import ArtifactStore
-    from worker.loop import Worker
-
-    worker = Worker(
-        JobStore(make_engine(settings.database_url), settings.lease_seconds, settings.max_attempts),
-        ArtifactStore(settings.artifacts_dir),
-        settings.data_dir,
-        **options,
-    )
-    while worker.run_one():
-        pass

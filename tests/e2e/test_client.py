@@ -16,10 +16,10 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from tests.cluster import Cluster, wait_for
-from tests.conftest import TINY, tiny_images
-from tests.images import encode
-from tests.integration.test_servable import load_without_tricklab
+from tests.support.cluster import Cluster, wait_for
+from tests.support.data import TINY, tiny_images
+from tests.support.images import encode
+from tests.support.plain_keras import load_without_tricklab
 
 pytestmark = pytest.mark.e2e
 IMAGES, LABELS = tiny_images(3, seed=21)

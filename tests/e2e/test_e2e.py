@@ -12,9 +12,9 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from tests.cluster import Cluster, wait_for
-from tests.conftest import TINY, tiny_images
-from tests.images import encode
+from tests.support.cluster import Cluster, wait_for
+from tests.support.data import TINY, tiny_images
+from tests.support.images import encode
 
 pytestmark = pytest.mark.e2e
 IMAGES, LABELS = tiny_images(3, seed=21)

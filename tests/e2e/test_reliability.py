@@ -25,15 +25,15 @@ from core.artifacts import sha256_of
 from core.models import Job
 from core.spec import JobSpec
 from core.states import TERMINAL, JobStatus
-from tests.cluster import FAST_LEASES, Cluster, wait_for
-from tests.conftest import write_dataset
-from tests.e2e.crashing_worker import POISON_SEED
+from tests.support.cluster import FAST_LEASES, Cluster, wait_for
+from tests.support.crashing_worker import POISON_SEED
+from tests.support.data import write_dataset
 from worker import training
 from worker.checkpoints import Snapshot
 
 pytestmark = pytest.mark.e2e
 SMALL = {"validation_size": 40, "hidden_units": [8], "learning_rate": 0.01}
-CRASHING_WORKER = str(Path(__file__).with_name("crashing_worker.py"))
+CRASHING_WORKER = str(Path(__file__).parents[1] / "support" / "crashing_worker.py")
 
 
 @pytest.fixture(scope="session")

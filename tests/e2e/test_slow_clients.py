@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.cluster import Cluster
-from tests.conftest import TINY, tiny_images
-from tests.images import encode
+from tests.support.cluster import Cluster
+from tests.support.data import TINY, tiny_images
+from tests.support.images import encode
 
 pytestmark = pytest.mark.e2e
 GENEROUS = 60  # seconds a socket waits for the server, far beyond any timeout configured here

@@ -12,7 +12,8 @@ from core.retry import FailureReason
 from core.states import JobStatus
 from core.store import JobStore
 from service.app import create_app
-from tests.conftest import TINY, drain_queue, settings_in, write_dataset
+from tests.support.data import TINY, write_dataset
+from tests.support.inprocess import drain_queue, settings_in
 
 UNKNOWN = "0" * 32  # a well-formed id that no job has
 

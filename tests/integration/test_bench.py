@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_dataset
+from tests.support.data import write_dataset
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,8 @@ from core.spec import JobSpec
 from core.store import JobStore
 from service.app import create_app
 from service.deps import ID_PATTERN
-from tests.conftest import TINY, drain_queue, settings_in, write_dataset
+from tests.support.data import TINY, write_dataset
+from tests.support.inprocess import drain_queue, settings_in
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from core.logs import FORMAT, OneLineFormatter, setup_logging
 from service.app import create_app
-from tests.conftest import TINY, drain_queue, settings_in
+from tests.support.data import TINY
+from tests.support.inprocess import drain_queue, settings_in
 
 HOSTILE = r'$\frac{a}{b}$ <script>alert(1)</script> =HYPERLINK("x")'
 STUDY = {"name": HOSTILE, "base": TINY, "tricks": ["dropout"], "repeats": 2}

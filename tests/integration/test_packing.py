@@ -7,7 +7,7 @@ import pytest
 from core.artifacts import ArtifactStore
 from core.spec import JobSpec
 from core.states import JobStatus
-from tests.conftest import TINY
+from tests.support.data import TINY
 from worker import training
 from worker.checkpoints import Snapshot
 from worker.loop import Worker

@@ -17,8 +17,9 @@ from core.retry import FailureReason
 from core.states import JobStatus
 from core.store import JobStore
 from service.app import create_app
-from tests.conftest import TINY, drain_queue, settings_in, tiny_images
-from tests.images import encode, png_declaring
+from tests.support.data import TINY, tiny_images
+from tests.support.images import encode, png_declaring
+from tests.support.inprocess import drain_queue, settings_in
 
 BUDGET = PixelBudget(per_image=4_000_000, total=16_000_000)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.spec import JobSpec
-from tests.conftest import TINY
+from tests.support.data import TINY
 from worker import steps, training, tricks
 
 pytestmark = pytest.mark.backends

@@ -12,18 +12,7 @@ from core.retry import FailureReason
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.store import Checkpoint, IdempotencyConflict, JobStore, Lease
-
-EPOCH = {
-    "train_loss": 0.5,
-    "train_accuracy": 0.8,
-    "train_objective": 0.6,
-    "val_loss": 0.4,
-    "val_accuracy": 0.85,
-    "test_loss": 0.45,
-    "test_accuracy": 0.84,
-    "learning_rate": 0.001,
-    "seconds": 1.0,
-}
+from tests.support.data import EPOCH
 
 
 def record(store: JobStore, lease: Lease, epoch: int) -> bool:

@@ -12,7 +12,8 @@ from PIL import Image
 from scipy import stats
 
 from service.app import create_app
-from tests.conftest import TINY, drain_queue, settings_in
+from tests.support.data import TINY
+from tests.support.inprocess import drain_queue, settings_in
 
 # Small and slow to learn, so that seeds give different accuracies.
 BASE = {**TINY, "learning_rate": 0.0005, "hidden_units": [4]}

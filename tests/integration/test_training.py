@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.spec import JobSpec
-from tests.conftest import TINY
+from tests.support.data import TINY
 from worker import training
 from worker.checkpoints import Snapshot
 

@@ -15,8 +15,8 @@ from core.models import Job
 from core.spec import JobSpec
 from core.states import JobStatus
 from core.store import Checkpoint
-from tests.conftest import TINY, drain_queue, write_dataset
-from tests.integration.test_store import EPOCH
+from tests.support.data import EPOCH, TINY, write_dataset
+from tests.support.inprocess import drain_queue
 from worker.__main__ import main
 from worker.loop import Worker
 

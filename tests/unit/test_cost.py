@@ -5,7 +5,8 @@ import pytest
 from core import cost
 from core.config import Settings
 from core.spec import JobSpec
-from tests.conftest import TINY_TRAIN, settings_in
+from tests.support.data import TINY_TRAIN
+from tests.support.inprocess import settings_in
 from worker import tricks
 
 SPECS = [
@@ -75,7 +76,7 @@ def test_steps_count_the_training_images_left_after_validation(limited):
 
 
 def test_a_dataset_the_deployment_lacks_is_refused_naming_those_it_has(tmp_path, data_dir):
-    from tests.conftest import write_dataset
+    from tests.support.data import write_dataset
 
     settings = settings_in(tmp_path, write_dataset(tmp_path / "only" / "fashion-mnist").parent)
     (refusal,) = cost.refusals(JobSpec(dataset="mnist", validation_size=100), settings)

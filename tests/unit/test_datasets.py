@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.datasets import FILES, DatasetError, find_dataset, load, read_idx, write_idx
-from tests.conftest import TINY_TEST, TINY_TRAIN, write_dataset
+from tests.support.data import TINY_TEST, TINY_TRAIN, write_dataset
 
 
 def test_idx_round_trip(tmp_path):

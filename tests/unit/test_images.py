@@ -11,8 +11,8 @@ from core.images import (
     open_image,
     scale,
 )
-from tests.conftest import tiny_images
-from tests.images import encode, png_declaring
+from tests.support.data import tiny_images
+from tests.support.images import encode, png_declaring
 
 IMAGE = tiny_images(1, seed=5)[0][0]  # 28×28, light band on a dark, noisy background
 ORIENTED = Image.Exif()

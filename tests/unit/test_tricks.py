@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.spec import JobSpec
-from tests.conftest import tiny_images
+from tests.support.data import tiny_images
 from worker import tricks
 
 

@@ -1,0 +1,37 @@
+"""Settings under a test's own folder, and a worker that drains the queue in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.artifacts import ArtifactStore
+from core.config import Settings
+from core.db import make_engine
+from core.store import JobStore
+
+
+def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings with a SQLite file and an artifact store under root, ignoring any .env."""
+    return Settings(
+        database_url=f"sqlite:///{root / 'tricklab.db'}",
+        artifacts_dir=root / "artifacts",
+        data_dir=data_dir,
+        _env_file=None,  # type: ignore[call-arg]
+        **overrides,
+    )
+
+
+def drain_queue(settings: Settings, **options: Any) -> None:
+    """Train every queued job in this process, as `python -m worker` would (`options`: the
+    Worker's, e.g. pack_size)."""
+    from worker.loop import Worker
+
+    worker = Worker(
+        JobStore(make_engine(settings.database_url), settings.lease_seconds, settings.max_attempts),
+        ArtifactStore(settings.artifacts_dir),
+        settings.data_dir,
+        **options,
+    )
+    while worker.run_one():
+        pass
