@@ -29,7 +29,7 @@ install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
 # signal would stop the worker mid-epoch). Background jobs of a script ignore SIGINT; each
 # process gets it back, or one still starting would miss Ctrl-C. `wait -n -p` needs bash 5.1.
 up: $(INSTALLED) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
-	@$(PY) -m core.db
+	@$(PY) -m jobqueue.db
 	@if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501)); then \
 	  echo "make up: needs bash 5.1 or newer, this is $$BASH_VERSION" >&2; exit 2; \
 	fi; \

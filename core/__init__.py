@@ -1,1 +1,2 @@
-"""Shared by the service and the worker: settings, job specs, lifecycle, database, artifacts."""
+"""What the service and the worker both use: settings, job specs and what they cost, datasets,
+images, the model's layers, logging."""

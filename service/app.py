@@ -15,11 +15,11 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
-from core.artifacts import ArtifactStore
 from core.config import Settings, get_settings
-from core.db import init_db, make_engine
-from core.store import JobStore
-from core.sweeper import Sweeper
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.store import JobStore
+from jobqueue.sweeper import Sweeper
 from service.errors import method_not_allowed, validation_error
 from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor

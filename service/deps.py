@@ -13,10 +13,10 @@ from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from core.artifacts import ArtifactStore
 from core.config import Settings
-from core.models import Job, Study
-from core.store import JobStore
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.models import Job, Study
+from jobqueue.store import JobStore
 from service.predictor import Predictor
 
 

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 
 import core.layers  # noqa: F401  # registers tricklab's layers, which saved models name
-from core.artifacts import ArtifactStore, sha256_of
 from core.images import PixelBudget, convert, decode_plain_png, open_image, scale
-from core.models import Job
 from core.spec import DATASET_CLASSES
+from jobqueue.artifacts import ArtifactStore, sha256_of
+from jobqueue.models import Job
 from service.batching import Batcher
 from service.inference import Forward, numpy_forward
 

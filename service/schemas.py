@@ -18,12 +18,12 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from core.models import EpochMetrics, Job, Study
-from core.plots import PlotName
-from core.report import progress, study_status
+from analysis.plots import PlotName
+from analysis.report import progress, study_status
+from analysis.stats import Estimate
 from core.spec import JobSpec
-from core.states import JobStatus
-from core.stats import Estimate
+from jobqueue.models import EpochMetrics, Job, Study
+from jobqueue.states import JobStatus
 
 # A body of bytes (a file), as OpenAPI 3.1 describes one.
 BINARY = {"type": "string", "format": "binary"}

@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from core.config import Settings
-from core.db import init_db, make_engine
-from core.store import JobStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.store import JobStore
 from tests.support.data import TINY, write_dataset
 from tests.support.inprocess import settings_in
 

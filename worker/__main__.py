@@ -13,11 +13,11 @@ from types import FrameType
 # Before any backend loads: JAX takes GPU memory as needed, like TensorFlow's memory growth.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from core.artifacts import ArtifactStore
 from core.config import get_settings
-from core.db import init_db, make_engine
 from core.logs import setup_logging
-from core.store import JobStore
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.store import JobStore
 from worker.devices import freeze_imports
 from worker.loop import Worker
 

@@ -18,13 +18,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from core import cost, datasets
-from core.artifacts import ArtifactStore, sha256_of
 from core.datasets import Splits
-from core.models import Job
-from core.retry import FailureReason
 from core.spec import JobSpec
-from core.store import Checkpoint, JobStore, Lease
-from core.sweeper import Sweeper
+from jobqueue.artifacts import ArtifactStore, sha256_of
+from jobqueue.models import Job
+from jobqueue.retry import FailureReason
+from jobqueue.store import Checkpoint, JobStore, Lease
+from jobqueue.sweeper import Sweeper
 from worker import packing, training
 from worker.checkpoints import Snapshot
 from worker.devices import setup_device

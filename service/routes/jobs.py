@@ -9,12 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
-from core.artifacts import ArtifactStore
 from core.cost import refusals
-from core.models import Job
 from core.spec import JobSpec
-from core.states import JobStatus
-from core.store import IdempotencyConflict
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.models import Job
+from jobqueue.states import JobStatus
+from jobqueue.store import IdempotencyConflict
 from service.deps import (
     MAX_INT,
     ArtifactsDep,

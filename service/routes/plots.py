@@ -10,8 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
-from core import plots
-from core.report import job_curves, report
+from analysis import plots
+from analysis.report import job_curves, report
 from service.deps import JobDep, StoreDep, StudyDep, no_unknown_query
 from service.errors import errors
 from service.routes.studies import UNFINISHED, JobIds, compared_variants, study_report

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.images import SIDE, ImageError, PixelBudget
 from core.spec import DATASET_CLASSES
-from core.store import JobStore
+from jobqueue.store import JobStore
 from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,

@@ -10,9 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.exceptions import RequestValidationError
 
-from core.cost import refusals
-from core.models import Study
-from core.report import (
+from analysis.report import (
     VariantRuns,
     effects_csv,
     job_variants,
@@ -20,9 +18,11 @@ from core.report import (
     study_variants,
     variants_csv,
 )
-from core.states import JobStatus
-from core.store import JobStore
-from core.studies import StudyError, StudySpec, expand
+from analysis.studies import StudyError, StudySpec, expand
+from core.cost import refusals
+from jobqueue.models import Study
+from jobqueue.states import JobStatus
+from jobqueue.store import JobStore
 from service.deps import (
     Limit,
     Offset,
@@ -81,7 +81,15 @@ def create_study(
     ]
     if found:
         raise refused(found, within=("base",))
-    row = store.create_study(study, variants)
+    row = store.create_study(
+        study.name,
+        study.model_dump(mode="json"),
+        study.seeds,
+        [
+            (variant.document(), [variant.job_spec(seed) for seed in study.seeds])
+            for variant in variants
+        ],
+    )
     log.info("study=%s created variants=%d seeds=%s", row.id, len(variants), row.seeds)
     response.headers["Location"] = f"/v1/studies/{row.id}"
     return _read(store, row)

@@ -21,10 +21,10 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from core import datasets
-from core.artifacts import sha256_of
-from core.models import Job
 from core.spec import JobSpec
-from core.states import TERMINAL, JobStatus
+from jobqueue.artifacts import sha256_of
+from jobqueue.models import Job
+from jobqueue.states import TERMINAL, JobStatus
 from tests.support.cluster import FAST_LEASES, Cluster, wait_for
 from tests.support.crashing_worker import POISON_SEED
 from tests.support.data import write_dataset

@@ -7,10 +7,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.datasets import FILES, write_idx
-from core.db import make_engine
-from core.retry import FailureReason
-from core.states import JobStatus
-from core.store import JobStore
+from jobqueue.db import make_engine
+from jobqueue.retry import FailureReason
+from jobqueue.states import JobStatus
+from jobqueue.store import JobStore
 from service.app import create_app
 from tests.support.data import TINY, write_dataset
 from tests.support.inprocess import drain_queue, settings_in

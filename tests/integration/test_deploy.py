@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -132,6 +133,13 @@ def test_the_dockerfile_copies_only_what_the_repository_has():
     sources = [src for *srcs, _ in copied for src in srcs if not src.startswith("--")]
     assert sources
     assert [src for src in sources if not (ROOT / src).exists()] == []
+
+
+def test_the_dockerfile_copies_every_package_tricklab_installs():
+    copied = {shlex.split(args)[0] for args in instruction("COPY")}
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    packages = {pattern.rstrip("*") for pattern in find["find"]["include"]}
+    assert packages - copied == set()
 
 
 def test_the_build_context_leaves_out_local_state():

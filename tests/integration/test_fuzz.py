@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import schemathesis
 
-from core.db import init_db, make_engine
 from core.spec import JobSpec
-from core.store import JobStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.store import JobStore
 from service.app import create_app
 from service.deps import ID_PATTERN
 from tests.support.data import TINY, write_dataset

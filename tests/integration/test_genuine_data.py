@@ -7,7 +7,7 @@ import pytest
 
 from core.datasets import DatasetError, find_dataset
 from core.spec import JobSpec
-from core.states import JobStatus
+from jobqueue.states import JobStatus
 from tests.support.inprocess import drain_queue
 
 pytestmark = pytest.mark.slow

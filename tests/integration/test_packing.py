@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from core.artifacts import ArtifactStore
 from core.spec import JobSpec
-from core.states import JobStatus
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.states import JobStatus
 from tests.support.data import TINY
 from worker import training
 from worker.checkpoints import Snapshot

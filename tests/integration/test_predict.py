@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from threadpoolctl import threadpool_info
 
-from core.db import make_engine
 from core.images import PixelBudget, decode_image, scale
-from core.retry import FailureReason
-from core.states import JobStatus
-from core.store import JobStore
+from jobqueue.db import make_engine
+from jobqueue.retry import FailureReason
+from jobqueue.states import JobStatus
+from jobqueue.store import JobStore
 from service.app import create_app
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode, png_declaring

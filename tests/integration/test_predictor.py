@@ -6,8 +6,8 @@ import asyncio
 import keras
 import numpy as np
 
-from core.artifacts import ArtifactStore, sha256_of
-from core.models import Job
+from jobqueue.artifacts import ArtifactStore, sha256_of
+from jobqueue.models import Job
 from service.predictor import BatchPolicy, Predictor
 
 

@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from core.db import SchemaMismatch, init_db, make_engine
-from core.retry import FailureReason
 from core.spec import JobSpec
-from core.states import JobStatus
-from core.store import Checkpoint, IdempotencyConflict, JobStore, Lease
+from jobqueue.db import SchemaMismatch, init_db, make_engine
+from jobqueue.retry import FailureReason
+from jobqueue.states import JobStatus
+from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease
 from tests.support.data import EPOCH
 
 

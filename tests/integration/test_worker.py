@@ -9,12 +9,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from core import cost
-from core.artifacts import ArtifactStore, sha256_of
 from core.config import get_settings
-from core.models import Job
 from core.spec import JobSpec
-from core.states import JobStatus
-from core.store import Checkpoint
+from jobqueue.artifacts import ArtifactStore, sha256_of
+from jobqueue.models import Job
+from jobqueue.states import JobStatus
+from jobqueue.store import Checkpoint
 from tests.support.data import EPOCH, TINY, write_dataset
 from tests.support.inprocess import drain_queue
 from worker.__main__ import main

@@ -15,8 +15,8 @@ from typing import TypeVar
 
 import httpx2 as httpx
 
-from core.db import make_engine
-from core.store import JobStore
+from jobqueue.db import make_engine
+from jobqueue.store import JobStore
 
 T = TypeVar("T")
 # Short enough that lost workers are noticed within seconds, long enough that a busy 2-core

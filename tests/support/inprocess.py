@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.artifacts import ArtifactStore
 from core.config import Settings
-from core.db import make_engine
-from core.store import JobStore
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import make_engine
+from jobqueue.store import JobStore
 
 
 def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:

@@ -9,11 +9,11 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from core import plots
-from core.models import EpochMetrics, Job
-from core.report import job_curves, job_variants, report
+from analysis import plots
+from analysis.report import job_curves, job_variants, report
 from core.spec import JobSpec
-from core.states import JobStatus
+from jobqueue.models import EpochMetrics, Job
+from jobqueue.states import JobStatus
 
 SVG = "{http://www.w3.org/2000/svg}"
 EPOCHS = 6

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-from core.models import Job
-from core.report import effects_csv, job_variants, report, study_status, variants_csv
+from analysis.report import effects_csv, job_variants, report, study_status, variants_csv
 from core.spec import JobSpec
-from core.states import JobStatus
+from jobqueue.models import Job
+from jobqueue.states import JobStatus
 
 
 def job(tricks, seed, accuracy, **fields):

@@ -1,7 +1,7 @@
 import pytest
 
-from core.retry import PERMANENT, FailureReason, after_failure
-from core.states import JobStatus
+from jobqueue.retry import PERMANENT, FailureReason, after_failure
+from jobqueue.states import JobStatus
 
 
 @pytest.mark.parametrize("reason", [FailureReason.WORKER_LOST, FailureReason.ERROR])

@@ -1,4 +1,11 @@
-from core.states import CANCELLABLE, TERMINAL, TRANSITIONS, JobStatus, can_transition, sources_of
+from jobqueue.states import (
+    CANCELLABLE,
+    TERMINAL,
+    TRANSITIONS,
+    JobStatus,
+    can_transition,
+    sources_of,
+)
 
 
 def test_every_status_has_a_row():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.stats import estimate, paired
+from analysis.stats import estimate, paired
 
 
 @pytest.mark.parametrize("values", [[0.81, 0.83], [0.8, 0.82, 0.85], list(np.linspace(0, 1, 10))])

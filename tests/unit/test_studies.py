@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.studies import StudyError, StudySpec, expand, trick_label
+from analysis.studies import StudyError, StudySpec, expand, trick_label
 
 TRICKS = ["dropout", "weight_decay", "momentum"]
 

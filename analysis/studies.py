@@ -1,7 +1,7 @@
 """Studies: a base spec, tricks to compare, a design and repeats, expanded into variants.
 
 Every variant runs once per seed, and every variant uses the same seeds, so two variants'
-runs pair up seed by seed: the comparison of a trick is then a paired one (core.report).
+runs pair up seed by seed: the comparison of a trick is then a paired one (analysis.report).
 Variants that resolve to the same spec are one variant, so one job per seed.
 """
 
@@ -129,6 +129,11 @@ class Variant:
 
     def job_spec(self, seed: int) -> JobSpec:
         return self.spec.model_copy(update={"seed": seed})
+
+    def document(self) -> dict[str, Any]:
+        """As a study stores it (its jobs' ids are added by the store)."""
+        spec = self.spec.model_dump(mode="json", exclude={"seed"})
+        return {"name": self.name, "tricks": list(self.tricks), "spec": spec}
 
 
 def expand(study: StudySpec, max_jobs: int) -> list[Variant]:

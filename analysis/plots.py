@@ -1,4 +1,4 @@
-"""Plots of a comparison report (core.report): learning curves with confidence bands, the final
+"""Plots of a comparison report (analysis.report): learning curves with confidence bands, the final
 test accuracy per variant with error bars, the generalisation gap, and each trick's paired
 effect. PNG or SVG.
 
@@ -25,7 +25,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
-from core.stats import Estimate
+from analysis.stats import Estimate
 
 PlotName = Literal["curves", "accuracy", "gap", "effects"]
 JobPlotName = Literal["curves", "gap"]  # a single job has no variants to compare
@@ -69,7 +69,7 @@ class NothingToPlot(Exception):
 
 
 def render(name: PlotName, data: dict[str, Any], title: str, fmt: Format = "png") -> bytes:
-    """The named plot of a report, as core.report.report makes it, as an image file."""
+    """The named plot of a report, as analysis.report.report makes it, as an image file."""
     figure = draw(name, data, title)
     out = io.BytesIO()
     # No creation date in the file: the same report always gives the same bytes.

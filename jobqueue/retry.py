@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from core.states import JobStatus
+from jobqueue.states import JobStatus
 
 
 class FailureReason(StrEnum):

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from core.models import EpochMetrics, Job, Study
+from analysis.stats import Estimate, estimate, paired
+from analysis.studies import trick_label, variant_name
 from core.spec import JobSpec
-from core.states import JobStatus
-from core.stats import Estimate, estimate, paired
-from core.studies import trick_label, variant_name
+from jobqueue.models import EpochMetrics, Job, Study
+from jobqueue.states import JobStatus
 
 CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "gap")
 
@@ -44,7 +44,7 @@ class Run:
 @dataclass
 class VariantRuns:
     name: str
-    tricks: tuple[str, ...]  # trick labels, as core.studies.trick_label
+    tricks: tuple[str, ...]  # trick labels, as analysis.studies.trick_label
     spec: dict[str, Any]  # resolved, without the seed
     jobs: list[Job] = field(default_factory=list)
     runs: dict[int, Run] = field(default_factory=dict)  # by seed: succeeded jobs only
@@ -149,7 +149,7 @@ def _row(m: EpochMetrics) -> dict[str, Any]:
 
 
 def report(variants: list[VariantRuns]) -> dict[str, Any]:
-    """The whole report: plain data, statistics as core.stats.Estimate."""
+    """The whole report: plain data, statistics as analysis.stats.Estimate."""
     return {
         "variants": [_variant(v) for v in variants],
         "effects": _effects(variants),

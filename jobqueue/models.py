@@ -10,7 +10,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from core.states import JobStatus
+from jobqueue.states import JobStatus
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -92,7 +92,7 @@ class Job(Base):
     best_epoch: Mapped[int | None]
     stopped_epoch: Mapped[int | None]
     result: Mapped[dict[str, Any] | None]
-    failure_reason: Mapped[str | None] = mapped_column(String(32))  # see core.retry
+    failure_reason: Mapped[str | None] = mapped_column(String(32))  # see jobqueue.retry
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
     device: Mapped[str | None] = mapped_column(String(200))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from core.store import JobStore
+from jobqueue.store import JobStore
 
 log = logging.getLogger("tricklab.sweeper")
 

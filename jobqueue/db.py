@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event, insert, inspect, select, te
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.schema import CreateColumn
 
-from core.models import SCHEMA_VERSION, UPGRADES, Base, Meta
+from jobqueue.models import SCHEMA_VERSION, UPGRADES, Base, Meta
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
 # read-then-update can then never interleave with another writer's, and lock waits happen

@@ -18,12 +18,11 @@ from sqlalchemy import Engine, Update, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import WRITE
-from core.models import EpochMetrics, Job, Study, utcnow
-from core.retry import FailureReason, after_failure
 from core.spec import JobSpec
-from core.states import TERMINAL, JobStatus, sources_of
-from core.studies import StudySpec, Variant
+from jobqueue.db import WRITE
+from jobqueue.models import EpochMetrics, Job, Study, utcnow
+from jobqueue.retry import FailureReason, after_failure
+from jobqueue.states import TERMINAL, JobStatus, sources_of
 
 MAX_ERROR_MESSAGE = 4000
 # Queued jobs, oldest first, looked through for a claimed job's pack mates.
@@ -171,25 +170,27 @@ class JobStore:
 
     # -- studies ------------------------------------------------------------------------
 
-    def create_study(self, study: StudySpec, variants: list[Variant]) -> Study:
-        """Store a study and all its jobs, queued, in one transaction: durable together."""
+    def create_study(
+        self,
+        name: str | None,
+        request: dict[str, Any],
+        seeds: list[int],
+        variants: Sequence[tuple[dict[str, Any], Sequence[JobSpec]]],
+    ) -> Study:
+        """Store a study and all its jobs, queued, in one transaction: durable together. Each
+        variant comes as its document and its jobs' specs; the document gains the jobs' ids."""
         jobs: list[Job] = []
         documents = []
-        for variant in variants:
-            ids = []
-            for seed in study.seeds:
-                jobs.append(self._new_job(variant.job_spec(seed)))
-                ids.append(jobs[-1].id)
-            spec = variant.spec.model_dump(mode="json", exclude={"seed"})
-            documents.append(
-                {"name": variant.name, "tricks": list(variant.tricks), "spec": spec, "jobs": ids}
-            )
+        for document, specs in variants:
+            variant_jobs = [self._new_job(spec) for spec in specs]
+            jobs += variant_jobs
+            documents.append({**document, "jobs": [job.id for job in variant_jobs]})
         row = Study(
             id=uuid.uuid4().hex,
-            name=study.name,
-            request=study.model_dump(mode="json"),
+            name=name,
+            request=request,
             variants=documents,
-            seeds=study.seeds,
+            seeds=seeds,
             created_at=utcnow(),
         )
         with self._write.begin() as session:
@@ -386,7 +387,7 @@ class JobStore:
             )
 
     def fail(self, lease: Lease, reason: FailureReason, error: BaseException) -> JobStatus | None:
-        """Record a failed attempt: the job is retried or fails, as core.retry decides.
+        """Record a failed attempt: the job is retried or fails, as jobqueue.retry decides.
         Returns the job's new status, or None if the lease is gone."""
         message = (str(error) or repr(error))[:MAX_ERROR_MESSAGE]
         with self._write.begin() as session:

@@ -1,0 +1,36 @@
+"""The packages import only downwards: core ← jobqueue ← analysis ← service, and the worker
+beside the service. The queue knows nothing of studies, the worker nothing of the service."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+PACKAGES = ("core", "jobqueue", "analysis", "service", "worker")
+MAY_IMPORT = {
+    "core": {"core"},
+    "jobqueue": {"core", "jobqueue"},
+    "analysis": {"core", "jobqueue", "analysis"},
+    "service": {"core", "jobqueue", "analysis", "service"},
+    "worker": {"core", "jobqueue", "worker"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_a_package_imports_only_the_packages_below_it(package):
+    crossing = {
+        str(path.relative_to(ROOT)): sorted(imported_packages(path) - MAY_IMPORT[package])
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    assert {path: names for path, names in crossing.items() if names} == {}
