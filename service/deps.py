@@ -1,21 +1,24 @@
 """Request-scoped dependencies: the store, the predictor, settings, and the job or study in
-the path.
+the path; and the lookups that routes share (a job's model, a study's runs, compared jobs).
 
 The app-state getters are `async` only so that FastAPI calls them in place: it would run a
 plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import pathlib
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Query, Request, params
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from analysis.report import VariantRuns, job_variants, report, study_variants
 from core.config import Settings
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.models import Job, Study
+from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service.predictor import Predictor
 
@@ -112,3 +115,73 @@ def _query_names(route: APIRoute) -> tuple[str, ...]:
             if isinstance(field.field_info, params.Query)
         )
     return _QUERY_NAMES[route.unique_id]
+
+
+# -- lookups that routes share ------------------------------------------------------
+
+
+def model_file(job: Job, artifacts: ArtifactStore) -> pathlib.Path:
+    """A succeeded job's model file; 409 before it succeeded, 410 once its files were
+    deleted, 404 if the file is gone."""
+    require_model(job)
+    path = artifacts.path(job.model_path or "")
+    if not path.is_file():
+        raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
+    return path
+
+
+def require_model(job: Job) -> None:
+    """409 unless the job succeeded; 410 if its model was deleted since."""
+    if job.status != JobStatus.SUCCEEDED:
+        raise HTTPException(
+            409, f"job {job.id} is {job.status}: its model exists only once it has succeeded"
+        )
+    if job.artifacts_deleted_at is not None:
+        raise HTTPException(
+            410,
+            f"the files of job {job.id} were deleted at {job.artifacts_deleted_at.isoformat()}: "
+            "its model can no longer be downloaded or served",
+        )
+
+
+MAX_COMPARED = 500
+JobIds = Annotated[
+    str,
+    Query(
+        # 500 ids of 32 characters and their commas.
+        min_length=1,
+        max_length=MAX_COMPARED * 33,
+        pattern=r"[0-9a-f]",
+        description=f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}.",
+    ),
+]
+UNFINISHED = "Some of the jobs have not succeeded."
+
+
+def study_runs(store: JobStore, study: Study) -> list[VariantRuns]:
+    jobs, metrics = store.jobs_with_metrics(study.job_ids)
+    return study_variants(study, jobs, metrics)
+
+
+def study_report(store: JobStore, study: Study) -> dict[str, Any]:
+    return report(study_runs(store, study))
+
+
+def compared_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
+    ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
+    if len(ids) > MAX_COMPARED:
+        raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
+    found, metrics = store.jobs_with_metrics(ids)
+    missing = [job_id for job_id in ids if job_id not in found]
+    if missing:
+        raise HTTPException(404, f"no job with id {', '.join(map(repr, missing))}")
+    unfinished = [
+        f"{job_id} ({found[job_id].status})"
+        for job_id in ids
+        if found[job_id].status != JobStatus.SUCCEEDED
+    ]
+    if unfinished:
+        raise HTTPException(
+            409, f"only succeeded jobs can be compared; these are not: {', '.join(unfinished)}"
+        )
+    return job_variants([found[job_id] for job_id in ids], metrics)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
@@ -11,8 +10,6 @@ from fastapi.responses import FileResponse
 
 from core.cost import refusals
 from core.spec import JobSpec
-from jobqueue.artifacts import ArtifactStore
-from jobqueue.models import Job
 from jobqueue.states import JobStatus
 from jobqueue.store import IdempotencyConflict
 from service.deps import (
@@ -24,6 +21,7 @@ from service.deps import (
     PredictorDep,
     SettingsDep,
     StoreDep,
+    model_file,
     no_unknown_query,
 )
 from service.errors import BODY, errors, refused
@@ -159,27 +157,3 @@ def delete_job_files(
     predictor.forget(job.id)
     log.info("job=%s files deleted", job.id)
     return JobRead.of(current)
-
-
-def model_file(job: Job, artifacts: ArtifactStore) -> Path:
-    """A succeeded job's model file; 409 before it succeeded, 410 once its files were
-    deleted, 404 if the file is gone."""
-    require_model(job)
-    path = artifacts.path(job.model_path or "")
-    if not path.is_file():
-        raise HTTPException(404, f"the model file of job {job.id} is missing from the store")
-    return path
-
-
-def require_model(job: Job) -> None:
-    """409 unless the job succeeded; 410 if its model was deleted since."""
-    if job.status != JobStatus.SUCCEEDED:
-        raise HTTPException(
-            409, f"job {job.id} is {job.status}: its model exists only once it has succeeded"
-        )
-    if job.artifacts_deleted_at is not None:
-        raise HTTPException(
-            410,
-            f"the files of job {job.id} were deleted at {job.artifacts_deleted_at.isoformat()}: "
-            "its model can no longer be downloaded or served",
-        )

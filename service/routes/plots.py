@@ -12,9 +12,17 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from analysis import plots
 from analysis.report import job_curves, report
-from service.deps import JobDep, StoreDep, StudyDep, no_unknown_query
+from service.deps import (
+    UNFINISHED,
+    JobDep,
+    JobIds,
+    StoreDep,
+    StudyDep,
+    compared_variants,
+    no_unknown_query,
+    study_report,
+)
 from service.errors import errors
-from service.routes.studies import UNFINISHED, JobIds, compared_variants, study_report
 from service.schemas import BINARY
 
 router = APIRouter(dependencies=[Depends(no_unknown_query)])

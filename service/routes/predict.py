@@ -23,12 +23,13 @@ from service.deps import (
     JobDep,
     PredictorDep,
     get_job,
+    model_file,
     no_unknown_query,
+    require_model,
 )
 from service.errors import BODY, errors
 from service.multipart import FormError, parse_form
 from service.predictor import LoadedModel, ModelUnavailable, Predictor
-from service.routes.jobs import model_file, require_model
 from service.schemas import (
     BINARY,
     EncodedImage,

@@ -5,33 +5,34 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
 
 from analysis.report import (
-    VariantRuns,
     effects_csv,
-    job_variants,
     report,
-    study_variants,
     variants_csv,
 )
 from analysis.studies import StudyError, StudySpec, expand
 from core.cost import refusals
 from jobqueue.models import Study
-from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service.deps import (
+    UNFINISHED,
+    JobIds,
     Limit,
     Offset,
     SettingsDep,
     StoreDep,
     StudyDep,
     StudyId,
+    compared_variants,
     no_study,
     no_unknown_query,
+    study_report,
+    study_runs,
 )
 from service.errors import BODY, errors, refused
 from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
@@ -40,18 +41,6 @@ log = logging.getLogger("tricklab.service")
 router = APIRouter(tags=["studies"], dependencies=[Depends(no_unknown_query)])
 Table = Literal["variants", "effects"]
 CSV_TABLES = {"variants": variants_csv, "effects": effects_csv}
-MAX_COMPARED = 500
-JobIds = Annotated[
-    str,
-    Query(
-        # 500 ids of 32 characters and their commas.
-        min_length=1,
-        max_length=MAX_COMPARED * 33,
-        pattern=r"[0-9a-f]",
-        description=f"Comma-separated ids of succeeded jobs, at most {MAX_COMPARED}.",
-    ),
-]
-UNFINISHED = "Some of the jobs have not succeeded."
 CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 
 
@@ -183,43 +172,14 @@ def compare_csv(store: StoreDep, jobs: JobIds, table: Table = "variants") -> Res
     return _csv(CSV_TABLES[table](report(compared_variants(store, jobs))), f"compare-{table}.csv")
 
 
-def _variants(store: JobStore, study: Study) -> list[VariantRuns]:
-    jobs, metrics = store.jobs_with_metrics(study.job_ids)
-    return study_variants(study, jobs, metrics)
-
-
-def study_report(store: JobStore, study: Study) -> dict[str, Any]:
-    return report(_variants(store, study))
-
-
 def _read(store: JobStore, study: Study) -> StudyRead:
-    variants = _variants(store, study)
+    variants = study_runs(store, study)
     summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
     return StudyRead(
         **summary.model_dump(),
         request=study.request,
         report=ReportRead.model_validate(report(variants)),
     )
-
-
-def compared_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
-    ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
-    if len(ids) > MAX_COMPARED:
-        raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
-    found, metrics = store.jobs_with_metrics(ids)
-    missing = [job_id for job_id in ids if job_id not in found]
-    if missing:
-        raise HTTPException(404, f"no job with id {', '.join(map(repr, missing))}")
-    unfinished = [
-        f"{job_id} ({found[job_id].status})"
-        for job_id in ids
-        if found[job_id].status != JobStatus.SUCCEEDED
-    ]
-    if unfinished:
-        raise HTTPException(
-            409, f"only succeeded jobs can be compared; these are not: {', '.join(unfinished)}"
-        )
-    return job_variants([found[job_id] for job_id in ids], metrics)
 
 
 def _csv(text: str, filename: str) -> Response:

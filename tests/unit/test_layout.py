@@ -1,5 +1,6 @@
 """The packages import only downwards: core ← jobqueue ← analysis ← service, and the worker
-beside the service. The queue knows nothing of studies, the worker nothing of the service."""
+beside the service. The queue knows nothing of studies, the worker nothing of the service, and
+routes share their helpers through service.deps, never through one another."""
 
 import ast
 from pathlib import Path
@@ -17,14 +18,18 @@ MAY_IMPORT = {
 }
 
 
-def imported_packages(path: Path) -> set[str]:
+def imported_modules(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
+            found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found & set(PACKAGES)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def imported_packages(path: Path) -> set[str]:
+    return {module.split(".")[0] for module in imported_modules(path)} & set(PACKAGES)
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -34,3 +39,12 @@ def test_a_package_imports_only_the_packages_below_it(package):
         for path in sorted((ROOT / package).rglob("*.py"))
     }
     assert {path: names for path, names in crossing.items() if names} == {}
+
+
+def test_routes_share_helpers_through_deps_not_through_each_other():
+    routes = sorted((ROOT / "service" / "routes").glob("*.py"))
+    crossing = {
+        path.name: sorted(m for m in imported_modules(path) if m.startswith("service.routes."))
+        for path in routes
+    }
+    assert {name: modules for name, modules in crossing.items() if modules} == {}
