@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two installs: what running needs (`make up`, `make worker`), and everything the tests, lint
+# and benchmarks need besides (the dev tools, Keras on JAX).
+RUNTIME := $(VENV)/.runtime-stamp
 INSTALLED := $(VENV)/.installed-stamp
 
 # Where this workplace keeps the genuine Fashion-MNIST, unless TRICKLAB_DATA_DIR says otherwise.
@@ -16,10 +19,16 @@ endif
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
+$(RUNTIME): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "Installing what tricklab needs to run into $(VENV): TensorFlow is most of it, a few minutes the first time."
+	$(PY) -m pip install --progress-bar on --editable '.[postgres]'
+	@touch $@
+
 $(INSTALLED): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --editable '.[dev,postgres,jax]'
-	@touch $@
+	@touch $@ $(RUNTIME)
 
 install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
 
@@ -28,7 +37,7 @@ install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
 # reaches both processes from the terminal, so the shell only waits for them then (a second
 # signal would stop the worker mid-epoch). Background jobs of a script ignore SIGINT; each
 # process gets it back, or one still starting would miss Ctrl-C. `wait -n -p` needs bash 5.1.
-up: $(INSTALLED) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
+up: $(RUNTIME) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
 	@$(PY) -m jobqueue.db
 	@if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501)); then \
 	  echo "make up: needs bash 5.1 or newer, this is $$BASH_VERSION" >&2; exit 2; \
@@ -51,7 +60,7 @@ up: $(INSTALLED) ## initialise the database, serve the API and run one worker (C
 	while kill -0 $$left 2>/dev/null; do wait $$left; done; \
 	exit $${stopping:-$$((status ? status : 1))}
 
-worker: $(INSTALLED) ## run one more worker against the same configuration
+worker: $(RUNTIME) ## run one more worker against the same configuration
 	$(PY) -m worker
 
 test: $(INSTALLED) ## install and run the whole test suite, then its backend-neutral tests on JAX

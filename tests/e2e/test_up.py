@@ -77,7 +77,7 @@ class Up:
         self.port = port
         # The venv running these tests, without reinstalling it (-o: take the install stamp
         # as up to date, whatever pyproject.toml's time).
-        command = ["make", "up", f"VENV={VENV}", "-o", f"{VENV}/.installed-stamp"]
+        command = ["make", "up", f"VENV={VENV}", "-o", f"{VENV}/.runtime-stamp"]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -173,3 +173,21 @@ def test_ctrl_c_stops_both_cleanly(up):
     assert "signal=SIGINT: stopping after the current epoch" in output
     assert " stopped" in output and "Finished server process" in output
     assert run.members() == {}
+
+
+@pytest.mark.parametrize("target", ["up", "worker"])
+def test_running_installs_what_running_needs_and_no_dev_tools(tmp_path, target):
+    fresh = tmp_path / "venv"  # a venv make has never installed into: what would it run?
+    planned = subprocess.run(
+        ["make", "--dry-run", target, f"VENV={fresh}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+    )
+    assert planned.returncode == 0, planned.stderr
+    installs = [line for line in planned.stdout.splitlines() if "pip install" in line]
+    assert installs == [
+        f"{fresh}/bin/python -m pip install --progress-bar on --editable '.[postgres]'"
+    ]
