@@ -14,7 +14,7 @@ export TRICKLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install up worker test test-fast lint bench chaos clean
+.PHONY: help install up worker test test-fast lint bench notebook-study chaos clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine F
 	$(PY) bench/train.py
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py
+
+notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data into docs/notebook-study/ (about 15 minutes)
+	$(PY) scripts/notebook_study.py
 
 CHAOS_JOBS ?= 60
 CHAOS_KILLS ?= 60
