@@ -25,6 +25,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from analysis.report import Curve, ReportRead, VariantReport
 from analysis.stats import Estimate
 
 PlotName = Literal["curves", "accuracy", "gap", "effects"]
@@ -68,8 +69,8 @@ class NothingToPlot(Exception):
     """The report has no finished runs (or no compared tricks) to draw yet."""
 
 
-def render(name: PlotName, data: dict[str, Any], title: str, fmt: Format = "png") -> bytes:
-    """The named plot of a report, as analysis.report.report makes it, as an image file."""
+def render(name: PlotName, data: ReportRead, title: str, fmt: Format = "png") -> bytes:
+    """The named plot of a report as an image file."""
     figure = draw(name, data, title)
     out = io.BytesIO()
     # No creation date in the file: the same report always gives the same bytes.
@@ -78,7 +79,7 @@ def render(name: PlotName, data: dict[str, Any], title: str, fmt: Format = "png"
     return out.getvalue()
 
 
-def _curves(data: dict[str, Any], title: str) -> Figure:
+def _curves(data: ReportRead, title: str) -> Figure:
     variants = _with_runs(data)
     figure = Figure(figsize=(11, 8), layout="constrained")
     panels = [
@@ -100,7 +101,7 @@ def _curves(data: dict[str, Any], title: str) -> Figure:
     return figure
 
 
-def _gap(data: dict[str, Any], title: str) -> Figure:
+def _gap(data: ReportRead, title: str) -> Figure:
     variants = _with_runs(data)
     figure = Figure(figsize=(10, 6), layout="constrained")
     axes = figure.subplots()
@@ -119,17 +120,18 @@ def _gap(data: dict[str, Any], title: str) -> Figure:
     return figure
 
 
-def _accuracy(data: dict[str, Any], title: str) -> Figure:
-    variants = [v for v in _with_runs(data) if v["final_test_accuracy"]]
+def _accuracy(data: ReportRead, title: str) -> Figure:
+    variants = [v for v in _with_runs(data) if v.final_test_accuracy]
     if not variants:
         raise NothingToPlot("no finished run has a test accuracy yet")
-    figure, axes = _interval_rows([_label(v["name"], VARIANT_INCHES) for v in variants])
+    figure, axes = _interval_rows([_label(v.name, VARIANT_INCHES) for v in variants])
     for row, (variant, colour) in enumerate(_coloured(variants)):
-        accuracy: Estimate = variant["final_test_accuracy"]
+        accuracy = variant.final_test_accuracy
+        assert accuracy is not None
         high = accuracy.high
         spread = "" if high is None else f" ± {(high - accuracy.mean) * 100:.2f}"
         _interval(axes, row, accuracy, colour, f"{accuracy.mean * 100:.2f}{spread}%")
-        seeds = [run["test_accuracy"] for run in variant["runs"]]
+        seeds = [run.test_accuracy for run in variant.runs if run.test_accuracy is not None]
         axes.plot(seeds, [row] * len(seeds), "o", color=colour, alpha=0.35, markersize=4)
     axes.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     axes.set_xlabel("final test accuracy")
@@ -140,17 +142,18 @@ def _accuracy(data: dict[str, Any], title: str) -> Figure:
     return figure
 
 
-def _effects(data: dict[str, Any], title: str) -> Figure:
-    effects = [e for e in data["effects"] if e["difference"]]
+def _effects(data: ReportRead, title: str) -> Figure:
+    effects = [e for e in data.effects if e.difference]
     if not effects:
         raise NothingToPlot(
             "no trick is compared yet: it needs two variants that differ by that trick alone, "
             "with runs of the same seeds finished"
         )
-    figure, axes = _interval_rows([_label(e["trick"], TRICK_INCHES) for e in effects])
+    figure, axes = _interval_rows([_label(e.trick, TRICK_INCHES) for e in effects])
     for row, effect in enumerate(effects):
-        colour = VERDICT_COLOURS.get(effect["verdict"], NEUTRAL)
-        _interval(axes, row, effect["difference"], colour, effect["verdict"])
+        colour = VERDICT_COLOURS.get(effect.verdict, NEUTRAL)
+        assert effect.difference is not None
+        _interval(axes, row, effect.difference, colour, effect.verdict)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x * 100:+.1f}"))
     axes.set_xlabel("change in final test accuracy when the trick is added (percentage points)")
@@ -161,7 +164,7 @@ def _effects(data: dict[str, Any], title: str) -> Figure:
     return figure
 
 
-DRAW: dict[str, Callable[[dict[str, Any], str], Figure]] = {
+DRAW: dict[str, Callable[[ReportRead, str], Figure]] = {
     "curves": _curves,
     "accuracy": _accuracy,
     "gap": _gap,
@@ -169,41 +172,41 @@ DRAW: dict[str, Callable[[dict[str, Any], str], Figure]] = {
 }
 
 
-def draw(name: PlotName, data: dict[str, Any], title: str) -> Figure:
+def draw(name: PlotName, data: ReportRead, title: str) -> Figure:
     """The named plot of a report as a figure. The title may hold text that users write: it is
     drawn as written, on at most TITLE_LINES lines of its own above the plot's description."""
     return DRAW[name](data, _lines(title, TITLE_CHARACTERS, TITLE_LINES))
 
 
-def _with_runs(data: dict[str, Any]) -> list[dict[str, Any]]:
-    variants = [v for v in data["variants"] if v["curves"]["epoch"]]
+def _with_runs(data: ReportRead) -> list[VariantReport]:
+    variants = [v for v in data.variants if v.curves.epoch]
     if not variants:
         raise NothingToPlot("no run has finished an epoch yet")
     return variants
 
 
-def _coloured(variants: list[dict[str, Any]]) -> list[tuple[dict[str, Any], Any]]:
+def _coloured(variants: list[VariantReport]) -> list[tuple[VariantReport, Any]]:
     """A colour per variant, in report order: the same variant has the same colour in every
     plot of one report."""
     palette = matplotlib.colormaps["tab10" if len(variants) <= 10 else "tab20"]
     return [(v, palette(i % palette.N)) for i, v in enumerate(variants)]
 
 
-def _band(axes: Axes, variant: dict[str, Any], key: str, colour: Any) -> bool:
+def _band(axes: Axes, variant: VariantReport, key: str, colour: Any) -> bool:
     """The mean curve and its 95% band; False when the metric was not recorded."""
-    curve = variant["curves"][key]
-    mean = np.array(curve["mean"], dtype=float)  # None (not recorded) becomes NaN
+    curve: Curve = getattr(variant.curves, key)
+    mean = np.array(curve.mean, dtype=float)  # None (not recorded) becomes NaN
     if np.isnan(mean).all():
         return False
-    epochs = variant["curves"]["epoch"]
+    epochs = variant.curves.epoch
     marker = "o" if len(epochs) == 1 else None  # one point draws no line
-    label = _label(variant["name"], VARIANT_INCHES)
+    label = _label(variant.name, VARIANT_INCHES)
     axes.plot(epochs, mean, color=colour, label=label, marker=marker, linewidth=1.6)
     # An interval past what the metric can reach (accuracy over 100%, a negative loss) says
     # only that the runs are few: draw it to the reachable range.
     floor, ceiling = RANGES[key]
-    low = np.clip(np.array(curve["low"], dtype=float), floor, ceiling)
-    high = np.clip(np.array(curve["high"], dtype=float), floor, ceiling)
+    low = np.clip(np.array(curve.low, dtype=float), floor, ceiling)
+    high = np.clip(np.array(curve.high, dtype=float), floor, ceiling)
     axes.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
     return True
 
@@ -237,7 +240,7 @@ def _interval(axes: Axes, row: int, value: Estimate, colour: Any, text: str) -> 
     )
 
 
-def _legend(figure: Figure, variants: list[dict[str, Any]]) -> None:
+def _legend(figure: Figure, variants: list[VariantReport]) -> None:
     """One legend for the figure, below the plots, in as many columns as the names fit."""
     if len(variants) < 2:
         return
@@ -248,8 +251,8 @@ def _legend(figure: Figure, variants: list[dict[str, Any]]) -> None:
     figure.legend(handles, labels, loc="outside lower center", ncols=columns)
 
 
-def _band_caption(variants: list[dict[str, Any]]) -> str:
-    seeds = sorted({len(v["seeds"]) for v in variants})
+def _band_caption(variants: list[VariantReport]) -> str:
+    seeds = sorted({len(v.seeds) for v in variants})
     if seeds == [1]:
         return "one run" if len(variants) == 1 else "one run per variant: no confidence bands"
     counts = "/".join(map(str, seeds))

@@ -17,9 +17,10 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from analysis.stats import Estimate, estimate, paired
 from analysis.studies import trick_label, variant_name
@@ -28,6 +29,100 @@ from jobqueue.models import EpochMetrics, Job, Study
 from jobqueue.states import JobStatus
 
 CURVES = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "test_accuracy", "gap")
+
+
+class Curve(BaseModel):
+    """One metric per epoch: the mean over the runs that reached the epoch, its 95% interval
+    (null with fewer than 2 runs) and the number of those runs."""
+
+    mean: list[float | None]
+    low: list[float | None]
+    high: list[float | None]
+    n: list[int | None]
+
+
+class Curves(BaseModel):
+    epoch: list[int]
+    train_loss: Curve
+    val_loss: Curve
+    train_accuracy: Curve
+    val_accuracy: Curve
+    test_accuracy: Curve
+    gap: Curve = Field(description="Generalisation gap: train minus validation accuracy.")
+
+
+class RunRead(BaseModel):
+    """One succeeded job of a variant."""
+
+    seed: int
+    job: str
+    test_accuracy: float | None = Field(description="Of the saved model.")
+    test_loss: float | None
+    epochs: int = Field(description="Epochs it trained (fewer when early stopping stopped it).")
+
+
+class VariantReport(BaseModel):
+    """A variant's runs summarised: each statistic a mean over its succeeded seeds with a 95%
+    t interval (null while no run has finished)."""
+
+    name: str
+    tricks: list[str] = Field(description="The tricks it adds to the base.")
+    spec: dict[str, Any] = Field(description="Its resolved spec, without the seed.")
+    jobs: list[str] = Field(description="One job per seed, in seed order.")
+    seeds: list[int] = Field(description="Seeds whose jobs succeeded: the runs summarised.")
+    runs: list[RunRead] = Field(description="Those runs, in seed order.")
+    progress: dict[str, int] = Field(description="Its jobs per status, and the total.")
+    final_test_accuracy: Estimate | None = Field(
+        description="Of the saved model (the best epoch's weights under early stopping)."
+    )
+    final_test_loss: Estimate | None
+    best_test_accuracy: Estimate | None = Field(description="The highest of any epoch.")
+    best_test_loss: Estimate | None = Field(description="The lowest of any epoch.")
+    best_epoch: Estimate | None = Field(description="Early stopping's best epoch.")
+    stopped_epochs: list[int | None] = Field(
+        description="Where early stopping stopped each run (null: it ran every epoch)."
+    )
+    generalisation_gap: Estimate | None = Field(
+        description="Train minus validation accuracy at the last epoch."
+    )
+    seconds_per_epoch: Estimate | None
+    total_seconds: Estimate | None
+    curves: Curves
+
+
+class EffectPair(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    without: str
+    with_: str = Field(alias="with")
+
+
+Verdict = Literal[
+    "helps", "hurts", "no detectable difference", "not enough repeats", "not compared"
+]
+
+
+class EffectRead(BaseModel):
+    """What adding a trick does to the final test accuracy, paired seed by seed."""
+
+    trick: str
+    metric: str
+    pairs: list[EffectPair] = Field(description="Variant pairs that differ by this trick alone.")
+    seeds: list[int] = Field(description="Seeds with both runs of a pair finished.")
+    difference: Estimate | None = Field(
+        description="Mean difference (with − without) over seeds, as a fraction, and its 95% "
+        "interval."
+    )
+    p_value: float | None = Field(description="Two-sided paired t test.")
+    verdict: Verdict
+    summary: str = Field(description="The verdict in plain words, with the numbers.")
+
+
+class ReportRead(BaseModel):
+    """The comparison report: what the API answers, the CSV tables hold and the plots draw."""
+
+    variants: list[VariantReport]
+    effects: list[EffectRead]
 
 
 @dataclass(frozen=True)
@@ -128,16 +223,16 @@ def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> Va
     return variant
 
 
-def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> dict[str, Any]:
-    """One job's learning curves so far, whatever its status, shaped as a report with one
-    variant (one run: no intervals), so that the study plots draw it."""
-    rows = [_row(m) for m in metrics]
-    run = Run(job.id, job.result or {}, rows, job.best_epoch, job.stopped_epoch)
-    name = variant_name(tuple(trick_label(trick) for trick in job.spec["tricks"]))
-    return {
-        "variants": [{"name": name, "seeds": [job.spec["seed"]], "curves": _curves([run])}],
-        "effects": [],
-    }
+def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> ReportRead:
+    """One job's learning curves so far, whatever its status, as a report with one variant
+    (one run: no intervals), so that the study plots draw it."""
+    run = Run(
+        job.id, job.result or {}, [_row(m) for m in metrics], job.best_epoch, job.stopped_epoch
+    )
+    labels = tuple(trick_label(trick) for trick in job.spec["tricks"])
+    spec = {key: value for key, value in job.spec.items() if key != "seed"}
+    variant = VariantRuns(variant_name(labels), labels, spec, [job], {job.spec["seed"]: run})
+    return ReportRead(variants=[_variant(variant)], effects=[])
 
 
 def _row(m: EpochMetrics) -> dict[str, Any]:
@@ -148,15 +243,12 @@ def _row(m: EpochMetrics) -> dict[str, Any]:
     return row
 
 
-def report(variants: list[VariantRuns]) -> dict[str, Any]:
-    """The whole report: plain data, statistics as analysis.stats.Estimate."""
-    return {
-        "variants": [_variant(v) for v in variants],
-        "effects": _effects(variants),
-    }
+def report(variants: list[VariantRuns]) -> ReportRead:
+    """The whole report, statistics as analysis.stats.Estimate."""
+    return ReportRead(variants=[_variant(v) for v in variants], effects=_effects(variants))
 
 
-def _variant(variant: VariantRuns) -> dict[str, Any]:
+def _variant(variant: VariantRuns) -> VariantReport:
     runs = [variant.runs[seed] for seed in sorted(variant.runs)]
     statuses = [job.status for job in variant.jobs]
 
@@ -167,39 +259,39 @@ def _variant(variant: VariantRuns) -> dict[str, Any]:
         return estimate([pick(row[key] for row in r.epochs) for r in runs if r.epochs])
 
     last_gaps = [r.epochs[-1]["gap"] for r in runs if r.epochs and "gap" in r.epochs[-1]]
-    return {
-        "name": variant.name,
-        "tricks": list(variant.tricks),
-        "spec": variant.spec,
-        "jobs": [job.id for job in variant.jobs],
-        "seeds": sorted(variant.runs),
-        "runs": [
-            {
-                "seed": seed,
-                "job": run.job_id,
-                "test_accuracy": run.result.get("test_accuracy"),
-                "test_loss": run.result.get("test_loss"),
-                "epochs": len(run.epochs),
-            }
+    return VariantReport(
+        name=variant.name,
+        tricks=list(variant.tricks),
+        spec=variant.spec,
+        jobs=[job.id for job in variant.jobs],
+        seeds=sorted(variant.runs),
+        runs=[
+            RunRead(
+                seed=seed,
+                job=run.job_id,
+                test_accuracy=run.result.get("test_accuracy"),
+                test_loss=run.result.get("test_loss"),
+                epochs=len(run.epochs),
+            )
             for seed, run in sorted(variant.runs.items())
         ],
-        "progress": progress(statuses),
-        "final_test_accuracy": final("test_accuracy"),
-        "final_test_loss": final("test_loss"),
-        "best_test_accuracy": over_epochs("test_accuracy", max),
-        "best_test_loss": over_epochs("test_loss", min),
-        "best_epoch": estimate([r.best_epoch for r in runs if r.best_epoch is not None]),
-        "stopped_epochs": [r.stopped_epoch for r in runs],
-        "generalisation_gap": estimate(last_gaps),
-        "seconds_per_epoch": estimate(
+        progress=progress(statuses),
+        final_test_accuracy=final("test_accuracy"),
+        final_test_loss=final("test_loss"),
+        best_test_accuracy=over_epochs("test_accuracy", max),
+        best_test_loss=over_epochs("test_loss", min),
+        best_epoch=estimate([r.best_epoch for r in runs if r.best_epoch is not None]),
+        stopped_epochs=[r.stopped_epoch for r in runs],
+        generalisation_gap=estimate(last_gaps),
+        seconds_per_epoch=estimate(
             [float(np.mean([row["seconds"] for row in r.epochs])) for r in runs if r.epochs]
         ),
-        "total_seconds": final("seconds"),
-        "curves": _curves(runs),
-    }
+        total_seconds=final("seconds"),
+        curves=_curves(runs),
+    )
 
 
-def _curves(runs: list[Run]) -> dict[str, Any]:
+def _curves(runs: list[Run]) -> Curves:
     """Per epoch, each metric's mean and interval over the runs that reached that epoch
     (early stopping ends some runs sooner)."""
     longest = max((len(r.epochs) for r in runs), default=0)
@@ -209,14 +301,16 @@ def _curves(runs: list[Run]) -> dict[str, Any]:
             estimate([r.epochs[e][key] for r in runs if e < len(r.epochs) and key in r.epochs[e]])
             for e in range(longest)
         ]
-        curves[key] = {
-            part: [getattr(p, part) if p else None for p in points]
-            for part in ("mean", "low", "high", "n")
-        }
-    return curves
+        curves[key] = Curve(
+            **{
+                part: [getattr(p, part) if p else None for p in points]
+                for part in ("mean", "low", "high", "n")
+            }
+        )
+    return Curves(**curves)
 
 
-def _effects(variants: list[VariantRuns]) -> list[dict[str, Any]]:
+def _effects(variants: list[VariantRuns]) -> list[EffectRead]:
     def rest(variant: VariantRuns) -> str:  # all but the tricks, the seed, a default rate
         template = JobSpec.model_validate(variant.spec).template()
         return json.dumps({k: v for k, v in template.items() if k not in ("tricks", "seed")})
@@ -247,16 +341,16 @@ def _effects(variants: list[VariantRuns]) -> list[dict[str, Any]]:
         )
         verdict = comparison.verdict if pairs else None
         effects.append(
-            {
-                "trick": label,
-                "metric": "final_test_accuracy",
-                "pairs": [{"without": a.name, "with": b.name} for a, b in pairs],
-                "seeds": seeds,
-                "difference": comparison.difference,
-                "p_value": comparison.p_value,
-                "verdict": verdict or "not compared",
-                "summary": _summary(label, verdict, comparison.difference),
-            }
+            EffectRead(
+                trick=label,
+                metric="final_test_accuracy",
+                pairs=[EffectPair(without=a.name, with_=b.name) for a, b in pairs],
+                seeds=seeds,
+                difference=comparison.difference,
+                p_value=comparison.p_value,
+                verdict=verdict or "not compared",
+                summary=_summary(label, verdict, comparison.difference),
+            )
         )
     return effects
 
@@ -290,29 +384,29 @@ VARIANT_COLUMNS = (
 )
 
 
-def variants_csv(data: dict[str, Any]) -> str:
+def variants_csv(data: ReportRead) -> str:
     """One row per variant: each statistic's mean, interval bounds and run count."""
     header = ["variant", "tricks", "runs", "jobs_total"]
     for column in VARIANT_COLUMNS:
         header += [f"{column}_mean", f"{column}_low", f"{column}_high"]
     header.append("stopped_epochs")
     rows = []
-    for variant in data["variants"]:
+    for variant in data.variants:
         row = [
-            variant["name"],
-            " + ".join(variant["tricks"]),
-            len(variant["seeds"]),
-            variant["progress"]["total"],
+            variant.name,
+            " + ".join(variant.tricks),
+            len(variant.seeds),
+            variant.progress["total"],
         ]
         for column in VARIANT_COLUMNS:
-            value: Estimate | None = variant[column]
+            value: Estimate | None = getattr(variant, column)
             row += [value.mean, value.low, value.high] if value else [None] * 3
-        row.append(" ".join(str(e) if e else "none" for e in variant["stopped_epochs"]))
+        row.append(" ".join(str(e) if e else "none" for e in variant.stopped_epochs))
         rows.append(row)
     return _csv(header, rows)
 
 
-def effects_csv(data: dict[str, Any]) -> str:
+def effects_csv(data: ReportRead) -> str:
     """One row per trick: the paired difference in final test accuracy and the verdict."""
     header = [
         "trick",
@@ -325,16 +419,16 @@ def effects_csv(data: dict[str, Any]) -> str:
         "pairs",
     ]
     rows = []
-    for effect in data["effects"]:
-        difference: Estimate | None = effect["difference"]
+    for effect in data.effects:
+        difference = effect.difference
         rows.append(
             [
-                effect["trick"],
+                effect.trick,
                 *([difference.mean, difference.low, difference.high] if difference else [None] * 3),
-                len(effect["seeds"]),
-                effect["p_value"],
-                effect["verdict"],
-                "; ".join(f"{p['without']} → {p['with']}" for p in effect["pairs"]),
+                len(effect.seeds),
+                effect.p_value,
+                effect.verdict,
+                "; ".join(f"{p.without} → {p.with_}" for p in effect.pairs),
             ]
         )
     return _csv(header, rows)

@@ -7,14 +7,14 @@ plain `def` dependency in a worker thread, a hop that costs more than the whole 
 from __future__ import annotations
 
 import pathlib
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, params
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
-from analysis.report import VariantRuns, job_variants, report, study_variants
+from analysis.report import ReportRead, VariantRuns, job_variants, report, study_variants
 from core.config import Settings
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.models import Job, Study
@@ -163,7 +163,7 @@ def study_runs(store: JobStore, study: Study) -> list[VariantRuns]:
     return study_variants(study, jobs, metrics)
 
 
-def study_report(store: JobStore, study: Study) -> dict[str, Any]:
+def study_report(store: JobStore, study: Study) -> ReportRead:
     return report(study_runs(store, study))
 
 

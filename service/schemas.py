@@ -19,8 +19,7 @@ from pydantic import (
 )
 
 from analysis.plots import PlotName
-from analysis.report import progress, study_status
-from analysis.stats import Estimate
+from analysis.report import ReportRead, progress, study_status
 from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job, Study
 from jobqueue.states import JobStatus
@@ -325,93 +324,6 @@ class TrickInfo(BaseModel):
 
 class TrickCatalogue(BaseModel):
     tricks: list[TrickInfo]
-
-
-class Curve(BaseModel):
-    """One metric per epoch: the mean over the runs that reached the epoch, its 95% interval
-    (null with fewer than 2 runs) and the number of those runs."""
-
-    mean: list[float | None]
-    low: list[float | None]
-    high: list[float | None]
-    n: list[int | None]
-
-
-class Curves(BaseModel):
-    epoch: list[int]
-    train_loss: Curve
-    val_loss: Curve
-    train_accuracy: Curve
-    val_accuracy: Curve
-    test_accuracy: Curve
-    gap: Curve = Field(description="Generalisation gap: train minus validation accuracy.")
-
-
-class RunRead(BaseModel):
-    """One succeeded job of a variant."""
-
-    seed: int
-    job: str
-    test_accuracy: float | None = Field(description="Of the saved model.")
-    test_loss: float | None
-    epochs: int = Field(description="Epochs it trained (fewer when early stopping stopped it).")
-
-
-class VariantReport(BaseModel):
-    """A variant's runs summarised: each statistic a mean over its succeeded seeds with a 95%
-    t interval (null while no run has finished)."""
-
-    name: str
-    tricks: list[str] = Field(description="The tricks it adds to the base.")
-    spec: dict[str, Any] = Field(description="Its resolved spec, without the seed.")
-    jobs: list[str] = Field(description="One job per seed, in seed order.")
-    seeds: list[int] = Field(description="Seeds whose jobs succeeded: the runs summarised.")
-    runs: list[RunRead] = Field(description="Those runs, in seed order.")
-    progress: dict[str, int] = Field(description="Its jobs per status, and the total.")
-    final_test_accuracy: Estimate | None = Field(
-        description="Of the saved model (the best epoch's weights under early stopping)."
-    )
-    final_test_loss: Estimate | None
-    best_test_accuracy: Estimate | None = Field(description="The highest of any epoch.")
-    best_test_loss: Estimate | None = Field(description="The lowest of any epoch.")
-    best_epoch: Estimate | None = Field(description="Early stopping's best epoch.")
-    stopped_epochs: list[int | None] = Field(
-        description="Where early stopping stopped each run (null: it ran every epoch)."
-    )
-    generalisation_gap: Estimate | None = Field(
-        description="Train minus validation accuracy at the last epoch."
-    )
-    seconds_per_epoch: Estimate | None
-    total_seconds: Estimate | None
-    curves: Curves
-
-
-class EffectPair(BaseModel):
-    without: str
-    with_: str = Field(alias="with")
-
-
-class EffectRead(BaseModel):
-    """What adding a trick does to the final test accuracy, paired seed by seed."""
-
-    trick: str
-    metric: str
-    pairs: list[EffectPair] = Field(description="Variant pairs that differ by this trick alone.")
-    seeds: list[int] = Field(description="Seeds with both runs of a pair finished.")
-    difference: Estimate | None = Field(
-        description="Mean difference (with − without) over seeds, as a fraction, and its 95% "
-        "interval."
-    )
-    p_value: float | None = Field(description="Two-sided paired t test.")
-    verdict: Literal[
-        "helps", "hurts", "no detectable difference", "not enough repeats", "not compared"
-    ]
-    summary: str = Field(description="The verdict in plain words, with the numbers.")
-
-
-class ReportRead(BaseModel):
-    variants: list[VariantReport]
-    effects: list[EffectRead]
 
 
 class StudyLinks(BaseModel):

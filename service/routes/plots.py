@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from analysis import plots
-from analysis.report import job_curves, report
+from analysis.report import ReportRead, job_curves, report
 from service.deps import (
     UNFINISHED,
     JobDep,
@@ -86,10 +86,10 @@ def job_plot(
     """The job's learning curves (`curves`) or generalisation gap (`gap`) so far: poll it while
     the job trains."""
     data = job_curves(job, store.metrics(job.id))
-    return _image(name, data, f"Job {job.id} ({data['variants'][0]['name']}, {job.status})", fmt)
+    return _image(name, data, f"Job {job.id} ({data.variants[0].name}, {job.status})", fmt)
 
 
-def _image(name: plots.PlotName, data: dict[str, Any], title: str, fmt: plots.Format) -> Response:
+def _image(name: plots.PlotName, data: ReportRead, title: str, fmt: plots.Format) -> Response:
     try:
         image = plots.render(name, data, title, fmt)
     except plots.NothingToPlot as reason:

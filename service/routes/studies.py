@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.exceptions import RequestValidationError
@@ -117,7 +117,7 @@ def get_study(study: StudyDep, store: StoreDep) -> StudyRead:
     response_model=ReportRead,
     responses=errors(404, 422),
 )
-def get_study_report(study: StudyDep, store: StoreDep) -> Any:
+def get_study_report(study: StudyDep, store: StoreDep) -> ReportRead:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
     return study_report(store, study)
@@ -155,7 +155,7 @@ def cancel_study(study_id: StudyId, store: StoreDep) -> StudyRead:
     response_model=ReportRead,
     responses=errors(400, 404, 422, conflict=UNFINISHED),
 )
-def compare(store: StoreDep, jobs: JobIds) -> Any:
+def compare(store: StoreDep, jobs: JobIds) -> ReportRead:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
     return report(compared_variants(store, jobs))
@@ -178,7 +178,7 @@ def _read(store: JobStore, study: Study) -> StudyRead:
     return StudyRead(
         **summary.model_dump(),
         request=study.request,
-        report=ReportRead.model_validate(report(variants)),
+        report=report(variants),
     )
 
 

@@ -89,7 +89,7 @@ def test_a_job_plot_draws_its_epochs_so_far_without_bands():
     job, rows = trained(["dropout"], seed=0)
     job.status = JobStatus.RUNNING
     curves = job_curves(job, rows[:3])
-    drawn = curves["variants"][0]["curves"]
+    drawn = curves.variants[0].curves.model_dump()
     assert drawn["epoch"] == [1, 2, 3]
     assert all(
         bound is None
@@ -127,10 +127,10 @@ PLOTS = ["curves", "accuracy", "gap", "effects"]
 def named(text):
     """The study report with every name that a plot draws replaced by the text."""
     data = study_report()
-    for i, variant in enumerate(data["variants"]):
-        variant["name"] = f"{text} {i}"
-    for effect in data["effects"]:
-        effect["trick"] = text
+    for i, variant in enumerate(data.variants):
+        variant.name = f"{text} {i}"
+    for effect in data.effects:
+        effect.trick = text
     return data
 
 
@@ -214,7 +214,7 @@ def test_long_names_are_cut_with_an_ellipsis_and_everything_stays_inside_the_fig
 def test_a_name_that_fits_is_drawn_whole():
     name = "base + dropout + weight_decay + early_stopping + batch_norm + momentum"
     data = study_report()
-    data["variants"][1]["name"] = name
+    data.variants[1].name = name
     lines = lines_of(plots.render("accuracy", data, "Study 'notebook'", "svg"))
     assert name in lines
     assert "Study 'notebook'" in lines
