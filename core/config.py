@@ -14,43 +14,96 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         "sqlite:///./var/tricklab.db",
-        description="The queue and metadata database (SQLite file, or postgresql+psycopg://...).",
+        description="The queue and metadata database: a SQLite file, or "
+        "`postgresql+psycopg://user@host/db` for many machines.",
     )
-    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Trained models and specs.")
+    artifacts_dir: Path = Field(
+        Path("./var/artifacts"),
+        description="Checkpoints and trained models (`jobs/<id>/<lease>/model.keras`, with "
+        "`spec.json` beside it); one folder that every host mounts at the same path.",
+    )
     # Keras keeps its own Fashion-MNIST download in ~/.keras/datasets/fashion-mnist/.
     data_dir: Path = Field(
         Path("~/.keras/datasets"),
-        description="A dataset's folder (e.g. .../fashion-mnist) or a folder holding such folders.",
+        description="A dataset's folder holding its four IDX `.gz` files (`…/fashion-mnist`), "
+        "or a folder of such folders (`fashion-mnist/`, `mnist/`). The API reads it too, to "
+        "check each spec against the data.",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    log_level: str = "INFO"
+    host: str = Field("127.0.0.1", description="The address the API listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="The port the API listens on.")
+    log_level: str = Field("INFO", description="Log level of both processes.")
     # Idle workers poll; a short interval keeps queued jobs from waiting, SQLite reads are cheap.
-    poll_seconds: float = Field(1.0, gt=0, le=60)
+    poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often an idle worker looks for a queued job."
+    )
     # SQLite waits this long for a competing writer before "database is locked".
-    busy_timeout_ms: int = Field(30_000, ge=0)
+    busy_timeout_ms: int = Field(
+        30_000,
+        ge=0,
+        description='How long SQLite waits for a competing writer before "database is locked".',
+    )
     # A running job's lease: renewed by its worker's heartbeat; once it expires (worker killed,
     # machine gone, process frozen) a sweep puts the job back in the queue. Hosts' clocks must
     # agree to well within a lease (NTP does).
-    lease_seconds: float = Field(60.0, gt=0, le=3600)
-    heartbeat_seconds: float = Field(10.0, gt=0, le=600)
-    sweep_seconds: float = Field(15.0, gt=0, le=600)
+    lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="How long a running job stays with a worker that stopped renewing its "
+        "lease; then a sweep puts the job back in the queue.",
+    )
+    heartbeat_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How often a training worker renews its lease; shorter than the lease.",
+    )
+    sweep_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=600,
+        description="How often the API and the workers look for expired leases.",
+    )
     # Attempts that may fail (worker lost, unexpected error) before the job fails for good.
-    max_attempts: int = Field(3, ge=1, le=10_000)
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10_000,
+        description="Failed attempts (lost workers, unexpected errors) before a job fails.",
+    )
     # Compatible queued jobs a worker claims at once and trains as one model (1: one at a time).
-    pack_size: int = Field(8, ge=1, le=64)
+    pack_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Compatible queued jobs a worker claims at once and trains as one model; "
+        "1 trains one job at a time.",
+    )
     # Loaded models kept in the service's memory, least recently used evicted first.
-    model_cache_size: int = Field(8, ge=1, le=1000)
+    model_cache_size: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Trained models the service keeps loaded; the least recently used go first.",
+    )
     # Prediction limits: each bounds what one request, or a flood of them, can cost.
-    max_predict_files: int = Field(64, ge=1, description="Files per multipart request.")
-    max_predict_instances: int = Field(1024, ge=1, description="Instances per JSON request.")
+    max_predict_files: int = Field(
+        64, ge=1, description="Files (form parts) per prediction request; beyond it, 400."
+    )
+    max_predict_instances: int = Field(
+        1024, ge=1, description="JSON instances per prediction request; beyond it, 400."
+    )
     max_request_bytes: int = Field(
-        32 * 2**20, ge=1024, description="Any request body; larger ones get 413, even chunked."
+        32 * 2**20,
+        ge=1024,
+        description="A request body on a route that takes images (`…/predict`); larger ones "
+        "get 413, chunked ones included.",
     )
     max_in_flight_bytes: int = Field(
         256 * 2**20,
         ge=1024,
-        description="All request bodies being received at once; beyond it, 503 and Retry-After.",
+        description="The bytes of all request bodies being received at once, counted as they "
+        "arrive; beyond it, 503 and Retry-After. At least `TRICKLAB_MAX_REQUEST_BYTES`.",
     )
     max_concurrent_requests: int = Field(
         512, ge=1, description="Connections and requests in progress; beyond it, 503."
@@ -58,7 +111,13 @@ class Settings(BaseSettings):
     # Concurrent predictions for one model share a forward pass. A request that finds the
     # model idle waits this long for company; under load, requests that arrive during a
     # forward pass form the next batch anyway, so the window matters only when traffic is light.
-    predict_batch_window_ms: float = Field(0.0, ge=0, le=1000)
+    predict_batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="How long a prediction that finds its model idle waits for others to share "
+        "the forward pass.",
+    )
     predict_max_batch: int = Field(256, ge=1, description="Images in one forward pass.")
     predict_max_queued: int = Field(
         4096, ge=1, description="Images waiting for one model; beyond it, 503 and Retry-After."
@@ -74,7 +133,11 @@ class Settings(BaseSettings):
         "complete headers; beyond it, the connection is closed.",
     )
     body_timeout_seconds: float = Field(
-        60.0, gt=0, le=3600, description="Time to receive a whole request body; beyond it, 408."
+        60.0,
+        gt=0,
+        le=3600,
+        description="Time to receive a whole request body after its headers; beyond it, 408 "
+        "and the connection is closed.",
     )
     max_json_bytes: int = Field(
         256 * 2**10,
@@ -84,34 +147,48 @@ class Settings(BaseSettings):
     )
     # Decoding cost grows with pixels, not bytes: a 163 KiB PNG can hold 40 million of them.
     max_image_pixels: int = Field(
-        4_000_000, ge=784, description="Pixels of one uploaded image, read from its header."
+        4_000_000,
+        ge=784,
+        description="Pixels of one uploaded image, read from its header before decoding; beyond "
+        "it, 400.",
     )
     max_request_pixels: int = Field(
-        16_000_000, ge=784, description="Pixels of all the images of one prediction request."
+        16_000_000,
+        ge=784,
+        description="Pixels of all the images of one prediction request; beyond it, 400.",
     )
 
     # What one job may cost; a spec over a limit is refused (422) before it is queued.
     max_parameters: int = Field(
-        5_000_000, ge=1000, description="Trainable and non-trainable parameters of one model."
+        5_000_000,
+        ge=1000,
+        description="Trainable and non-trainable parameters of one job's model; beyond it, 422.",
     )
     max_steps_per_job: int = Field(
-        1_000_000, ge=1, description="Training steps of one job: epochs × steps per epoch."
+        1_000_000,
+        ge=1,
+        description="Training steps of one job (epochs × steps per epoch); beyond it, 422.",
     )
     max_job_seconds: float = Field(
         4 * 3600.0,
         gt=0,
-        description="Training time of one job, over all its attempts; beyond it the job "
-        "fails with reason timeout.",
+        description="Wall-clock training time of one job, over all its attempts; beyond it "
+        "the job fails with reason `timeout`.",
     )
     max_pack_memory_bytes: int = Field(
         2**30,
         ge=2**20,
         description="Estimated training memory of one pack (weights, gradients, optimizer "
         "state, activations); a worker packs fewer jobs to stay within it, and a job that "
-        "alone needs more is refused.",
+        "alone needs more is refused (422).",
     )
     # A study refuses to expand into more jobs than this (a full factorial doubles per trick).
-    max_study_jobs: int = Field(200, ge=1, le=100_000)
+    max_study_jobs: int = Field(
+        200,
+        ge=1,
+        le=100_000,
+        description="Jobs one study may create (variants × repeats); beyond it, 422.",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:
