@@ -17,7 +17,7 @@ endif
 .PHONY: help install up worker test test-fast lint bench notebook-study chaos clean
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(RUNTIME): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -74,12 +74,12 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 2 minutes)
+bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 5 minutes)
 	$(PY) bench/train.py
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py
 
-notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data into docs/notebook-study/ (about 15 minutes)
+notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data into docs/notebook-study/ (about 5 minutes with one worker)
 	$(PY) scripts/notebook_study.py
 
 CHAOS_JOBS ?= 60

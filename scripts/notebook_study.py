@@ -3,8 +3,9 @@ workers, written into docs/notebook-study/: its plots as the service draws them,
 what it found, stamped with the date and the commit that produced them. `make notebook-study`.
 
 Through the same doors a user has (`python -m service`, `python -m worker`, HTTP), so the page
-shows what the current code does, never what an older version once did. About 15 minutes of
-training on a 2-core CPU with one worker; `--workers 2` splits it where there are more cores.
+shows what the current code does, never what an older version once did. About 5 minutes on a
+2-core CPU with one worker (it packs the jobs); `--workers 2` splits them where there are more
+cores.
 `--study '{"base": {"epochs": 1}, "repeats": 2}'` overrides the preset's fields for a quick look.
 """
 
