@@ -10,7 +10,7 @@ order needs no state: each epoch's order derives from the seed and the epoch num
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,8 @@ class Snapshot:
             epoch=epoch,
             model=[keras.ops.convert_to_numpy(v) for v in model.variables],
             optimizer=[keras.ops.convert_to_numpy(v) for v in optimizer.variables],
-            watch=watch,
+            # A copy: the training goes on updating its watch after the snapshot is taken.
+            watch=replace(watch, best_weights=list(watch.best_weights)),
         )
 
     def restore(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> BestEpoch:

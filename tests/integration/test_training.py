@@ -10,13 +10,13 @@ from worker.checkpoints import Snapshot
 
 EVERYTHING_RANDOM = {
     **TINY,
-    "epochs": 5,
+    "epochs": 10,
     "tricks": [
         "dropout",
         "batch_norm",
         "augmentation",
         "cosine_decay",
-        {"name": "early_stopping", "patience": 10},
+        {"name": "early_stopping", "patience": 2, "min_delta": 0.05},
     ],
 }
 
@@ -46,14 +46,21 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
 def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_path):
     spec = JobSpec.model_validate(EVERYTHING_RANDOM)
     rows, snapshots, trained = run(spec, splits)
+    # Resumed after its best epoch, the run must carry on early stopping's state (best loss,
+    # best weights, patience spent) to stop where it stopped and keep the same weights.
+    assert trained.best_epoch < trained.stopped_epoch < spec.epochs
+    resume_at = trained.best_epoch + 1
 
     path = tmp_path / "checkpoint.npz"
-    snapshots[2].save(path)  # through the file, as a retried job would
+    snapshots[resume_at].save(path)  # through the file, as a retried job would
     resumed_rows, _, resumed = run(spec, splits, resume=Snapshot.load(path))
 
-    assert [r["epoch"] for r in resumed_rows] == [3, 4, 5]
-    assert resumed_rows == rows[2:]
-    assert resumed.best_epoch == trained.best_epoch
+    assert [r["epoch"] for r in resumed_rows] == list(range(resume_at + 1, len(rows) + 1))
+    assert resumed_rows == rows[resume_at:]
+    assert (resumed.best_epoch, resumed.stopped_epoch) == (
+        trained.best_epoch,
+        trained.stopped_epoch,
+    )
     for a, b in zip(resumed.model.get_weights(), trained.model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
