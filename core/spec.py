@@ -78,8 +78,9 @@ class Dropout(Strict):
 
 
 class WeightDecay(Strict):
-    """L2 penalty on the kernels and biases of the hidden Dense layers, added to the training
-    loss (so the reported train loss includes it); pulls weights towards zero."""
+    """L2 penalty on the kernels and biases of the hidden Dense layers, added to the loss that
+    training minimises; pulls weights towards zero. Each epoch's train_objective includes it;
+    train_loss and the other losses are the plain cross-entropy, comparable across tricks."""
 
     name: Literal["weight_decay"] = "weight_decay"
     l2: Number = Field(

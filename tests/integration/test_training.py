@@ -1,11 +1,12 @@
 """The training loop on tiny data: checkpoints, exact resume, and how the worker steers it."""
 
+import keras
 import numpy as np
 import pytest
 
-from core.spec import JobSpec
+from core.spec import JobSpec, trick_catalogue
 from tests.support.data import TINY
-from worker import training
+from worker import training, tricks
 from worker.checkpoints import Snapshot
 
 EVERYTHING_RANDOM = {
@@ -138,3 +139,24 @@ def test_resuming_from_the_epoch_early_stopping_ended_trains_no_further(splits):
         trained.best_epoch,
     )
     assert resumed.result["test_accuracy"] == trained.result["test_accuracy"]
+
+
+def l2_penalty(model, l2):
+    hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
+    return l2 * sum(float(np.sum(np.square(w))) for layer in hidden for w in layer.get_weights())
+
+
+@pytest.mark.backends
+def test_the_weight_decay_penalty_is_in_train_objective_and_not_in_train_loss(splits):
+    spec = JobSpec.model_validate(
+        {**TINY, "epochs": 1, "tricks": [{"name": "weight_decay", "l2": 0.01}]}
+    )
+    before = l2_penalty(tricks.build_model(spec), 0.01)  # the seed's initial weights
+    (row,), _, trained = run(spec, splits)
+    after = l2_penalty(trained.model, 0.01)
+    # Both are epoch means over the same steps: they differ by the mean penalty of the epoch.
+    assert 0.9 * min(before, after) < row["train_objective"] - row["train_loss"]
+    assert row["train_objective"] - row["train_loss"] < 1.1 * max(before, after)
+    described = {t["name"]: t["description"] for t in trick_catalogue()}["weight_decay"]
+    assert "train_objective includes it" in described
+    assert "train_loss and the other losses are the plain cross-entropy" in described
