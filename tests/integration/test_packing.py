@@ -1,5 +1,7 @@
 """Packing on tiny data: a job trains the same packed as alone, whatever it is packed with,\nand a worker packs queued jobs and settles each as if it had trained alone."""
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -8,7 +10,8 @@ from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.states import JobStatus
 from tests.support.data import TINY
-from worker import training
+from tests.support.inprocess import drain_queue
+from worker import steps, training
 from worker.checkpoints import Snapshot
 from worker.loop import Worker
 from worker.packing import Branch, pack_key, train_pack
@@ -183,3 +186,24 @@ def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
     # Handed back by a stopping worker, the attempt went on: one attempt, resumed after epoch 2.
     assert [m.attempt for m in store.metrics(ids[0])] == [1] * 6
     assert store.get(ids[0]).attempts == 1
+
+
+@pytest.mark.parametrize("pack_size", [1, 8])
+def test_a_jobs_epoch_seconds_and_its_totals_are_all_wall_clock_time(
+    settings, store, monkeypatch, pack_size
+):
+    # Every epoch takes at least PAUSE seconds of wall clock, alone or packed.
+    pause, train_epoch = 0.3, steps.train_epoch
+
+    def slow_epoch(*args, **kwargs):
+        time.sleep(pause)
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_epoch", slow_epoch)
+    ids = [store.enqueue(JobSpec.model_validate({**TINY, "seed": s}))[0].id for s in range(3)]
+    drain_queue(settings, pack_size=pack_size)
+    for job_id in ids:
+        job, epochs = store.get(job_id), store.metrics(job_id)
+        assert job.status == JobStatus.SUCCEEDED
+        assert all(m.seconds >= pause for m in epochs)  # the pack's epoch, not a share of it
+        assert sum(m.seconds for m in epochs) <= min(job.trained_seconds, job.result["seconds"])
