@@ -247,6 +247,14 @@ class JobSpec(Strict):
         description="Width of each hidden Dense layer (notebook: 128, 32).",
     )
     seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seeds weights, shuffling and dropout.")
+    exact: StrictBool = Field(
+        False,
+        description="true: the job always trains alone, never packed with other jobs, so the "
+        "same spec and seed reproduce its metrics exactly (on the same machine, backend and "
+        "library versions). false: a worker may train it in a pack with compatible jobs; the "
+        "pack computes the same model, but its float sums run in another order, so the "
+        "metrics match a run alone only approximately.",
+    )
 
     @model_validator(mode="after")
     def _resolve(self) -> JobSpec:

@@ -61,8 +61,9 @@ PER_BRANCH_TRICKS = ("weight_decay", "early_stopping")
 def pack_key(spec: JobSpec) -> str | None:
     """Specs with equal keys can train in one pack: everything but the seed, weight decay and
     early stopping must match (same data, architecture, optimizer and schedule). None: the
-    spec trains alone (augmentation draws from the backend's generator, not per branch)."""
-    if spec.trick(Augmentation):
+    spec trains alone (it asks for exact results, which only a run alone gives; or its
+    augmentation draws from the backend's generator, not per branch)."""
+    if spec.exact or spec.trick(Augmentation):
         return None
     shared = spec.model_dump(exclude={"seed"})
     shared["tricks"] = [t for t in shared["tricks"] if t["name"] not in PER_BRANCH_TRICKS]

@@ -1,5 +1,6 @@
 """Packing on tiny data: a job trains the same packed as alone, whatever it is packed with,\nand a worker packs queued jobs and settles each as if it had trained alone."""
 
+import re
 import time
 
 import keras
@@ -9,7 +10,7 @@ import pytest
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.states import JobStatus
-from tests.support.data import TINY
+from tests.support.data import EPOCH, TINY
 from tests.support.inprocess import drain_queue
 from worker import steps, training
 from worker.checkpoints import Snapshot
@@ -117,6 +118,7 @@ def test_only_compatible_specs_share_a_pack_key():
     for change in ({"learning_rate": 0.01}, {"batch_size": 64}, {"hidden_units": [32]}):
         assert pack_key(SPECS[0].model_copy(update=change)) != pack_key(SPECS[0])
     assert pack_key(JobSpec.model_validate({**SHARED, "tricks": ["augmentation"]})) is None
+    assert pack_key(SPECS[0].model_copy(update={"exact": True})) is None
     with pytest.raises(ValueError, match="pack_key"):
         train_pack([Branch(SPECS[0], Recorder()), Branch(JobSpec(), Recorder())], None)
 
@@ -207,3 +209,32 @@ def test_a_jobs_epoch_seconds_and_its_totals_are_all_wall_clock_time(
         assert job.status == JobStatus.SUCCEEDED
         assert all(m.seconds >= pause for m in epochs)  # the pack's epoch, not a share of it
         assert sum(m.seconds for m in epochs) <= min(job.trained_seconds, job.result["seconds"])
+
+
+def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
+    settings, store, monkeypatch, caplog
+):
+    # The production path: XLA, Adam and batch norm, in a worker that packs up to 8 jobs.
+    monkeypatch.setattr(training, "JIT_MIN_STEPS", 0)
+    spec = JobSpec.model_validate(
+        {**TINY, "epochs": 3, "learning_rate": 0.001, "tricks": ["dropout", "batch_norm"]}
+    )
+    exact = spec.model_copy(update={"exact": True})
+    mates = [spec, spec.model_copy(update={"seed": 1})]
+    ids = [store.enqueue(s)[0].id for s in (exact, mates[0], exact, mates[1])]
+    caplog.set_level("INFO", logger="tricklab.worker")
+    drain_queue(settings, pack_size=8)
+
+    def pack_size(job_id):
+        return int(re.findall(rf"job={job_id} claimed .* pack=(\d+)", caplog.text)[0])
+
+    assert [pack_size(job_id) for job_id in ids] == [1, 2, 1, 2]  # the exact ones alone
+
+    def history(job_id):
+        job = store.get(job_id)
+        assert job.status == JobStatus.SUCCEEDED
+        scores = {k: v for k, v in job.result.items() if k != "seconds"}
+        rows = stored_rows(store, job_id, [k for k in EPOCH if k != "seconds"])
+        return rows, scores, (job.best_epoch, job.stopped_epoch)
+
+    assert history(ids[0]) == history(ids[2])

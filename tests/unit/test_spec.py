@@ -23,6 +23,7 @@ def test_defaults_are_the_notebook_base_model():
         "validation_size": 10_000,
         "hidden_units": [128, 32],
         "seed": 0,
+        "exact": False,
     }
 
 
