@@ -11,8 +11,11 @@ cd "$(dirname "$0")/.."
 BUNDLE=.device
 PYTHON_THERE=${PYTHON_THERE:-3.12}  # the device machine's python3
 # Not on the device machine, pinned as in pyproject.toml (with their own dependencies).
+# The training benchmark's jobs go through the worker's loop: the job store is SQLAlchemy on
+# SQLite, and its memory estimate reads tricklab's settings (pydantic-settings).
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0 pydantic==2.14.4 pydantic-core==2.50.5
-  annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 pyspng==0.1.4)
+  annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 pyspng==0.1.4
+  sqlalchemy==2.1.9 pydantic-settings==2.16.3 python-dotenv==1.2.4)
 
 bundle() {
   local data=${TRICKLAB_DATA_DIR:-../shared/data/fashion-mnist} platform platforms=()
@@ -36,7 +39,7 @@ run() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
   python3 -c 'import jax, keras; print("jax", jax.__version__, jax.devices(), "keras", keras.__version__)'
   # Each benchmark runs even if one before it failed; the exit status says whether any did.
-  python3 bench/train.py --seeds 2 --epochs 5 2>&1 | tee "$out/train.log" || status=1
+  python3 bench/train.py --rounds 2 --epochs 5 2>&1 | tee "$out/train.log" || status=1
   python3 bench/pack.py 2>&1 | tee "$out/pack.log" || status=1
   python3 bench/pack.py --jobs 32 --epochs 2 2>&1 | tee "$out/pack32.log" || status=1
   return $status

@@ -1,26 +1,37 @@
-"""Training benchmark on the genuine Fashion-MNIST: accuracy and speed of the product's trainer.
+"""Training benchmark on the genuine Fashion-MNIST: accuracy, and speed against the notebook's loop.
 
-What it measures, in one process:
+Each round (3 by default) trains the base model (JobSpec(epochs=E, seed=r): Flatten → Dense 128
+ReLU → Dense 32 ReLU → Dense 10 softmax, Adam 0.001, batch 32, the first 10,000 training images
+held out for validation; E = 10 by default) three ways, one after another in an order that
+moves on by one each round, so that drifting machine load hits all three alike:
 
-1. Accuracy: the base model (JobSpec(epochs=10, seed=s): Flatten → Dense 128 ReLU → Dense 32
-   ReLU → Dense 10 softmax, Adam 0.001, batch 32, the first 10,000 training images held out
-   for validation) trained for seeds 0, 1, 2 through the product's own
-   `worker.training.train`, collecting the per-epoch rows its `report` callable receives.
-   It prints the test accuracy at the last epoch per seed and as mean ± sd over the seeds
-   (the notebook printed 0.8824 for one run).
-2. Baseline speed: the notebook's own TensorFlow loop (tf.data `.shuffle(1000).batch(32)`, a
-   `@tf.function` train step with `tf.GradientTape`, Adam 0.001, sparse cross-entropy, a
-   train-accuracy metric) on the same 50,000 scaled training images: one warm-up epoch
-   (tracing), then TIMED_EPOCHS timed epochs → training samples per second.
-3. Plain `model.fit` speed: the base model compiled with Keras' defaults and fit on the
-   arrays with shuffle=True, batch 32: what a Keras user writes first. Same timing rule.
-4. Product speed: 50,000 / the median epoch `seconds` of the recorded rows (first epochs
-   excluded: they include tracing). Those seconds also include the validation pass over
-   10,000 images, which the other two do not do, so the ratios are conservative.
+- the job: the spec is submitted to a job store (SQLite and an artifact store in a temporary
+  folder) and trained by the worker's own loop in this process (`worker.loop.Worker.run_one`,
+  what `python -m worker` runs): claim, compile, train, score the validation and test splits
+  and write a checkpoint and the epoch's metrics to the database after every epoch, save the
+  servable model, record the result. Timed from submit to succeeded.
+- the notebook's loop: the notebook's own TensorFlow code (tf.data `.shuffle(1000).batch(32)`,
+  a `@tf.function` train step with `tf.GradientTape`, Adam 0.001, sparse cross-entropy, a
+  train-accuracy metric) on the same 50,000 scaled images, then the test accuracy once. Timed
+  from scaling the images to the test accuracy. Skipped unless Keras runs on TensorFlow.
+- plain `model.fit`: what a Keras user writes first: the base model compiled with Keras'
+  defaults, one `fit` of E epochs on the arrays (shuffled, batch 32), then one `evaluate` of
+  the test split. Timed likewise.
 
-Nothing is asserted: it prints. Run it from the repository root with `make bench` (which
-points TRICKLAB_DATA_DIR at ../shared/data/fashion-mnist when that exists), or
-`python bench/train.py [--seeds N] [--epochs N]` for a quicker run.
+The baselines score the test split once and write nothing; the job scores two splits every
+epoch and writes to disk, so the ratios leave the job no advantage it has not earned. Before
+the rounds, each side trains once for one epoch, not counted: the worker's first job puts the
+data on the device (once in a worker's life: it is printed), and each side's first run in a
+process pays one-off set-up.
+
+It prints each round, then the speed ratios (the baseline's seconds / the job's) as the median
+with their min and max over the rounds, for the whole job and per epoch (the median epoch
+after epoch 1, which traces or compiles; the job's epochs include its validation pass, the
+baselines' do not), and the job's test accuracy at the last epoch per seed, as mean ± sd (the
+notebook printed 0.8824 for one run).
+
+Nothing is asserted: it prints. `make bench` runs it (pointing TRICKLAB_DATA_DIR at
+../shared/data/fashion-mnist when that exists); `python bench/train.py --help` lists its options.
 """
 
 from __future__ import annotations
@@ -35,30 +46,76 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # fewer TensorFlow start-up 
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import data_dir  # noqa: E402
+from bench.common import Took, data_dir, hush_retracing, order, spread  # noqa: E402
 from core.datasets import Splits, load  # noqa: E402
 from core.images import scale  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
+from jobqueue.artifacts import ArtifactStore  # noqa: E402
+from jobqueue.db import init_db, make_engine  # noqa: E402
+from jobqueue.states import JobStatus  # noqa: E402
+from jobqueue.store import JobStore  # noqa: E402
 from worker import tricks  # noqa: E402
-from worker.devices import freeze_imports, setup_device  # noqa: E402
-from worker.training import train  # noqa: E402
+from worker.devices import freeze_imports  # noqa: E402
+from worker.loop import Worker  # noqa: E402
 
-WARMUP_EPOCHS = 1  # the baseline's first epoch traces its train step (twice: last batch is 16)
-TIMED_EPOCHS = 5  # epoch times on a shared 2-core VM vary by ±30 %: take a median
 NOTEBOOK_ACCURACY = 0.8824
+JOB, NOTEBOOK, FIT = "tricklab job", "notebook loop", "plain model.fit"
 
 
-def notebook_loop(splits: Splits, seed: int = 0) -> tuple[list[float], float]:
-    """The notebook's custom TensorFlow loop. Returns the timed epochs' seconds and the test
-    accuracy after all its epochs (a sanity check that it learns)."""
+@dataclass(frozen=True)
+class Timed:
+    """One side's run in one round."""
+
+    seconds: float  # the whole run
+    epochs: list[float]  # each epoch's seconds
+    test_accuracy: float  # at the end
+    last: dict[str, Any] | None = None  # the job's last metrics row
+
+    @property
+    def epoch(self) -> float:
+        """The median epoch after the first, which includes tracing (unless it is the only
+        one)."""
+        return statistics.median(self.epochs[1:] or self.epochs)
+
+
+class Queue:
+    """A job store and a worker in this process, as `python -m worker` runs one."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        engine = make_engine(f"sqlite:///{root / 'tricklab.db'}")
+        init_db(engine)
+        self.store = JobStore(engine)
+        self.worker = Worker(self.store, ArtifactStore(root / "artifacts"), data)
+
+    def job(self, spec: JobSpec) -> Timed:
+        started = time.perf_counter()
+        job, _ = self.store.enqueue(spec)
+        self.worker.run_one()
+        done = self.store.get(job.id)
+        seconds = time.perf_counter() - started
+        if done is None or done.status != JobStatus.SUCCEEDED or done.result is None:
+            sys.exit(f"bench: the job ended {done and done.status}: {done and done.error_message}")
+        rows = self.store.metrics(job.id)
+        last = {key: getattr(rows[-1], key) for key in ("train_accuracy", "val_accuracy")}
+        return Timed(
+            seconds, [row.seconds for row in rows], float(done.result["test_accuracy"]), last
+        )
+
+
+def notebook_loop(splits: Splits, epochs: int, seed: int) -> Timed:
+    """The notebook's custom TensorFlow loop, then its test accuracy."""
     import tensorflow as tf  # raw TF only here: this IS the notebook's loop
 
+    started = time.perf_counter()
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
@@ -87,117 +144,134 @@ def notebook_loop(splits: Splits, seed: int = 0) -> tuple[list[float], float]:
         return loss
 
     seconds = []
-    for epoch in range(WARMUP_EPOCHS + TIMED_EPOCHS):
-        started = time.perf_counter()
+    for _ in range(epochs):
+        began = time.perf_counter()
         for images, labels in dataset:
             train_step(images, labels)
-        elapsed = time.perf_counter() - started
-        if epoch >= WARMUP_EPOCHS:
-            seconds.append(elapsed)
-        print(f"  notebook loop epoch {epoch + 1}: {elapsed:5.1f} s", flush=True)
+        seconds.append(time.perf_counter() - began)
     predicted = np.argmax(model.predict(scale(splits.x_test), batch_size=1024, verbose=0), axis=1)
-    return seconds, float(np.mean(predicted == splits.y_test))
+    accuracy = float(np.mean(predicted == splits.y_test))
+    return Timed(time.perf_counter() - started, seconds, accuracy)
 
 
-def plain_fit(splits: Splits, seed: int = 0) -> list[float]:
-    """What a Keras user writes first: `model.fit` on the arrays, shuffled, batch 32, Keras'
-    default compile settings. Returns the timed epochs' seconds."""
+class EpochClock(keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._began = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._began = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._began)
+
+
+def plain_fit(splits: Splits, epochs: int, seed: int) -> Timed:
+    """`model.fit` on the arrays, shuffled, batch 32, Keras' default compile settings; then
+    `evaluate` on the test split."""
+    started = time.perf_counter()
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = tricks.build_model(JobSpec(seed=seed))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = scale(splits.x_train), splits.y_train.astype(np.int32)
-    seconds = []
-    for epoch in range(WARMUP_EPOCHS + TIMED_EPOCHS):
-        started = time.perf_counter()
-        model.fit(x, y, batch_size=32, epochs=1, shuffle=True, verbose=0)
-        elapsed = time.perf_counter() - started
-        if epoch >= WARMUP_EPOCHS:
-            seconds.append(elapsed)
-        print(f"  plain model.fit epoch {epoch + 1}: {elapsed:5.1f} s", flush=True)
-    return seconds
-
-
-def product_run(spec: JobSpec, splits: Splits) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-
-    def report(row: dict[str, Any], _snapshot: object) -> bool:
-        rows.append(row)
-        print(
-            f"  seed {spec.seed} epoch {row['epoch']:2d}: test {row['test_accuracy']:.4f}  "
-            f"val {row['val_accuracy']:.4f}  {row['seconds']:5.1f} s",
-            flush=True,
-        )
-        return True
-
-    train(spec, splits, report)
-    return rows
-
-
-def warm_seconds(rows: list[dict[str, Any]]) -> list[float]:
-    """Epoch seconds without epoch 1, which includes tracing (unless it is the only one)."""
-    return [row["seconds"] for row in rows if row["epoch"] > 1] or [row["seconds"] for row in rows]
+    clock = EpochClock()
+    model.fit(x, y, batch_size=32, epochs=epochs, shuffle=True, verbose=0, callbacks=[clock])
+    _, accuracy = model.evaluate(
+        scale(splits.x_test), splits.y_test.astype(np.int32), batch_size=1024, verbose=0
+    )
+    return Timed(time.perf_counter() - started, clock.seconds, float(accuracy))
 
 
 def main() -> None:
+    took = Took("bench/train.py")
+    hush_retracing()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per seed (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="round r trains seed r (default 3)")
+    parser.add_argument("--epochs", type=int, default=10, help="of every run (default 10)")
     args = parser.parse_args()
-    if args.seeds < 1 or args.epochs < 1:
-        parser.error("--seeds and --epochs must be at least 1")
+    if args.rounds < 1 or args.epochs < 1:
+        parser.error("--rounds and --epochs must be at least 1")
 
     folder = data_dir()
-    device = setup_device()
-    freeze_imports()  # as the worker does
-    splits = load("fashion_mnist", folder, JobSpec().validation_size)
+    splits = load("fashion_mnist", folder, JobSpec().validation_size)  # the worker's own copy
     n_train = len(splits.x_train)
     print(f"data: {folder}  ({n_train} train, {len(splits.x_val)} val, {len(splits.x_test)} test)")
+    with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
+        queue = Queue(Path(tmp), folder)
+        freeze_imports()  # after Worker() loaded the backend, as `python -m worker` does
+        sides: dict[str, Callable[[int, int], Timed]] = {
+            JOB: lambda epochs, seed: queue.job(JobSpec(epochs=epochs, seed=seed)),
+            FIT: lambda epochs, seed: plain_fit(splits, epochs, seed),
+        }
+        if keras.backend.backend() == "tensorflow":
+            sides[NOTEBOOK] = lambda epochs, seed: notebook_loop(splits, epochs, seed)
+        else:
+            print("notebook loop skipped: it is TensorFlow code and the Keras backend is not")
 
-    baseline = None
-    if keras.backend.backend() == "tensorflow":
-        print(f"notebook loop: {WARMUP_EPOCHS} warm-up + {TIMED_EPOCHS} timed epochs", flush=True)
-        seconds, baseline_accuracy = notebook_loop(splits)
-        baseline = n_train / statistics.median(seconds)
-    else:
-        print("notebook loop skipped: it is TensorFlow code and the Keras backend is not")
-    print(f"plain model.fit: {WARMUP_EPOCHS} warm-up + {TIMED_EPOCHS} timed epochs", flush=True)
-    plain = n_train / statistics.median(plain_fit(splits))
+        print("warm-up, one epoch each (not counted):", flush=True)
+        for name, run in sides.items():
+            print(f"  {name:<16} {run(1, 0).seconds:6.1f} s", flush=True)
+        print("  (the job's includes putting the data on the device, which a worker does once)\n")
 
-    runs = {}
-    for seed in range(args.seeds):
-        print(f"product: JobSpec(epochs={args.epochs}, seed={seed})", flush=True)
-        runs[seed] = product_run(JobSpec(epochs=args.epochs, seed=seed), splits)
+        runs: dict[str, list[Timed]] = {name: [] for name in sides}
+        print(f"{args.rounds} rounds, base model, {args.epochs} epochs:")
+        print(f"{'round':>5}  {'side':<16}  {'whole s':>7}  {'epoch s':>7}  {'test acc':>8}")
+        for number in range(args.rounds):
+            for name in order(list(sides), number):
+                timed = sides[name](args.epochs, number)
+                runs[name].append(timed)
+                print(
+                    f"{number + 1:>5}  {name:<16}  {timed.seconds:7.2f}  {timed.epoch:7.3f}  "
+                    f"{timed.test_accuracy:8.4f}",
+                    flush=True,
+                )
+        device = queue.worker.device
+    summary(runs, args.epochs, n_train, device)
+    took.report()
 
-    product = n_train / statistics.median(s for rows in runs.values() for s in warm_seconds(rows))
-    final = [rows[-1]["test_accuracy"] for rows in runs.values()]
 
-    print(f"\n=== summary: base model, {args.epochs} epochs, genuine Fashion-MNIST ===")
+def summary(runs: dict[str, list[Timed]], epochs: int, n_train: int, device: str) -> None:
+    jobs = runs[JOB]
+    print(f"\n=== summary: base model, {epochs} epochs, {n_train} training images ===")
     print(f"{'seed':>4}  {'test acc':>8}  {'val acc':>8}  {'train acc':>9}  {'median epoch s':>14}")
-    for seed, rows in runs.items():
-        last = rows[-1]
-        median = statistics.median(warm_seconds(rows))
+    for seed, job in enumerate(jobs):
+        last = job.last or {}
         print(
-            f"{seed:>4}  {last['test_accuracy']:8.4f}  {last['val_accuracy']:8.4f}  "
-            f"{last['train_accuracy']:9.4f}  {median:14.2f}"
+            f"{seed:>4}  {job.test_accuracy:8.4f}  {last['val_accuracy']:8.4f}  "
+            f"{last['train_accuracy']:9.4f}  {job.epoch:14.3f}"
         )
+    final = [job.test_accuracy for job in jobs]
     sd = statistics.stdev(final) if len(final) > 1 else 0.0
     print(
-        f"test accuracy at epoch {args.epochs}: {statistics.mean(final):.4f} ± {sd:.4f} "
+        f"test accuracy at epoch {epochs}: {statistics.mean(final):.4f} ± {sd:.4f} "
         f"(mean ± sample sd over {len(final)} seeds; notebook: {NOTEBOOK_ACCURACY} for one run)"
     )
-    print("\ntraining samples/s at batch 32 (median epoch after warm-up):")
-    print(f"  tricklab's trainer  {product:8.0f}  (its epoch seconds: validation pass included)")
-    print(f"  plain model.fit     {plain:8.0f}")
-    if baseline is not None:
-        print(
-            f"  the notebook's loop {baseline:8.0f}  (test acc {baseline_accuracy:.4f} after "
-            f"{WARMUP_EPOCHS + TIMED_EPOCHS} epochs)"
-        )
-        print(
-            f"ratio tricklab / notebook loop: {product / baseline:5.2f}×   "
-            f"plain model.fit / notebook loop: {plain / baseline:5.2f}×"
-        )
+    print("\ntraining samples/s at batch 32 (median epoch after the first; median over rounds):")
+    labels = {
+        JOB: "tricklab's job (validation pass included)",
+        FIT: FIT,
+        NOTEBOOK: "the notebook's loop",
+    }
+    for name, label in labels.items():
+        if name in runs:
+            speeds = [n_train / timed.epoch for timed in runs[name]]
+            print(f"  {label:<42} {statistics.median(speeds):8.0f}")
+    print(
+        "\nspeed ratios tricklab / baseline: the baseline's seconds over the job's in each "
+        f"round; median (min–max) over {len(jobs)} rounds"
+    )
+    for name in (NOTEBOOK, FIT):
+        if name not in runs:
+            continue
+        pairs = list(zip(runs[name], jobs, strict=True))
+        whole = [base.seconds / job.seconds for base, job in pairs]
+        epoch = [base.epoch / job.epoch for base, job in pairs]
+        print(f"ratio tricklab / {name}, whole job: {spread(whole, unit='×')}")
+        print(f"ratio tricklab / {name}, per epoch: {spread(epoch, unit='×')}")
+    seconds = [job.seconds for job in jobs]
+    print(f"tricklab job, submit to succeeded: {spread(seconds, unit=' s')}")
     print(
         f"environment: backend {keras.backend.backend()}, device {device}, "
         f"{os.cpu_count()} CPUs, TensorFlow {_tf_version()}, Keras {keras.__version__}"

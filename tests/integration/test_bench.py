@@ -29,12 +29,18 @@ def run_bench(tmp_path: Path, *command: str) -> str:
     return result.stdout
 
 
-def test_the_training_benchmark_runs_and_prints_its_ratio(tmp_path):
-    output = run_bench(tmp_path, "bench/train.py", "--seeds", "2", "--epochs", "2")
+def test_the_training_benchmark_runs_and_prints_its_ratios(tmp_path):
+    output = run_bench(tmp_path, "bench/train.py", "--rounds", "2", "--epochs", "2")
     assert "test accuracy at epoch 2:" in output
-    for line in ("tricklab's trainer", "plain model.fit", "the notebook's loop"):
+    for line in ("tricklab's job", "plain model.fit", "the notebook's loop"):
         assert line in output
-    assert "ratio tricklab / notebook loop:" in output
+    for baseline in ("notebook loop", "plain model.fit"):
+        for what in ("whole job", "per epoch"):
+            assert f"ratio tricklab / {baseline}, {what}: " in output
+    # The sides take turns, each round starting one further along.
+    sides = re.findall(r"^ +\d  (tricklab job|notebook loop|plain model.fit) ", output, re.M)
+    assert len(sides) == 6 and sides[3] == sides[1], output
+    assert re.search(r"^bench/train.py took .+ in all$", output, re.M)
 
 
 def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
