@@ -1,12 +1,14 @@
 """Packing benchmark on the genuine Fashion-MNIST: 8 compatible jobs packed, and one after
 another, in the same run.
 
-The jobs are the base model (JobSpec(epochs=E, seed=s), seeds 0..K-1); the same specs are
-trained one after another by `worker.training.train`, as a worker without packing does, and
-then together by `worker.packing.train_pack`. Each side's time is the wall clock from the
-first job's start to the last job's end, data already in memory; the ratio is sequential /
-packed. It also prints the largest difference in any job's final test accuracy between the
-two: packing must not change results.
+The jobs are the base model (JobSpec(epochs=E, seed=s), seeds 0..K-1). Each round trains the
+same specs one after another with `worker.training.train`, as a worker without packing does,
+and together with `worker.packing.train_pack`; which side goes first alternates from round to
+round (3 rounds by default), so neither always runs after a quiet pause or after the other's
+heat. Each side's time is the wall clock from the first job's start to the last job's end,
+data already in memory; the ratio is sequential / packed, per round, printed as the median
+with its min and max. It also prints the largest difference in any job's final test accuracy
+between the two: packing must not change results.
 
 Nothing is asserted: it prints. `make bench` runs it; `python bench/pack.py --help` lists its
 options.
@@ -23,26 +25,45 @@ sys.path.insert(0, str(ROOT))  # runnable as a script whether or not the package
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # fewer TensorFlow start-up lines
 
 import argparse  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.common import data_dir  # noqa: E402
+from bench.common import Took, data_dir, hush_retracing, order, spread  # noqa: E402
 from core import datasets  # noqa: E402
+from core.datasets import Splits  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from worker import training  # noqa: E402
 from worker.devices import freeze_imports, setup_device  # noqa: E402
 from worker.packing import Branch, train_pack  # noqa: E402
+
+ALONE, PACKED = "one after another", "packed"
 
 
 def quiet(row: dict[str, Any], _snapshot: object) -> bool:
     return True
 
 
+def one_after_another(specs: list[JobSpec], splits: Splits) -> list[float]:
+    """Each job's final test accuracy."""
+    return [training.train(spec, splits, quiet).result["test_accuracy"] for spec in specs]
+
+
+def packed(specs: list[JobSpec], splits: Splits) -> list[float]:
+    outcomes = train_pack([Branch(spec, quiet) for spec in specs], splits)
+    return [outcome.result["test_accuracy"] for outcome in outcomes]  # type: ignore[union-attr]
+
+
 def main() -> None:
+    took = Took("bench/pack.py")
+    hush_retracing()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=8, help="jobs in the pack (default 8)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs per job (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each side takes (default 3)")
     args = parser.parse_args()
+    if min(args.jobs, args.epochs, args.rounds) < 1:
+        parser.error("--jobs, --epochs and --rounds must be at least 1")
 
     folder = data_dir()
     device = setup_device()
@@ -51,30 +72,38 @@ def main() -> None:
     specs = [JobSpec(epochs=args.epochs, seed=seed) for seed in range(args.jobs)]
     samples = args.jobs * args.epochs * len(splits.x_train)
     print(
-        f"data: {folder}; {args.jobs} base-model jobs of {args.epochs} epochs on {device}",
+        f"data: {folder}; {args.jobs} base-model jobs of {args.epochs} epochs on {device}, "
+        f"{args.rounds} rounds",
         flush=True,
     )
-
-    began = time.perf_counter()
-    alone = []
-    for spec in specs:
-        alone.append(training.train(spec, splits, quiet))
-        print(f"  alone: seed {spec.seed} done", flush=True)
-    sequential = time.perf_counter() - began
-
-    began = time.perf_counter()
-    packed = train_pack([Branch(spec, quiet) for spec in specs], splits)
-    together = time.perf_counter() - began
+    sides = {ALONE: one_after_another, PACKED: packed}
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    accuracies: dict[str, list[list[float]]] = {name: [] for name in sides}
+    for number in range(args.rounds):
+        for name in order(list(sides), number):
+            began = time.perf_counter()
+            accuracies[name].append(sides[name](specs, splits))
+            seconds[name].append(time.perf_counter() - began)
+            print(
+                f"  round {number + 1}: {name:<17} {seconds[name][-1]:6.1f} s  "
+                f"{samples / seconds[name][-1]:8.0f} samples/s",
+                flush=True,
+            )
 
     drift = max(
-        abs(p.result["test_accuracy"] - a.result["test_accuracy"])  # type: ignore[union-attr]
-        for p, a in zip(packed, alone, strict=True)
+        abs(p - a)
+        for alone, together in zip(accuracies[ALONE], accuracies[PACKED], strict=True)
+        for p, a in zip(together, alone, strict=True)
     )
+    ratios = [a / p for a, p in zip(seconds[ALONE], seconds[PACKED], strict=True)]
     print(f"\n=== {args.jobs} jobs × {args.epochs} epochs, base model, batch 32 ===")
-    print(f"  one after another  {sequential:7.1f} s  {samples / sequential:8.0f} samples/s")
-    print(f"  packed             {together:7.1f} s  {samples / together:8.0f} samples/s")
+    print(f"  (seconds and ratio: median (min–max) over {args.rounds} rounds)")
+    for name in sides:
+        median = statistics.median(seconds[name])
+        print(f"  {name:<17}  {spread(seconds[name], 1, ' s')}  {samples / median:8.0f} samples/s")
     print(f"  largest difference in a job's final test accuracy: {drift:.4f}")
-    print(f"ratio packed / one after another: {sequential / together:.2f}× (target ≥ 3×)")
+    print(f"ratio packed / one after another: {spread(ratios, unit='×')} (target ≥ 3×)")
+    took.report()
 
 
 if __name__ == "__main__":

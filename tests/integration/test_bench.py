@@ -44,9 +44,12 @@ def test_the_training_benchmark_runs_and_prints_its_ratios(tmp_path):
 
 
 def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
-    output = run_bench(tmp_path, "bench/pack.py", "--jobs", "2", "--epochs", "1")
+    output = run_bench(tmp_path, "bench/pack.py", "--jobs", "2", "--epochs", "1", "--rounds", "2")
     assert "largest difference in a job's final test accuracy: 0.0000" in output
     assert "ratio packed / one after another:" in output
+    firsts = re.findall(r"^  round \d: (.+?) +\d", output, re.M)[::2]
+    assert firsts == ["one after another", "packed"], output
+    assert re.search(r"^bench/pack.py took .+ in all$", output, re.M)
 
 
 def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
