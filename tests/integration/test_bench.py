@@ -5,9 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from bench.trivial import create_app
+from service.schemas import PredictResponse
 from tests.support.data import write_dataset
+from tests.support.images import encode
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +58,24 @@ def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
 
 
 def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
-    output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "1")
+    output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "2")
     for concurrency in (1, 8, 32):
         assert f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in output
     rows = re.findall(r"^ +\d+  (trivial|predict) .* (\d+)$", output, re.MULTILINE)
     assert len(rows) == 6 and all(errors == "0" for _, errors in rows), output
+    assert re.search(r"^bench/serve.py took .+ in all$", output, re.M)
+
+
+def test_the_yardstick_answers_as_the_predict_route_does():
+    """The trivial endpoint pays for the response the real route writes: same document, same
+    media type, same header, the job id taken from the path."""
+    job_id = "0123456789abcdef0123456789abcdef"
+    with TestClient(create_app()) as client:
+        answer = client.post(
+            f"/v1/jobs/{job_id}/predict", files={"file": encode(np.zeros((28, 28), np.uint8))}
+        )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["tricklab-batch-size"] == "1"
+    document = PredictResponse.model_validate_json(answer.content)
+    assert document.job_id == job_id and len(document.predictions) == 1
