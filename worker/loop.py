@@ -28,6 +28,7 @@ from jobqueue.sweeper import Sweeper
 from worker import packing, training
 from worker.checkpoints import Snapshot
 from worker.devices import setup_device
+from worker.run import Control, Interrupted, LeaseLost, Outcome, TimedOut, Trained, TrainingDiverged
 from worker.servable import servable
 
 log = logging.getLogger("tricklab.worker")
@@ -36,9 +37,9 @@ log = logging.getLogger("tricklab.worker")
 def failure_reason(error: BaseException) -> FailureReason:
     if isinstance(error, datasets.DatasetError):
         return FailureReason.INVALID_DATA
-    if isinstance(error, training.TrainingDiverged):
+    if isinstance(error, TrainingDiverged):
         return FailureReason.DIVERGED
-    if isinstance(error, training.TimedOut):
+    if isinstance(error, TimedOut):
         return FailureReason.TIMEOUT
     return FailureReason.ERROR
 
@@ -76,7 +77,7 @@ class Held:
     job: Job
     lease: Lease
     spec: JobSpec
-    control: training.Control
+    control: Control
     heartbeat: Heartbeat
     checkpoint: Checkpoint | None
     began: float = field(default_factory=time.monotonic)
@@ -190,7 +191,7 @@ class Worker:
             log.error("job=%s has an invalid spec (%s); job now %s", job.id, error, status)
             return None
         deadline = time.monotonic() + self.max_job_seconds - job.trained_seconds
-        control = training.Control(time_limit=self.max_job_seconds, deadline=deadline)
+        control = Control(time_limit=self.max_job_seconds, deadline=deadline)
         heartbeat = Heartbeat(self.store, lease, control.lease_lost, self.heartbeat_seconds)
         heartbeat.start()
         return Held(job, lease, spec, control, heartbeat, _registered(job))
@@ -231,7 +232,7 @@ class Worker:
                 self._train_group(group, splits)
                 continue
             for one, _ in group:  # not started yet: back to the queue without an epoch
-                self._settle(one, training.Interrupted())
+                self._settle(one, Interrupted())
 
     def _train_group(self, group: list[tuple[Held, Snapshot | None]], splits: Splits) -> None:
         """One job alone, or several as one pack."""
@@ -262,28 +263,26 @@ class Worker:
         """Record how a job's attempt ended: finished, handed back to the queue, retried or
         failed; nothing when its lease is gone."""
         job, lease = held.job, held.lease
-        try:
-            if isinstance(outcome, Exception):
-                raise outcome
-            self._finish(held, outcome)
-        except training.LeaseLost:
+        ended = self._finish(held, outcome) if isinstance(outcome, Trained) else outcome
+        if isinstance(ended, LeaseLost):
             log.info("job=%s cancelled or taken over: stopped without writing more", job.id)
-        except training.Interrupted:
+        elif isinstance(ended, Interrupted):
             if self.store.release(lease):
                 log.info("job=%s handed back to the queue: the worker is stopping", job.id)
             else:
                 log.info("job=%s cancelled meanwhile: nothing to hand back", job.id)
-        except Exception as error:
-            reason = failure_reason(error)
-            status = self.store.fail(lease, reason, error)
-            log.exception(
+        elif ended is not None:
+            reason = failure_reason(ended)
+            status = self.store.fail(lease, reason, ended)
+            log.error(
                 "job=%s attempt %d failed (%s: %s: %s); job now %s",
                 job.id,
                 lease.attempt,
                 reason,
-                type(error).__name__,
-                error,
+                type(ended).__name__,
+                ended,
                 status,
+                exc_info=ended,
             )
         held.settled = True
         held.heartbeat.stop()
@@ -303,33 +302,38 @@ class Worker:
         _log_epoch(job.id, held.spec, row)
         return True
 
-    def _finish(self, held: Held, trained: training.Trained) -> None:
+    def _finish(self, held: Held, trained: Trained) -> Exception | None:
+        """Store a trained job's model and result; None once it is finished, else what
+        stopped it: an error, or LeaseLost when the store no longer lets it finish."""
         job, lease = held.job, held.lease
         model_path = self.artifacts.attempt_file(job.id, lease.token, "model.keras")
-        # Saved with standard Keras layers only: the file loads in plain Keras, and serves.
-        digest = self.artifacts.write_atomic(model_path, servable(trained.model).save)
-        self.artifacts.write_json(
-            self.artifacts.attempt_file(job.id, lease.token, "spec.json"),
-            {
-                "job_id": job.id,
-                "spec": job.spec,
-                "result": trained.result,
-                "class_names": list(held.spec.class_names),
-                "model_sha256": digest,
-            },
-        )
-        held.heartbeat.stop()  # before the final write, so it cannot mistake the end for a loss
-        if not self.store.finish(
-            lease,
-            result=trained.result,
-            best_epoch=trained.best_epoch,
-            stopped_epoch=trained.stopped_epoch,
-            model_path=model_path,
-            model_sha256=digest,
-        ):
-            for name in ("model.keras", "spec.json"):
-                self.artifacts.remove(self.artifacts.attempt_file(job.id, lease.token, name))
-            raise training.LeaseLost
+        try:
+            # Saved with standard Keras layers only: the file loads in plain Keras, and serves.
+            digest = self.artifacts.write_atomic(model_path, servable(trained.model).save)
+            self.artifacts.write_json(
+                self.artifacts.attempt_file(job.id, lease.token, "spec.json"),
+                {
+                    "job_id": job.id,
+                    "spec": job.spec,
+                    "result": trained.result,
+                    "class_names": list(held.spec.class_names),
+                    "model_sha256": digest,
+                },
+            )
+            held.heartbeat.stop()  # before the final write: it cannot take the end for a loss
+            if not self.store.finish(
+                lease,
+                result=trained.result,
+                best_epoch=trained.best_epoch,
+                stopped_epoch=trained.stopped_epoch,
+                model_path=model_path,
+                model_sha256=digest,
+            ):
+                for name in ("model.keras", "spec.json"):
+                    self.artifacts.remove(self.artifacts.attempt_file(job.id, lease.token, name))
+                return LeaseLost()
+        except Exception as error:
+            return error
         log.info(
             "job=%s succeeded epochs=%d best_epoch=%s stopped_epoch=%s test_accuracy=%.4f "
             "test_loss=%.4f seconds=%.1f",
@@ -341,6 +345,7 @@ class Worker:
             trained.result["test_loss"],
             trained.result["seconds"],
         )
+        return None
 
     def _resume(self, held: Held) -> Snapshot | None:
         """The job's registered checkpoint; if it is gone or damaged, the job starts over
@@ -361,13 +366,10 @@ class Worker:
                 error,
             )
             if not self.store.forget_checkpoint(lease):
-                raise training.LeaseLost from None
+                raise LeaseLost from None
             return None
         log.info("job=%s resuming after epoch %d", job.id, checkpoint.epoch)
         return snapshot
-
-
-Outcome = training.Trained | Exception
 
 
 def _unreadable(error: ValidationError) -> ValueError:

@@ -6,21 +6,21 @@ branches) keep them busy. Branch k is job k: its own weights, initialisation, da
 dropout masks and weight decay, and nothing of it mixes with another branch. The loss is the
 sum of the branches' losses, so each branch's gradient is its own loss's gradient; Adam and
 SGD update each element from its own gradient alone, so each branch takes the steps it would
-take alone.
+take alone, up to float rounding: the batched kernels sum in another order than a job's own,
+and training amplifies the difference (a spec with `exact` never packs).
 
-Each branch is mirrored by the `training.Run` its job would have alone: its initial weights
+Each branch is mirrored by the `worker.run.Run` its job would have alone: its initial weights
 come from there, and after every epoch its slices of the stacked variables (and of the
-optimizer's) are copied back, where the single-job trainer's own code records it, checkpoints
-it (in the single-job format, so it resumes alone or in any pack) and follows its early
-stopping; its validation and test scores come from one inference pass of all branches. A
-branch that stops (early stopping, a lost lease, a diverged loss) keeps being computed,
-ignored, until the pack ends; nothing it computes reaches the others.
+optimizer's) are copied back, where the run records it, checkpoints it (in the single-job
+format, so it resumes alone or in any pack) and follows its early stopping; its validation
+and test scores come from one inference pass of all branches. A branch that stops (early
+stopping, a lost lease, a diverged loss) keeps being computed, ignored, until the pack ends;
+nothing it computes reaches the others.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,23 +35,18 @@ from core.layers import mix, step_key, unit_floats
 from core.spec import NUM_CLASSES, Augmentation, BatchNorm, Dropout, JobSpec, WeightDecay
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
-from worker.training import (
+from worker.run import (
+    STOPS,
     Control,
     Data,
     Gather,
-    Interrupted,
-    LeaseLost,
+    Outcome,
     Report,
     Run,
     Scores,
-    TimedOut,
-    Trained,
-    TrainingDiverged,
     epoch_order,
     inferred,
-    jit_compile,
     scores_of,
-    targets,
 )
 
 # Tricks whose parameters may differ between the branches of one pack.
@@ -80,9 +75,6 @@ class Branch:
     resume: Snapshot | None = None
 
 
-Outcome = Trained | LeaseLost | TimedOut | Interrupted | TrainingDiverged
-
-
 def train_pack(
     branches: Sequence[Branch],
     splits: Splits,
@@ -92,88 +84,101 @@ def train_pack(
     raised for it alone, also passed to `ended(k, outcome)` as soon as branch k ends. They
     must share a `pack_key` and resume from the same epoch."""
     started = time.perf_counter()
-    specs = [branch.spec for branch in branches]
-    keys = {pack_key(spec) for spec in specs}
+    keys = {pack_key(branch.spec) for branch in branches}
     if len(keys) != 1 or None in keys:
         raise ValueError("a pack's specs must share one pack_key")
     if len({branch.resume.epoch if branch.resume else 0 for branch in branches}) != 1:
         raise ValueError("a pack's branches must resume from the same epoch")
     keras.backend.clear_session()
-    spec = specs[0]  # what the branches share
     data = Data.of(splits)
-    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
-    runs = [
-        Run.start(b.spec, data, b.report, b.control, steps_per_epoch, b.resume) for b in branches
-    ]
-    optimizer = tricks.optimizer(spec, steps_per_epoch)
-    trainer, scorer = _stacked_trainer(specs, data.device_images)
-    loss = {"probabilities": _summed_loss(spec)}
-    metrics = {"probabilities": _branch_means(spec, len(specs))}
-    penalised = "penalty" in trainer.output_names  # some branch has weight decay
-    if penalised:
-        loss["penalty"] = _summed_penalty
-        metrics["penalty"] = [_BranchMean(_penalty, len(specs), "penalty")]
-    trainer.compile(
-        optimizer=optimizer,
-        loss=loss,
-        metrics=metrics,
-        jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
-    )
-    optimizer.build(trainer.trainable_variables)
-    mirror = _Mirror(trainer, optimizer, runs)
-    mirror.into_pack()
-
-    outcomes: list[Outcome | None] = [None] * len(runs)
+    runs = [Run.start(b.spec, data, b.report, b.control, b.resume, started) for b in branches]
+    pack = _Pack(runs, data)
 
     def end(k: int, outcome: Outcome) -> None:
-        outcomes[k] = outcome
+        runs[k].outcome = outcome
         ended(k, outcome)
 
-    done = branches[0].resume.epoch if branches[0].resume else 0
     for k, run in enumerate(runs):
-        if run.watch.exhausted:  # checkpointed as early stopping ended: its worker died then
-            end(k, run.finish(done, started))
-    y_train = targets(spec, splits.y_train)
-
-    def all_halted() -> bool:
-        return all(branch.control.halt() for branch in branches)
-
-    for epoch in range(done + 1, spec.epochs + 1):
-        if None not in outcomes:
+        if run.stopped_epoch is not None:  # resumed where early stopping ended
+            end(k, run.finish())
+    for epoch in range(runs[0].done + 1, pack.spec.epochs + 1):
+        live = [k for k, run in enumerate(runs) if run.outcome is None]
+        if not live:
             break
+        pack.train_epoch(epoch, live, end)
+    # Those whose final model is their last epoch's, still in the pack, are scored together.
+    last = [k for k, run in enumerate(runs) if run.outcome is None and not run.watch.best_weights]
+    by_part = {part: pack.scores(x, y) for part, x, y in data.parts()} if last else {}
+    for k in last:
+        end(k, runs[k].finish({part: scores[k] for part, scores in by_part.items()}))
+    for k, run in enumerate(runs):
+        if run.outcome is None:
+            end(k, run.finish())
+    return [run.outcome for run in runs]  # type: ignore[misc]  # every branch has ended
+
+
+class _Pack:
+    """The runs' stacked model, compiled as one, and its twin that scores every branch."""
+
+    def __init__(self, runs: Sequence[Run], data: Data) -> None:
+        self.runs, self.data = runs, data
+        specs = [run.spec for run in runs]
+        spec = self.spec = specs[0]  # what the branches share
+        optimizer = tricks.optimizer(spec, data.steps_per_epoch(spec))
+        self.trainer, self.scorer = _stacked_trainer(specs, data.device_images)
+        loss = {"probabilities": _summed_loss(spec)}
+        metrics = {"probabilities": _branch_means(spec, len(specs))}
+        self.penalised = "penalty" in self.trainer.output_names  # some branch has weight decay
+        if self.penalised:
+            loss["penalty"] = _summed_penalty
+            metrics["penalty"] = [_BranchMean(_penalty, len(specs), "penalty")]
+        self.trainer.compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runs[0].jit_compile
+        )
+        optimizer.build(self.trainer.trainable_variables)
+        self.mirror = _Mirror(self.trainer, optimizer, runs)
+        self.mirror.into_pack()
+        self.y_train = data.targets(spec)
+
+    def train_epoch(self, epoch: int, live: list[int], end: Callable[[int, Outcome], None]) -> None:
+        """Train the pack one epoch and end it in each of the `live` branches, in turn:
+        `end(k, outcome)` as soon as branch k ends."""
         began = time.perf_counter()
-        orders = np.stack([epoch_order(s.seed, epoch, len(data.x_train)) for s in specs], axis=1)
-        y = {"probabilities": y_train[orders]}
-        if penalised:
+        count = len(self.y_train)
+        orders = np.stack([epoch_order(r.spec.seed, epoch, count) for r in self.runs], axis=1)
+        y = {"probabilities": self.y_train[orders]}
+        if self.penalised:
             y["penalty"] = np.zeros(orders.shape, np.float32)
-        logs = steps.train_epoch(trainer, orders, y, spec.batch_size, all_halted)
+        logs = steps.train_epoch(
+            self.trainer,
+            orders,
+            y,
+            self.spec.batch_size,
+            lambda: all(run.control.halted() for run in self.runs),
+        )
         if logs is None:  # every branch's lease is lost, or its time up
-            for k in [k for k, outcome in enumerate(outcomes) if outcome is None]:
-                end(k, branches[k].control.halt() or LeaseLost())
-            break
-        mirror.out_of_pack([k for k, outcome in enumerate(outcomes) if outcome is None])
-        val = _scores(scorer, data.x_val, splits.y_val)
+            for k in live:
+                end(k, self.runs[k].halt())
+            return
+        self.mirror.out_of_pack(live)
+        val = self.scores(self.data.x_val, self.data.splits.y_val)
         # Wall clock, as the job's totals (trained_seconds, result seconds): the pack's epoch.
         fit_seconds = time.perf_counter() - began
-        test = _scores(scorer, data.x_test, splits.y_test)
-        for k, run in enumerate(runs):
-            if outcomes[k] is not None:
-                continue
+        test = self.scores(self.data.x_test, self.data.splits.y_test)
+        for k in live:
+            run = self.runs[k]
             try:
                 scored = {"val": val[k], "test": test[k]}
                 if run.end_epoch(epoch, _branch_logs(logs, k), fit_seconds, scored):
-                    end(k, run.finish(epoch, started))
-            except (LeaseLost, TimedOut, Interrupted, TrainingDiverged) as error:
+                    end(k, run.finish())
+            except STOPS as error:
                 end(k, error)
-    # Those whose final model is their last epoch's, still in the pack, are scored together.
-    last = [k for k, o in enumerate(outcomes) if o is None and not runs[k].watch.best_weights]
-    by_part = {part: _scores(scorer, x, y) for part, x, y in data.parts()} if last else {}
-    for k in last:
-        end(k, runs[k].finish(None, started, {part: s[k] for part, s in by_part.items()}))
-    for k, run in enumerate(runs):
-        if outcomes[k] is None:
-            end(k, run.finish(None, started))
-    return outcomes  # type: ignore[return-value]  # every branch has ended
+
+    def scores(self, images: np.ndarray, labels: np.ndarray) -> list[Scores]:
+        """`run.scores` of every branch, from one inference pass of all branches."""
+        if not len(images):
+            return [None] * len(self.runs)
+        return [scores_of(p, labels) for p in inferred(self.scorer, images, axis=1)]  # (K, N, 10)
 
 
 class _Mirror:
@@ -316,13 +321,6 @@ def _stacked_trainer(
     inputs = keras.Input(shape=(28, 28), name="images")
     scorer = keras.Model(inputs, forward(ops.reshape(inputs, (1, -1, 28 * 28)))[0])
     return trainer, scorer
-
-
-def _scores(scorer: keras.Model, images: np.ndarray, labels: np.ndarray) -> list[Scores]:
-    """`training.scores` of every branch, from one inference pass of all branches."""
-    if not len(images):
-        return [None] * scorer.output.shape[0]
-    return [scores_of(p, labels) for p in inferred(scorer, images, axis=1)]  # (K, N, 10)
 
 
 # ---- losses and per-branch metrics --------------------------------------------------------

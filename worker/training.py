@@ -1,84 +1,18 @@
-"""Spec → model → epochs → evaluate → model to save. No SQL: each epoch leaves through
-`report`, with a snapshot to checkpoint, and the worker steers through a `Control`.
-
-The training images live on the device, inside a training-only wrapper model that gathers
-each batch by index (`steps.Trainer`); every epoch it receives just that epoch's order of
-indices, drawn from the seed and the epoch number. So a run resumed from a checkpoint sees
-exactly the data order an uninterrupted run would have, and no image crosses from host to
-device per step.
-"""
+"""A job trained alone: its model behind an index lookup of the training images on the device
+(`steps.Trainer`), fed one epoch's order of indices at a time; the rest of the run (scoring,
+recording, checkpoints, early stopping, the worker's steering) is `worker.run`'s."""
 
 from __future__ import annotations
 
-import functools
-import math
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import keras
-import numpy as np
 
-from core.cost import EVAL_BATCH
 from core.datasets import Splits
-from core.images import scale
-from core.spec import NUM_CLASSES, Augmentation, JobSpec
+from core.spec import JobSpec
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
-
-Scores = tuple[float, float] | None  # plain cross-entropy and accuracy; None: an empty split
-
-
-class LeaseLost(Exception):
-    """The job was cancelled or another worker holds it now: write nothing more about it."""
-
-
-class Interrupted(Exception):
-    """The worker was asked to stop; the job goes back to the queue."""
-
-
-class TrainingDiverged(ArithmeticError):
-    """The loss became NaN or infinite; retrying the same spec would diverge again."""
-
-
-class TimedOut(Exception):
-    """The job has trained for longer than it may, over all its attempts."""
-
-
-@dataclass
-class Control:
-    """How the worker steers a training from outside, from any thread."""
-
-    lease_lost: threading.Event = field(default_factory=threading.Event)  # stop at once
-    stop_requested: threading.Event = field(default_factory=threading.Event)  # after the epoch
-    # The job's training time over all its attempts (TRICKLAB_MAX_JOB_SECONDS), and the
-    # time.monotonic() at which this attempt has used up what is left of it.
-    time_limit: float = math.inf
-    deadline: float = math.inf
-
-    def halt(self) -> LeaseLost | TimedOut | None:
-        """Why training must stop at once, if it must: checked between chunks of steps."""
-        if self.lease_lost.is_set():
-            return LeaseLost()
-        if time.monotonic() > self.deadline:
-            return TimedOut(
-                f"the job trained for longer than its limit of {self.time_limit:g} s over all "
-                "its attempts (TRICKLAB_MAX_JOB_SECONDS)"
-            )
-        return None
-
-
-@dataclass
-class Trained:
-    model: keras.Model
-    best_epoch: int | None  # epoch with the lowest validation loss (1-based)
-    stopped_epoch: int | None  # epoch at which early stopping ended the run, if it did
-    result: dict[str, Any]  # the final model's scores
-
-
-Report = Callable[[dict[str, Any], Snapshot], bool]
+from worker.run import Control, Data, Gather, Report, Run, Trained, epoch_order
 
 
 def train(
@@ -89,241 +23,34 @@ def train(
     resume: Snapshot | None = None,
 ) -> Trained:
     """Train from scratch, or from `resume` on. After each epoch, `report(metrics, snapshot)`
-    must return True to go on (False: the lease is gone, so LeaseLost)."""
+    must return True to go on (False: the lease is gone, so LeaseLost). Raises what `Run`
+    raises to stop."""
     started = time.perf_counter()
     keras.backend.clear_session()  # fresh layer names and graph state for every job
     keras.utils.set_random_seed(spec.seed)
-
-    data = Data.of(splits)
-    steps_per_epoch = math.ceil(len(data.x_train) / spec.batch_size)
-    run = Run.start(spec, data, report, control or Control(), steps_per_epoch, resume)
-    trainer = _on_device(run.model, data.device_images)
+    run = Run.start(spec, Data.of(splits), report, control or Control(), resume, started)
+    trainer = _on_device(run.model, run.data.device_images)
     loss, metrics = tricks.loss_and_metrics(spec)
     trainer.compile(
-        optimizer=run.optimizer,
-        loss=loss,
-        metrics=metrics,
-        jit_compile=jit_compile(spec, spec.epochs * steps_per_epoch),
+        optimizer=run.optimizer, loss=loss, metrics=metrics, jit_compile=run.jit_compile
     )
-    y_train = targets(spec, splits.y_train)
-
-    done = resume.epoch if resume else 0
-    # A checkpoint taken at the epoch early stopping ended: its worker died before finishing.
-    stopped_epoch = done if resume and run.watch.exhausted else None
-    last = done if stopped_epoch else spec.epochs
-    for epoch in range(done + 1, last + 1):
+    y_train = run.data.targets(spec)
+    for epoch in run.epochs():
         began = time.perf_counter()
-        order = epoch_order(spec.seed, epoch, len(data.x_train))
+        order = epoch_order(spec.seed, epoch, len(y_train))
         logs = steps.train_epoch(
-            trainer, order, y_train[order], spec.batch_size, lambda: bool(run.control.halt())
+            trainer, order, y_train[order], spec.batch_size, run.control.halted
         )
         if logs is None:
-            raise run.control.halt() or LeaseLost()
+            raise run.halt()
         epoch_logs = {
             "objective": logs["loss"],
             "accuracy": logs["accuracy"],
             "crossentropy": logs[tricks.CROSSENTROPY],
         }
         if run.end_epoch(epoch, epoch_logs, time.perf_counter() - began):
-            stopped_epoch = epoch
             break
-    return run.finish(stopped_epoch, started)
-
-
-@dataclass(frozen=True, eq=False)
-class Data:
-    """A dataset's splits with their images as the model sees them (scaled to [0, 1]), and
-    the training images on the device. One per loaded dataset, shared by the jobs that train
-    on it: scaling and copying the 50,000 training images took about 0.45 s a job."""
-
-    splits: Splits
-    x_train: np.ndarray
-    x_val: np.ndarray
-    x_test: np.ndarray
-
-    @classmethod
-    @functools.lru_cache(maxsize=2)  # splits compare by identity: datasets.load caches them
-    def of(cls, splits: Splits) -> Data:
-        return cls(splits, scale(splits.x_train), scale(splits.x_val), scale(splits.x_test))
-
-    @functools.cached_property
-    def device_images(self) -> keras.Variable:
-        """The training images, in one variable on the device that `Gather` reads."""
-        return keras.Variable(self.x_train, trainable=False, name="images")
-
-    def parts(self) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
-        return (
-            ("train", self.x_train, self.splits.y_train),
-            ("val", self.x_val, self.splits.y_val),
-            ("test", self.x_test, self.splits.y_test),
-        )
-
-
-@dataclass
-class Run:
-    """One job's model, optimizer and best-epoch watch, and what ends each of its epochs and
-    its training: the same whether it trains alone or packed with others (worker.packing)."""
-
-    spec: JobSpec
-    data: Data
-    report: Report
-    control: Control
-    model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    watch: tricks.BestEpoch
-
-    @classmethod
-    def start(
-        cls,
-        spec: JobSpec,
-        data: Data,
-        report: Report,
-        control: Control,
-        steps_per_epoch: int,
-        resume: Snapshot | None,
-    ) -> Run:
-        model = tricks.build_model(spec)
-        optimizer = tricks.optimizer(spec, steps_per_epoch)
-        optimizer.build(model.trainable_variables)
-        watch = resume.restore(model, optimizer) if resume else tricks.best_epoch(spec)
-        return cls(spec, data, report, control, model, optimizer, watch)
-
-    def end_epoch(
-        self,
-        epoch: int,
-        logs: dict[str, float],
-        fit_seconds: float,
-        scored: dict[str, Scores] | None = None,
-    ) -> bool:
-        """Score, record and checkpoint an epoch trained with these epoch-mean `logs`
-        (objective, accuracy, crossentropy); True when early stopping ends the training.
-        `scored`: the model's val and test `scores`, when already computed (their time
-        counted in `fit_seconds`). Raises LeaseLost, TimedOut, TrainingDiverged, or
-        Interrupted when the worker asked to stop."""
-        if halt := self.control.halt():
-            raise halt
-        if not math.isfinite(logs["objective"]):
-            raise TrainingDiverged(
-                f"the training loss became {logs['objective']} in epoch {epoch}; "
-                "a lower learning_rate usually helps"
-            )
-        if scored is None:  # alone: validation is timed as part of the epoch, test is not
-            began = time.perf_counter()
-            scored = {"val": scores(self.model, self.data.x_val, self.data.splits.y_val)}
-            fit_seconds += time.perf_counter() - began
-            scored["test"] = scores(self.model, self.data.x_test, self.data.splits.y_test)
-        val, test = scored["val"], scored["test"]
-        assert test is not None  # datasets.load refuses an empty test set
-        row = {
-            "epoch": epoch,
-            "train_loss": as_float(logs["crossentropy"]),
-            "train_accuracy": as_float(logs["accuracy"]),
-            "train_objective": as_float(logs["objective"]),
-            "val_loss": val[0] if val else None,
-            "val_accuracy": val[1] if val else None,
-            "test_loss": test[0],
-            "test_accuracy": test[1],
-            "learning_rate": as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
-            "seconds": fit_seconds,
-        }
-        stop = self.watch.update(epoch, row["val_loss"], self.model)
-        if not self.report(row, Snapshot.capture(epoch, self.model, self.optimizer, self.watch)):
-            raise LeaseLost
-        if not stop and self.control.stop_requested.is_set() and epoch < self.spec.epochs:
-            raise Interrupted
-        return stop
-
-    def finish(
-        self,
-        stopped_epoch: int | None,
-        started: float,
-        scored: dict[str, Scores] | None = None,
-    ) -> Trained:
-        """The final model (early stopping's best weights) and its scores (`scored`: those
-        of each part, already computed)."""
-        if self.watch.best_weights:
-            self.model.set_weights(self.watch.best_weights)
-        result: dict[str, Any] = {"epochs_trained": stopped_epoch or self.spec.epochs}
-        result["parameters"] = self.model.count_params()
-        for part, x, y in self.data.parts():
-            if part_scores := (scored[part] if scored else scores(self.model, x, y)):
-                result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
-        result["seconds"] = time.perf_counter() - started
-        return Trained(self.model, self.watch.best_epoch, stopped_epoch, result)
-
-
-# Compiling a chunk of steps with XLA costs about 0.35 s more than tracing it, and then saves
-# about 0.3 ms a step on the 2-core CPU (0.1 ms instead of 0.4 ms for the base model): it pays
-# off from about 1,200 steps (one epoch of Fashion-MNIST at batch 32 is 1,563).
-JIT_MIN_STEPS = 1200
-
-
-def jit_compile(spec: JobSpec, steps: int) -> bool | str:
-    """On TensorFlow, XLA-compile the train step wherever that changes only the speed and
-    the run is long enough to repay the compilation: 4× the samples per second on the 2-core
-    CPU, where Keras' "auto" would leave it off. Dropout masks come from a hash (core.layers),
-    the same compiled or not; the augmentation layers draw from the backend's generator, whose
-    numbers XLA changes, so those specs keep Keras' choice. On JAX, "auto" always compiles
-    (uncompiled JAX is far slower), and torch keeps Keras' choice too."""
-    if keras.backend.backend() != "tensorflow" or spec.trick(Augmentation):
-        return "auto"
-    return steps >= JIT_MIN_STEPS
-
-
-def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
-    """The order of the training images in one epoch: a function of seed and epoch alone."""
-    return np.random.default_rng([seed, epoch]).permutation(count).astype(np.int32)
-
-
-def scores(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Scores:
-    """Plain cross-entropy and accuracy in inference mode; None for an empty split."""
-    if not len(images):
-        return None
-    return scores_of(inferred(model, images), labels)
-
-
-def inferred(model: keras.Model, images: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The model's outputs in inference mode, EVAL_BATCH images a call, joined along the
-    outputs' batch `axis`. Plain calls, not model.predict: no function to trace for each new
-    model, the same numbers."""
-    return np.concatenate(
-        [
-            keras.ops.convert_to_numpy(model(images[start : start + EVAL_BATCH], training=False))
-            for start in range(0, len(images), EVAL_BATCH)
-        ],
-        axis=axis,
-    )
-
-
-def scores_of(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """`scores` of these predicted class probabilities."""
-    losses = keras.losses.sparse_categorical_crossentropy(labels.astype(np.int32), probabilities)
-    loss = float(np.mean(keras.ops.convert_to_numpy(losses), dtype=np.float64))
-    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
-    return as_float(loss), as_float(accuracy)
-
-
-def as_float(value: Any) -> float:
-    """A float32 metric as the shortest decimal that reads back as the same float32, so an
-    accuracy of 0.8278 is reported as 0.8278, not 0.8277999758720398."""
-    return float(str(np.float32(value)))
-
-
-def targets(spec: JobSpec, labels: np.ndarray) -> np.ndarray:
-    """Labels as the loss takes them: class numbers, or one-hot rows for label smoothing."""
-    y = labels.astype(np.int32)
-    return np.eye(NUM_CLASSES, dtype=np.float32)[y] if tricks.one_hot_labels(spec) else y
-
-
-class Gather(keras.layers.Layer):
-    """Maps indices (of any shape) to the images held by a device-resident variable."""
-
-    def __init__(self, images: keras.Variable, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.images = images  # tracked: one of this layer's non-trainable variables
-
-    def call(self, indices: Any) -> Any:
-        return keras.ops.take(self.images, indices, axis=0)
+    return run.finish()
 
 
 def _on_device(model: keras.Model, images: keras.Variable) -> steps.Trainer:

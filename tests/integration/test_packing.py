@@ -12,7 +12,7 @@ from jobqueue.artifacts import ArtifactStore
 from jobqueue.states import JobStatus
 from tests.support.data import EPOCH, TINY
 from tests.support.inprocess import drain_queue
-from worker import steps, training
+from worker import run, steps, training
 from worker.checkpoints import Snapshot
 from worker.loop import Worker
 from worker.packing import Branch, pack_key, train_pack
@@ -108,7 +108,7 @@ def test_a_packed_checkpoint_resumes_alone_as_if_never_stopped(splits, alone, tm
 def test_a_branch_whose_lease_is_lost_ends_alone(splits, alone):
     recorders = [Recorder(refuse_at=2), Recorder()]
     outcomes = train_pack([Branch(s, r) for s, r in zip(SPECS[:2], recorders, strict=True)], splits)
-    assert isinstance(outcomes[0], training.LeaseLost)
+    assert isinstance(outcomes[0], run.LeaseLost)
     assert [r["epoch"] for r in recorders[0].rows] == [1]
     assert_same_rows(recorders[1].rows, alone[1][0].rows)
 
@@ -215,7 +215,7 @@ def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
     settings, store, monkeypatch, caplog
 ):
     # The production path: XLA, Adam and batch norm, in a worker that packs up to 8 jobs.
-    monkeypatch.setattr(training, "JIT_MIN_STEPS", 0)
+    monkeypatch.setattr(run, "JIT_MIN_STEPS", 0)
     spec = JobSpec.model_validate(
         {**TINY, "epochs": 3, "learning_rate": 0.001, "tricks": ["dropout", "batch_norm"]}
     )

@@ -15,7 +15,7 @@ from core.spec import JobSpec
 from service.inference import numpy_forward
 from tests.support.data import TINY
 from tests.support.plain_keras import load_without_tricklab
-from worker import training
+from worker import run, training
 from worker.servable import servable
 
 VARIANTS = {
@@ -32,7 +32,7 @@ def saved(splits: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     for fixed inputs next to the trained model's own inference-mode outputs."""
     folder = tmp_path_factory.mktemp("servable")
     (folder / "trained").mkdir()  # the models as trained, outside the loader's glob
-    scaled = training.Data.of(splits).x_test[:16]
+    scaled = run.Data.of(splits).x_test[:16]
     noise = np.random.default_rng(0).random((16, 28, 28), np.float32)
     inputs = np.concatenate([scaled, noise]).astype(np.float32)
     np.save(folder / "inputs.npy", inputs)

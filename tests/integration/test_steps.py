@@ -6,7 +6,7 @@ import pytest
 
 from core.spec import JobSpec
 from tests.support.data import TINY
-from worker import steps, training, tricks
+from worker import run, steps, tricks
 
 pytestmark = pytest.mark.backends
 
@@ -23,7 +23,7 @@ def trainer(model_class, splits, spec=SGD, jit_compile="auto"):
     keras.backend.clear_session()
     model = tricks.build_model(spec)
     indices = keras.Input(shape=(), dtype="int32")
-    images = training.Gather(training.Data.of(splits).device_images)(indices)
+    images = run.Gather(run.Data.of(splits).device_images)(indices)
     wrapped = model_class(indices, model(images))
     loss, metrics = tricks.loss_and_metrics(spec)
     wrapped.compile(
@@ -34,7 +34,7 @@ def trainer(model_class, splits, spec=SGD, jit_compile="auto"):
 
 @pytest.fixture
 def epoch(splits):
-    order = training.epoch_order(0, 1, len(splits.x_train))
+    order = run.epoch_order(0, 1, len(splits.x_train))
     return order, splits.y_train[order].astype(np.int32)
 
 
