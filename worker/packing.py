@@ -32,7 +32,7 @@ from keras import ops
 
 from core.datasets import Splits
 from core.layers import mix, step_key, unit_floats
-from core.spec import NUM_CLASSES, Augmentation, BatchNorm, Dropout, JobSpec, WeightDecay
+from core.spec import NUM_CLASSES, BatchNorm, Dropout, JobSpec, WeightDecay
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
 from worker.run import (
@@ -56,9 +56,9 @@ PER_BRANCH_TRICKS = ("weight_decay", "early_stopping")
 def pack_key(spec: JobSpec) -> str | None:
     """Specs with equal keys can train in one pack: everything but the seed, weight decay and
     early stopping must match (same data, architecture, optimizer and schedule). None: the
-    spec trains alone (it asks for exact results, which only a run alone gives; or its
-    augmentation draws from the backend's generator, not per branch)."""
-    if spec.exact or spec.trick(Augmentation):
+    spec trains alone: it asks for exact results, which only a run alone gives, or has a
+    trick that is not `tricks.PACKABLE`."""
+    if spec.exact or not tricks.packable(spec):
         return None
     shared = spec.model_dump(exclude={"seed"})
     shared["tricks"] = [t for t in shared["tricks"] if t["name"] not in PER_BRANCH_TRICKS]

@@ -32,6 +32,29 @@ from core.spec import (
 CROSSENTROPY = "crossentropy"
 
 
+# The tricks that a pack (worker.packing's stacked model) trains exactly as `build_model`,
+# `optimizer` and `per_sample` do, each branch with its own; and those it refuses, with why.
+# A trick in neither trains alone: a new trick packs only once the stacked model has it.
+PACKABLE = frozenset(
+    {
+        "dropout",
+        "weight_decay",
+        "batch_norm",
+        "early_stopping",
+        "momentum",
+        "label_smoothing",
+        "cosine_decay",
+    }
+)
+NOT_PACKABLE = {
+    "augmentation": "its layers draw from the backend's random generator, not one per branch",
+}
+
+
+def packable(spec: JobSpec) -> bool:
+    return all(trick.name in PACKABLE for trick in spec.tricks)
+
+
 def build_model(spec: JobSpec) -> keras.Model:
     """Flatten → [Dense → (BatchNorm) → ReLU → (Dropout)] per hidden layer → Dense softmax."""
     inputs = keras.Input(shape=(28, 28), name="image")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.spec import JobSpec
+from core.spec import TRICKS, JobSpec
 from tests.support.data import tiny_images
 from worker import tricks
 
@@ -187,3 +187,12 @@ def test_the_same_seed_gives_the_same_initial_weights_whatever_the_tricks():
             np.testing.assert_array_equal(a, b)
     other_seed = kernels(tricks.build_model(spec(seed=4)))
     assert not np.array_equal(base[0], other_seed[0])
+
+
+def test_every_trick_is_either_packable_or_refused_with_a_reason():
+    # A new trick must be placed: packed only once the stacked model trains it as alone.
+    assert tricks.PACKABLE.isdisjoint(tricks.NOT_PACKABLE)
+    assert tricks.PACKABLE | tricks.NOT_PACKABLE.keys() == set(TRICKS)
+    assert all(reason for reason in tricks.NOT_PACKABLE.values())
+    assert tricks.packable(spec(*tricks.PACKABLE))
+    assert not tricks.packable(spec("dropout", "augmentation"))
