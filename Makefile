@@ -74,7 +74,7 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 5 minutes)
+bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 7 minutes)
 	$(PY) bench/train.py
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py
