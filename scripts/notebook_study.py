@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="notebook-study-") as state,
-        stack(Path(state), args.data_dir, args.workers) as api,
+        stack(Path(state), args.data_dir, args.workers) as (api, alive),
     ):
         study = api.post("/v1/studies", json={"preset": "notebook", **args.study})
         if study.status_code != 201:
             print(f"the study was refused: {study.status_code} {study.text}", file=sys.stderr)
             return 2
         study_id = study.json()["id"]
-        summary = follow(api, study_id)
+        summary = follow(api, study_id, alive)
         report = api.get(f"/v1/studies/{study_id}/report").json()
         args.out.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def stack(state: Path, data_dir: Path, workers: int) -> Iterator[httpx.Client]:
-    """The service and the workers on a database of their own, until the block ends."""
+def stack(
+    state: Path, data_dir: Path, workers: int
+) -> Iterator[tuple[httpx.Client, Callable[[], None]]]:
+    """The service and the workers on a database of their own, until the block ends: a client
+    of the service, and `alive()`, which exits with the processes' log once one has ended."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -83,15 +86,22 @@ def stack(state: Path, data_dir: Path, workers: int) -> Iterator[httpx.Client]:
         "TRICKLAB_PORT": str(port),
     }
     subprocess.run([sys.executable, "-m", "jobqueue.db"], env=env, check=True, cwd=ROOT)
-    log = (state / "processes.log").open("wb")
+    log_path = state / "processes.log"
+    log = log_path.open("wb")
     processes = [
         subprocess.Popen([sys.executable, "-m", module], env=env, cwd=ROOT, stdout=log, stderr=log)
         for module in ["service"] + ["worker"] * workers
     ]
+
+    def alive() -> None:
+        if any(process.poll() is not None for process in processes):
+            tail = log_path.read_text(errors="replace")[-4000:]
+            raise SystemExit(f"a process of the stack ended; its log ends:\n{tail}")
+
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as api:
-            wait_until_ready(api, processes)
-            yield api
+            wait_until_ready(api, alive)
+            yield api, alive
     finally:
         for process in processes:  # SIGTERM: a worker hands back what it holds
             process.send_signal(signal.SIGTERM)
@@ -100,11 +110,10 @@ def stack(state: Path, data_dir: Path, workers: int) -> Iterator[httpx.Client]:
         log.close()
 
 
-def wait_until_ready(api: httpx.Client, processes: list[subprocess.Popen[bytes]]) -> None:
+def wait_until_ready(api: httpx.Client, alive: Callable[[], None]) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        if any(process.poll() is not None for process in processes):
-            raise SystemExit("a process of the stack ended while starting")
+        alive()
         try:
             if api.get("/readyz").status_code == 200:
                 return
@@ -114,10 +123,11 @@ def wait_until_ready(api: httpx.Client, processes: list[subprocess.Popen[bytes]]
     raise SystemExit("the service was not ready within 3 minutes")
 
 
-def follow(api: httpx.Client, study_id: str) -> dict[str, Any]:
+def follow(api: httpx.Client, study_id: str, alive: Callable[[], None]) -> dict[str, Any]:
     """The study's summary once all its jobs have ended, its progress printed on the way."""
     shown = None
     while True:
+        alive()  # a worker that died would leave the study running for ever
         summary: dict[str, Any] = api.get(f"/v1/studies/{study_id}").json()
         progress = {k: v for k, v in summary["progress"].items() if v}
         if progress != shown:
