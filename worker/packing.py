@@ -21,6 +21,7 @@ nothing it computes reaches the others.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,8 @@ import numpy as np
 from keras import ops
 
 from core.datasets import Splits
-from core.layers import mix, step_key, unit_floats
-from core.spec import NUM_CLASSES, BatchNorm, Dropout, JobSpec, WeightDecay
+from core.layers import HashDropout, mix, step_key, unit_floats
+from core.spec import JobSpec
 from worker import steps, tricks
 from worker.checkpoints import Snapshot
 from worker.run import (
@@ -122,16 +123,17 @@ class _Pack:
 
     def __init__(self, runs: Sequence[Run], data: Data) -> None:
         self.runs, self.data = runs, data
-        specs = [run.spec for run in runs]
-        spec = self.spec = specs[0]  # what the branches share
+        spec = self.spec = runs[0].spec  # what the branches share
         optimizer = tricks.optimizer(spec, data.steps_per_epoch(spec))
-        self.trainer, self.scorer = _stacked_trainer(specs, data.device_images)
+        self.trainer, self.scorer = _stacked_trainer(
+            [run.model for run in runs], data.device_images
+        )
         loss = {"probabilities": _summed_loss(spec)}
-        metrics = {"probabilities": _branch_means(spec, len(specs))}
+        metrics = {"probabilities": _branch_means(spec, len(runs))}
         self.penalised = "penalty" in self.trainer.output_names  # some branch has weight decay
         if self.penalised:
             loss["penalty"] = _summed_penalty
-            metrics["penalty"] = [_BranchMean(_penalty, len(specs), "penalty")]
+            metrics["penalty"] = [_BranchMean(_penalty, len(runs), "penalty")]
         self.trainer.compile(
             optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runs[0].jit_compile
         )
@@ -219,16 +221,18 @@ def _shared(variable: Any) -> bool:
 class _StackedDense(keras.layers.Layer):
     """K Dense layers side by side: (K, batch, in) → (K, batch, units), branch k with its own
     kernel[k] and bias[k] (a (1, batch, in) input is shared by all branches). With weight
-    decay on some branch, also each branch's L2 penalty on them, as Keras' L2 regulariser on
-    kernel and bias computes it, broadcast to (batch, K)."""
+    decay on some branch, also each branch's L2 penalty on them, as Keras' L2 regularisers on
+    kernel and bias compute it, broadcast to (batch, K)."""
 
-    def __init__(
-        self, branches: int, units: int, l2: Sequence[float], activation: str | None = None
-    ) -> None:
+    def __init__(self, layers: Sequence[keras.layers.Dense]) -> None:
         super().__init__()
-        self.branches, self.units, self.l2 = branches, units, list(l2)
-        self.penalised = any(self.l2)
-        self.activation = keras.activations.get(activation)
+        self.branches, self.units = len(layers), layers[0].units
+        self.activation = layers[0].activation
+        self.l2 = [
+            [_l2(d.kernel_regularizer) for d in layers],
+            [_l2(d.bias_regularizer) for d in layers],
+        ]
+        self.penalised = any(map(any, self.l2))
 
     def build(self, input_shape: tuple[int, ...]) -> None:
         shape = (self.branches, input_shape[-1], self.units)
@@ -240,11 +244,34 @@ class _StackedDense(keras.layers.Layer):
         y = self.activation(ops.matmul(x, self.kernel) + self.bias[:, None, :])
         if not self.penalised:
             return y
-        squares = ops.sum(ops.square(self.kernel), axis=(1, 2)) + ops.sum(
+        kernel_l2, bias_l2 = (ops.convert_to_tensor(l2, "float32") for l2 in self.l2)
+        penalty = kernel_l2 * ops.sum(ops.square(self.kernel), axis=(1, 2)) + bias_l2 * ops.sum(
             ops.square(self.bias), axis=1
         )
-        penalty = ops.multiply(ops.convert_to_tensor(self.l2, "float32"), squares)
         return y, ops.broadcast_to(penalty, (ops.shape(x)[1], self.branches))
+
+
+def _l2(regularizer: keras.regularizers.Regularizer | None) -> float:
+    if regularizer is None:
+        return 0.0
+    if isinstance(regularizer, keras.regularizers.L2):
+        return float(regularizer.l2)
+    raise ValueError(f"a pack cannot stack the regulariser {regularizer!r}")
+
+
+class _StackedBatchNorm(keras.layers.Layer):
+    """BatchNormalization per branch and unit on (K, batch, units): one BatchNormalization
+    over (K × units) columns, whose [k] slices are branch k's own statistics."""
+
+    def __init__(self, layer: keras.layers.BatchNormalization) -> None:
+        super().__init__()
+        self.norm = keras.layers.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon)
+
+    def call(self, x: Any, training: bool = False) -> Any:
+        branches, units = ops.shape(x)[0], ops.shape(x)[2]
+        x = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, branches * units))
+        x = self.norm(x, training=training)
+        return ops.transpose(ops.reshape(x, (-1, branches, units)), (1, 0, 2))
 
 
 class _StackedHashDropout(keras.layers.Layer):
@@ -272,43 +299,53 @@ class _StackedHashDropout(keras.layers.Layer):
         return ops.where(unit_floats(bits) >= self.rate, scaled, ops.zeros_like(x))
 
 
+Step = Callable[[Any], Any]
+
+
+def _stacked(layers: Sequence[keras.layers.Layer]) -> Step | None:
+    """One layer of the single-job model, `layers[k]` in branch k's, as one step on
+    (K or 1, batch, ...) tensors; None for the input. The branches' layers differ only in
+    their weights and weight decay (`pack_key`)."""
+    layer = layers[0]
+    if isinstance(layer, keras.layers.InputLayer):
+        return None
+    if isinstance(layer, keras.layers.Flatten):
+        features = math.prod(layer.output.shape[1:])
+        return lambda x: ops.reshape(x, (ops.shape(x)[0], -1, features))
+    if isinstance(layer, keras.layers.Dense):
+        return _StackedDense(layers)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return _StackedBatchNorm(layer)
+    if isinstance(layer, keras.layers.Activation):
+        return layer.activation
+    if isinstance(layer, HashDropout):
+        return _StackedHashDropout(len(layers), layer.rate)
+    raise ValueError(f"a pack cannot stack the layer {layer.name} ({type(layer).__name__})")
+
+
 def _stacked_trainer(
-    specs: Sequence[JobSpec], images: keras.Variable
+    models: Sequence[keras.Model], images: keras.Variable
 ) -> tuple[steps.Trainer, keras.Model]:
-    """(batch, K) indices → {"probabilities": (batch, K, 10), and with weight decay
+    """The branches' single-job models (`tricks.build_model`), stacked layer by layer:
+    (batch, K) indices → {"probabilities": (batch, K, 10), and with weight decay
     "penalty": (batch, K)}, its variables in the order of the single-job model's (see
     `_Mirror`); and the same layers as (N, 28, 28) images → (K, N, 10) probabilities, to score
     every branch on the same images at once."""
-    spec, branches = specs[0], len(specs)
-    l2 = [(t.l2 if (t := s.trick(WeightDecay)) else 0.0) for s in specs]
-    bn, dropout = spec.trick(BatchNorm), spec.trick(Dropout)
-    layers = []
-    for units in spec.hidden_units:
-        layers.append(_StackedDense(branches, units, l2, None if bn else "relu"))
-        if bn:  # per branch and unit: one BatchNormalization over (K × units) columns
-            layers.append(keras.layers.BatchNormalization(momentum=bn.momentum))
-        if dropout:
-            layers.append(_StackedHashDropout(branches, dropout.rate))
-    layers.append(_StackedDense(branches, NUM_CLASSES, [0.0] * branches, "softmax"))
+    branches = len(models)
+    layers = [_stacked(same) for same in zip(*(model.layers for model in models), strict=True)]
 
-    def forward(x: Any) -> tuple[Any, list[Any]]:  # (K or 1, batch, 784) → (K, batch, 10)
+    def forward(x: Any) -> tuple[Any, list[Any]]:  # (K or 1, batch, 28, 28) → (K, batch, 10)
         penalties = []
-        for layer in layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                units = ops.shape(x)[2]
-                x = ops.reshape(ops.transpose(x, (1, 0, 2)), (-1, branches * units))
-                x = ops.relu(layer(x))
-                x = ops.transpose(ops.reshape(x, (-1, branches, units)), (1, 0, 2))
-            else:
-                x = layer(x)
-                if isinstance(x, tuple):  # a layer with weight decay on some branch
-                    x, penalty = x
-                    penalties.append(penalty)
+        for layer in filter(None, layers):
+            x = layer(x)
+            if isinstance(x, tuple):  # a Dense with weight decay on some branch
+                x, penalty = x
+                penalties.append(penalty)
         return x, penalties
 
     indices = keras.Input(shape=(branches,), dtype="int32", name="indices")
     x = Gather(images, name="gather")(ops.transpose(indices))  # (K, batch, 28, 28)
-    probabilities, penalties = forward(ops.reshape(x, (branches, -1, 28 * 28)))
+    probabilities, penalties = forward(x)
     outputs = {
         "probabilities": keras.layers.Identity(name="probabilities")(
             ops.transpose(probabilities, (1, 0, 2))
@@ -319,7 +356,7 @@ def _stacked_trainer(
         outputs["penalty"] = keras.layers.Identity(name="penalty")(penalty)
     trainer = steps.Trainer(indices, outputs, name="pack")
     inputs = keras.Input(shape=(28, 28), name="images")
-    scorer = keras.Model(inputs, forward(ops.reshape(inputs, (1, -1, 28 * 28)))[0])
+    scorer = keras.Model(inputs, forward(ops.expand_dims(inputs, 0))[0])
     return trainer, scorer
 
 

@@ -32,9 +32,10 @@ from core.spec import (
 CROSSENTROPY = "crossentropy"
 
 
-# The tricks that a pack (worker.packing's stacked model) trains exactly as `build_model`,
-# `optimizer` and `per_sample` do, each branch with its own; and those it refuses, with why.
-# A trick in neither trains alone: a new trick packs only once the stacked model has it.
+# The tricks that a pack (worker.packing, which stacks the layers `build_model` builds) trains
+# exactly as `build_model`, `optimizer` and `per_sample` do, each branch with its own; and those
+# it refuses, with why. A trick in neither trains alone: a new trick packs only once a test
+# shows the pack trains it as a job alone does.
 PACKABLE = frozenset(
     {
         "dropout",
