@@ -67,8 +67,8 @@ test: $(INSTALLED) ## install and run the whole test suite, then its backend-neu
 	$(PY) -m pytest
 	KERAS_BACKEND=jax $(PY) -m pytest -m backends -p no:cacheprovider
 
-test-fast: $(INSTALLED) ## the suite without slow and end-to-end tests
-	$(PY) -m pytest -m "not slow and not e2e"
+test-fast: $(INSTALLED) ## the suite without slow, end-to-end and trainer-equivalence tests (about a minute)
+	$(PY) -m pytest -m "not slow and not e2e and not equivalence"
 
 lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .

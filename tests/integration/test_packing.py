@@ -17,6 +17,8 @@ from worker.checkpoints import Snapshot
 from worker.loop import Worker
 from worker.packing import Branch, pack_key, train_pack
 
+pytestmark = pytest.mark.equivalence
+
 SHARED = {**TINY, "epochs": 6, "learning_rate": 0.05}
 TRICKS = ["dropout", "batch_norm", "momentum", "cosine_decay"]
 # Three jobs of one pack: what may differ between branches differs.

@@ -18,6 +18,8 @@ from tests.support.plain_keras import load_without_tricklab
 from worker import run, training
 from worker.servable import servable
 
+pytestmark = pytest.mark.equivalence
+
 VARIANTS = {
     "base": [],
     "dropout": ["dropout"],

@@ -8,7 +8,7 @@ from core.spec import JobSpec
 from tests.support.data import TINY
 from worker import run, steps, tricks
 
-pytestmark = pytest.mark.backends
+pytestmark = [pytest.mark.backends, pytest.mark.equivalence]
 
 # Adam's steps follow the gradient's sign even where it is only float noise (the bias before
 # batch norm, which cancels it), so Adam is tested without batch norm.

@@ -44,6 +44,7 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
 
 
 @pytest.mark.backends
+@pytest.mark.equivalence
 def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_path):
     spec = JobSpec.model_validate(EVERYTHING_RANDOM)
     rows, snapshots, trained = train_recorded(spec, splits)
@@ -66,6 +67,7 @@ def test_a_resumed_run_continues_exactly_as_if_never_interrupted(splits, tmp_pat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.equivalence
 def test_compiling_the_train_step_changes_the_speed_not_the_results(splits, monkeypatch):
     spec = JobSpec.model_validate(
         {**TINY, "epochs": 3, "tricks": ["dropout", "batch_norm", "weight_decay", "momentum"]}

@@ -82,6 +82,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
     assert done.result["test_accuracy"] == pytest.approx(best.test_accuracy, abs=1e-6)
 
 
+@pytest.mark.equivalence
 def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store):
     spec = JobSpec.model_validate({**TINY, "tricks": ["dropout", "augmentation"], "seed": 7})
     first, second = store.enqueue(spec)[0], store.enqueue(spec)[0]
