@@ -56,6 +56,11 @@ ENV TRICKLAB_HOST=0.0.0.0 \
     TRICKLAB_DATABASE_URL=sqlite:////var/lib/tricklab/tricklab.db \
     TRICKLAB_ARTIFACTS_DIR=/var/lib/tricklab/artifacts \
     TRICKLAB_DATA_DIR=/datasets
+# The admin's generated token, on the volume with PostgreSQL too (by default it goes beside
+# the SQLite file, and without one into ./var: /app/var, inside the container). A path, not
+# the token, which hadolint's DL3064 cannot tell from the name.
+# hadolint ignore=DL3064
+ENV TRICKLAB_ADMIN_TOKEN_FILE=/var/lib/tricklab/admin-token
 EXPOSE 8000
 
 # Ready when the API answers and its database does (/readyz is 503 otherwise). The worker

@@ -38,6 +38,7 @@ import argparse  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import pickle  # noqa: E402
+import secrets  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -76,6 +77,11 @@ class Run:
 
     def percentile(self, q: int) -> float:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1] * 1000
+
+
+# Predictions are authenticated, as every deployment's are; the yardstick reads no token.
+TOKEN = secrets.token_urlsafe(32)
+AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
@@ -118,6 +124,7 @@ def requests_for(pngs: list[bytes], path: str, port: int, form: str) -> list[byt
             body = part_head.encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
         head = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: {AUTHORIZATION['Authorization']}\r\n"
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
         )
         made.append(head.encode() + body)
@@ -167,6 +174,7 @@ def main() -> None:
             "TRICKLAB_ARTIFACTS_DIR": str(root / "artifacts"),
             "TRICKLAB_DATA_DIR": str(folder),
             "TRICKLAB_LOG_LEVEL": "WARNING",  # no access-log line per request, on both servers
+            "TRICKLAB_ADMIN_TOKEN": TOKEN,
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
         api_url = f"http://127.0.0.1:{api_port}"
@@ -178,11 +186,13 @@ def main() -> None:
         try:
             wait_ready(api_url, "/readyz")
             wait_ready(f"http://127.0.0.1:{trivial_port}", "/")
-            job = httpx.post(f"{api_url}/v1/jobs", json={"epochs": args.epochs}).json()
+            job = httpx.post(
+                f"{api_url}/v1/jobs", json={"epochs": args.epochs}, headers=AUTHORIZATION
+            ).json()
             print(f"training the served model: base spec, {args.epochs} epoch(s)", flush=True)
             worker = start(root, "worker", env, "-m", "worker", "--once")
             worker.wait()
-            status = httpx.get(f"{api_url}/v1/jobs/{job['id']}").json()
+            status = httpx.get(f"{api_url}/v1/jobs/{job['id']}", headers=AUTHORIZATION).json()
             if status["status"] != "succeeded":
                 log = (root / "worker.log").read_text(errors="replace")[-3000:]
                 sys.exit(

@@ -61,6 +61,7 @@ from core.images import scale  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
 from jobqueue.artifacts import ArtifactStore  # noqa: E402
 from jobqueue.db import init_db, make_engine  # noqa: E402
+from jobqueue.models import ADMIN  # noqa: E402
 from jobqueue.states import JobStatus  # noqa: E402
 from jobqueue.store import JobStore  # noqa: E402
 from worker import tricks  # noqa: E402
@@ -98,7 +99,7 @@ class Queue:
 
     def job(self, spec: JobSpec) -> Timed:
         started = time.perf_counter()
-        job, _ = self.store.enqueue(spec)
+        job, _ = self.store.enqueue(spec, ADMIN)
         self.worker.run_one()
         done = self.store.get(job.id)
         seconds = time.perf_counter() - started

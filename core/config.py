@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 
 class Settings(BaseSettings):
@@ -28,6 +31,30 @@ class Settings(BaseSettings):
         description="A dataset's folder holding its four IDX `.gz` files (`…/fashion-mnist`), "
         "or a folder of such folders (`fashion-mnist/`, `mnist/`). The API reads it too, to "
         "check each spec against the data.",
+    )
+    auth: Literal["on", "off"] = Field(
+        "on",
+        description="`on`: every route but the health probes and the static docs needs "
+        "`Authorization: Bearer <token>`. `off`: everyone is the admin, allowed only while "
+        "the API listens on a loopback address (and requests must come from a loopback Host "
+        "and Origin, so that a web page cannot drive it).",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="The admin's API token (at least 32 characters). Unset: one is generated "
+        "on first start into `admin_token_file`.",
+    )
+    admin_token_file: Path | None = Field(
+        None,
+        description="Where the generated admin token is kept (mode 0600). Default: "
+        "`admin-token` beside the SQLite database, else `./var/admin-token`.",
+    )
+    quota_active_jobs: int = Field(
+        200,
+        ge=1,
+        le=10_000_000,
+        description="Queued and running jobs one user may have at once, unless the user has a "
+        "quota of their own; beyond it, 429.",
     )
     host: str = Field("127.0.0.1", description="The address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="The port the API listens on.")
@@ -200,6 +227,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if self.auth == "off" and not is_loopback(self.host):
+            raise ValueError(
+                f"auth is off but the API would listen on {self.host!r}: anyone who can reach "
+                "it could train and delete as the admin. Without tokens the API listens only "
+                "on a loopback address (TRICKLAB_HOST=127.0.0.1); to listen on this one, "
+                "leave TRICKLAB_AUTH on"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _one_body_fits_in_flight(self) -> Settings:
         if self.max_in_flight_bytes < self.max_request_bytes:
             raise ValueError(
@@ -209,10 +247,43 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("artifacts_dir", "data_dir")
+    @field_validator("artifacts_dir", "data_dir", "admin_token_file")
     @classmethod
-    def _expand_home(cls, path: Path) -> Path:
-        return path.expanduser()
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path else None
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes an unset variable as ""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
+    @property
+    def token_file(self) -> Path:
+        """`admin_token_file`, or its default: beside the SQLite database, else in ./var."""
+        if self.admin_token_file:
+            return self.admin_token_file
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(url.database or "").parent / "admin-token"
+        return Path("var/admin-token")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address, without port) is this machine only."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import annotated_types
+from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from core.config import Settings
@@ -48,7 +49,13 @@ settings, so give both the same values, and restart them after a change.
   [the API](api.md#limits-and-bad-input).
 """
 
-_TYPES: dict[object, str] = {str: "text", int: "integer", float: "number", Path: "folder"}
+_TYPES: dict[object, str] = {
+    str: "text",
+    int: "integer",
+    float: "number",
+    Path: "path",
+    SecretStr: "secret text",
+}
 _UNITS = ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
 
 
@@ -74,6 +81,11 @@ def render() -> str:
 
 def _type(field: FieldInfo) -> str:
     annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return " or ".join(f"`{choice}`" for choice in get_args(annotation))
+    optional = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if len(optional) == 1:  # X | None: unset is its own default, described in the row
+        annotation = optional[0]
     kind = _TYPES.get(annotation) or str(getattr(annotation, "__name__", annotation))
     bounds = []
     for constraint in field.metadata:
@@ -85,6 +97,8 @@ def _type(field: FieldInfo) -> str:
 
 
 def _default(name: str, value: Any) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, Path):
         text = str(value)
         if not value.is_absolute() and not text.startswith(("~", ".")):

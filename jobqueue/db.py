@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,18 @@ from sqlalchemy import Engine, create_engine, event, insert, inspect, select, te
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.schema import CreateColumn
 
-from jobqueue.models import SCHEMA_VERSION, UPGRADES, Base, Meta
+from jobqueue.models import (
+    ADMIN,
+    SCHEMA_VERSION,
+    UPGRADES,
+    Base,
+    Job,
+    Meta,
+    Study,
+    User,
+    owned_key,
+    utcnow,
+)
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
 # read-then-update can then never interleave with another writer's, and lock waits happen
@@ -73,6 +85,7 @@ def init_db(engine: Engine) -> None:
         if "jobs" not in tables:
             Base.metadata.create_all(connection)
             connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            _add_admin(connection)
             return
         version = None
         if Meta.__tablename__ in tables:
@@ -80,6 +93,11 @@ def init_db(engine: Engine) -> None:
         if version in UPGRADES:
             Base.metadata.create_all(connection)  # only the tables that are missing
             _add_columns(connection, UPGRADES[version])
+            for table in Base.metadata.sorted_tables:  # indexes on the tables that were there
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
+            _add_admin(connection)
+            _adopt(connection)
             connection.execute(
                 update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
             )
@@ -90,6 +108,27 @@ def init_db(engine: Engine) -> None:
                 f"{version or 1}, this tricklab needs {SCHEMA_VERSION}: start from a new "
                 "database (e.g. move ./var/tricklab.db away) or migrate it"
             )
+
+
+def _add_admin(connection: Connection) -> None:
+    """The first user, an admin; its token is set when the API starts (service.auth)."""
+    if connection.scalar(select(User.id).where(User.name == ADMIN)) is None:
+        connection.execute(
+            insert(User).values(id=uuid.uuid4().hex, name=ADMIN, role="admin", created_at=utcnow())
+        )
+
+
+def _adopt(connection: Connection) -> None:
+    """What was made before there were users belongs to the admin, keys included."""
+    connection.execute(update(Job).where(Job.owner.is_(None)).values(owner=ADMIN))
+    connection.execute(update(Study).where(Study.owner.is_(None)).values(owner=ADMIN))
+    keyed = connection.execute(
+        select(Job.id, Job.idempotency_key).where(Job.idempotency_key.is_not(None))
+    ).all()
+    for job_id, key in keyed:
+        connection.execute(
+            update(Job).where(Job.id == job_id).values(idempotency_key=owned_key(ADMIN, str(key)))
+        )
 
 
 def _add_columns(connection: Connection, names: tuple[str, ...]) -> None:

@@ -1,7 +1,8 @@
-"""The tables: jobs, their per-epoch metrics, and studies of jobs."""
+"""The tables: users and their API tokens, jobs, their per-epoch metrics, and studies of jobs."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,13 +35,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def owned_key(owner: str, key: str) -> str:
+    """How a job stores its Idempotency-Key: each owner's keys are their own."""
+    return hashlib.sha256(f"{owner}\n{key}".encode()).hexdigest()
+
+
 # Bump when a table changes: init_db refuses a database written with another layout.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Versions init_db can bring up to date, and the columns added since each (it creates the
 # tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
-# of its files.
-_COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at")
-UPGRADES: dict[str, tuple[str, ...]] = {"2": _COLUMNS_4, "3": _COLUMNS_4}
+# of its files; 5 users, their tokens, and the owner of each job and study.
+_COLUMNS_5 = ("jobs.owner", "studies.owner")
+_COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
+UPGRADES: dict[str, tuple[str, ...]] = {"2": _COLUMNS_4, "3": _COLUMNS_4, "4": _COLUMNS_5}
+# The user that every database has from the start: it owns what was there before users.
+ADMIN = "admin"
 
 
 class Base(DeclarativeBase):
@@ -58,10 +67,43 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(String(200))
 
 
+class User(Base):
+    """Someone who may use the API. Users are disabled, never deleted: their name stays the
+    owner of their jobs and studies."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # "user" or "admin"
+    # Queued + running jobs allowed at once; None: TRICKLAB_QUOTA_ACTIVE_JOBS.
+    quota_active_jobs: Mapped[int | None]
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+    # When a worker last claimed one of the user's jobs: claims go round the owners.
+    last_claimed_at: Mapped[datetime | None]
+
+
+class Token(Base):
+    """An API token, stored as the SHA-256 of its secret: the secret is shown once."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The user's name (users are never renamed or deleted); null only mid-upgrade.
+    owner: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[JobStatus] = mapped_column(
         Enum(
             JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
@@ -71,7 +113,8 @@ class Job(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    # Client-chosen key making a submission safe to retry (the Idempotency-Key header).
+    # Client-chosen key making a submission safe to retry (the Idempotency-Key header), stored
+    # as the SHA-256 of owner and key, so that each owner has keys of their own.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     # Attempts so far, the running one included; one that a stopping worker handed back
     # goes on when the job is claimed again, so it is counted once.
@@ -108,6 +151,9 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweep
+        # An owner's list, active count (quota) and oldest queued job (fair claims).
+        Index("ix_jobs_owner_status_created", "owner", "status", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
     )
 
 
@@ -136,6 +182,7 @@ class Study(Base):
     __tablename__ = "studies"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))  # as a job's
     name: Mapped[str] = mapped_column(String(200))
     request: Mapped[dict[str, Any]]  # the StudySpec as submitted, preset applied
     # In design order: {"name", "tricks": [labels], "spec": resolved, "jobs": [ids by seed]}.
@@ -144,7 +191,10 @@ class Study(Base):
     created_at: Mapped[datetime]
     cancelled_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_studies_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_studies_created", "created_at"),
+        Index("ix_studies_owner_created", "owner", "created_at"),
+    )
 
     @property
     def job_ids(self) -> list[str]:

@@ -25,6 +25,8 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 TERMINAL = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+# What a user's quota counts: the jobs that have not ended.
+ACTIVE = frozenset(TRANSITIONS) - TERMINAL
 CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if JobStatus.CANCELLED in targets)
 
 

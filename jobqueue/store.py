@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
 from jobqueue.db import WRITE
-from jobqueue.models import EpochMetrics, Job, Study, utcnow
+from jobqueue.models import EpochMetrics, Job, Study, User, owned_key, utcnow
 from jobqueue.retry import FailureReason, after_failure
-from jobqueue.states import TERMINAL, JobStatus, sources_of
+from jobqueue.states import ACTIVE, TERMINAL, JobStatus, sources_of
 
 MAX_ERROR_MESSAGE = 4000
 # Queued jobs, oldest first, looked through for a claimed job's pack mates.
@@ -61,6 +61,19 @@ class IdempotencyConflict(Exception):
         self.job = job
 
 
+class QuotaExceeded(Exception):
+    """The owner's queued and running jobs would pass their quota."""
+
+    def __init__(self, owner: str, quota: int, active: int, adding: int) -> None:
+        jobs = "a job" if adding == 1 else f"{adding} jobs"
+        super().__init__(
+            f"{owner} has {active} active (queued or running) jobs and a quota of {quota}: "
+            f"{jobs} more would pass it; wait for some to end or cancel some (the quota is "
+            "the user's quota_active_jobs, else TRICKLAB_QUOTA_ACTIVE_JOBS)"
+        )
+        self.quota, self.active = quota, active
+
+
 class JobStore:
     def __init__(self, engine: Engine, lease_seconds: float = 60.0, max_attempts: int = 3) -> None:
         self.engine = engine
@@ -71,27 +84,61 @@ class JobStore:
 
     # -- the service's verbs -------------------------------------------------------------
 
-    def enqueue(self, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Store a new queued job, durable when this returns. With a key already used for
-        the same spec, the job stored then instead; returns (job, created)."""
-        job = self._new_job(spec, idempotency_key)
+    def enqueue(
+        self,
+        spec: JobSpec,
+        owner: str,
+        idempotency_key: str | None = None,
+        quota: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Store a new queued job of `owner`'s, durable when this returns. With a key the
+        owner already used for the same spec, the job stored then instead; returns (job,
+        created). Raises QuotaExceeded if the owner would have more than `quota` active jobs."""
+        key = owned_key(owner, idempotency_key) if idempotency_key else None
+        job = self._new_job(spec, owner, key)
         document = job.spec
         try:
             with self._write.begin() as session:
-                if idempotency_key and (earlier := self._keyed(session, idempotency_key)):
-                    return self._replay(earlier, idempotency_key, document), False
+                if key and (earlier := self._keyed(session, key)):
+                    return self._replay(earlier, idempotency_key or "", document), False
+                self._within_quota(session, owner, quota, 1)
                 session.add(job)
         except IntegrityError:  # a concurrent duplicate won (PostgreSQL)
             with self._read() as session:
-                earlier = self._keyed(session, idempotency_key or "")
+                earlier = self._keyed(session, key or "")
             if earlier is None:
                 raise
             return self._replay(earlier, idempotency_key or "", document), False
         return job, True
 
-    def _new_job(self, spec: JobSpec, idempotency_key: str | None = None) -> Job:
+    @staticmethod
+    def _within_quota(session: Session, owner: str, quota: int | None, adding: int) -> None:
+        if quota is None:
+            return
+        # PostgreSQL: one owner's submissions take turns, so that two cannot both fit.
+        session.execute(select(User.id).where(User.name == owner).with_for_update())
+        active = session.scalar(
+            select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))
+        )
+        if (active or 0) + adding > quota:
+            raise QuotaExceeded(owner, quota, active or 0, adding)
+
+    def active_jobs(self, owner: str) -> int:
+        """The owner's queued and running jobs."""
+        with self._read() as session:
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(Job.owner == owner, Job.status.in_(ACTIVE))
+                )
+                or 0
+            )
+
+    def _new_job(self, spec: JobSpec, owner: str, idempotency_key: str | None = None) -> Job:
         return Job(
             id=uuid.uuid4().hex,
+            owner=owner,
             status=JobStatus.QUEUED,
             spec=spec.model_dump(mode="json"),
             created_at=utcnow(),
@@ -117,12 +164,19 @@ class JobStore:
             return session.get(Job, job_id)
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 50, offset: int = 0
+        self,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
     ) -> tuple[Sequence[Job], int]:
-        """A page of jobs, newest first, and the number of jobs matching the filter."""
+        """A page of jobs, newest first, and the number of jobs matching the filters (None:
+        any status, any owner)."""
         query = select(Job)
         if status is not None:
             query = query.where(Job.status == status)
+        if owner is not None:
+            query = query.where(Job.owner == owner)
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             page = session.scalars(
@@ -172,21 +226,25 @@ class JobStore:
 
     def create_study(
         self,
+        owner: str,
         name: str | None,
         request: dict[str, Any],
         seeds: list[int],
         variants: Sequence[tuple[dict[str, Any], Sequence[JobSpec]]],
+        quota: int | None = None,
     ) -> Study:
-        """Store a study and all its jobs, queued, in one transaction: durable together. Each
-        variant comes as its document and its jobs' specs; the document gains the jobs' ids."""
+        """Store a study of `owner`'s and all its jobs, queued, in one transaction: durable
+        together, or (QuotaExceeded) not at all. Each variant comes as its document and its
+        jobs' specs; the document gains the jobs' ids."""
         jobs: list[Job] = []
         documents = []
         for document, specs in variants:
-            variant_jobs = [self._new_job(spec) for spec in specs]
+            variant_jobs = [self._new_job(spec, owner) for spec in specs]
             jobs += variant_jobs
             documents.append({**document, "jobs": [job.id for job in variant_jobs]})
         row = Study(
             id=uuid.uuid4().hex,
+            owner=owner,
             name=name,
             request=request,
             variants=documents,
@@ -194,6 +252,7 @@ class JobStore:
             created_at=utcnow(),
         )
         with self._write.begin() as session:
+            self._within_quota(session, owner, quota, len(jobs))
             session.add_all([*jobs, row])
         return row
 
@@ -201,15 +260,17 @@ class JobStore:
         with self._read() as session:
             return session.get(Study, study_id)
 
-    def list_studies(self, limit: int = 50, offset: int = 0) -> tuple[Sequence[Study], int]:
-        """A page of studies, newest first, and how many there are."""
+    def list_studies(
+        self, limit: int = 50, offset: int = 0, owner: str | None = None
+    ) -> tuple[Sequence[Study], int]:
+        """A page of studies, newest first, and how many there are (None: any owner's)."""
+        query = select(Study)
+        if owner is not None:
+            query = query.where(Study.owner == owner)
         with self._read() as session:
-            total = session.scalar(select(func.count()).select_from(Study)) or 0
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             page = session.scalars(
-                select(Study)
-                .order_by(Study.created_at.desc(), Study.id.desc())
-                .limit(limit)
-                .offset(offset)
+                query.order_by(Study.created_at.desc(), Study.id.desc()).limit(limit).offset(offset)
             ).all()
         return page, total
 
@@ -262,22 +323,32 @@ class JobStore:
     def claim_pack(
         self, worker: str, device: str, size: int = 1, key: PackKey | None = None
     ) -> list[tuple[Job, Lease]]:
-        """Take the oldest queued job and up to `size - 1` more that can train beside it
-        (fewer if `key` says fewer fit), in one short write transaction: queued jobs among
-        the next `PACK_CANDIDATES`, oldest first, with the same `key` (not None) and
-        checkpoint epoch. A job with a failed attempt is taken alone, so a job that kills its
-        worker takes no pack mates with it more than once."""
+        """Take the oldest queued job of the owner whose turn it is (see `_owners_in_turn`)
+        and up to `size - 1` more that can train beside it (fewer if `key` says fewer fit),
+        in one short write transaction: queued jobs of any owner among the next
+        `PACK_CANDIDATES`, oldest first, with the same `key` (not None) and checkpoint epoch.
+        A job with a failed attempt is taken alone, so a job that kills its worker takes no
+        pack mates with it more than once."""
         queued = (
-            select(Job.id, Job.spec, Job.checkpoint_epoch, Job.failures)
+            select(Job.id, Job.owner, Job.spec, Job.checkpoint_epoch, Job.failures)
             .where(Job.status == JobStatus.QUEUED)
             .order_by(Job.created_at, Job.id)
         )
         with self._write.begin() as session:
-            # PostgreSQL: a job another worker is claiming is skipped; SQLite's BEGIN IMMEDIATE
-            # suffices there.
-            first = session.execute(queued.limit(1).with_for_update(skip_locked=True)).first()
+            first = None
+            for owner in _owners_in_turn(session):
+                # PostgreSQL: a job another worker is claiming is skipped; SQLite's BEGIN
+                # IMMEDIATE suffices there.
+                first = session.execute(
+                    queued.where(Job.owner == owner).limit(1).with_for_update(skip_locked=True)
+                ).first()
+                if first is not None:
+                    break
             if first is None:
                 return []
+            session.execute(
+                update(User).where(User.name == first.owner).values(last_claimed_at=utcnow())
+            )
             ids = [first.id]
             pack = key(first.spec) if key and size > 1 and not first.failures else None
             if key is not None and pack is not None:
@@ -462,6 +533,24 @@ class JobStore:
             execution_options={"synchronize_session": False},
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _owners_in_turn(session: Session) -> Sequence[str]:
+    """The owners of queued jobs, whose job is claimed first first: fewest running jobs, then
+    the one whose job was claimed least recently. One user's thousand queued jobs thus wait
+    their turn behind another's one, however early they were queued."""
+    running = (
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == User.name, Job.status == JobStatus.RUNNING)
+        .scalar_subquery()
+    )
+    waiting = select(Job.id).where(Job.owner == User.name, Job.status == JobStatus.QUEUED).exists()
+    return session.scalars(
+        select(User.name)
+        .where(waiting)
+        .order_by(running, User.last_claimed_at.asc().nulls_first(), User.name)
+    ).all()
 
 
 def _same_pack(key: tuple[str, int] | None, pack: tuple[str, int]) -> bool:

@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -78,12 +79,14 @@ def stack(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    token = secrets.token_urlsafe(32)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TRICKLAB_")},
         "TRICKLAB_DATABASE_URL": f"sqlite:///{state / 'tricklab.db'}",
         "TRICKLAB_ARTIFACTS_DIR": str(state / "artifacts"),
         "TRICKLAB_DATA_DIR": str(Path(data_dir).resolve()),
         "TRICKLAB_PORT": str(port),
+        "TRICKLAB_ADMIN_TOKEN": token,
     }
     subprocess.run([sys.executable, "-m", "jobqueue.db"], env=env, check=True, cwd=ROOT)
     log_path = state / "processes.log"
@@ -99,7 +102,11 @@ def stack(
             raise SystemExit(f"a process of the stack ended; its log ends:\n{tail}")
 
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as api:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as api:
             wait_until_ready(api, alive)
             yield api, alive
     finally:

@@ -9,6 +9,7 @@ import socket
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
 from core.config import get_settings
@@ -24,7 +25,10 @@ PORT_ERRORS = (errno.EADDRINUSE, errno.EACCES)
 def serve(factory: str = "service.app:create_app") -> None:
     """Run an app factory under uvicorn as the API runs (the serving benchmark's trivial
     endpoint is served through here too, so the two are compared like for like)."""
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # one line per bad setting, not a traceback
+        sys.exit(f"tricklab: invalid settings: {error}")
     setup_logging(settings.log_level)
     # Before the app is imported (and TensorFlow with it, seconds of start-up lines): a port
     # that is taken is then one line, and the socket bound here is the one uvicorn serves on,

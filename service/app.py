@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,21 +17,26 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from core.config import Settings, get_settings
+from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import init_db, make_engine
 from jobqueue.store import JobStore
 from jobqueue.sweeper import Sweeper
-from service.errors import method_not_allowed, validation_error
+from service.auth import Gate, LoopbackOnly, admin_token
+from service.errors import errors, method_not_allowed, validation_error
 from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor
-from service.routes import jobs, meta, plots, predict, studies
+from service.routes import jobs, meta, plots, predict, studies, users
 
+log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
 DESCRIPTION = """
 Train small image classifiers with chosen regularisation and optimisation tricks, follow
 their metrics epoch by epoch, and classify images with the trained models.
 
-Submit a job spec to `POST /v1/jobs`, poll `GET /v1/jobs/{id}/metrics?since_epoch=N`, and once
+Every route but the health probes and these docs needs an API token: `Authorization: Bearer
+<token>` (the API names the admin's token file when it starts). Submit a job spec to
+`POST /v1/jobs`, poll `GET /v1/jobs/{id}/metrics?since_epoch=N`, and once
 the job has succeeded post images to `POST /v1/jobs/{id}/predict`. `GET /v1/tricks` lists the
 tricks. Errors are `{"detail": ...}` with a message naming what to fix.
 """
@@ -45,6 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         init_db(engine)
         store = JobStore(engine, settings.lease_seconds, settings.max_attempts)
         artifacts = ArtifactStore(settings.artifacts_dir)
+        accounts = Accounts(engine)
+        if settings.auth == "on":
+            admin_token(settings, accounts)
+        else:
+            log.warning(
+                "authentication is off: whoever reaches %s:%s acts as the admin",
+                settings.host,
+                settings.port,
+            )
+        app.state.gate = Gate(accounts, settings)
         app.state.settings = settings
         app.state.store = store
         app.state.artifacts = artifacts
@@ -90,11 +106,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
         body_timeout=settings.body_timeout_seconds,
     )
+    if settings.auth == "off":
+        app.add_middleware(LoopbackOnly)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order: the hot predict route first saves matching ~30 others.
-    for module in (predict, jobs, studies, plots, meta):
-        app.include_router(module.router)
+    for module in (predict, jobs, studies, plots, users):
+        app.include_router(module.router, responses=errors(401))
+    app.include_router(meta.router)  # the health probes, open to all; the tricks need a token
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/docs", include_in_schema=False)

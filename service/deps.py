@@ -1,5 +1,6 @@
-"""Request-scoped dependencies: the store, the predictor, settings, and the job or study in
-the path; and the lookups that routes share (a job's model, a study's runs, compared jobs).
+"""Request-scoped dependencies: the store, the predictor, settings, who is asking, and the
+job or study in the path (another owner's is 404, so that its existence is not revealed);
+and the lookups that routes share (a job's model, a study's runs, compared jobs).
 
 The app-state getters are `async` only so that FastAPI calls them in place: it would run a
 plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
@@ -9,17 +10,20 @@ from __future__ import annotations
 import pathlib
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Query, Request, params
+from fastapi import Depends, HTTPException, Path, Query, Request, Security, params
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 
 from analysis.report import ReportRead, VariantRuns, job_variants, report, study_variants
 from core.config import Settings
+from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.models import Job, Study
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
+from service.auth import Caller
 from service.predictor import Predictor
 
 
@@ -39,7 +43,29 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+async def get_accounts(request: Request) -> Accounts:
+    return request.app.state.gate.accounts
+
+
+# Declares the scheme in the OpenAPI document; `get_caller` reads the header itself.
+_BEARER = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer <token>`.")
+
+
+async def get_caller(request: Request, _: Annotated[object, Security(_BEARER)] = None) -> Caller:
+    """The user the request acts for; 401 without a valid token."""
+    return await request.app.state.gate.caller(request)
+
+
+async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    if not caller.admin:
+        raise HTTPException(403, f"only an admin may do this; {caller.name} is a {caller.role}")
+    return caller
+
+
 StoreDep = Annotated[JobStore, Depends(get_store)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[Caller, Depends(require_admin)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -55,21 +81,45 @@ Offset = Annotated[
     int, Query(ge=0, le=MAX_INT, description="Items to skip, for the pages after the first.")
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+OwnerName = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Only this user's (admins only: everyone else sees only their own).",
+    ),
+]
 
 
-def get_job(job_id: JobId, store: StoreDep) -> Job:
+def listed_owner(caller: CallerDep, owner: OwnerName = None) -> str | None:
+    """Whose items a list shows: the caller's own; an admin's choice (None: everyone's)."""
+    if caller.admin:
+        return owner
+    if owner is not None and owner != caller.name:
+        raise HTTPException(403, f"only an admin may list another user's items ({owner!r})")
+    return caller.name
+
+
+ListedOwner = Annotated[str | None, Depends(listed_owner)]
+
+
+def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Job:
     job = store.get(job_id)
-    if job is None:
-        raise HTTPException(404, f"no job with id {job_id!r}")
+    if job is None or not caller.may_see(job.owner):
+        raise HTTPException(404, no_job(job_id))
     return job
+
+
+def no_job(job_id: str) -> str:
+    return f"no job with id {job_id!r}"
 
 
 JobDep = Annotated[Job, Depends(get_job)]
 
 
-def get_study(study_id: StudyId, store: StoreDep) -> Study:
+def get_study(study_id: StudyId, store: StoreDep, caller: CallerDep) -> Study:
     study = store.get_study(study_id)
-    if study is None:
+    if study is None or not caller.may_see(study.owner):
         raise HTTPException(404, no_study(study_id))
     return study
 
@@ -167,12 +217,12 @@ def study_report(store: JobStore, study: Study) -> ReportRead:
     return report(study_runs(store, study))
 
 
-def compared_variants(store: JobStore, jobs: str) -> list[VariantRuns]:
+def compared_variants(store: JobStore, jobs: str, caller: Caller) -> list[VariantRuns]:
     ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
     if len(ids) > MAX_COMPARED:
         raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
     found, metrics = store.jobs_with_metrics(ids)
-    missing = [job_id for job_id in ids if job_id not in found]
+    missing = [i for i in ids if i not in found or not caller.may_see(found[i].owner)]
     if missing:
         raise HTTPException(404, f"no job with id {', '.join(map(repr, missing))}")
     unfinished = [

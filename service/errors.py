@@ -22,12 +22,18 @@ DISCRIMINATOR_TAGS = {*TRICKS, *INSTANCE_KINDS}
 MEANINGS = {
     400: "Malformed: the body is not JSON, the form is broken, or an image is unusable; the "
     "detail says which.",
-    404: "No job or study with that id.",
+    401: "No valid API token: send 'Authorization: Bearer <token>'. The detail says what is "
+    "wrong with the one sent (unknown, expired, revoked, or its user disabled).",
+    403: "Not allowed: only an admin may do this; or, without tokens (TRICKLAB_AUTH=off), the "
+    "request did not come from this machine.",
+    404: "Nothing with that id that you can see: another user's jobs and studies are 404 too.",
     408: "The body did not arrive within TRICKLAB_BODY_TIMEOUT_SECONDS.",
     410: "The job's files were deleted (DELETE /v1/jobs/{job_id}): its model is gone.",
     413: "The body is over its limit: TRICKLAB_MAX_JSON_BYTES for JSON, "
     "TRICKLAB_MAX_REQUEST_BYTES for images.",
     415: "The body's Content-Type is not one this route takes; the detail lists them.",
+    429: "Over your quota of active (queued and running) jobs; the detail names the quota "
+    "and your count.",
     422: "Invalid: each error names its field, what is wrong and what is allowed, or the limit "
     "passed and the setting that raises it.",
     503: "Busy (retry after Retry-After seconds): too many request bytes, or images waiting "

@@ -58,6 +58,7 @@ class LoadedModel:
     batcher: Batcher
     class_names: tuple[str, ...]
     runtime: str  # "numpy" (the fast chain of service.inference) or "keras"
+    owner: str | None  # who may use it (and admins): checked on every request, from memory
 
     async def classify(self, pixels: np.ndarray) -> Predictions:
         """pixels: (n, 28, 28), 0–255 → one prediction per image, in order. Raises
@@ -138,6 +139,7 @@ class Predictor:
             ),
             DATASET_CLASSES[job.spec["dataset"]],
             runtime,
+            job.owner,
         )
         self._models[job.id] = loaded
         if len(self._models) > self.cache_size:

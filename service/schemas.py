@@ -64,7 +64,7 @@ class JobError(BaseModel):
 class AttemptFailure(BaseModel):
     attempt: int
     reason: str
-    worker: str | None
+    worker: str | None = Field(description="Shown to admins only.")
     error_type: str
     message: str
     at: datetime
@@ -96,6 +96,7 @@ class JobLinks(BaseModel):
 
 class JobRead(BaseModel):
     id: str
+    owner: str | None = Field(description="The name of the user who submitted it.")
     status: JobStatus
     spec: JobSpec | dict[str, Any] = Field(
         union_mode="left_to_right",
@@ -125,7 +126,10 @@ class JobRead(BaseModel):
     result: JobResult | None
     error: JobError | None
     device: str | None = Field(description="What the job trained on, e.g. 'GPU:0 NVIDIA H200'.")
-    worker: str | None
+    worker: str | None = Field(
+        description="The host and process of the worker that holds or held it: shown to "
+        "admins only (null for everyone else)."
+    )
     trained_seconds: float = Field(
         description="Wall-clock seconds of training over all attempts, up to the last "
         "checkpoint; TRICKLAB_MAX_JOB_SECONDS bounds it."
@@ -137,7 +141,8 @@ class JobRead(BaseModel):
     links: JobLinks
 
     @classmethod
-    def of(cls, job: Job) -> JobRead:
+    def of(cls, job: Job, admin: bool) -> JobRead:
+        """The job as `admin` or its owner may see it (only admins see where it ran)."""
         base = f"/v1/jobs/{job.id}"
         try:
             spec: JobSpec | dict[str, Any] = JobSpec.model_validate(job.spec)
@@ -145,11 +150,15 @@ class JobRead(BaseModel):
             spec = job.spec
         return cls(
             id=job.id,
+            owner=job.owner,
             status=job.status,
             spec=spec,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
-            failures=[AttemptFailure.model_validate(f) for f in job.failures],
+            failures=[
+                AttemptFailure.model_validate(f if admin else {**f, "worker": None})
+                for f in job.failures
+            ],
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -167,7 +176,7 @@ class JobRead(BaseModel):
             if job.error_type
             else None,
             device=job.device,
-            worker=job.worker,
+            worker=job.worker if admin else None,
             trained_seconds=job.trained_seconds,
             artifacts_deleted_at=job.artifacts_deleted_at,
             links=JobLinks(
@@ -337,6 +346,7 @@ class StudyLinks(BaseModel):
 
 class StudySummary(BaseModel):
     id: str
+    owner: str | None = Field(description="The name of the user who created it.")
     name: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     design: str
@@ -352,6 +362,7 @@ class StudySummary(BaseModel):
     def of(cls, study: Study, statuses: list[JobStatus]) -> StudySummary:
         return cls(
             id=study.id,
+            owner=study.owner,
             name=study.name,
             status=study_status(study.cancelled_at is not None, statuses),
             design=study.request["design"],
@@ -382,3 +393,99 @@ class StudyList(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+# ---- users and tokens ----------------------------------------------------------------------
+
+UserName = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$",
+        description="Lower-case letters, digits, '_', '.' and '-', starting with a letter or "
+        "digit; at most 64. Never reused: a user's name stays the owner of their jobs.",
+    ),
+]
+Role = Literal["user", "admin"]
+Quota = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=10_000_000,
+        description="Queued and running jobs the user may have at once; null: the default, "
+        "TRICKLAB_QUOTA_ACTIVE_JOBS.",
+    ),
+]
+
+
+class UserCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: UserName
+    role: Role = "user"
+    quota_active_jobs: Quota = None
+
+
+class UserUpdate(BaseModel):
+    """Only the fields given change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    quota_active_jobs: Quota = None
+    disabled: bool | None = Field(
+        None,
+        description="true: every token of the user stops working (jobs they queued still "
+        "run); false: they work again.",
+    )
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    role: Role
+    quota_active_jobs: int | None = Field(description="null: TRICKLAB_QUOTA_ACTIVE_JOBS.")
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class UserCreated(UserRead):
+    token: str = Field(description="The user's first API token: shown this once, never again.")
+    token_id: str
+
+
+class UserList(BaseModel):
+    users: list[UserRead]
+
+
+class Me(UserRead):
+    active_jobs: int = Field(description="Your queued and running jobs now.")
+    quota: int = Field(description="How many of them you may have at once.")
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("token", min_length=1, max_length=100, description="What it is for.")
+    expires_in_days: int | None = Field(
+        None, ge=1, le=3650, description="It stops working after this many days; null: never."
+    )
+
+
+class TokenRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenRead):
+    token: str = Field(description="The secret: shown this once, never again.")
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenRead]

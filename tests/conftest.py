@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from core.config import Settings
 from jobqueue.db import init_db, make_engine
 from jobqueue.store import JobStore
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, write_dataset
 from tests.support.inprocess import settings_in
 
@@ -89,5 +90,5 @@ def any_store(database_url: str) -> JobStore:
 def client(settings: Settings) -> Iterator[TestClient]:
     from service.app import create_app
 
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as test_client:
         yield test_client

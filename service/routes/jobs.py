@@ -11,16 +11,19 @@ from fastapi.responses import FileResponse
 from core.cost import refusals
 from core.spec import JobSpec
 from jobqueue.states import JobStatus
-from jobqueue.store import IdempotencyConflict
+from jobqueue.store import IdempotencyConflict, QuotaExceeded
 from service.deps import (
     MAX_INT,
     ArtifactsDep,
+    CallerDep,
     JobDep,
     Limit,
+    ListedOwner,
     Offset,
     PredictorDep,
     SettingsDep,
     StoreDep,
+    get_caller,
     model_file,
     no_unknown_query,
 )
@@ -28,7 +31,9 @@ from service.errors import BODY, errors, refused
 from service.schemas import BINARY, JobList, JobRead, MetricsRead
 
 log = logging.getLogger("tricklab.service")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_unknown_query)])
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_caller), Depends(no_unknown_query)]
+)
 
 
 @router.post(
@@ -36,12 +41,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(no_un
     name="jobs-submit",
     status_code=201,
     response_model=JobRead,
-    responses=errors(*BODY, conflict="The Idempotency-Key was used for a different spec."),
+    responses=errors(*BODY, 429, conflict="The Idempotency-Key was used for a different spec."),
 )
 def submit_job(
     spec: JobSpec,
     store: StoreDep,
     settings: SettingsDep,
+    caller: CallerDep,
     response: Response,
     idempotency_key: Annotated[
         str | None,
@@ -49,38 +55,50 @@ def submit_job(
             min_length=1,
             max_length=255,
             description="Makes the submission safe to retry: the same key and spec return "
-            "the job created the first time (with Idempotent-Replayed: true).",
+            "the job created the first time (with Idempotent-Replayed: true). Each user's "
+            "keys are their own.",
         ),
     ] = None,
 ) -> JobRead:
     """Queue a training job. The job is durable once this answers."""
     if found := refusals(spec, settings):
         raise refused(found)
+    quota = caller.quota_active_jobs or settings.quota_active_jobs
     try:
-        job, created = store.enqueue(spec, idempotency_key)
+        job, created = store.enqueue(spec, caller.name, idempotency_key, quota)
     except IdempotencyConflict as conflict:
         raise HTTPException(409, str(conflict)) from None
+    except QuotaExceeded as error:
+        raise HTTPException(429, str(error)) from None
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if created:
-        log.info("job=%s submitted spec=%s", job.id, job.spec)
+        log.info("job=%s submitted owner=%s spec=%s", job.id, caller.name, job.spec)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobRead.of(job)
+    return JobRead.of(job, caller.admin)
 
 
-@router.get("", name="jobs-list", response_model=JobList, responses=errors(422))
+@router.get("", name="jobs-list", response_model=JobList, responses=errors(403, 422))
 def list_jobs(
-    store: StoreDep, status: JobStatus | None = None, limit: Limit = 50, offset: Offset = 0
+    store: StoreDep,
+    caller: CallerDep,
+    owner: ListedOwner,
+    status: JobStatus | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> JobList:
-    """Jobs, newest first, optionally only those with one status."""
-    jobs, total = store.list_jobs(status, limit, offset)
-    return JobList(jobs=[JobRead.of(j) for j in jobs], total=total, limit=limit, offset=offset)
+    """Your jobs, newest first, optionally only those with one status. An admin sees
+    everyone's, or one user's with `owner`."""
+    jobs, total = store.list_jobs(status, limit, offset, owner)
+    return JobList(
+        jobs=[JobRead.of(j, caller.admin) for j in jobs], total=total, limit=limit, offset=offset
+    )
 
 
 @router.get("/{job_id}", name="jobs-get", response_model=JobRead, responses=errors(404, 422))
-def get_job(job: JobDep) -> JobRead:
+def get_job(job: JobDep, caller: CallerDep) -> JobRead:
     """The job: status, resolved spec, attempts and failures, progress, result or error."""
-    return JobRead.of(job)
+    return JobRead.of(job, caller.admin)
 
 
 @router.get(
@@ -103,7 +121,7 @@ def get_metrics(
     response_model=JobRead,
     responses=errors(404, 422, conflict="The job already succeeded or failed."),
 )
-def cancel_job(job: JobDep, store: StoreDep) -> JobRead:
+def cancel_job(job: JobDep, store: StoreDep, caller: CallerDep) -> JobRead:
     """Cancel a queued or running job (a running one stops within an epoch). Cancelling a
     cancelled job again is harmless."""
     current = store.cancel(job.id) or job
@@ -112,8 +130,8 @@ def cancel_job(job: JobDep, store: StoreDep) -> JobRead:
             409,
             f"job {job.id} already {current.status}; only queued or running jobs can be cancelled",
         )
-    log.info("job=%s cancelled", job.id)
-    return JobRead.of(current)
+    log.info("job=%s cancelled by=%s", job.id, caller.name)
+    return JobRead.of(current, caller.admin)
 
 
 @router.get(
@@ -141,7 +159,11 @@ def download_model(job: JobDep, artifacts: ArtifactsDep) -> FileResponse:
     responses=errors(404, 422, conflict="The job has not ended: cancel it first."),
 )
 def delete_job_files(
-    job: JobDep, store: StoreDep, artifacts: ArtifactsDep, predictor: PredictorDep
+    job: JobDep,
+    store: StoreDep,
+    artifacts: ArtifactsDep,
+    predictor: PredictorDep,
+    caller: CallerDep,
 ) -> JobRead:
     """Delete an ended job's files (checkpoints and model), so that disk use does not grow
     without end. The job, its metrics and its result stay; its model can no longer be
@@ -155,5 +177,5 @@ def delete_job_files(
         )
     artifacts.remove_job(job.id)
     predictor.forget(job.id)
-    log.info("job=%s files deleted", job.id)
-    return JobRead.of(current)
+    log.info("job=%s files deleted by=%s", job.id, caller.name)
+    return JobRead.of(current, caller.admin)

@@ -6,13 +6,21 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from core.spec import trick_catalogue
-from service.deps import StoreDep, no_unknown_query
+from service.deps import StoreDep, get_caller, no_unknown_query
+from service.errors import errors
 from service.schemas import Health, TrickCatalogue
 
 router = APIRouter(dependencies=[Depends(no_unknown_query)])
 
 
-@router.get("/v1/tricks", name="tricks-list", response_model=TrickCatalogue, tags=["tricks"])
+@router.get(
+    "/v1/tricks",
+    name="tricks-list",
+    response_model=TrickCatalogue,
+    tags=["tricks"],
+    dependencies=[Depends(get_caller)],
+    responses=errors(401),
+)
 def list_tricks() -> TrickCatalogue:
     """Every trick a spec can name: what it does, its parameters, defaults and limits."""
     return TrickCatalogue.model_validate({"tricks": trick_catalogue()})

@@ -14,18 +14,20 @@ from analysis import plots
 from analysis.report import ReportRead, job_curves, report
 from service.deps import (
     UNFINISHED,
+    CallerDep,
     JobDep,
     JobIds,
     StoreDep,
     StudyDep,
     compared_variants,
+    get_caller,
     no_unknown_query,
     study_report,
 )
 from service.errors import errors
 from service.schemas import BINARY
 
-router = APIRouter(dependencies=[Depends(no_unknown_query)])
+router = APIRouter(dependencies=[Depends(get_caller), Depends(no_unknown_query)])
 FormatQuery = Annotated[plots.Format, Query(alias="format", description="png (the default) or svg")]
 IMAGE: dict[int | str, dict[str, Any]] = {
     200: {"content": {media_type: {"schema": BINARY} for media_type in plots.MEDIA_TYPES.values()}},
@@ -72,9 +74,9 @@ def study_plot(
     f"A plot of the comparison of any succeeded jobs. {NAMES}",
 )
 def compare_plot(
-    name: plots.PlotName, store: StoreDep, jobs: JobIds, fmt: FormatQuery = "png"
+    name: plots.PlotName, store: StoreDep, caller: CallerDep, jobs: JobIds, fmt: FormatQuery = "png"
 ) -> Response:
-    variants = compared_variants(store, jobs)
+    variants = compared_variants(store, jobs, caller)
     count = sum(len(variant.jobs) for variant in variants)
     return _image(name, report(variants), f"{count} jobs compared", fmt)
 

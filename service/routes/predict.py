@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from core.images import SIDE, ImageError, PixelBudget
 from core.spec import DATASET_CLASSES
 from jobqueue.store import JobStore
+from service.auth import Caller
 from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,
@@ -85,7 +86,11 @@ BATCH_HEADER = "Tricklab-Batch-Size"
     name="jobs-predict",
     response_model=PredictResponse,
     # job_id is read from the path in the function (see there), so it is declared here.
-    openapi_extra={"requestBody": _REQUEST_BODY, "parameters": [_JOB_ID]},
+    openapi_extra={
+        "requestBody": _REQUEST_BODY,
+        "parameters": [_JOB_ID],
+        "security": [{"HTTPBearer": []}],
+    },
     responses={
         200: {
             "headers": {
@@ -102,14 +107,17 @@ async def predict(request: Request) -> Response:
     """Classify images, answering in input order. Image files are converted to 28×28
     grayscale, light on dark, exactly like the training images (see the README); pixel
     arrays are used as they are."""
-    # From app state and the path, not through Depends or a job_id parameter: resolving them
-    # cost ~35 µs and ~5% of a request's time on this hot path, more than the forward pass.
+    # The caller, the job and the services come from app state and the path, not through
+    # Depends: resolving dependencies costs ~35 µs, ~5% of a request on this hot path.
     if request.query_params:  # as its router's other routes do, through a dependency
         await no_unknown_query(request)
     state = request.app.state
+    caller = await state.gate.caller(request)
     job_id: str = request.path_params["job_id"]
     store, predictor, settings = state.store, state.predictor, state.settings
-    model = predictor.loaded(job_id) or await _load(job_id, store, predictor)
+    model = predictor.loaded(job_id)
+    if model is None or not caller.may_see(model.owner):
+        model = await _load(job_id, store, predictor, caller)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
     if content_type == "multipart/form-data":
@@ -140,7 +148,7 @@ async def predict(request: Request) -> Response:
     )
 
 
-async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedModel:
+async def _load(job_id: str, store: JobStore, predictor: Predictor, caller: Caller) -> LoadedModel:
     if not re.fullmatch(ID_PATTERN, job_id):
         raise RequestValidationError(
             [
@@ -152,7 +160,7 @@ async def _load(job_id: str, store: JobStore, predictor: Predictor) -> LoadedMod
                 }
             ]
         )
-    job = await run_in_threadpool(get_job, job_id, store)
+    job = await run_in_threadpool(get_job, job_id, store, caller)
     require_model(job)
     try:
         return await predictor.load(job)

@@ -18,18 +18,19 @@ from analysis.report import (
 from analysis.studies import StudyError, StudySpec, expand
 from core.cost import refusals
 from jobqueue.models import Study
-from jobqueue.store import JobStore
+from jobqueue.store import JobStore, QuotaExceeded
 from service.deps import (
     UNFINISHED,
+    CallerDep,
     JobIds,
     Limit,
+    ListedOwner,
     Offset,
     SettingsDep,
     StoreDep,
     StudyDep,
-    StudyId,
     compared_variants,
-    no_study,
+    get_caller,
     no_unknown_query,
     study_report,
     study_runs,
@@ -38,7 +39,7 @@ from service.errors import BODY, errors, refused
 from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
-router = APIRouter(tags=["studies"], dependencies=[Depends(no_unknown_query)])
+router = APIRouter(tags=["studies"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
 Table = Literal["variants", "effects"]
 CSV_TABLES = {"variants": variants_csv, "effects": effects_csv}
 CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
@@ -49,10 +50,10 @@ CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
     name="studies-create",
     status_code=201,
     response_model=StudyRead,
-    responses=errors(*BODY),
+    responses=errors(*BODY, 429),
 )
 def create_study(
-    study: StudySpec, store: StoreDep, settings: SettingsDep, response: Response
+    study: StudySpec, store: StoreDep, settings: SettingsDep, caller: CallerDep, response: Response
 ) -> StudyRead:
     """Queue every variant's jobs, one per seed, and return the study. Variants that resolve
     to the same spec are one variant. `{"preset": "notebook"}` runs the study notebook."""
@@ -70,24 +71,40 @@ def create_study(
     ]
     if found:
         raise refused(found, within=("base",))
-    row = store.create_study(
-        study.name,
-        study.model_dump(mode="json"),
-        study.seeds,
-        [
-            (variant.document(), [variant.job_spec(seed) for seed in study.seeds])
-            for variant in variants
-        ],
+    try:
+        row = store.create_study(
+            caller.name,
+            study.name,
+            study.model_dump(mode="json"),
+            study.seeds,
+            [
+                (variant.document(), [variant.job_spec(seed) for seed in study.seeds])
+                for variant in variants
+            ],
+            caller.quota_active_jobs or settings.quota_active_jobs,
+        )
+    except QuotaExceeded as error:  # refused whole: nothing was queued
+        raise HTTPException(429, str(error)) from None
+    log.info(
+        "study=%s created owner=%s variants=%d seeds=%s",
+        row.id,
+        caller.name,
+        len(variants),
+        row.seeds,
     )
-    log.info("study=%s created variants=%d seeds=%s", row.id, len(variants), row.seeds)
     response.headers["Location"] = f"/v1/studies/{row.id}"
     return _read(store, row)
 
 
-@router.get("/v1/studies", name="studies-list", response_model=StudyList, responses=errors(422))
-def list_studies(store: StoreDep, limit: Limit = 50, offset: Offset = 0) -> StudyList:
-    """Studies, newest first, with their status and progress."""
-    studies, total = store.list_studies(limit, offset)
+@router.get(
+    "/v1/studies", name="studies-list", response_model=StudyList, responses=errors(403, 422)
+)
+def list_studies(
+    store: StoreDep, owner: ListedOwner, limit: Limit = 50, offset: Offset = 0
+) -> StudyList:
+    """Your studies, newest first, with their status and progress. An admin sees everyone's,
+    or one user's with `owner`."""
+    studies, total = store.list_studies(limit, offset, owner)
     statuses = store.statuses([job_id for study in studies for job_id in study.job_ids])
     return StudyList(
         studies=[
@@ -140,11 +157,9 @@ def get_study_report_csv(study: StudyDep, store: StoreDep, table: Table = "varia
     response_model=StudyRead,
     responses=errors(404, 422),
 )
-def cancel_study(study_id: StudyId, store: StoreDep) -> StudyRead:
+def cancel_study(study: StudyDep, store: StoreDep) -> StudyRead:
     """Cancel the study's queued and running jobs; finished runs stay in its report."""
-    study = store.cancel_study(study_id)
-    if study is None:
-        raise HTTPException(404, no_study(study_id))
+    study = store.cancel_study(study.id) or study
     log.info("study=%s cancelled", study.id)
     return _read(store, study)
 
@@ -155,10 +170,10 @@ def cancel_study(study_id: StudyId, store: StoreDep) -> StudyRead:
     response_model=ReportRead,
     responses=errors(400, 404, 422, conflict=UNFINISHED),
 )
-def compare(store: StoreDep, jobs: JobIds) -> ReportRead:
+def compare(store: StoreDep, caller: CallerDep, jobs: JobIds) -> ReportRead:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
-    return report(compared_variants(store, jobs))
+    return report(compared_variants(store, jobs, caller))
 
 
 @router.get(
@@ -167,9 +182,12 @@ def compare(store: StoreDep, jobs: JobIds) -> ReportRead:
     response_class=Response,
     responses={200: CSV, **errors(400, 404, 422, conflict=UNFINISHED)},
 )
-def compare_csv(store: StoreDep, jobs: JobIds, table: Table = "variants") -> Response:
+def compare_csv(
+    store: StoreDep, caller: CallerDep, jobs: JobIds, table: Table = "variants"
+) -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
-    return _csv(CSV_TABLES[table](report(compared_variants(store, jobs))), f"compare-{table}.csv")
+    variants = compared_variants(store, jobs, caller)
+    return _csv(CSV_TABLES[table](report(variants)), f"compare-{table}.csv")
 
 
 def _read(store: JobStore, study: Study) -> StudyRead:

@@ -16,6 +16,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from tests.support.auth import ADMIN_TOKEN
 from tests.support.cluster import Cluster, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
@@ -110,7 +111,10 @@ def models() -> ModuleType:
 
 
 def test_a_generated_client_submits_reads_back_typed_and_predicts(stack, generated, tmp_path):
-    client = generated.Client(base_url=stack.url, raise_on_unexpected_status=True, timeout=60)
+    # The document declares bearer tokens, so the generator made a client that sends one.
+    client = generated.AuthenticatedClient(
+        base_url=stack.url, token=ADMIN_TOKEN, raise_on_unexpected_status=True, timeout=60
+    )
     types = models()
 
     spec = types.JobSpec.from_dict({**TINY, "tricks": [{"name": "dropout", "rate": 0.2}]})
@@ -161,8 +165,10 @@ def test_a_generated_client_submits_reads_back_typed_and_predicts(stack, generat
 
 
 def test_a_careless_clients_mistakes_come_back_as_typed_errors(stack, generated):
-    client = generated.Client(base_url=stack.url, timeout=60)
+    client = generated.AuthenticatedClient(base_url=stack.url, token=ADMIN_TOKEN, timeout=60)
     types = models()
+    anonymous = generated.Client(base_url=stack.url, timeout=60)
+    assert operation("jobs", "jobs_list").sync_detailed(client=anonymous).status_code == 401
     before = operation("jobs", "jobs_list").sync(client=client).total
 
     huge = types.JobSpec.from_dict({**TINY, "hidden_units": [4096] * 8, "epochs": 1000})

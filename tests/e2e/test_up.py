@@ -4,9 +4,12 @@ which must never leave one of its two processes running without the other."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -74,7 +77,7 @@ class Up:
 
     def __init__(self, root: Path, data_dir: Path, port: int) -> None:
         self.log = root / "make-up.log"
-        self.port = port
+        self.root, self.port = root, port
         # The venv running these tests, without reinstalling it (-o: take the install stamp
         # as up to date, whatever pyproject.toml's time).
         command = ["make", "up", f"VENV={VENV}", "-o", f"{VENV}/.runtime-stamp"]
@@ -161,6 +164,23 @@ def test_make_up_stops_the_api_and_fails_when_the_worker_dies(up):
     assert run.wait() != 0
     assert "make up: the worker ended (killed by SIGKILL); stopping the api" in run.output()
     assert run.members() == {}
+
+
+def test_make_up_says_where_the_admin_token_is_and_how_to_use_it(up):
+    run = up(free_port())
+    run.wait_until_serving()
+    token_file = run.root / "admin-token"  # beside the database
+    url = f"http://127.0.0.1:{run.port}/v1/me"
+    curl = f'curl -H "Authorization: Bearer $(cat {token_file})" {url}'
+    assert f"the admin's token is in {token_file}; try: {curl}" in run.output()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    if shutil.which("curl"):
+        answered = subprocess.run(["bash", "-c", curl], capture_output=True, timeout=30)
+        me = json.loads(answered.stdout)
+    else:
+        token = token_file.read_text().strip()
+        me = httpx.get(url, headers={"Authorization": f"Bearer {token}"}).json()
+    assert (me["name"], me["role"]) == ("admin", "admin")
 
 
 def test_ctrl_c_stops_both_cleanly(up):

@@ -12,6 +12,7 @@ from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service.app import create_app
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, write_dataset
 from tests.support.inprocess import drain_queue, settings_in
 
@@ -174,7 +175,7 @@ def test_cancel_a_queued_job_is_final_and_repeatable(client, settings, store):
 def test_a_failed_job_shows_its_error(tmp_path):
     settings = settings_in(tmp_path, tmp_path / "data")
     folder = write_dataset(tmp_path / "data" / "fashion-mnist")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         job = submit(client)
         write_idx(folder / FILES["x_train"], np.zeros((3, 28, 28)))  # damaged after submission
         drain_queue(settings)
@@ -225,6 +226,17 @@ OPERATIONS = {
     ("/v1/compare.csv", "get"): "compare-csv",
     ("/v1/compare/plots/{name}", "get"): "compare-plot",
     ("/v1/tricks", "get"): "tricks-list",
+    ("/v1/users", "post"): "users-create",
+    ("/v1/users", "get"): "users-list",
+    ("/v1/users/{user_id}", "get"): "users-get",
+    ("/v1/users/{user_id}", "patch"): "users-update",
+    ("/v1/users/{user_id}/tokens", "get"): "users-tokens-list",
+    ("/v1/users/{user_id}/tokens", "post"): "users-tokens-create",
+    ("/v1/users/{user_id}/tokens/{token_id}", "delete"): "users-tokens-revoke",
+    ("/v1/me", "get"): "me",
+    ("/v1/me/tokens", "get"): "me-tokens-list",
+    ("/v1/me/tokens", "post"): "me-tokens-create",
+    ("/v1/me/tokens/{token_id}", "delete"): "me-tokens-revoke",
     ("/healthz", "get"): "healthz",
     ("/readyz", "get"): "readyz",
 }
@@ -274,7 +286,7 @@ def test_openapi_documents_the_whole_contract(client):
         "application/json",
         "application/octet-stream",
     }
-    assert {"400", "404", "408", "409", "410", "413", "415", "422", "503"} == {
+    assert {"400", "401", "404", "408", "409", "410", "413", "415", "422", "503"} == {
         status for status in predict["responses"] if status != "200"
     }
 
@@ -362,7 +374,7 @@ def test_an_unknown_query_parameter_is_named_not_ignored(client):
     response = client.get("/v1/jobs?statsu=running")
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == (
-        "statsu: unknown query parameter 'statsu'; this route takes status, limit, offset"
+        "statsu: unknown query parameter 'statsu'; this route takes status, limit, offset, owner"
     )
     predict = client.post(f"/v1/jobs/{UNKNOWN}/predict?fast=1", json={"instances": []})
     assert predict.status_code == 422 and "this route takes none" in predict.text

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -42,6 +43,39 @@ def instruction(name: str) -> list[str]:
 
 def image_env() -> dict[str, str]:
     return dict(pair.split("=", 1) for args in instruction("ENV") for pair in shlex.split(args))
+
+
+def environment(service: dict) -> dict[str, str | None]:
+    """A service's environment, from either of compose's two forms (a mapping, a list)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return {key: value for key, _, value in (entry.partition("=") for entry in env)}
+    return dict(env)
+
+
+def strings(node: object) -> Iterator[tuple[str, str]]:
+    """Every (key, string) of a parsed YAML document, list items and `KEY=value` entries
+    included; the key is "" where there is none."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                yield str(key), value
+            else:
+                yield from strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, str):
+                key, equals, value = item.partition("=")
+                yield (key, value) if equals and key.isidentifier() else ("", item)
+            else:
+                yield from strings(item)
+
+
+def entrypoint_script(service: dict) -> str:
+    """The shell script of `/bin/sh -c SCRIPT --`, as the container gets it ($$ is one $)."""
+    shell, flag, script, dashes = service["entrypoint"]
+    assert (shell, flag, dashes) == ("/bin/sh", "-c", "--")
+    return script.replace("$$", "$")
 
 
 @pytest.fixture(scope="module")
@@ -95,16 +129,22 @@ def test_the_worker_waits_for_a_healthy_api_and_reserves_the_gpus(services):
     assert worker["healthcheck"] == {"disable": True}  # it serves no /readyz
 
 
-def test_every_tricklab_variable_named_is_a_setting():
+def test_every_tricklab_variable_named_is_a_setting(services):
     fields = {f"TRICKLAB_{name.upper()}" for name in Settings.model_fields}
     text = DOCKERFILE.read_text() + COMPOSE_FILE.read_text()
     named = set(re.findall(r"\bTRICKLAB_[A-Z0-9_]+", text))
-    # ${TRICKLAB_DATASETS}: compose interpolation on the host (the dataset folder), no setting.
+    # ${TRICKLAB_DATASETS}, ${TRICKLAB_POSTGRES_PASSWORD_FILE}: compose interpolation on the
+    # host (the dataset folder, the password file), no settings.
     interpolated = set(re.findall(r"\$\{(TRICKLAB_[A-Z0-9_]+)", text))
     assert named - interpolated, "no TRICKLAB_* setting found"
     assert named - interpolated <= fields, (
         f"not fields of core.config.Settings: {sorted(named - interpolated - fields)}"
     )
+    # What the containers get is a setting, whether or not the host passes it through.
+    given = set(image_env()) | {
+        key for service in services.values() for key in environment(service)
+    }
+    assert {key for key in given if key.startswith("TRICKLAB_")} <= fields
 
 
 def test_the_image_settings_put_state_on_the_volume_and_read_the_mounted_datasets(monkeypatch):
@@ -188,8 +228,10 @@ def test_docker_compose_accepts_the_file():
 def test_the_cluster_profile_puts_every_process_on_postgresql(services):
     postgres = services["postgres"]
     assert postgres["profiles"] == ["cluster"]
-    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
     env = postgres["environment"]
+    assert postgres["healthcheck"]["test"] == [
+        "CMD", "pg_isready", "-U", env["POSTGRES_USER"], "-d", env["POSTGRES_DB"]
+    ]  # fmt: skip
     for name in ("api", "worker"):
         service = services[name]
         assert service["depends_on"]["postgres"] == {
@@ -197,13 +239,156 @@ def test_the_cluster_profile_puts_every_process_on_postgresql(services):
             "required": False,
         }
         # The switch: with the postgres service present, its URL replaces the SQLite default.
-        script = service["entrypoint"][2]
-        assert "getent hosts postgres" in script and 'exec "$$@"' in script
-        url = make_url(service["environment"]["CLUSTER_DATABASE_URL"])
+        script = entrypoint_script(service)
+        assert "getent hosts postgres" in script and 'exec "$@"' in script
+        assert 'TRICKLAB_DATABASE_URL="$CLUSTER_DATABASE_URL"' in script
+        url = make_url(str(environment(service)["CLUSTER_DATABASE_URL"]))
         assert (url.drivername, url.host, url.username, url.password, url.database) == (
             "postgresql+psycopg",
             "postgres",
             env["POSTGRES_USER"],
-            env["POSTGRES_PASSWORD"],
+            None,  # libpq takes it from PGPASSWORD, read from the secret
             env["POSTGRES_DB"],
         )
+
+
+def test_postgresql_is_a_current_major_version_with_its_data_on_the_volume(compose, services):
+    """From 18 the image keeps its data in /var/lib/postgresql/<major>/docker, and the volume
+    belongs on their parent (a mount on the old /var/lib/postgresql/data is left unused)."""
+    image = services["postgres"]["image"]
+    match = re.fullmatch(r"postgres:(\d+)(?:\.\d+)?(?:-[\w.]+)?", image)
+    assert match, f"not an official postgres image with a version: {image}"
+    assert int(match.group(1)) >= 18
+    assert services["postgres"]["volumes"] == ["tricklab-postgres:/var/lib/postgresql"]
+    assert "tricklab-postgres" in compose["volumes"]
+
+
+PASSWORDISH = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?+])([^}]*))?\}")
+
+
+def test_no_password_is_written_in_the_deployment_files(compose):
+    """Every string of the compose file and the image's environment: a password, a token or a
+    secret is never a literal, only a file (a secret's path) or the host's variable."""
+    found = [*strings(compose), *image_env().items()]
+    assert found
+    for key, value in found:
+        where = f"{key}: {value}"
+        if PASSWORDISH.search(key) and not key.endswith("_FILE"):
+            # The host's variable, with no default of its own.
+            match = INTERPOLATION.fullmatch(value)
+            assert match and not match.group(3), f"a literal secret: {where}"
+        for name, _, default in INTERPOLATION.findall(value):
+            if PASSWORDISH.search(name) and not name.endswith("_FILE"):
+                assert not default, f"a literal default for a secret: {where}"
+        # user:password@host: any password in a URL, literal or interpolated.
+        assert not re.search(r"://[^/@\s]*:[^/@\s]*@", value), f"a password in a URL: {where}"
+    for service in compose["services"].values():
+        assert "POSTGRES_PASSWORD" not in environment(service)  # only its _FILE form
+
+
+def test_postgresql_and_every_tricklab_process_read_one_password_secret(compose, services):
+    (name,) = compose["secrets"]
+    # Unset, the file is /dev/null (an empty one), never a required variable: compose
+    # interpolates the services of every profile, so `${VAR:?}` would stop the plain `up` too.
+    assert compose["secrets"][name] == {"file": "${TRICKLAB_POSTGRES_PASSWORD_FILE:-/dev/null}"}
+    assert not re.search(r"\$\{\w+:?\?", COMPOSE_FILE.read_text())
+    path = f"/run/secrets/{name}"  # where compose puts a secret named without a target
+    postgres = services["postgres"]
+    assert postgres["secrets"] == [name]
+    assert postgres["environment"]["POSTGRES_PASSWORD_FILE"] == path
+    for service in (services["api"], services["worker"]):
+        assert service["secrets"] == [name]
+        script = entrypoint_script(service)
+        assert f'PGPASSWORD="$(cat {path})"' in script and "export PGPASSWORD" in script
+
+
+def run_entrypoint(service: dict, tmp_path: Path, *, cluster: bool, password: bytes | None):
+    """The service's entrypoint script, run here around a command that reports what it gets:
+    `getent` says whether a `postgres` host exists, and the secret is a file in tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    getent = bin_dir / "getent"
+    getent.write_text(f"#!/bin/sh\nexit {0 if cluster else 2}\n")
+    getent.chmod(0o755)
+    secret = tmp_path / "postgres-password"
+    if password is not None:
+        secret.write_bytes(password)
+    script = entrypoint_script(service).replace("/run/secrets/postgres-password", str(secret))
+    report = (
+        "import json, os; from psycopg import pq; "
+        "defaults = {o.keyword: o.val for o in pq.Conninfo.get_defaults()}; "
+        "print(json.dumps({'url': os.environ['TRICKLAB_DATABASE_URL'], "
+        "'PGPASSWORD': os.environ.get('PGPASSWORD'), "
+        "'libpq': (defaults[b'password'] or b'').decode()}))"
+    )
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "TRICKLAB_DATABASE_URL": "sqlite:////var/lib/tricklab/tricklab.db",
+        **{key: value for key, value in environment(service).items() if value is not None},
+    }
+    return subprocess.run(
+        ["/bin/sh", "-c", script, "--", sys.executable, "-c", report],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_the_entrypoint_gives_libpq_the_secret_password_only_with_postgresql(
+    services, tmp_path, name
+):
+    pytest.importorskip("psycopg")
+    service = services[name]
+    cluster_url = environment(service)["CLUSTER_DATABASE_URL"]
+    # Any character, a URL's own included; the file's trailing newline is not the password's.
+    password = "p@ss:w/rd?#%20 x"
+    result = run_entrypoint(service, tmp_path, cluster=True, password=f"{password}\n".encode())
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == {
+        "url": cluster_url,
+        "PGPASSWORD": password,
+        "libpq": password,
+    }
+
+
+def test_the_entrypoint_leaves_sqlite_alone_and_needs_no_password(services, tmp_path):
+    pytest.importorskip("psycopg")
+    result = run_entrypoint(services["api"], tmp_path, cluster=False, password=None)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout) == {
+        "url": "sqlite:////var/lib/tricklab/tricklab.db",
+        "PGPASSWORD": None,
+        "libpq": "",
+    }
+
+
+@pytest.mark.parametrize("password", [b"", b"\n"], ids=["empty", "newline"])
+def test_the_entrypoint_refuses_postgresql_without_a_password(services, tmp_path, password):
+    """The cluster profile with TRICKLAB_POSTGRES_PASSWORD_FILE unset reads /dev/null."""
+    result = run_entrypoint(services["worker"], tmp_path, cluster=True, password=password)
+    assert result.returncode == 78
+    assert "TRICKLAB_POSTGRES_PASSWORD_FILE" in result.stderr and result.stdout == ""
+
+
+def test_the_api_keeps_authentication_on_and_takes_the_admin_token_from_the_host(
+    services, monkeypatch
+):
+    api = services["api"]
+    # Unset on the host, the variable is empty, which the settings take as unset: the API
+    # then makes a token into its file, on the volume, whichever the database.
+    assert environment(api)["TRICKLAB_ADMIN_TOKEN"] == "${TRICKLAB_ADMIN_TOKEN:-}"
+    assert "TRICKLAB_ADMIN_TOKEN" not in environment(services["worker"])  # the API's alone
+    for service in services.values():
+        assert "TRICKLAB_AUTH" not in environment(service)  # `off` is for loopback only
+    assert "TRICKLAB_AUTH" not in image_env()
+    for key, value in image_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TRICKLAB_ADMIN_TOKEN", "")
+    for url in (image_env()["TRICKLAB_DATABASE_URL"], environment(api)["CLUSTER_DATABASE_URL"]):
+        monkeypatch.setenv("TRICKLAB_DATABASE_URL", url)
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        assert settings.auth == "on" and settings.admin_token is None
+        assert settings.token_file == Path(STATE, "admin-token")

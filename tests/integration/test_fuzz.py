@@ -17,6 +17,7 @@ import schemathesis
 
 from core.spec import JobSpec
 from jobqueue.db import init_db, make_engine
+from jobqueue.models import ADMIN
 from jobqueue.store import JobStore
 from service.app import create_app
 from service.deps import ID_PATTERN
@@ -53,7 +54,7 @@ def succeeded_job() -> str:
     """A trained job, so that predict, the model and its plots get past 404 and 409."""
     engine = make_engine(SETTINGS.database_url)
     init_db(engine)
-    job, _ = JobStore(engine).enqueue(JobSpec.model_validate(TINY))
+    job, _ = JobStore(engine).enqueue(JobSpec.model_validate(TINY), ADMIN)
     drain_queue(SETTINGS)
     return job.id
 

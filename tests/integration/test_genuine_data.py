@@ -7,6 +7,7 @@ import pytest
 
 from core.datasets import DatasetError, find_dataset
 from core.spec import JobSpec
+from jobqueue.models import ADMIN
 from jobqueue.states import JobStatus
 from tests.support.inprocess import drain_queue
 
@@ -25,7 +26,7 @@ def genuine_data() -> Path:
 
 def test_one_epoch_of_the_base_model_reaches_80_percent(settings, store, genuine_data):
     settings.data_dir = genuine_data
-    job = store.enqueue(JobSpec(epochs=1))[0]
+    job = store.enqueue(JobSpec(epochs=1), ADMIN)[0]
     drain_queue(settings)
 
     done = store.get(job.id)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from core.logs import FORMAT, OneLineFormatter, setup_logging
 from service.app import create_app
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY
 from tests.support.inprocess import drain_queue, settings_in
 
@@ -26,7 +27,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
     settings = settings_in(tmp_path_factory.mktemp("inert"), data_dir)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         created = client.post("/v1/studies", json=STUDY)
         assert created.status_code == 201, created.text
         drain_queue(settings)

@@ -9,6 +9,7 @@ import pytest
 
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore
+from jobqueue.models import ADMIN
 from jobqueue.states import JobStatus
 from tests.support.data import EPOCH, TINY
 from tests.support.inprocess import drain_queue
@@ -137,8 +138,8 @@ def stored_rows(store, job_id, like):
 
 
 def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, store, alone):
-    ids = [store.enqueue(spec)[0].id for spec in SPECS]
-    apart = store.enqueue(SPECS[0].model_copy(update={"hidden_units": [16]}))[0].id
+    ids = [store.enqueue(spec, ADMIN)[0].id for spec in SPECS]
+    apart = store.enqueue(SPECS[0].model_copy(update={"hidden_units": [16]}), ADMIN)[0].id
     assert packing_worker(settings, store).run_one()
 
     assert store.get(apart).status == JobStatus.QUEUED  # another architecture: not a mate
@@ -164,7 +165,7 @@ def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, s
 def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
     settings, store, alone, monkeypatch
 ):
-    ids = [store.enqueue(spec)[0].id for spec in SPECS]
+    ids = [store.enqueue(spec, ADMIN)[0].id for spec in SPECS]
     worker = packing_worker(settings, store)
     record_epoch = store.record_epoch
 
@@ -204,7 +205,9 @@ def test_a_jobs_epoch_seconds_and_its_totals_are_all_wall_clock_time(
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(steps, "train_epoch", slow_epoch)
-    ids = [store.enqueue(JobSpec.model_validate({**TINY, "seed": s}))[0].id for s in range(3)]
+    ids = [
+        store.enqueue(JobSpec.model_validate({**TINY, "seed": s}), ADMIN)[0].id for s in range(3)
+    ]
     drain_queue(settings, pack_size=pack_size)
     for job_id in ids:
         job, epochs = store.get(job_id), store.metrics(job_id)
@@ -223,7 +226,7 @@ def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
     )
     exact = spec.model_copy(update={"exact": True})
     mates = [spec, spec.model_copy(update={"seed": 1})]
-    ids = [store.enqueue(s)[0].id for s in (exact, mates[0], exact, mates[1])]
+    ids = [store.enqueue(s, ADMIN)[0].id for s in (exact, mates[0], exact, mates[1])]
     caplog.set_level("INFO", logger="tricklab.worker")
     drain_queue(settings, pack_size=8)
 

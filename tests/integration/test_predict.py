@@ -17,6 +17,7 @@ from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service.app import create_app
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode, png_declaring
 from tests.support.inprocess import drain_queue, settings_in
@@ -38,7 +39,7 @@ def trained(tmp_path_factory, data_dir):
         max_request_bytes=LIMIT,
         max_request_pixels=8_000_000,
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         job = client.post("/v1/jobs", json={**TINY, "epochs": 3}).json()
         drain_queue(settings)
         client.post("/v1/jobs", json=TINY)  # stays queued: no worker runs after this
@@ -311,7 +312,7 @@ def test_predicting_with_a_job_that_has_not_succeeded_is_a_conflict(trained):
 
 def test_a_tampered_model_file_is_never_loaded(tmp_path, data_dir):
     settings = settings_in(tmp_path, data_dir)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         job_id = client.post("/v1/jobs", json=TINY).json()["id"]
         drain_queue(settings)
         (model_file,) = (settings.artifacts_dir / "jobs" / job_id).glob("*/model.keras")

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.spec import JobSpec
+from jobqueue.accounts import Accounts
 from jobqueue.db import SchemaMismatch, init_db, make_engine
+from jobqueue.models import ADMIN
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease
@@ -21,12 +23,12 @@ def record(store: JobStore, lease: Lease, epoch: int) -> bool:
 
 
 def claimed(store: JobStore, spec: JobSpec | None = None) -> Lease:
-    store.enqueue(spec or JobSpec())
+    store.enqueue(spec or JobSpec(), ADMIN)
     return store.claim("w", "CPU")[1]
 
 
 def test_enqueue_then_get_returns_the_resolved_spec(any_store):
-    job, created = any_store.enqueue(JobSpec.model_validate({"tricks": ["momentum"]}))
+    job, created = any_store.enqueue(JobSpec.model_validate({"tricks": ["momentum"]}), ADMIN)
     stored = any_store.get(job.id)
     assert created and stored.status == JobStatus.QUEUED
     assert stored.spec["learning_rate"] == 0.01
@@ -36,7 +38,7 @@ def test_enqueue_then_get_returns_the_resolved_spec(any_store):
 
 
 def test_list_is_newest_first_filtered_and_paginated(any_store):
-    ids = [any_store.enqueue(JobSpec(seed=i))[0].id for i in range(5)]
+    ids = [any_store.enqueue(JobSpec(seed=i), ADMIN)[0].id for i in range(5)]
     any_store.cancel(ids[1])
     page, total = any_store.list_jobs(limit=2, offset=1)
     assert total == 5 and [j.id for j in page] == [ids[3], ids[2]]
@@ -45,7 +47,7 @@ def test_list_is_newest_first_filtered_and_paginated(any_store):
 
 
 def test_claim_takes_the_oldest_job_counts_an_attempt_and_leases_it(any_store):
-    first, second = any_store.enqueue(JobSpec())[0], any_store.enqueue(JobSpec())[0]
+    first, second = any_store.enqueue(JobSpec(), ADMIN)[0], any_store.enqueue(JobSpec(), ADMIN)[0]
     job, lease = any_store.claim("w1", "CPU")
     assert job.id == first.id and (lease.job_id, lease.attempt) == (first.id, 1)
     assert (job.status, job.attempts, job.worker, job.device) == (JobStatus.RUNNING, 1, "w1", "CPU")
@@ -62,7 +64,7 @@ def by_width(spec: dict) -> tuple[str, int]:
 
 def test_a_pack_is_the_oldest_job_and_its_oldest_compatible_mates(any_store):
     ids = [
-        any_store.enqueue(JobSpec(seed=seed, hidden_units=[width]))[0].id
+        any_store.enqueue(JobSpec(seed=seed, hidden_units=[width]), ADMIN)[0].id
         for seed, width in enumerate([8, 16, 8, 8, 8])
     ]
     pack = any_store.claim_pack("w1", "CPU", 3, by_width)
@@ -76,7 +78,7 @@ def test_a_pack_is_the_oldest_job_and_its_oldest_compatible_mates(any_store):
 
 
 def test_a_failed_or_checkpointed_job_is_packed_only_with_its_kind(any_store):
-    ids = [any_store.enqueue(JobSpec(seed=seed))[0].id for seed in range(6)]
+    ids = [any_store.enqueue(JobSpec(seed=seed), ADMIN)[0].id for seed in range(6)]
     failed, *checkpointed = (any_store.claim("w", "CPU")[1] for _ in range(3))
     any_store.fail(failed, FailureReason.ERROR, RuntimeError("out of memory"))
     for lease in checkpointed:
@@ -226,7 +228,7 @@ def test_release_hands_the_job_back_with_its_checkpoint(any_store):
 
 
 def test_a_pack_holds_no_more_jobs_than_its_key_says_fit(any_store):
-    ids = [any_store.enqueue(JobSpec(seed=seed, batch_size=2))[0].id for seed in range(5)]
+    ids = [any_store.enqueue(JobSpec(seed=seed, batch_size=2), ADMIN)[0].id for seed in range(5)]
     assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 8, by_width)] == ids[:2]
     assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 1, by_width)] == ids[2:3]
 
@@ -261,12 +263,12 @@ def test_forgetting_a_checkpoint_starts_the_history_over(any_store):
 def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store):
     spec = JobSpec(seed=5)
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: any_store.enqueue(spec, "key-1"), range(16)))
+        results = list(pool.map(lambda _: any_store.enqueue(spec, ADMIN, "key-1"), range(16)))
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1
     assert any_store.list_jobs()[1] == 1
     with pytest.raises(IdempotencyConflict, match="'key-1' was already used for job"):
-        any_store.enqueue(JobSpec(seed=6), "key-1")
+        any_store.enqueue(JobSpec(seed=6), ADMIN, "key-1")
 
 
 def test_an_older_schema_is_refused_with_advice(tmp_path):
@@ -277,16 +279,26 @@ def test_an_older_schema_is_refused_with_advice(tmp_path):
         init_db(engine)
 
 
-@pytest.mark.parametrize("version", ["2", "3"])
+@pytest.mark.parametrize("version", ["2", "3", "4"])
 def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url, version):
     engine = make_engine(database_url)
     init_db(engine)
-    job, _ = JobStore(engine).enqueue(JobSpec(seed=3))
+    job, _ = JobStore(engine).enqueue(JobSpec(seed=3), ADMIN)
     with engine.begin() as connection:  # as tricklab with that schema version left it
+        for index in ("ix_jobs_owner_status_created", "ix_jobs_owner_created"):
+            connection.exec_driver_sql(f"DROP INDEX {index}")
+        connection.exec_driver_sql("DROP TABLE tokens")
+        connection.exec_driver_sql("DROP TABLE users")
+        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN owner")
+        connection.exec_driver_sql("UPDATE jobs SET idempotency_key = 'order-7'")  # not hashed
         if version == "2":
             connection.exec_driver_sql("DROP TABLE studies")
-        for column in ("trained_seconds", "artifacts_deleted_at"):
-            connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        else:
+            connection.exec_driver_sql("DROP INDEX ix_studies_owner_created")
+            connection.exec_driver_sql("ALTER TABLE studies DROP COLUMN owner")
+        if version != "4":
+            for column in ("trained_seconds", "artifacts_deleted_at"):
+                connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
         connection.exec_driver_sql(f"UPDATE tricklab_meta SET value = '{version}'")
     init_db(engine)
     store = JobStore(engine)
@@ -297,6 +309,11 @@ def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url
         None,
     )
     assert store.list_studies() == ([], 0)
+    # What was there belongs to the admin, who can replay its Idempotency-Key.
+    assert upgraded.owner == ADMIN
+    replayed, created = store.enqueue(JobSpec(seed=3), ADMIN, "order-7")
+    assert (replayed.id, created) == (job.id, False)
+    assert store.list_jobs(owner=ADMIN)[1] == 1  # through the new index
     init_db(engine)  # and again: nothing left to do
 
 
@@ -315,7 +332,9 @@ def test_racing_worker_processes_never_claim_the_same_job_in_packs(database_url)
     init_db(engine)
     store = JobStore(engine)
     # Three interleaved kinds: each pack skips over the others' jobs.
-    ids = {store.enqueue(JobSpec(seed=i, hidden_units=[8 + i % 3]))[0].id for i in range(200)}
+    ids = {
+        store.enqueue(JobSpec(seed=i, hidden_units=[8 + i % 3]), ADMIN)[0].id for i in range(200)
+    }
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     processes = [
@@ -330,3 +349,27 @@ def test_racing_worker_processes_never_claim_the_same_job_in_packs(database_url)
     assert len(claimed) == len(set(claimed)) == len(ids)
     assert set(claimed) == ids
     assert store.list_jobs(status=JobStatus.SUCCEEDED)[1] == len(ids)
+
+
+def test_claims_go_round_the_owners_so_that_a_backlog_starves_nobody(any_store):
+    accounts = Accounts(any_store.engine)
+    for name in ("alice", "bob"):
+        accounts.create_user(name, "user", None)
+    for seed in range(20):  # alice's backlog, queued first
+        any_store.enqueue(JobSpec(seed=seed), "alice")
+    any_store.enqueue(JobSpec(seed=99), "bob")
+
+    def claim_and_finish() -> str:
+        job, lease = any_store.claim("w", "CPU")
+        any_store.finish(lease, result={})
+        return job.owner
+
+    # One job at a time: bob's one job is the second claimed, not the twenty-first.
+    assert [claim_and_finish() for _ in range(4)] == ["alice", "bob", "alice", "alice"]
+    # Fewest running first, before whose turn it is: bob holds a job, so alice goes first,
+    # though bob was served less recently.
+    any_store.enqueue(JobSpec(seed=100), "bob")
+    any_store.enqueue(JobSpec(seed=101), "bob")
+    held, _ = any_store.claim("w1", "CPU")
+    assert held.owner == "bob"
+    assert any_store.claim("w2", "CPU")[0].owner == "alice"

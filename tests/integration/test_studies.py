@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import stats
 
 from service.app import create_app
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY
 from tests.support.inprocess import drain_queue, settings_in
 
@@ -31,7 +32,7 @@ UNKNOWN = "0" * 32  # a well-formed id that nothing has
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_dir):
     settings = settings_in(tmp_path_factory.mktemp("studies"), data_dir, max_study_jobs=12)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
         created = client.post("/v1/studies", json=STUDY)
         assert created.status_code == 201, created.text
         assert created.json()["status"] == "queued"

@@ -12,7 +12,7 @@ from core import cost
 from core.config import get_settings
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore, sha256_of
-from jobqueue.models import Job
+from jobqueue.models import ADMIN, Job
 from jobqueue.states import JobStatus
 from jobqueue.store import Checkpoint
 from tests.support.data import EPOCH, TINY, write_dataset
@@ -33,7 +33,7 @@ def env_settings(settings, monkeypatch):
 
 def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings, store):
     spec = {**TINY, "epochs": 3, "tricks": [{"name": "dropout", "rate": 0.2}]}
-    job = store.enqueue(JobSpec.model_validate(spec))[0]
+    job = store.enqueue(JobSpec.model_validate(spec), ADMIN)[0]
     assert main(["--once"]) == 0
 
     done = store.get(job.id)
@@ -68,7 +68,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
         "epochs": 40,
         "tricks": [{"name": "early_stopping", "patience": 2, "min_delta": 0.05}],
     }
-    job = store.enqueue(JobSpec.model_validate(spec))[0]
+    job = store.enqueue(JobSpec.model_validate(spec), ADMIN)[0]
     drain_queue(settings)
 
     done = store.get(job.id)
@@ -85,8 +85,8 @@ def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
 @pytest.mark.equivalence
 def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store):
     spec = JobSpec.model_validate({**TINY, "tricks": ["dropout", "augmentation"], "seed": 7})
-    first, second = store.enqueue(spec)[0], store.enqueue(spec)[0]
-    other_seed = store.enqueue(spec.model_copy(update={"seed": 8}))[0]
+    first, second = store.enqueue(spec, ADMIN)[0], store.enqueue(spec, ADMIN)[0]
+    other_seed = store.enqueue(spec.model_copy(update={"seed": 8}), ADMIN)[0]
     drain_queue(settings)
 
     def history(job):
@@ -98,15 +98,16 @@ def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store):
 
 def test_errors_fail_the_job_with_their_type_and_message(settings, store, tmp_path):
     settings.data_dir = write_dataset(tmp_path / "only" / "fashion-mnist").parent  # no mnist
-    missing = store.enqueue(JobSpec.model_validate({**TINY, "dataset": "mnist"}))[0]
-    too_big = store.enqueue(JobSpec.model_validate({**TINY, "validation_size": 50_000}))[0]
+    missing = store.enqueue(JobSpec.model_validate({**TINY, "dataset": "mnist"}), ADMIN)[0]
+    too_big = store.enqueue(JobSpec.model_validate({**TINY, "validation_size": 50_000}), ADMIN)[0]
     # Each step multiplies the weights by 1 - 2·lr·l2 = -19: they overflow within an epoch.
     diverging = store.enqueue(
         JobSpec.model_validate(
             {**TINY, "learning_rate": 10, "tricks": ["momentum", {"name": "weight_decay", "l2": 1}]}
-        )
+        ),
+        ADMIN,
     )[0]
-    healthy = store.enqueue(JobSpec.model_validate(TINY))[0]
+    healthy = store.enqueue(JobSpec.model_validate(TINY), ADMIN)[0]
     drain_queue(settings)
 
     failed = store.get(missing.id)
@@ -131,7 +132,7 @@ def test_errors_fail_the_job_with_their_type_and_message(settings, store, tmp_pa
 def stored(store, document: dict) -> str:
     """A queued job whose spec is stored as given, unvalidated: as an older tricklab could
     have stored it (a study's derived seed past the largest one, once)."""
-    job = store.enqueue(JobSpec.model_validate(TINY))[0]
+    job = store.enqueue(JobSpec.model_validate(TINY), ADMIN)[0]
     with store.engine.begin() as connection:
         connection.execute(update(Job).where(Job.id == job.id).values(spec=document))
     return job.id
@@ -141,7 +142,9 @@ def stored(store, document: dict) -> str:
 def test_a_stored_spec_that_cannot_be_read_fails_alone_and_the_others_train(
     settings, store, client, pack_size
 ):
-    healthy = [store.enqueue(JobSpec.model_validate({**TINY, "seed": s}))[0].id for s in (1, 2)]
+    healthy = [
+        store.enqueue(JobSpec.model_validate({**TINY, "seed": s}), ADMIN)[0].id for s in (1, 2)
+    ]
     unreadable = [
         stored(store, {**JobSpec.model_validate(TINY).model_dump(), "seed": 2**31}),
         stored(store, {"tricks": "dropout", "epochs": "many"}),
@@ -171,7 +174,7 @@ def test_a_stored_spec_that_cannot_be_read_fails_alone_and_the_others_train(
 @pytest.mark.parametrize("pack_size", [1, 8])
 def test_a_job_that_trains_past_its_time_fails_with_reason_timeout(settings, store, pack_size):
     spec = JobSpec.model_validate({**TINY, "epochs": 1000})
-    ids = [store.enqueue(spec.model_copy(update={"seed": seed}))[0].id for seed in range(2)]
+    ids = [store.enqueue(spec.model_copy(update={"seed": seed}), ADMIN)[0].id for seed in range(2)]
     drain_queue(settings, pack_size=pack_size, max_job_seconds=1.0)
     for job_id in ids:
         job = store.get(job_id)
@@ -183,7 +186,7 @@ def test_a_job_that_trains_past_its_time_fails_with_reason_timeout(settings, sto
 
 
 def test_time_spent_in_earlier_attempts_counts(settings, store):
-    store.enqueue(JobSpec.model_validate(TINY))
+    store.enqueue(JobSpec.model_validate(TINY), ADMIN)
     _, lease = store.claim("w", "CPU")
     store.record_epoch(lease, {"epoch": 1, **EPOCH}, Checkpoint(1, "gone.npz", "0" * 64), 50.0)
     store.release(lease)  # 50 s trained; the limit is 30
@@ -193,7 +196,7 @@ def test_time_spent_in_earlier_attempts_counts(settings, store):
 
 
 def test_the_worker_loop_outlives_a_passing_database_error(settings, store, monkeypatch, caplog):
-    job = store.enqueue(JobSpec.model_validate(TINY))[0]
+    job = store.enqueue(JobSpec.model_validate(TINY), ADMIN)[0]
     worker = Worker(store, ArtifactStore(settings.artifacts_dir), settings.data_dir)
     claim_pack = store.claim_pack
     calls = iter([OperationalError("SELECT", {}, Exception("the database is restarting"))])
@@ -213,7 +216,7 @@ def test_the_worker_loop_outlives_a_passing_database_error(settings, store, monk
 def test_a_pack_holds_only_as_many_jobs_as_fit_the_memory_budget(settings, store):
     spec = JobSpec.model_validate(TINY)
     for seed in range(4):
-        store.enqueue(spec.model_copy(update={"seed": seed}))
+        store.enqueue(spec.model_copy(update={"seed": seed}), ADMIN)
     artifacts = ArtifactStore(settings.artifacts_dir)
 
     def one_pack(budget: int) -> int:

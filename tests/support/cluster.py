@@ -17,6 +17,7 @@ import httpx2 as httpx
 
 from jobqueue.db import make_engine
 from jobqueue.store import JobStore
+from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
 
 T = TypeVar("T")
 # Short enough that lost workers are noticed within seconds, long enough that a busy 2-core
@@ -50,10 +51,11 @@ class Cluster:
             "TRICKLAB_DATA_DIR": str(data_dir),
             "TRICKLAB_PORT": str(port),
             "TRICKLAB_POLL_SECONDS": "0.1",
+            "TRICKLAB_ADMIN_TOKEN": ADMIN_TOKEN,
             **{f"TRICKLAB_{key}": value for key, value in settings.items()},
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.client = httpx.Client(base_url=self.url, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30, headers=ADMIN_HEADERS)
         self.store = JobStore(make_engine(database_url))
 
     def start(self, name: str, *command: str) -> subprocess.Popen[bytes]:

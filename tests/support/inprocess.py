@@ -9,16 +9,21 @@ from core.config import Settings
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import make_engine
 from jobqueue.store import JobStore
+from tests.support.auth import ADMIN_TOKEN
 
 
 def settings_in(root: Path, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings with a SQLite file and an artifact store under root, ignoring any .env."""
+    """Settings with a SQLite file and an artifact store under root and the tests' admin
+    token, ignoring any .env."""
     return Settings(
-        database_url=f"sqlite:///{root / 'tricklab.db'}",
-        artifacts_dir=root / "artifacts",
-        data_dir=data_dir,
+        **{
+            "database_url": f"sqlite:///{root / 'tricklab.db'}",
+            "artifacts_dir": root / "artifacts",
+            "data_dir": data_dir,
+            "admin_token": ADMIN_TOKEN,
+            **overrides,
+        },
         _env_file=None,  # type: ignore[call-arg]
-        **overrides,
     )
 
 

@@ -1,0 +1,183 @@
+"""Users and their API tokens, as verbs. A token's secret is random (32 bytes) and shown once:
+only its SHA-256 is stored, so the database never holds a usable token."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobqueue.db import WRITE
+from jobqueue.models import ADMIN, Token, User, utcnow
+
+ROLES = ("user", "admin")
+# Secret scanners (and people) recognise a tricklab token by its prefix.
+TOKEN_PREFIX = "tl_"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class NameTaken(Exception):
+    """A user with that name exists (names are never reused: they own jobs)."""
+
+
+class LastAdmin(Exception):
+    """The change would leave no enabled admin."""
+
+
+class Accounts:
+    def __init__(self, engine: Engine) -> None:
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+
+    def create_user(
+        self, name: str, role: str, quota_active_jobs: int | None
+    ) -> tuple[User, Token, str]:
+        """A new user with a first token: (user, token, the token's secret)."""
+        user = User(
+            id=uuid.uuid4().hex,
+            name=name,
+            role=role,
+            quota_active_jobs=quota_active_jobs,
+            created_at=utcnow(),
+        )
+        secret = new_secret()
+        token = _token(user.id, "first token", secret, None)
+        try:
+            with self._write.begin() as session:
+                if session.scalar(select(User.id).where(User.name == name)):
+                    raise NameTaken(name)
+                session.add(user)
+                session.flush()  # the user before its token (PostgreSQL checks the key)
+                session.add(token)
+        except IntegrityError:  # a concurrent creation of the same name won
+            raise NameTaken(name) from None
+        return user, token, secret
+
+    def users(self) -> Sequence[User]:
+        with self._read() as session:
+            return session.scalars(select(User).order_by(User.created_at, User.id)).all()
+
+    def user(self, user_id: str) -> User | None:
+        with self._read() as session:
+            return session.get(User, user_id)
+
+    def named(self, name: str) -> User | None:
+        with self._read() as session:
+            return session.scalars(select(User).where(User.name == name)).one_or_none()
+
+    def update_user(self, user_id: str, **changes: Any) -> User | None:
+        """Change role, quota or whether the user is disabled (`disabled`: bool). Refuses
+        (LastAdmin) to disable or demote the last enabled admin. None: no such user."""
+        with self._write.begin() as session:
+            user = session.get(User, user_id)
+            if user is None:
+                return None
+            if "disabled" in changes:
+                disabled = changes.pop("disabled")
+                if disabled and user.disabled_at is None:
+                    user.disabled_at = utcnow()
+                elif not disabled:
+                    user.disabled_at = None
+            for field, value in changes.items():
+                setattr(user, field, value)
+            session.flush()
+            admins = session.scalar(
+                select(func.count())
+                .select_from(User)
+                .where(User.role == "admin", User.disabled_at.is_(None))
+            )
+            if not admins:
+                raise LastAdmin(
+                    f"{user.name} is the last enabled admin: make another user admin first"
+                )
+            return user
+
+    def issue(self, user_id: str, name: str, expires_at: datetime | None) -> tuple[Token, str]:
+        """A new token for the user: (token, its secret)."""
+        secret = new_secret()
+        token = _token(user_id, name, secret, expires_at)
+        with self._write.begin() as session:
+            session.add(token)
+        return token, secret
+
+    def tokens(self, user_id: str) -> Sequence[Token]:
+        with self._read() as session:
+            return session.scalars(
+                select(Token).where(Token.user_id == user_id).order_by(Token.created_at, Token.id)
+            ).all()
+
+    def revoke(self, user_id: str, token_id: str) -> Token | None:
+        """Revoke one of the user's tokens (again: harmless). None: the user has no such token."""
+        with self._write.begin() as session:
+            token = session.get(Token, token_id)
+            if token is None or token.user_id != user_id:
+                return None
+            if token.revoked_at is None:
+                token.revoked_at = utcnow()
+            return token
+
+    def identify(self, secret: str) -> tuple[User, Token] | None:
+        """The user and token this secret is, whether or not the token is still valid."""
+        with self._read() as session:
+            found = session.execute(
+                select(User, Token)
+                .join(Token, Token.user_id == User.id)
+                .where(Token.sha256 == digest(secret))
+            ).first()
+        return (found[0], found[1]) if found else None
+
+    def register_admin_token(self, secret: str, name: str) -> Token:
+        """Make `secret` a token of the admin user named `ADMIN` (as configured at start-up),
+        revoking earlier tokens of the same name: a changed setting replaces the old token.
+        A secret already registered stays as it is, revoked or not."""
+        try:
+            with self._write.begin() as session:
+                existing = _by_secret(session, secret)
+                if existing is not None:
+                    return existing
+                admin = session.scalars(select(User).where(User.name == ADMIN)).one()
+                session.execute(
+                    update(Token)
+                    .where(
+                        Token.user_id == admin.id, Token.name == name, Token.revoked_at.is_(None)
+                    )
+                    .values(revoked_at=utcnow())
+                )
+                token = _token(admin.id, name, secret, None)
+                session.add(token)
+                return token
+        except IntegrityError:  # another API process registered it at the same moment
+            with self._read() as session:
+                registered = _by_secret(session, secret)
+            if registered is None:
+                raise
+            return registered
+
+
+def _by_secret(session: Session, secret: str) -> Token | None:
+    return session.scalars(select(Token).where(Token.sha256 == digest(secret))).one_or_none()
+
+
+def _token(user_id: str, name: str, secret: str, expires_at: datetime | None) -> Token:
+    return Token(
+        id=uuid.uuid4().hex,
+        user_id=user_id,
+        name=name,
+        sha256=digest(secret),
+        created_at=utcnow(),
+        expires_at=expires_at,
+    )
