@@ -481,7 +481,8 @@ class JobStore:
             ).all()
             for job in expired:
                 message = (
-                    f"worker {job.worker} stopped renewing the lease of attempt {job.attempts} "
+                    # Not naming the worker: the failure's own field holds it, for admins.
+                    f"the worker stopped renewing the lease of attempt {job.attempts} "
                     "(killed, frozen or cut off)"
                 )
                 status = self._fail(session, job, FailureReason.WORKER_LOST, "WorkerLost", message)

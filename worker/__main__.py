@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
     engine = make_engine(settings.database_url, settings.busy_timeout_ms, f"tricklab-worker {name}")
     init_db(engine)
-    worker = Worker(
+    # Not named `worker`: that is this package, and `worker.run` its training core.
+    loop = Worker(
         JobStore(engine, settings.lease_seconds, settings.max_attempts),
         ArtifactStore(settings.artifacts_dir),
         settings.data_dir,
@@ -50,17 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     freeze_imports()  # after Worker() loaded the backend
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping:
+        if loop.stopping:
             raise KeyboardInterrupt  # second signal: stop now (the job is still handed back)
         log.info(
             "signal=%s: stopping after the current epoch (again: at once)",
             signal.Signals(signum).name,
         )
-        worker.request_stop()
+        loop.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.run(once=args.once)
+        loop.run(once=args.once)
     except KeyboardInterrupt:
         return 130
     finally:

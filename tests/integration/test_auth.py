@@ -240,6 +240,14 @@ def test_only_admins_see_which_worker_ran_a_job(app_client, alice):
     assert app_client.get(f"/v1/jobs/{job['id']}", headers=alice.headers).json()["worker"] is None
     shown = app_client.get(f"/v1/jobs/{job['id']}", headers=ADMIN_HEADERS).json()
     assert shown["worker"] == "host-7:4242"
+    store = app_client.app.state.store
+    with store.engine.begin() as connection:  # the worker vanished a while ago
+        connection.execute(text("UPDATE jobs SET lease_expires_at = '2020-01-01 00:00:00'"))
+    store.requeue_expired()
+    seen = app_client.get(f"/v1/jobs/{job['id']}", headers=alice.headers).json()
+    assert seen["failures"][0]["worker"] is None and "host-7" not in str(seen)
+    shown = app_client.get(f"/v1/jobs/{job['id']}", headers=ADMIN_HEADERS).json()
+    assert shown["failures"][0]["worker"] == "host-7:4242"
 
 
 # ---- quotas --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from jobqueue.db import SchemaMismatch, init_db, make_engine
 from jobqueue.models import ADMIN
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
-from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease
+from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease, QuotaExceeded
 from tests.support.data import EPOCH
 
 
@@ -373,3 +373,18 @@ def test_claims_go_round_the_owners_so_that_a_backlog_starves_nobody(any_store):
     held, _ = any_store.claim("w1", "CPU")
     assert held.owner == "bob"
     assert any_store.claim("w2", "CPU")[0].owner == "alice"
+
+
+def test_a_quota_holds_under_concurrent_submissions(any_store):
+    Accounts(any_store.engine).create_user("alice", "user", None)
+
+    def submit(seed: int) -> bool:
+        try:
+            any_store.enqueue(JobSpec(seed=seed), "alice", quota=5)
+        except QuotaExceeded:
+            return False
+        return True
+
+    with ThreadPoolExecutor(16) as pool:
+        accepted = list(pool.map(submit, range(32)))
+    assert sum(accepted) == 5 == any_store.active_jobs("alice")
