@@ -74,10 +74,11 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training, packing and serving benchmarks on the genuine Fashion-MNIST (about 7 minutes)
+bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on the genuine Fashion-MNIST (about 8 minutes)
 	$(PY) bench/train.py
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py
+	$(PY) bench/events.py
 
 notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data into docs/notebook-study/ (about 5 minutes with one worker)
 	$(PY) scripts/notebook_study.py

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
         le=600,
         description="How often the API and the workers look for expired leases.",
     )
+    # One query a tick serves every open event stream: a shorter tick is news sooner.
+    events_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often the API looks in the database for news of the jobs that open "
+        "event streams follow (one query for all of them).",
+    )
     # Attempts that may fail (worker lost, unexpected error) before the job fails for good.
     max_attempts: int = Field(
         3,

@@ -289,6 +289,22 @@ class JobStore:
                 metrics.setdefault(row.job_id, []).append(row)
         return jobs, metrics
 
+    def moves(self, job_ids: Sequence[str]) -> dict[str, tuple[str, int, int]]:
+        """Where each of these jobs is: (status, epochs done, attempts), by primary key, a few
+        hundred ids a query. What an event stream follows: any change is news."""
+        found: dict[str, tuple[str, int, int]] = {}
+        with self._read() as session:
+            for start in range(0, len(job_ids), 500):
+                rows = session.execute(
+                    select(Job.id, Job.status, Job.epochs_done, Job.attempts).where(
+                        Job.id.in_(job_ids[start : start + 500])
+                    )
+                )
+                found.update(
+                    {row.id: (row.status.value, row.epochs_done, row.attempts) for row in rows}
+                )
+        return found
+
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         with self._read() as session:
             rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))

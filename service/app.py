@@ -24,9 +24,10 @@ from jobqueue.store import JobStore
 from jobqueue.sweeper import Sweeper
 from service.auth import Gate, LoopbackOnly, admin_token
 from service.errors import errors, method_not_allowed, validation_error
+from service.events import Watch
 from service.limits import BodyLimits
 from service.predictor import BatchPolicy, Predictor
-from service.routes import jobs, meta, plots, predict, studies, users
+from service.routes import events, jobs, meta, plots, predict, studies, users
 
 log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.predict_max_queued,
             ),
         )
+        app.state.watch = Watch(store, settings.events_poll_seconds)
         # The API sweeps too, so a lost job shows as queued even while no worker runs.
         sweeper = Sweeper(store, settings.sweep_seconds)
         sweeper.start()
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # requests, or other processes, need (measured: twice the CPU time per request).
         threadpool_limits(1, user_api="blas")
         yield
+        await app.state.watch.stop()
         sweeper.stop()
         engine.dispose()
 
@@ -111,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order: the hot predict route first saves matching ~30 others.
-    for module in (predict, jobs, studies, plots, users):
+    for module in (predict, jobs, studies, plots, events, users):
         app.include_router(module.router, responses=errors(401))
     app.include_router(meta.router)  # the health probes, open to all; the tricks need a token
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -226,6 +226,8 @@ OPERATIONS = {
     ("/v1/compare.csv", "get"): "compare-csv",
     ("/v1/compare/plots/{name}", "get"): "compare-plot",
     ("/v1/tricks", "get"): "tricks-list",
+    ("/v1/jobs/{job_id}/events", "get"): "jobs-events",
+    ("/v1/studies/{study_id}/events", "get"): "studies-events",
     ("/v1/users", "post"): "users-create",
     ("/v1/users", "get"): "users-list",
     ("/v1/users/{user_id}", "get"): "users-get",

@@ -79,3 +79,12 @@ def test_the_yardstick_answers_as_the_predict_route_does():
     assert answer.headers["tricklab-batch-size"] == "1"
     document = PredictResponse.model_validate_json(answer.content)
     assert document.job_id == job_id and len(document.predictions) == 1
+
+
+def test_the_events_benchmark_runs_and_prints_what_open_streams_cost(tmp_path):
+    output = run_bench(
+        tmp_path, "bench/events.py", "--streams", "5", "--rounds", "2", "--seconds", "1"
+    )
+    assert re.search(r"^ +5 streams open: API CPU .+ %.+ GET /v1/jobs .+ ms", output, re.M)
+    assert "5 open streams add " in output and "list latency ratio open / none" in output
+    assert re.search(r"^bench/events.py took .+ in all$", output, re.M)

@@ -1,0 +1,142 @@
+"""Server-Sent Events: a job's status and epochs, a study's progress, as they happen.
+
+Workers write to the database, never to the API, and there may be several API processes, so
+a stream follows the database. One `Watch` per API process asks it, every
+TRICKLAB_EVENTS_POLL_SECONDS, where every followed job is (status, epochs done, attempts: one
+query by primary key for all streams), and wakes the streams whose jobs moved; only those read
+what is new. An idle stream costs a set entry and a ping comment every 15 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from sse_starlette import ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from jobqueue.models import Job, Study
+from jobqueue.states import TERMINAL
+from jobqueue.store import JobStore
+from service.schemas import EpochRead, JobRead, StudySummary
+
+log = logging.getLogger("tricklab.service")
+# A stream re-reads this often even without news: a safety net, should a change slip past
+# the watch's comparison (a job that moved and came back between two polls).
+REREAD_SECONDS = 30.0
+# What a browser's EventSource waits before reconnecting after a dropped connection.
+RETRY_MS = 2000
+
+
+class Watch:
+    """Polls the database for the jobs that open streams follow, and wakes their streams."""
+
+    def __init__(self, store: JobStore, interval: float) -> None:
+        self.store, self.interval = store, interval
+        self._followers: dict[str, set[asyncio.Event]] = {}
+        self._seen: dict[str, tuple[str, int, int]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.streams = 0  # open now
+
+    @contextlib.contextmanager
+    def follow(self, job_ids: Sequence[str]) -> Iterator[asyncio.Event]:
+        """An event set whenever one of these jobs moves, while the block runs."""
+        moved = asyncio.Event()
+        for job_id in job_ids:
+            self._followers.setdefault(job_id, set()).add(moved)
+        self.streams += 1
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll(), name="tricklab-events-watch")
+        try:
+            yield moved
+        finally:
+            self.streams -= 1
+            for job_id in job_ids:
+                followers = self._followers.get(job_id)
+                if followers is not None:
+                    followers.discard(moved)
+                    if not followers:
+                        del self._followers[job_id]
+                        self._seen.pop(job_id, None)
+
+    async def _poll(self) -> None:
+        while self._followers:
+            await asyncio.sleep(self.interval)
+            ids = list(self._followers)
+            try:
+                moves = await run_in_threadpool(self.store.moves, ids)
+            except Exception:  # a database hiccup: the streams wait for the next tick
+                log.exception("events: reading the followed jobs failed")
+                continue
+            for job_id, where in moves.items():
+                if self._seen.get(job_id) != where:
+                    self._seen[job_id] = where
+                    for moved in self._followers.get(job_id, ()):
+                        moved.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+async def job_events(
+    job: Job, since_epoch: int, store: JobStore, watch: Watch, admin: bool
+) -> AsyncIterator[ServerSentEvent]:
+    """`status` with the job; an `epoch` (id: its number) for each epoch after
+    `since_epoch` as it is recorded; `status` at each change of status; `end` with the
+    final job."""
+    yield _event("status", JobRead.of(job, admin), retry=RETRY_MS)
+    shown = (job.status, job.attempts)
+    with watch.follow([job.id]) as moved:
+        while True:
+            moved.clear()
+            # The job before its metrics: once it has ended, every epoch is already stored.
+            current = await run_in_threadpool(store.get, job.id)
+            if current is None:  # its row is gone: nothing more will come
+                return
+            ended = current.status in TERMINAL
+            if (current.status, current.attempts) != shown and not ended:
+                yield _event("status", JobRead.of(current, admin))
+                shown = (current.status, current.attempts)
+            for row in await run_in_threadpool(store.metrics, job.id, since_epoch):
+                yield _event("epoch", EpochRead.model_validate(row), id=str(row.epoch))
+                since_epoch = row.epoch
+            if ended:
+                final = JobRead.of(current, admin)
+                if current.status != shown[0]:
+                    yield _event("status", final)
+                yield _event("end", final)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), REREAD_SECONDS)
+
+
+async def study_events(
+    study: Study, store: JobStore, watch: Watch
+) -> AsyncIterator[ServerSentEvent]:
+    """`progress` with the study's summary at first and whenever its jobs advance; `end` with
+    the final summary once every job has ended (or the study was cancelled)."""
+    shown: StudySummary | None = None
+    with watch.follow(study.job_ids) as moved:
+        while True:
+            moved.clear()
+            current = await run_in_threadpool(store.get_study, study.id) or study
+            statuses = await run_in_threadpool(store.statuses, study.job_ids)
+            summary = StudySummary.of(current, [statuses[i] for i in study.job_ids])
+            if summary != shown:
+                yield _event("progress", summary, retry=RETRY_MS if shown is None else None)
+                shown = summary
+            if summary.status not in ("queued", "running"):
+                yield _event("end", summary)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), REREAD_SECONDS)
+
+
+def _event(name: str, body: Any, **fields: Any) -> ServerSentEvent:
+    return ServerSentEvent(data=body.model_dump_json(), event=name, **fields)

@@ -1,0 +1,85 @@
+"""Follow a job or a study live, as Server-Sent Events (`text/event-stream`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from sse_starlette import EventSourceResponse
+
+from service.deps import (
+    MAX_INT,
+    CallerDep,
+    JobDep,
+    StoreDep,
+    StudyDep,
+    get_caller,
+    no_unknown_query,
+)
+from service.errors import errors
+from service.events import job_events, study_events
+
+router = APIRouter(tags=["events"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
+# Proxies buffer a response unless told not to, which would hold events back.
+NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+
+
+def _stream(description: str) -> dict[int | str, dict[str, object]]:
+    return {
+        200: {
+            "description": description,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(404, 422),
+    }
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    name="jobs-events",
+    response_class=EventSourceResponse,
+    responses=_stream(
+        "`event: status` with the job (as GET /v1/jobs/{job_id}); `event: epoch` for each "
+        "finished epoch, `id:` its number and the metrics row as data; `event: status` at "
+        "each change of status; `event: end` with the final job, then the stream closes. A "
+        "comment line every 15 s keeps proxies from closing it."
+    ),
+)
+async def follow_job(
+    job: JobDep,
+    caller: CallerDep,
+    store: StoreDep,
+    request: Request,
+    since_epoch: Annotated[
+        int, Query(ge=0, le=MAX_INT, description="Only the epochs after this one.")
+    ] = 0,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            ge=0,
+            le=MAX_INT,
+            description="The last epoch received, as a reconnecting EventSource sends it: "
+            "the stream resumes after it, nothing lost and nothing repeated.",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """A job's status and epochs as they happen, until it ends."""
+    since = last_event_id if last_event_id is not None else since_epoch
+    events = job_events(job, since, store, request.app.state.watch, caller.admin)
+    return EventSourceResponse(events, headers=NO_BUFFERING)
+
+
+@router.get(
+    "/v1/studies/{study_id}/events",
+    name="studies-events",
+    response_class=EventSourceResponse,
+    responses=_stream(
+        "`event: progress` with the study's summary (status, jobs per status), at first and "
+        "whenever its jobs advance; `event: end` with the final summary once every job has "
+        "ended or the study was cancelled, then the stream closes."
+    ),
+)
+async def follow_study(study: StudyDep, store: StoreDep, request: Request) -> EventSourceResponse:
+    """A study's progress as it happens, until it ends."""
+    events = study_events(study, store, request.app.state.watch)
+    return EventSourceResponse(events, headers=NO_BUFFERING)
