@@ -30,6 +30,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 # The project itself. Everything it needs, the postgres extra included, is installed above,
 # so --no-deps adds tricklab alone and `pip check` proves nothing is missing or mismatched.
 COPY analysis ./analysis
+COPY cli ./cli
 COPY core ./core
 COPY jobqueue ./jobqueue
 COPY service ./service

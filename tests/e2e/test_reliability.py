@@ -25,6 +25,7 @@ from core.spec import JobSpec
 from jobqueue.artifacts import sha256_of
 from jobqueue.models import Job
 from jobqueue.states import TERMINAL, JobStatus
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.cluster import FAST_LEASES, Cluster, wait_for
 from tests.support.crashing_worker import POISON_SEED
 from tests.support.data import write_dataset
@@ -345,7 +346,7 @@ def test_every_returned_job_id_survives_the_api_being_killed(make_cluster):
     lock = threading.Lock()
 
     def submit_until_refused(thread: int) -> None:
-        with httpx.Client(base_url=cluster.url, timeout=30) as client:
+        with httpx.Client(base_url=cluster.url, timeout=30, headers=ADMIN_HEADERS) as client:
             for n in range(500 // 16 + 1):
                 try:
                     response = client.post("/v1/jobs", json={**SMALL, "seed": thread * 100 + n})

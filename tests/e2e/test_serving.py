@@ -12,6 +12,7 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.cluster import Cluster, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
@@ -44,7 +45,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
 
 async def post_all(url: str, requests: list[dict]) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=len(requests))
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, limits=limits, headers=ADMIN_HEADERS
+    ) as client:
         return await asyncio.gather(*(client.post(**request) for request in requests))
 
 

@@ -1,5 +1,5 @@
-"""The packages import only downwards: core ← jobqueue ← analysis ← service, and the worker
-beside the service. The queue knows nothing of studies, the worker nothing of the service, and
+"""The packages import only downwards: core ← jobqueue ← analysis ← service, the worker
+beside the service, and the command line a client of the API that reads only the settings. The queue knows nothing of studies, the worker nothing of the service, and
 routes share their helpers through service.deps, never through one another."""
 
 import ast
@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-PACKAGES = ("core", "jobqueue", "analysis", "service", "worker")
+PACKAGES = ("core", "jobqueue", "analysis", "service", "worker", "cli")
 MAY_IMPORT = {
     "core": {"core"},
     "jobqueue": {"core", "jobqueue"},
     "analysis": {"core", "jobqueue", "analysis"},
     "service": {"core", "jobqueue", "analysis", "service"},
     "worker": {"core", "jobqueue", "worker"},
+    "cli": {"core", "cli"},
 }
 
 

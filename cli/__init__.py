@@ -1,0 +1,1 @@
+"""`tricklab`: the command line, a client of the HTTP API (it never touches the database)."""

@@ -1,0 +1,597 @@
+"""`tricklab`: train, follow, compare and use tricklab models from a shell.
+
+Output is for people on a terminal (Rich tables, live progress) and for scripts everywhere
+else: `-o json` prints the API's own objects, unchanged; a command that creates something
+prints just its id when its output is not a terminal; the exit status says how it went."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cli import show
+from cli.client import JOB_FAILED, NOT_FOUND, OK, UNREACHABLE, USAGE, Api, Failure
+from cli.config import Connection, resolve, save_login
+from cli.spec import FlagError, job_spec, parse_hidden_units, parse_trick, read_json_file
+from cli.watch import watch_job, watch_study
+
+EXIT_CODES = f"""**Exit status**
+
+* {OK}: done; the job or study succeeded
+* {JOB_FAILED}: the job or study waited for (--wait, watch) failed or was cancelled
+* {USAGE}: a usage error, or a request the API refused (it says which field and why)
+* {UNREACHABLE}: the server is unreachable, or it does not accept the token
+* {NOT_FOUND}: no such job or study (or not yours)
+"""
+CONNECTING = (
+    "The server: --url, TRICKLAB_URL, the URL saved by `tricklab login`, or "
+    "http://127.0.0.1:8000. The token: --token, TRICKLAB_TOKEN, the one saved by `tricklab "
+    "login` for that URL, or, for a service on this machine, the admin's (TRICKLAB_ADMIN_TOKEN "
+    "or the file the service wrote, var/admin-token by default)."
+)
+
+
+def sub_app(help: str) -> typer.Typer:
+    return typer.Typer(
+        help=help,
+        epilog=EXIT_CODES,
+        no_args_is_help=True,
+        rich_markup_mode="markdown",
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+
+app = typer.Typer(
+    name="tricklab",
+    help="Train small image classifiers with the tricks you choose, follow them, compare them "
+    "and use them, through a tricklab service. " + CONNECTING,
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+jobs = sub_app("Submit training jobs, follow them, read their metrics, download their models.")
+studies = sub_app("Compare tricks across seeds: create studies, follow them, read their reports.")
+app.add_typer(jobs, name="jobs")
+app.add_typer(studies, name="studies")
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class Table(StrEnum):
+    variants = "variants"
+    effects = "effects"
+
+
+class ImageFormat(StrEnum):
+    png = "png"
+    svg = "svg"
+
+
+OutputOption = Annotated[
+    Output | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="table: for people; json: the API's own object, for scripts. Default: a table, "
+        "or only the id of what was created when the output is not a terminal.",
+        show_default=False,
+    ),
+]
+JobId = Annotated[str, typer.Argument(metavar="JOB", help="A job's id.", show_default=False)]
+StudyId = Annotated[str, typer.Argument(metavar="STUDY", help="A study's id.", show_default=False)]
+
+
+class Session:
+    """The connection options; the client is made when a command first needs it."""
+
+    def __init__(self, url: str | None, token: str | None) -> None:
+        self.url, self.token = url, token
+        self._api: Api | None = None
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            self._api = Api(resolve(self.url, self.token))
+        return self._api
+
+
+@app.callback()
+def connect(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TRICKLAB_URL",
+            help="The tricklab API, e.g. http://127.0.0.1:8000 (the default).",
+            show_default=False,
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="TRICKLAB_TOKEN", help="An API token.", show_default=False),
+    ] = None,
+) -> None:
+    ctx.obj = Session(url, token)
+
+
+def api(ctx: typer.Context) -> Api:
+    session: Session = ctx.obj
+    return session.api
+
+
+# ---- printing ------------------------------------------------------------------------------
+
+
+def stdout_console() -> Console:
+    # Off a terminal Rich would wrap at 80 columns; a file or pipe has room for whole ids.
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
+    return Console(width=width, highlight=False)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def emit(document: Any, output: Output | None, render: Any) -> None:
+    """The API's object as JSON, or drawn by `render` for people."""
+    if output == Output.json:
+        print_json(document)
+    else:
+        stdout_console().print(render(document))
+
+
+def emit_created(document: dict[str, Any], output: Output | None, render: Any) -> None:
+    """A new job or study: its id alone when a script reads the output (`id=$(...)`)."""
+    if output is None and not sys.stdout.isatty():
+        print(document["id"], flush=True)
+    else:
+        emit(document, output, render)
+
+
+def following(watch: Any, *args: Any) -> dict[str, Any]:
+    """Follow a job or study; Ctrl-C ends only the following (status 130, as shells report an
+    interrupted command), not the job, and is not taken for a failed job (1)."""
+    try:
+        return dict(watch(*args))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def exit_for(status: str) -> typer.Exit:
+    return typer.Exit(OK if status == "succeeded" else JOB_FAILED)
+
+
+def check_tricks(values: list[str] | None) -> list[str] | None:
+    for value in values or []:
+        try:
+            parse_trick(value)
+        except FlagError as error:
+            raise typer.BadParameter(str(error)) from None
+    return values
+
+
+def check_hidden_units(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_hidden_units(value)
+        except FlagError as error:
+            raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def read_file_option(path: Path | None) -> dict[str, Any]:
+    try:
+        return read_json_file(path) if path is not None else {}
+    except FlagError as error:
+        raise Failure(str(error), USAGE) from None
+
+
+TrickOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trick",
+        metavar="NAME[:k=v,…]",
+        help="A trick, repeatable: dropout, weight_decay:l2=0.001, "
+        "momentum:momentum=0.8,nesterov=false. `tricklab tricks` lists them.",
+        callback=check_tricks,
+        show_default=False,
+    ),
+]
+EpochsOption = Annotated[int | None, typer.Option(help="Epochs to train.", show_default=False)]
+BatchSizeOption = Annotated[
+    int | None, typer.Option(help="Images per training step.", show_default=False)
+]
+SeedOption = Annotated[int | None, typer.Option(help="The random seed.", show_default=False)]
+LearningRateOption = Annotated[
+    float | None, typer.Option(help="The optimizer's learning rate.", show_default=False)
+]
+HiddenUnitsOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="A,B",
+        help="Widths of the hidden layers, e.g. 128,32.",
+        callback=check_hidden_units,
+        show_default=False,
+    ),
+]
+DatasetOption = Annotated[
+    str | None, typer.Option(help="fashion_mnist or mnist.", show_default=False)
+]
+SaveOption = Annotated[
+    Path | None,
+    typer.Option(
+        "-O", "--save-to", metavar="FILE", help="Where to save it; - for standard output."
+    ),
+]
+
+
+# ---- jobs ----------------------------------------------------------------------------------
+
+
+@jobs.command("submit")
+def jobs_submit(
+    ctx: typer.Context,
+    trick: TrickOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    seed: SeedOption = None,
+    learning_rate: LearningRateOption = None,
+    hidden_units: HiddenUnitsOption = None,
+    dataset: DatasetOption = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="SPEC.json",
+            help="A job spec as JSON (- for standard input); the flags given replace its "
+            "fields (--trick replaces its tricks).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow the job until it ends; exit 1 unless it succeeded."),
+    ] = False,
+    output: OutputOption = None,
+) -> None:
+    """Queue a training job. Prints its id alone when the output is not a terminal:
+    `id=$(tricklab jobs submit --trick dropout --epochs 3)`."""
+    spec = job_spec(
+        read_file_option(file),
+        trick or [],
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        hidden_units=hidden_units,
+        dataset=dataset,
+    )
+    client = api(ctx)
+    job = client.post("/v1/jobs", json=spec)
+    if not wait:
+        emit_created(job, output, show.job)
+        return
+    if output is None:
+        if sys.stdout.isatty():
+            print(f"submitted job {job['id']}", flush=True)
+        else:
+            print(job["id"], flush=True)
+    # The progress goes beside the output, so that stdout holds only the id or the document.
+    final = following(watch_job, client, job["id"], sys.stderr)
+    if output is not None:
+        emit(final, output, show.job)
+    raise exit_for(final["status"])
+
+
+@jobs.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs with this status: queued, running, succeeded, failed, cancelled."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (1–500).")] = 50,
+    offset: Annotated[int, typer.Option(help="Skip this many, newest first.")] = 0,
+    owner: Annotated[
+        str | None, typer.Option(help="An admin: only this user's jobs.", show_default=False)
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Your jobs, newest first (an admin's: everyone's)."""
+    listing = api(ctx).get("/v1/jobs", status=status, limit=limit, offset=offset, owner=owner)
+    emit(listing, output, show.jobs)
+
+
+@jobs.command("show")
+def jobs_show(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
+    """A job: its status, spec, progress, result or error."""
+    emit(api(ctx).get(f"/v1/jobs/{job}"), output, show.job)
+
+
+@jobs.command("metrics")
+def jobs_metrics(
+    ctx: typer.Context,
+    job: JobId,
+    since_epoch: Annotated[int, typer.Option(help="Only the epochs after this one.")] = 0,
+    output: OutputOption = None,
+) -> None:
+    """A job's metrics, one row per finished epoch."""
+    answer = api(ctx).get(f"/v1/jobs/{job}/metrics", since_epoch=since_epoch)
+    emit(answer, output, show.metrics)
+
+
+@jobs.command("watch")
+def jobs_watch(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
+    """Follow a job until it ends: a progress bar on a terminal, else one line per epoch.
+    Exits 0 if it succeeded, 1 if it failed or was cancelled."""
+    final = following(watch_job, api(ctx), job, sys.stderr if output == Output.json else sys.stdout)
+    if output == Output.json:
+        print_json(final)
+    raise exit_for(final["status"])
+
+
+@jobs.command("cancel")
+def jobs_cancel(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
+    """Cancel a queued or running job (a running one stops within an epoch)."""
+    emit(api(ctx).post(f"/v1/jobs/{job}/cancel"), output, show.job)
+
+
+@jobs.command("download")
+def jobs_download(ctx: typer.Context, job: JobId, save_to: SaveOption = None) -> None:
+    """Download a succeeded job's model, a Keras 3 `.keras` file that plain Keras loads."""
+    api(ctx).download(f"/v1/jobs/{job}/model", save_to or Path(f"tricklab-{job}.keras"))
+
+
+@app.command("predict")
+def predict(
+    ctx: typer.Context,
+    job: JobId,
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images: PNG, JPEG, WebP or GIF, any size.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    output: OutputOption = None,
+) -> None:
+    """Classify images with a succeeded job's model: the class and its probability per file."""
+    uploads = [
+        ("file", (path.name, path.read_bytes(), "application/octet-stream")) for path in files
+    ]
+    answer = api(ctx).post(f"/v1/jobs/{job}/predict", files=uploads)
+    emit(answer, output, lambda a: show.predictions([str(f) for f in files], a))
+
+
+@app.command("tricks")
+def tricks(ctx: typer.Context, output: OutputOption = None) -> None:
+    """The trick catalogue: each trick's parameters, defaults, limits and what it does."""
+    emit(api(ctx).get("/v1/tricks"), output, show.tricks)
+
+
+@app.command("login")
+def login(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="The tricklab API.", show_default=False)] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Your API token (asked for if not given).", show_default=False),
+    ] = None,
+) -> None:
+    """Check a token with the server and save both, for you alone (mode 0600), so that later
+    commands need neither."""
+    session: Session = ctx.obj
+    target = resolve(url or session.url, None).url
+    secret = token or session.token
+    if not secret:
+        if not sys.stdin.isatty():
+            raise Failure("no token: give --token or TRICKLAB_TOKEN", USAGE)
+        secret = typer.prompt("API token", hide_input=True).strip()
+    client = Api(Connection(target, secret, "--token"))
+    me = client.get("/v1/me")
+    path = save_login(target, secret)
+    print(f"logged in to {target} as {show.me(me)}; saved in {path}")
+
+
+# ---- studies -------------------------------------------------------------------------------
+
+
+@studies.command("create")
+def studies_create(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="STUDY.json",
+            help="A study as JSON (- for standard input); the flags given replace its fields.",
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="notebook: the study notebook's progression.", show_default=False),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="A label for people.", show_default=False)
+    ] = None,
+    trick: TrickOption = None,
+    design: Annotated[
+        str | None,
+        typer.Option(
+            help="one_at_a_time, leave_one_out, cumulative or full_factorial.", show_default=False
+        ),
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Seeds per variant.", show_default=False)
+    ] = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    seed: Annotated[
+        int | None, typer.Option(help="The first seed (the base's).", show_default=False)
+    ] = None,
+    learning_rate: LearningRateOption = None,
+    hidden_units: HiddenUnitsOption = None,
+    dataset: DatasetOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Follow it until its jobs end; exit 1 unless all succeeded."),
+    ] = False,
+    output: OutputOption = None,
+) -> None:
+    """Queue a study: the base spec with and without each of the tricks (--trick), on the same
+    seeds. Prints its id alone when the output is not a terminal."""
+    study = read_file_option(file)
+    for field, value in (
+        ("preset", preset),
+        ("name", name),
+        ("design", design),
+        ("repeats", repeats),
+    ):
+        if value is not None:
+            study[field] = value
+    if trick:
+        study["tricks"] = [parse_trick(t) for t in trick]
+    base = study.get("base", {})
+    base_flags = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "hidden_units": hidden_units,
+        "dataset": dataset,
+    }
+    if any(value is not None for value in base_flags.values()):
+        study["base"] = job_spec(base if isinstance(base, dict) else {}, [], **base_flags)
+    if not study:
+        raise Failure("nothing to create: give -f STUDY.json, --preset notebook or --trick", USAGE)
+    client = api(ctx)
+    created = client.post("/v1/studies", json=study)
+    if not wait:
+        emit_created(created, output, show.study)
+        return
+    if output is None:
+        print(
+            created["id"] if not sys.stdout.isatty() else f"created study {created['id']}",
+            flush=True,
+        )
+    final = following(watch_study, client, created["id"], sys.stderr)
+    if output is not None:
+        emit(client.get(f"/v1/studies/{created['id']}"), output, show.study)
+    raise exit_for(final["status"])
+
+
+@studies.command("list")
+def studies_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(help="At most this many (1–500).")] = 50,
+    offset: Annotated[int, typer.Option(help="Skip this many, newest first.")] = 0,
+    owner: Annotated[
+        str | None, typer.Option(help="An admin: only this user's studies.", show_default=False)
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """Your studies, newest first, with their progress."""
+    emit(api(ctx).get("/v1/studies", limit=limit, offset=offset, owner=owner), output, show.studies)
+
+
+@studies.command("show")
+def studies_show(ctx: typer.Context, study: StudyId, output: OutputOption = None) -> None:
+    """A study: status, progress, and its report so far."""
+    emit(api(ctx).get(f"/v1/studies/{study}"), output, show.study)
+
+
+@studies.command("watch")
+def studies_watch(ctx: typer.Context, study: StudyId, output: OutputOption = None) -> None:
+    """Follow a study until all its jobs have ended. Exits 0 if they all succeeded, else 1."""
+    final = following(
+        watch_study, api(ctx), study, sys.stderr if output == Output.json else sys.stdout
+    )
+    if output == Output.json:
+        print_json(final)
+    raise exit_for(final["status"])
+
+
+@studies.command("report")
+def studies_report(
+    ctx: typer.Context,
+    study: StudyId,
+    csv: Annotated[
+        Table | None,
+        typer.Option(help="The report as CSV instead: one row per variant, or per trick."),
+    ] = None,
+    output: OutputOption = None,
+) -> None:
+    """The study's report: per variant, means and 95% intervals over seeds; per trick, its
+    paired effect on test accuracy and a verdict. Finished runs only."""
+    client = api(ctx)
+    if csv is not None:
+        text = client.request(
+            "GET", f"/v1/studies/{study}/report.csv", params={"table": csv.value}
+        ).text
+        sys.stdout.write(text)
+        return
+    emit(client.get(f"/v1/studies/{study}/report"), output, show.report)
+
+
+@studies.command("plot")
+def studies_plot(
+    ctx: typer.Context,
+    study: StudyId,
+    name: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAME", help="curves, accuracy, gap or effects.", show_default=False
+        ),
+    ],
+    save_to: SaveOption = None,
+    format: Annotated[
+        ImageFormat, typer.Option("--format", help="The image format.")
+    ] = ImageFormat.png,
+) -> None:
+    """Save a plot of the study's report: its learning curves, final accuracies,
+    generalisation gaps or trick effects."""
+    target = save_to or Path(f"study-{study}-{name}.{format.value}")
+    api(ctx).download(f"/v1/studies/{study}/plots/{name}", target, format=format.value)
+
+
+def main() -> None:
+    """The console script: expected failures end with a message and their exit status,
+    never a traceback."""
+    if hasattr(signal, "SIGPIPE"):
+        # `tricklab jobs list | head -3`: end quietly when the reader stops, as Unix tools do.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        app()
+    except Failure as failure:
+        console = Console(stderr=True, highlight=False)
+        console.print(f"[bold red]tricklab:[/] {escape(failure.message)}", soft_wrap=True)
+        sys.exit(failure.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
