@@ -91,6 +91,12 @@ class Settings(BaseSettings):
         le=600,
         description="How often the API and the workers look for expired leases.",
     )
+    worker_metrics: str = Field(
+        "127.0.0.1:9101",
+        description="`host:port` where each worker serves its Prometheus metrics (`/metrics`); "
+        "empty: none. `0.0.0.0:9101` lets another machine scrape it. Workers on one machine "
+        "need a port each: one whose port is taken logs it and trains on without metrics.",
+    )
     # One query a tick serves every open event stream: a shorter tick is news sooner.
     events_poll_seconds: float = Field(
         0.5,

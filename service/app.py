@@ -26,6 +26,7 @@ from service.auth import Gate, LoopbackOnly, admin_token
 from service.errors import errors, method_not_allowed, validation_error
 from service.events import Watch
 from service.limits import BodyLimits
+from service.metrics import ApiMetrics, Measured
 from service.predictor import BatchPolicy, Predictor
 from service.routes import events, jobs, meta, plots, predict, studies, users
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.predict_max_batch,
                 settings.predict_max_queued,
             ),
+            app.state.metrics,
         )
         app.state.watch = Watch(store, settings.events_poll_seconds)
         # The API sweeps too, so a lost job shows as queued even while no worker runs.
@@ -109,8 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
         body_timeout=settings.body_timeout_seconds,
     )
+    app.state.metrics = ApiMetrics(
+        job_counts=lambda: app.state.store.counts(), streams=lambda: app.state.watch.streams
+    )
     if settings.auth == "off":
         app.add_middleware(LoopbackOnly)
+    app.add_middleware(Measured, metrics=app.state.metrics)  # outermost: every answer counts
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order: the hot predict route first saves matching ~30 others.

@@ -44,10 +44,13 @@ class Batcher:
         max_batch: int,
         max_queued: int,
         inline_max: int = 0,
+        on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
         """inline_max: batches of up to this many images run on the event loop itself, for a
-        forward pass that costs less than the hop to a thread and back."""
+        forward pass that costs less than the hop to a thread and back. on_batch: told each
+        batch's size."""
         self._forward = forward
+        self._on_batch = on_batch
         self._inline_max = inline_max
         self._window = window_seconds
         self._max_batch = max_batch
@@ -97,6 +100,7 @@ class Batcher:
         if not batch:
             return
         inputs = np.concatenate([waiting.inputs for waiting in batch])
+        self._on_batch(len(inputs))
         try:
             if len(inputs) <= self._inline_max:
                 outputs = self._forward(inputs)

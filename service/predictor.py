@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import Job
 from service.batching import Batcher
 from service.inference import Forward, numpy_forward
+from service.metrics import ApiMetrics
 
 log = logging.getLogger("tricklab.service")
 # Up to this size (a 256×256 picture) decoding takes well under a millisecond.
@@ -79,10 +81,17 @@ class Predictor:
     """Loads each job's model once, keeps the most recently used ones in memory, and batches
     concurrent requests to the same model. Its coroutines run on one event loop."""
 
-    def __init__(self, artifacts: ArtifactStore, cache_size: int, batching: BatchPolicy) -> None:
+    def __init__(
+        self,
+        artifacts: ArtifactStore,
+        cache_size: int,
+        batching: BatchPolicy,
+        metrics: ApiMetrics | None = None,
+    ) -> None:
         self.artifacts = artifacts
         self.cache_size = cache_size
         self.batching = batching
+        self.metrics = metrics
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         # Decoding is CPU-bound: more at once than cores only holds more big images in memory.
@@ -94,6 +103,8 @@ class Predictor:
         model = self._models.get(job_id)
         if model is not None:
             self._models.move_to_end(job_id)
+        if self.metrics:
+            self.metrics.model_cache.labels("miss" if model is None else "hit").inc()
         return model
 
     def forget(self, job_id: str) -> None:
@@ -103,7 +114,7 @@ class Predictor:
     async def load(self, job: Job) -> LoadedModel:
         """A succeeded job's model, loaded (checksum checked) unless it is in memory already.
         Raises ModelUnavailable."""
-        model = self.loaded(job.id)
+        model = self._models.get(job.id)  # not `loaded`: the lookup was counted there
         if model is not None:
             return model
         loading = self._loading.get(job.id)
@@ -128,7 +139,10 @@ class Predictor:
             return await asyncio.to_thread(convert, image)
 
     async def _load(self, job: Job) -> LoadedModel:
+        started = time.perf_counter()
         forward, runtime = await asyncio.to_thread(self._read_model, job)
+        if self.metrics:
+            self.metrics.model_loads.observe(time.perf_counter() - started)
         loaded = LoadedModel(
             Batcher(
                 forward,
@@ -136,6 +150,7 @@ class Predictor:
                 max_batch=self.batching.max_batch,
                 max_queued=self.batching.max_queued,
                 inline_max=INLINE_BATCH if runtime == "numpy" else 0,
+                on_batch=self.metrics.batch_sizes.observe if self.metrics else lambda size: None,
             ),
             DATASET_CLASSES[job.spec["dataset"]],
             runtime,

@@ -18,6 +18,7 @@ from core.logs import setup_logging
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import init_db, make_engine
 from jobqueue.store import JobStore
+from worker import metrics
 from worker.devices import freeze_imports
 from worker.loop import Worker
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         pack_memory_bytes=settings.max_pack_memory_bytes,
         max_job_seconds=settings.max_job_seconds,
     )
+    metrics.serve(settings.worker_metrics)
     freeze_imports()  # after Worker() loaded the backend
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -23,9 +23,10 @@ from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import Job
 from jobqueue.retry import FailureReason
+from jobqueue.states import JobStatus
 from jobqueue.store import Checkpoint, JobStore, Lease
 from jobqueue.sweeper import Sweeper
-from worker import packing, training
+from worker import metrics, packing, training
 from worker.checkpoints import Snapshot
 from worker.devices import setup_device
 from worker.run import Control, Interrupted, LeaseLost, Outcome, TimedOut, Trained, TrainingDiverged
@@ -61,8 +62,10 @@ class Heartbeat(threading.Thread):
                 continue
             if not alive:
                 log.warning("job=%s lease lost: stopping at once", self.lease.job_id)
+                metrics.LEASES_LOST.inc()
                 self.lost.set()
                 return
+            metrics.RENEWALS.inc()
 
     def stop(self) -> None:
         self._done.set()
@@ -82,6 +85,7 @@ class Held:
     checkpoint: Checkpoint | None
     began: float = field(default_factory=time.monotonic)
     settled: bool = False
+    samples: int = 0  # training images an epoch
 
     def trained_seconds(self) -> float:
         """Over all the job's attempts: what earlier ones recorded, and this one so far."""
@@ -111,6 +115,7 @@ class Worker:
         self.pack_memory_bytes = pack_memory_bytes
         self.max_job_seconds = max_job_seconds
         self.device = setup_device()
+        metrics.DEVICE.info({"device": self.device})
         self._stop = threading.Event()
         self._held: list[Held] = []
 
@@ -152,6 +157,7 @@ class Worker:
         claimed = self.store.claim_pack(self.name, self.device, self.pack_size, self._pack_key)
         if not claimed:
             return False
+        metrics.PACK_SIZE.observe(len(claimed))
         held = self._held = [
             one for job, lease in claimed if (one := self._hold(job, lease, len(claimed)))
         ]
@@ -188,6 +194,7 @@ class Worker:
             spec = JobSpec.model_validate(job.spec)
         except ValidationError as error:
             status = self.store.fail(lease, FailureReason.INVALID_SPEC, _unreadable(error))
+            metrics.FAILURES.labels(FailureReason.INVALID_SPEC.value).inc()
             log.error("job=%s has an invalid spec (%s); job now %s", job.id, error, status)
             return None
         deadline = time.monotonic() + self.max_job_seconds - job.trained_seconds
@@ -218,6 +225,8 @@ class Worker:
             for one in held:
                 self._settle(one, error)
             return
+        for one in held:
+            one.samples = len(splits.y_train)
         # A pack trains from one epoch: a job whose checkpoint proved unusable starts apart.
         by_epoch: dict[int, list[tuple[Held, Snapshot | None]]] = {}
         for one in held:
@@ -264,16 +273,22 @@ class Worker:
         failed; nothing when its lease is gone."""
         job, lease = held.job, held.lease
         ended = self._finish(held, outcome) if isinstance(outcome, Trained) else outcome
+        how = "succeeded"
         if isinstance(ended, LeaseLost):
+            how = "lost"
             log.info("job=%s cancelled or taken over: stopped without writing more", job.id)
         elif isinstance(ended, Interrupted):
             if self.store.release(lease):
+                how = "handed_back"
                 log.info("job=%s handed back to the queue: the worker is stopping", job.id)
             else:
+                how = "lost"
                 log.info("job=%s cancelled meanwhile: nothing to hand back", job.id)
         elif ended is not None:
             reason = failure_reason(ended)
             status = self.store.fail(lease, reason, ended)
+            metrics.FAILURES.labels(reason.value).inc()
+            how = {JobStatus.FAILED: "failed", JobStatus.QUEUED: "retried", None: "lost"}[status]
             log.error(
                 "job=%s attempt %d failed (%s: %s: %s); job now %s",
                 job.id,
@@ -284,6 +299,7 @@ class Worker:
                 status,
                 exc_info=ended,
             )
+        metrics.JOB_SECONDS.labels(how).observe(time.monotonic() - held.began)
         held.settled = True
         held.heartbeat.stop()
 
@@ -300,6 +316,10 @@ class Worker:
             self.artifacts.remove(held.checkpoint.path)
         held.checkpoint = new
         _log_epoch(job.id, held.spec, row)
+        metrics.EPOCHS.inc()
+        metrics.SAMPLES.inc(held.samples)
+        if row["seconds"] > 0:  # a pack's jobs all train in its epoch's seconds
+            metrics.SAMPLES_PER_SECOND.set(held.samples * len(self._held) / row["seconds"])
         return True
 
     def _finish(self, held: Held, trained: Trained) -> Exception | None:

@@ -1,9 +1,11 @@
-"""The trick catalogue and health probes."""
+"""The trick catalogue, health probes and Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from core.spec import trick_catalogue
 from service.deps import StoreDep, get_caller, no_unknown_query
@@ -54,3 +56,23 @@ def readyz(store: StoreDep) -> Health | JSONResponse:
         unready = Health(status="unavailable", detail=str(error))
         return JSONResponse(unready.model_dump(), status_code=503)
     return Health(status="ready")
+
+
+@router.get(
+    "/metrics",
+    name="metrics",
+    tags=["health"],
+    response_class=Response,
+    dependencies=[Depends(get_caller)],
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **errors(401),
+    },
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this API process: requests by route and status, latencies,
+    prediction batches, the model cache, jobs by status, open event streams. They name no job
+    or user, so any user's token may scrape them (see docs/operations.md)."""
+    registry = request.app.state.metrics.registry
+    body = await run_in_threadpool(generate_latest, registry)  # jobs by status: a query
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -241,6 +241,7 @@ OPERATIONS = {
     ("/v1/me/tokens/{token_id}", "delete"): "me-tokens-revoke",
     ("/healthz", "get"): "healthz",
     ("/readyz", "get"): "readyz",
+    ("/metrics", "get"): "metrics",
 }
 
 

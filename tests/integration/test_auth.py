@@ -289,6 +289,7 @@ RULES = {
     "healthz": "open",
     "readyz": "open",
     "tricks-list": "any",
+    "metrics": "any",
     "me": "any",
     "me-tokens-list": "any",
     "me-tokens-create": "any",

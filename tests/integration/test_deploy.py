@@ -89,7 +89,7 @@ def services(compose: dict) -> dict:
 
 
 def test_the_api_and_the_worker_run_from_one_image_built_once(services):
-    assert set(services) == {"api", "worker", "postgres"}
+    assert set(services) == {"api", "worker", "postgres", "prometheus"}
     assert services["api"]["image"] == services["worker"]["image"] == "tricklab:latest"
     assert services["api"]["build"] == "."
     assert "build" not in services["worker"]
@@ -392,3 +392,25 @@ def test_the_api_keeps_authentication_on_and_takes_the_admin_token_from_the_host
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         assert settings.auth == "on" and settings.admin_token is None
         assert settings.token_file == Path(STATE, "admin-token")
+
+
+def test_the_monitoring_profile_scrapes_the_api_with_a_token_and_every_worker(services):
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prometheus["image"])
+    mounts = {volume.split(":")[1]: volume for volume in prometheus["volumes"]}
+    config_file = ROOT / mounts["/etc/prometheus/prometheus.yml"].split(":")[0]
+    assert mounts["/tricklab"] == "tricklab-state:/tricklab:ro"  # where the token is
+    config = yaml.safe_load(config_file.read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api = jobs["tricklab-api"]
+    token_file = api["authorization"]["credentials_file"]
+    assert token_file == "/tricklab/" + Path(image_env()["TRICKLAB_ADMIN_TOKEN_FILE"]).name
+    assert image_env()["TRICKLAB_ADMIN_TOKEN_FILE"].startswith("/var/lib/tricklab/")
+    assert (
+        api["static_configs"] == [{"targets": ["api:8000"]}] and api["metrics_path"] == "/metrics"
+    )
+    (workers,) = jobs["tricklab-worker"]["dns_sd_configs"]
+    host, port = environment(services["worker"])["TRICKLAB_WORKER_METRICS"].split(":")
+    assert (workers["names"], workers["port"], host) == (["worker"], int(port), "0.0.0.0")
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]  # Prometheus has no login

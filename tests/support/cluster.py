@@ -52,6 +52,7 @@ class Cluster:
             "TRICKLAB_PORT": str(port),
             "TRICKLAB_POLL_SECONDS": "0.1",
             "TRICKLAB_ADMIN_TOKEN": ADMIN_TOKEN,
+            "TRICKLAB_WORKER_METRICS": "",  # a test that wants them gives a free port
             **{f"TRICKLAB_{key}": value for key, value in settings.items()},
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
