@@ -24,12 +24,25 @@ router = APIRouter(tags=["events"], dependencies=[Depends(get_caller), Depends(n
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
 
 
-def _stream(description: str) -> dict[int | str, dict[str, object]]:
-    return {
-        200: {
-            "description": description,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+def _stream(description: str, *names: str) -> dict[int | str, dict[str, object]]:
+    """The responses of a stream of these events; its schema describes one event, as OpenAPI
+    before 3.2 has it for text/event-stream."""
+    event = {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": list(names)},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "description": "The event's object, as JSON.",
+            },
+            "id": {"type": "string", "description": "An epoch's number (epoch events)."},
+            "retry": {"type": "integer", "description": "Milliseconds to wait to reconnect."},
         },
+    }
+    return {
+        200: {"description": description, "content": {"text/event-stream": {"schema": event}}},
         **errors(404, 422),
     }
 
@@ -42,7 +55,10 @@ def _stream(description: str) -> dict[int | str, dict[str, object]]:
         "`event: status` with the job (as GET /v1/jobs/{job_id}); `event: epoch` for each "
         "finished epoch, `id:` its number and the metrics row as data; `event: status` at "
         "each change of status; `event: end` with the final job, then the stream closes. A "
-        "comment line every 15 s keeps proxies from closing it."
+        "comment line every 15 s keeps proxies from closing it.",
+        "status",
+        "epoch",
+        "end",
     ),
 )
 async def follow_job(
@@ -76,7 +92,9 @@ async def follow_job(
     responses=_stream(
         "`event: progress` with the study's summary (status, jobs per status), at first and "
         "whenever its jobs advance; `event: end` with the final summary once every job has "
-        "ended or the study was cancelled, then the stream closes."
+        "ended or the study was cancelled, then the stream closes.",
+        "progress",
+        "end",
     ),
 )
 async def follow_study(study: StudyDep, store: StoreDep, request: Request) -> EventSourceResponse:

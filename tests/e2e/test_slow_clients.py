@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.auth import ADMIN_HEADERS
 from tests.support.cluster import Cluster
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
@@ -68,6 +69,7 @@ def head(method: str, path: str, length: int, content_type: str, *extra: str) ->
     lines = [
         f"{method} {path} HTTP/1.1",
         "Host: 127.0.0.1",
+        f"Authorization: {ADMIN_HEADERS['Authorization']}",
         f"Content-Type: {content_type}",
         f"Content-Length: {length}",
         *extra,
