@@ -28,7 +28,7 @@ from service.events import Watch
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
 from service.predictor import BatchPolicy, Predictor
-from service.routes import events, jobs, meta, plots, predict, studies, users
+from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users
 
 log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
@@ -124,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, responses=errors(401))
     app.include_router(meta.router)  # the health probes, open to all; the tricks need a token
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(dashboard.router)  # the pages at /, signed in by a session cookie
+    app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -27,6 +27,13 @@ log = logging.getLogger("tricklab.service")
 # (at once through this one).
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 10_000
+# The dashboard's session: the cookie holds the API token itself (HttpOnly, SameSite=Strict),
+# so a browser needs no second kind of credential. A state-changing request that the cookie
+# alone authenticates must also carry CSRF_HEADER, which a cross-site form cannot set, and an
+# Origin (when sent) of this very host.
+SESSION_COOKIE = "tricklab_session"
+CSRF_HEADER = "X-Tricklab-CSRF"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,16 @@ class Gate:
     async def caller(self, request: Request) -> Caller:
         if self._everyone is not None:
             return self._everyone
-        secret = _bearer(request.headers.get("authorization"))
+        header = request.headers.get("authorization")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if header is None and cookie:
+            if refusal := cross_site(request):
+                raise HTTPException(403, refusal)
+            return await self.identify(cookie)
+        return await self.identify(_bearer(header))
+
+    async def identify(self, secret: str) -> Caller:
+        """The Caller a token names; 401 if it is unknown, expired or revoked."""
         now = time.monotonic()
         known = self._known.get(secret)
         if known is None or known[0] < now:
@@ -99,6 +115,21 @@ class Gate:
     def forget(self) -> None:
         """Tokens or users changed: look every token up again."""
         self._known.clear()
+
+
+def cross_site(request: Request) -> str | None:
+    """Why a cookie-authenticated request may have been forged by another site, or None."""
+    if request.method in SAFE_METHODS:
+        return None
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return f"requests from the web page at {origin!r} are refused: the session is this site's"
+    if request.headers.get(CSRF_HEADER) != "1":
+        return (
+            f"a {request.method} signed in by the session cookie must carry the header "
+            f"'{CSRF_HEADER}: 1' (the dashboard sends it), or use 'Authorization: Bearer <token>'"
+        )
+    return None
 
 
 def _bearer(header: str | None) -> str:

@@ -8,6 +8,7 @@ plain `def` dependency in a worker thread, a hop that costs more than the whole 
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, Security, params
@@ -15,6 +16,7 @@ from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from analysis.report import ReportRead, VariantRuns, job_variants, report, study_variants
 from core.config import Settings
@@ -24,7 +26,7 @@ from jobqueue.models import Job, Study
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service.auth import Caller
-from service.predictor import Predictor
+from service.predictor import LoadedModel, ModelUnavailable, Predictor
 
 
 async def get_store(request: Request) -> JobStore:
@@ -192,6 +194,36 @@ def require_model(job: Job) -> None:
             f"the files of job {job.id} were deleted at {job.artifacts_deleted_at.isoformat()}: "
             "its model can no longer be downloaded or served",
         )
+
+
+async def served_model(
+    job_id: str, store: JobStore, predictor: Predictor, caller: Caller
+) -> LoadedModel:
+    """A succeeded job's model, ready to classify, for the prediction routes (which read the
+    path themselves, without Depends). From memory when it is loaded and the caller may use it:
+    no database read. Otherwise the job is looked up (a malformed id is a 422, another
+    owner's job a 404, 409 before it succeeded, 410 once its files were deleted) and its model
+    loaded (503 if the stored file is missing or does not match its checksum)."""
+    model = predictor.loaded(job_id)
+    if model is not None and caller.may_see(model.owner):
+        return model
+    if not re.fullmatch(ID_PATTERN, job_id):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", "job_id"),
+                    "msg": f"String should match pattern '{ID_PATTERN}'",
+                    "input": job_id,
+                }
+            ]
+        )
+    job = await run_in_threadpool(get_job, job_id, store, caller)
+    require_model(job)
+    try:
+        return await predictor.load(job)
+    except ModelUnavailable as error:
+        raise HTTPException(503, str(error)) from None
 
 
 MAX_COMPARED = 500

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -11,26 +10,22 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from core.images import SIDE, ImageError, PixelBudget
 from core.spec import DATASET_CLASSES
-from jobqueue.store import JobStore
-from service.auth import Caller
 from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,
     ArtifactsDep,
     JobDep,
     PredictorDep,
-    get_job,
     model_file,
     no_unknown_query,
-    require_model,
+    served_model,
 )
 from service.errors import BODY, errors
 from service.multipart import FormError, parse_form
-from service.predictor import LoadedModel, ModelUnavailable, Predictor
+from service.predictor import Predictor
 from service.schemas import (
     BINARY,
     EncodedImage,
@@ -114,10 +109,8 @@ async def predict(request: Request) -> Response:
     state = request.app.state
     caller = await state.gate.caller(request)
     job_id: str = request.path_params["job_id"]
-    store, predictor, settings = state.store, state.predictor, state.settings
-    model = predictor.loaded(job_id)
-    if model is None or not caller.may_see(model.owner):
-        model = await _load(job_id, store, predictor, caller)
+    predictor, settings = state.predictor, state.settings
+    model = await served_model(job_id, state.store, predictor, caller)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
     if content_type == "multipart/form-data":
@@ -146,26 +139,6 @@ async def predict(request: Request) -> Response:
         media_type="application/json",
         headers={BATCH_HEADER: str(result.batch_size)},
     )
-
-
-async def _load(job_id: str, store: JobStore, predictor: Predictor, caller: Caller) -> LoadedModel:
-    if not re.fullmatch(ID_PATTERN, job_id):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_pattern_mismatch",
-                    "loc": ("path", "job_id"),
-                    "msg": f"String should match pattern '{ID_PATTERN}'",
-                    "input": job_id,
-                }
-            ]
-        )
-    job = await run_in_threadpool(get_job, job_id, store, caller)
-    require_model(job)
-    try:
-        return await predictor.load(job)
-    except ModelUnavailable as error:
-        raise HTTPException(503, str(error)) from None
 
 
 @router.get(

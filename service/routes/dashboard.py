@@ -1,0 +1,312 @@
+"""The dashboard: HTML pages at `/` over the same store, report and predictor as the API.
+
+Pages are server-rendered (Jinja2) and refreshed in parts by htmx; the charts are uPlot; all
+three are vendored under service/dashboard/static, so nothing comes from a CDN. The browser
+signs in with an API token, kept in an HttpOnly, SameSite=Strict cookie that service.auth.Gate
+accepts in place of the Authorization header; what the pages change goes through the API's own
+routes (or, for the predictions shown with their pixels, the predictor), under its owner rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from analysis.report import report
+from core.images import ImageError, PixelBudget
+from core.spec import trick_catalogue
+from jobqueue.models import Job, utcnow
+from jobqueue.states import JobStatus
+from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site
+from service.batching import Overloaded
+from service.deps import (
+    ID_PATTERN,
+    compared_variants,
+    get_job,
+    get_study,
+    served_model,
+    study_report,
+)
+from service.schemas import JobRead
+
+log = logging.getLogger("tricklab.service")
+HERE = Path(__file__).parents[1] / "dashboard"
+STATIC = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+PAGE = 100
+
+
+async def viewer(request: Request) -> Caller | None:
+    """Who is looking, or None when they must sign in first."""
+    try:
+        return await request.app.state.gate.caller(request)
+    except HTTPException as error:
+        if error.status_code == 401:
+            return None
+        raise
+
+
+def page(request: Request, name: str, caller: Caller | None, code: int = 200, **context: Any):
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "caller": caller,
+            "auth": request.app.state.gate.enabled,
+            "csrf_header": CSRF_HEADER,
+            **context,
+        },
+        status_code=code,
+    )
+
+
+def sign_in_first(request: Request) -> Response:
+    return RedirectResponse("/", status_code=303)
+
+
+# -- signing in and out ---------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return page(request, "signin.html", None)
+    return page(request, "jobs.html", caller, tricks=[t["name"] for t in trick_catalogue()])
+
+
+@router.post("/signin", response_class=HTMLResponse)
+async def sign_in(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
+    origin = request.headers.get("origin")
+    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
+        raise HTTPException(403, f"sign-in from the web page at {origin!r} is refused")
+    try:
+        await request.app.state.gate.identify(token.strip())
+    except HTTPException as error:
+        return page(request, "signin.html", None, code=401, error=error.detail)
+    response = RedirectResponse("/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token.strip(),
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/signout")
+async def sign_out(request: Request) -> Response:
+    if refusal := cross_site(request):
+        raise HTTPException(403, refusal)
+    response = Response(status_code=204, headers={"HX-Redirect": "/"})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# -- jobs -----------------------------------------------------------------------------
+
+
+def trick_names(job: Job) -> list[str]:
+    tricks = job.spec.get("tricks", []) if isinstance(job.spec, dict) else []
+    return [t if isinstance(t, str) else str(t.get("name")) for t in tricks]
+
+
+def duration(job: Job) -> str:
+    if job.started_at is None:
+        return ""
+    seconds = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@router.get("/ui/jobs", response_class=HTMLResponse)
+async def jobs_table(
+    request: Request,
+    status: Annotated[JobStatus | None, Query()] = None,
+    trick: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return Response(status_code=204, headers={"HX-Redirect": "/"})
+    store = request.app.state.store
+    owner = None if caller.admin else caller.name
+    jobs, total = store.list_jobs(status or None, PAGE, 0, owner)
+    if trick:
+        jobs = [job for job in jobs if trick in trick_names(job)]
+    # A job does not know its study: the caller's studies (one query) list their jobs.
+    studies, _ = store.list_studies(200, 0, owner)
+    study_of = {job_id: study for study in studies for job_id in study.job_ids}
+    _, metrics = store.jobs_with_metrics([job.id for job in jobs])
+    rows = [
+        {
+            "job": job,
+            "tricks": trick_names(job),
+            "best": max(
+                (m.test_accuracy for m in metrics.get(job.id, []) if m.test_accuracy is not None),
+                default=None,
+            ),
+            "final": (job.result or {}).get("test_accuracy") if job.result else None,
+            "duration": duration(job),
+            "study": study_of.get(job.id),
+        }
+        for job in jobs
+    ]
+    return page(
+        request,
+        "jobs_table.html",
+        caller,
+        rows=rows,
+        total=total,
+        status=status.value if status else "",
+        trick=trick or "",
+        active=any(job.status in ACTIVE for job in jobs),
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(request: Request, job_id: str) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return sign_in_first(request)
+    job = _job(request, job_id, caller)
+    store = request.app.state.store
+    return page(
+        request,
+        "job.html",
+        caller,
+        job=JobRead.of(job, caller.admin),
+        tricks=trick_names(job),
+        ended=job.status not in ACTIVE,
+        epochs=list(store.metrics(job.id, 0)),
+    )
+
+
+def _job(request: Request, job_id: str, caller: Caller) -> Job:
+    if not re.fullmatch(ID_PATTERN, job_id):
+        raise HTTPException(404, f"no job with id {job_id!r}")
+    return get_job(job_id, request.app.state.store, caller)
+
+
+@router.post("/ui/jobs/{job_id}/predict", response_class=HTMLResponse)
+async def predict(request: Request, job_id: str) -> Response:
+    """Classify uploaded files and show, beside each answer, the 28×28 picture the model
+    received: decoded by the API's own conversion (core.images through the predictor)."""
+    caller = await request.app.state.gate.caller(request)  # cookie + CSRF header
+    state = request.app.state
+    model = await served_model(job_id, state.store, state.predictor, caller)
+    settings = state.settings
+    budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
+    form = await request.form(max_files=settings.max_predict_files)
+    files = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
+    results: list[dict[str, Any]] = []
+    decoded: list[tuple[int, np.ndarray]] = []
+    for part in files:
+        name = part.filename or "file"
+        try:
+            pixels = await state.predictor.decode(await part.read(), budget)
+        except ImageError as error:
+            results.append({"name": name, "error": str(error)})
+            continue
+        decoded.append((len(results), pixels))
+        results.append({"name": name, "image": png_data_url(pixels)})
+    if decoded:
+        try:
+            answer = await model.classify(np.stack([pixels for _, pixels in decoded]))
+        except Overloaded as error:
+            raise HTTPException(503, str(error)) from None
+        for (index, _), prediction in zip(decoded, answer.predictions, strict=True):
+            results[index].update(
+                label=prediction.class_name,
+                bars=[
+                    {"name": name, "p": float(p)}
+                    for name, p in zip(model.class_names, prediction.probabilities, strict=True)
+                ],
+            )
+    return page(request, "predictions.html", caller, results=results)
+
+
+def png_data_url(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels).astype(np.uint8), mode="L").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# -- studies, comparisons, forms ------------------------------------------------------
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+async def study_page(request: Request, study_id: str) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return sign_in_first(request)
+    if not re.fullmatch(ID_PATTERN, study_id):
+        raise HTTPException(404, f"no study with id {study_id!r}")
+    store = request.app.state.store
+    study = get_study(study_id, store, caller)
+    found = study_report(store, study)
+    progress: dict[str, int] = {}
+    for variant in found.variants:
+        for key, count in variant.progress.items():
+            progress[key] = progress.get(key, 0) + count
+    running = study.cancelled_at is None and any(progress.get(s, 0) for s in ("queued", "running"))
+    return page(
+        request,
+        "study.html",
+        caller,
+        study=study,
+        report=found,
+        progress=progress,
+        running=running,
+        plots=f"/v1/studies/{study.id}/plots",
+        csv=f"/v1/studies/{study.id}/report.csv",
+    )
+
+
+@router.get("/compare", response_class=HTMLResponse)
+async def compare_page(
+    request: Request, job: Annotated[list[str], Query(max_length=500)]
+) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return sign_in_first(request)
+    ids = ",".join(job)
+    found = report(compared_variants(request.app.state.store, ids, caller))
+    return page(
+        request,
+        "compare.html",
+        caller,
+        report=found,
+        ids=ids,
+        plots="/v1/compare/plots",
+        csv="/v1/compare.csv",
+    )
+
+
+@router.get("/new", response_class=HTMLResponse)
+async def new_page(request: Request) -> Response:
+    caller = await viewer(request)
+    if caller is None:
+        return sign_in_first(request)
+    return page(request, "new.html", caller, catalogue=trick_catalogue())
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+templates.env.filters["when"] = when
