@@ -32,7 +32,8 @@ async def connection(
             started = time.perf_counter()
             writer.write(request)
             head = (await reader.readuntil(b"\r\n\r\n")).lower()
-            length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+            # The header line itself: "inference-header-content-length:" ends the same way.
+            length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
             seen["latencies"].append(time.perf_counter() - started)
             if not head.startswith(b"http/1.1 200"):

@@ -1,4 +1,5 @@
-"""Serving benchmark: single-image PNG predictions over loopback, beside a trivial endpoint.
+"""Serving benchmark: single-image predictions over loopback, on /v1 and on the Open
+Inference Protocol's /v2, beside a trivial endpoint.
 
 What it does, all in one run:
 
@@ -12,14 +13,19 @@ What it does, all in one run:
    servers is that work and the middleware around the real route.
 3. For each concurrency C (1, 8, 32), `bench/loadgen.py`, a process of its own started for
    each measurement, keeps C keep-alive connections busy until REQUESTS requests are answered:
-   each a multipart POST of one 28×28 PNG from the test set, the same bytes to both servers.
-   This process only waits meanwhile. The two servers take turns, ROUNDS times, the one going
-   first alternating from round to round, so drifting machine load hits both alike.
-4. Prints requests per second, p50 and p99 latency per server over all rounds, and each
-   round's ratios as their median with min and max; the target at concurrency 8 is at least
-   half the trivial endpoint's throughput and a p99 at most three times the trivial
-   endpoint's, judged on the medians. Tricklab-Batch-Size shows how many images shared each
-   forward pass (the yardstick always says 1).
+   for the trivial endpoint and /v1/jobs/{id}/predict ("predict") each a multipart POST of one
+   28×28 PNG from the test set, the same bytes to both servers; for
+   /v2/models/{id}/infer ("v2") the same images as UINT8 tensors [1, 28, 28] in the binary
+   tensor format, exactly as tritonclient sends them (JSON header, then the 784 bytes; every
+   output asked for as binary). This process only waits meanwhile. The three take turns,
+   ROUNDS times, the one going first moving along from round to round, so drifting machine
+   load hits them alike.
+4. Prints requests per second, p50 and p99 latency per endpoint over all rounds, and each
+   round's ratios as their median with min and max: predict / trivial, whose target at
+   concurrency 8 is at least half the trivial endpoint's throughput and a p99 at most three
+   times the trivial endpoint's; and v2 / predict, whose target at concurrency 8 is a
+   throughput within 10% of predict's (a median ratio of at least 0.90). Tricklab-Batch-Size
+   shows how many images shared each forward pass (the yardstick always says 1).
 
 Nothing is asserted: it prints. `make bench` runs it; `python bench/serve.py --help` lists
 its options.
@@ -47,6 +53,7 @@ import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import httpx2 as httpx  # noqa: E402
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from bench.common import Took, data_dir, order, spread  # noqa: E402
@@ -131,6 +138,40 @@ def requests_for(pngs: list[bytes], path: str, port: int, form: str) -> list[byt
     return made
 
 
+def v2_body(pixels: np.ndarray) -> tuple[bytes, int]:
+    """One image as tritonclient's `infer` sends it by default: a UINT8 [1, 28, 28] input in
+    binary, every output asked for in binary; the body and the length of its JSON."""
+    header = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": [1, *pixels.shape],
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": pixels.size},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    return encoded + pixels.astype(np.uint8).tobytes(), len(encoded)
+
+
+def v2_requests_for(images: list[np.ndarray], path: str, port: int) -> list[bytes]:
+    """Complete HTTP/1.1 requests to /v2/models/{id}/infer, one per image, with tritonclient's
+    headers (it sends no Content-Type)."""
+    made = []
+    for pixels in images:
+        body, header_length = v2_body(pixels)
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: {AUTHORIZATION['Authorization']}\r\n"
+            f"Inference-Header-Content-Length: {header_length}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        made.append(head.encode() + body)
+    return made
+
+
 def load_test(requests: Path, port: int, count: int, concurrency: int) -> Run:
     """One measurement, by bench/loadgen.py in a process of its own."""
     command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), str(requests)]
@@ -141,14 +182,14 @@ def load_test(requests: Path, port: int, count: int, concurrency: int) -> Run:
     return Run(**json.loads(done.stdout))
 
 
-def test_pngs(folder: Path, count: int) -> list[bytes]:
-    splits = load("fashion_mnist", folder, 10_000)
-    pngs = []
-    for pixels in splits.x_test[:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        pngs.append(buffer.getvalue())
-    return pngs
+def test_images(folder: Path, count: int) -> list[np.ndarray]:
+    return list(load("fashion_mnist", folder, 10_000).x_test[:count])
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def main() -> None:
@@ -164,7 +205,8 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = data_dir()
-    pngs = test_pngs(folder, 64)
+    images = test_images(folder, 64)
+    pngs = [png(pixels) for pixels in images]
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
         root = Path(tmp)
         api_port, trivial_port = free_port(), free_port()
@@ -200,14 +242,20 @@ def main() -> None:
                     f"the worker's log ends:\n{log}"
                 )
             path = f"/v1/jobs/{job['id']}/predict"
+            made = {
+                "trivial": requests_for(pngs, path, trivial_port, args.body),
+                "predict": requests_for(pngs, path, api_port, args.body),
+                "v2": v2_requests_for(images, f"/v2/models/{job['id']}/infer", api_port),
+            }
             servers = {}
-            for name, port in (("trivial", trivial_port), ("predict", api_port)):
+            for name, port in (("trivial", trivial_port), ("predict", api_port), ("v2", api_port)):
                 requests = root / f"{name}.requests"
-                requests.write_bytes(pickle.dumps(requests_for(pngs, path, port, args.body)))
+                requests.write_bytes(pickle.dumps(made[name]))
                 servers[name] = (port, requests)
             print(
-                f"test accuracy {status['result']['test_accuracy']:.4f}; {args.body} PNG bodies; "
-                f"{args.requests} requests × {args.rounds} rounds per server and concurrency\n",
+                f"test accuracy {status['result']['test_accuracy']:.4f}; {args.body} PNG bodies, "
+                "and binary UINT8 tensors on v2; "
+                f"{args.requests} requests × {args.rounds} rounds per endpoint and concurrency\n",
                 flush=True,
             )
             results = measure(servers, args)
@@ -235,6 +283,9 @@ def measure(servers: dict[str, tuple[int, Path]], args: argparse.Namespace) -> R
     return results
 
 
+ENDPOINTS = ("trivial", "predict", "v2")
+
+
 def report(results: Results, levels: list[int]) -> None:
     print("all rounds pooled:")
     print(
@@ -242,7 +293,7 @@ def report(results: Results, levels: list[int]) -> None:
         f"{'mean batch':>10}  {'errors':>6}"
     )
     for concurrency in levels:
-        for name in ("trivial", "predict"):
+        for name in ENDPOINTS:
             run = Run.pooled(results[(name, concurrency)])
             batch = f"{statistics.fmean(run.batch_sizes):.1f}" if run.batch_sizes else "-"
             print(
@@ -252,11 +303,7 @@ def report(results: Results, levels: list[int]) -> None:
     rounds = len(results[("trivial", levels[0])])
     print(f"\nratios predict / trivial, each round's pair: median (min–max) over {rounds} rounds")
     for concurrency in levels:
-        pairs = list(
-            zip(results[("predict", concurrency)], results[("trivial", concurrency)], strict=True)
-        )
-        throughput = [predict.rps / trivial.rps for predict, trivial in pairs]
-        p99 = [predict.percentile(99) / trivial.percentile(99) for predict, trivial in pairs]
+        throughput, p99 = ratios(results, "predict", "trivial", concurrency)
         verdict = ""
         if concurrency == 8:
             met = statistics.median(throughput) >= 0.5 and statistics.median(p99) <= 3.0
@@ -268,6 +315,30 @@ def report(results: Results, levels: list[int]) -> None:
             f"ratio predict / trivial at concurrency {concurrency:>2}: throughput "
             f"{spread(throughput)}, p99 latency {spread(p99)}{verdict}"
         )
+    print(f"\nratios v2 / predict, each round's pair: median (min–max) over {rounds} rounds")
+    for concurrency in levels:
+        throughput, p99 = ratios(results, "v2", "predict", concurrency)
+        verdict = ""
+        if concurrency == 8:
+            met = statistics.median(throughput) >= 0.9
+            verdict = (
+                "\n  target at concurrency 8, throughput median ≥ 0.90: "
+                f"{'met' if met else 'NOT met'}"
+            )
+        print(
+            f"ratio v2 / predict at concurrency {concurrency:>2}: throughput "
+            f"{spread(throughput)}, p99 latency {spread(p99)}{verdict}"
+        )
+
+
+def ratios(
+    results: Results, name: str, baseline: str, concurrency: int
+) -> tuple[list[float], list[float]]:
+    """Each round's throughput and p99 latency of `name` over `baseline`'s."""
+    pairs = list(zip(results[(name, concurrency)], results[(baseline, concurrency)], strict=True))
+    throughput = [run.rps / base.rps for run, base in pairs]
+    p99 = [run.percentile(99) / base.percentile(99) for run, base in pairs]
+    return throughput, p99
 
 
 if __name__ == "__main__":

@@ -132,13 +132,16 @@ class Settings(BaseSettings):
         64, ge=1, description="Files (form parts) per prediction request; beyond it, 400."
     )
     max_predict_instances: int = Field(
-        1024, ge=1, description="JSON instances per prediction request; beyond it, 400."
+        1024,
+        ge=1,
+        description="Images per prediction request (JSON instances on `…/predict`, the batch "
+        "of a `/v2` infer); beyond it, 400.",
     )
     max_request_bytes: int = Field(
         32 * 2**20,
         ge=1024,
-        description="A request body on a route that takes images (`…/predict`); larger ones "
-        "get 413, chunked ones included.",
+        description="A request body on a route that takes images (`…/predict`, `/v2` "
+        "infer); larger ones get 413, chunked ones included.",
     )
     max_in_flight_bytes: int = Field(
         256 * 2**20,

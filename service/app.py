@@ -28,7 +28,7 @@ from service.events import Watch
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
 from service.predictor import BatchPolicy, Predictor
-from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users
+from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users, v2
 
 log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
@@ -119,8 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Measured, metrics=app.state.metrics)  # outermost: every answer counts
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
-    # Routes are matched in order: the hot predict route first saves matching ~30 others.
-    for module in (predict, jobs, studies, plots, events, users):
+    # Routes are matched in order, about 1.7 µs a route: the two prediction routes first.
+    app.include_router(predict.router, responses=errors(401))
+    app.include_router(v2.router)  # the Open Inference Protocol: its own 401s and {"error"}
+    for module in (jobs, studies, plots, events, users):
         app.include_router(module.router, responses=errors(401))
     app.include_router(meta.router)  # the health probes, open to all; the tricks need a token
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

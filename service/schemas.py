@@ -1,4 +1,4 @@
-"""Request and response bodies of the v1 API."""
+"""Request and response bodies of the v1 API, and of the Open Inference Protocol (/v2)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
     Tag,
     ValidationError,
     WithJsonSchema,
@@ -489,3 +493,101 @@ class TokenCreated(TokenRead):
 
 class TokenList(BaseModel):
     tokens: list[TokenRead]
+
+
+# ---- the Open Inference Protocol (KServe V2): /v2 ------------------------------------------
+
+# A request's, input's or output's parameters: names to strings, numbers or booleans.
+InferenceParameters = dict[str, StrictBool | StrictInt | StrictFloat | StrictStr]
+
+
+class InferenceError(BaseModel):
+    """The body of every error on the /v2 routes, as the protocol has it: what went wrong,
+    and what to do about it."""
+
+    error: str
+
+
+class InferenceLive(BaseModel):
+    live: bool
+
+
+class InferenceReady(BaseModel):
+    ready: bool
+
+
+class InferenceServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="Protocol extensions the server supports.")
+
+
+class InferenceTensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(description="The protocol's datatype: UINT8, FP32, INT64, …")
+    shape: list[int] = Field(description="-1 for a dimension of any size (the batch).")
+    parameters: dict[str, str] | None = Field(
+        None, description="What the tensor holds, and other datatypes an input also takes."
+    )
+
+
+class InferenceModelMetadata(BaseModel):
+    name: str = Field(description="The model's name: its job's id.")
+    versions: list[str]
+    platform: str = Field(description="<project>_<format>: a Keras model in a .keras file.")
+    inputs: list[InferenceTensorMetadata]
+    outputs: list[InferenceTensorMetadata]
+
+
+class InferenceModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class InferenceRequestInput(BaseModel):
+    name: StrictStr
+    shape: list[Annotated[StrictInt, Field(ge=0)]]
+    datatype: StrictStr
+    parameters: InferenceParameters | None = Field(
+        None,
+        description="binary_data_size: the tensor's bytes follow the JSON (binary tensor data "
+        "extension) instead of `data`.",
+    )
+    data: list[Any] | None = Field(
+        None, description="The elements in row-major order, flat or nested as the shape."
+    )
+
+
+class InferenceRequestOutput(BaseModel):
+    name: StrictStr
+    parameters: InferenceParameters | None = Field(
+        None, description="binary_data: true to have this output's bytes follow the JSON."
+    )
+
+
+class InferenceRequest(BaseModel):
+    id: StrictStr | None = Field(None, description="Returned in the response.")
+    parameters: InferenceParameters | None = Field(
+        None, description="binary_data_output: true to have every output as binary data."
+    )
+    inputs: list[InferenceRequestInput]
+    outputs: list[InferenceRequestOutput] | None = Field(
+        None, description="The outputs wanted, and how; every output (as JSON) if left out."
+    )
+
+
+class InferenceResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, int] | None = Field(
+        None, description="binary_data_size: the output's bytes follow the JSON."
+    )
+    data: list[Any] | None = Field(None, description="The elements in row-major order, flat.")
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = Field(None, description="The request's id, if it had one.")
+    outputs: list[InferenceResponseOutput]

@@ -25,7 +25,7 @@ import pytest
 
 from core.spec import DATASET_CLASSES
 from tests.support.auth import ADMIN_TOKEN
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
 
@@ -289,6 +289,7 @@ class Relay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
+        self.connections = 0  # opened so far
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -299,6 +300,7 @@ class Relay:
                 return  # closed
             upstream = socket.create_connection(self.target)
             self.sockets += [client, upstream]
+            self.connections += 1
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
@@ -340,10 +342,13 @@ def test_watch_reconnects_when_its_connection_drops_losing_and_repeating_no_epoc
     try:
         assert watch.stdout is not None
         lines = [watch.stdout.readline()]
-        for cut_after in (2, 4):  # twice: a connection opened again can break again
+        # Twice: a connection opened again can break again. Each cut waits for the watch to
+        # be connected (the lines read may lag behind the stream it holds).
+        for connection, cut_after in enumerate((2, 4), start=1):
             while not lines[-1].startswith(f"epoch {cut_after}/"):
                 assert lines[-1], f"watch ended: {lines} {watch.stderr}"
                 lines.append(watch.stdout.readline())
+            wait_for(lambda n=connection: relay.connections == n, 30, f"connection {connection}")
             relay.cut()
         while not lines[-1].startswith("epoch 6/"):  # resumed
             assert lines[-1], f"watch ended: {lines}"

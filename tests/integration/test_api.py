@@ -1,5 +1,6 @@
 """The API through TestClient, against a real SQLite file."""
 
+import json
 import re
 
 import numpy as np
@@ -242,6 +243,12 @@ OPERATIONS = {
     ("/healthz", "get"): "healthz",
     ("/readyz", "get"): "readyz",
     ("/metrics", "get"): "metrics",
+    ("/v2/health/live", "get"): "v2-live",
+    ("/v2/health/ready", "get"): "v2-ready",
+    ("/v2", "get"): "v2-server",
+    ("/v2/models/{job_id}", "get"): "v2-model",
+    ("/v2/models/{job_id}/ready", "get"): "v2-model-ready",
+    ("/v2/models/{job_id}/infer", "post"): "v2-infer",
 }
 
 
@@ -272,12 +279,23 @@ def test_openapi_documents_the_whole_contract(client):
         assert key not in {"ge", "gt", "le", "lt"} or "properties" in where.split("/")[-1:], where
     titles = [schema.get("title", name) for name, schema in schemas.items()]
     assert len(titles) == len(set(titles))  # one model a name: generators name them by title
-    for item in document["paths"].values():
+    for path, item in document["paths"].items():
         for operation in item.values():
             assert len(operation["tags"]) == 1, operation["operationId"]
             for status, response in operation["responses"].items():
                 if status.startswith(("4", "5")):  # every error with its body's schema
                     (body,) = response["content"].values()
+                    if path.startswith("/v2"):  # the Open Inference Protocol's {"error": ...}
+                        schemas_of = [s["$ref"] for s in body["schema"].get("anyOf", [])]
+                        # A body over the limit by its Content-Length is refused before routing.
+                        assert schemas_of == (
+                            ["#/components/schemas/InferenceError", "#/components/schemas/Error"]
+                            if status == "413"
+                            else []
+                        ), (operation["operationId"], status)
+                        if status != "413":
+                            assert body["schema"]["$ref"].endswith("/InferenceError"), path
+                        continue
                     assert body["schema"]["$ref"].split("/")[-1] in {
                         "Error",
                         "ValidationErrors",
@@ -292,6 +310,18 @@ def test_openapi_documents_the_whole_contract(client):
     assert {"400", "401", "404", "408", "409", "410", "413", "415", "422", "503"} == {
         status for status in predict["responses"] if status != "200"
     }
+    infer = document["paths"]["/v2/models/{job_id}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
+    assert set(infer["responses"]["200"]["content"]) == {
+        "application/json",
+        "application/octet-stream",
+    }
+    assert [p["name"] for p in infer["parameters"]] == ["job_id", "Inference-Header-Content-Length"]
+    assert {"400", "401", "404", "408", "409", "410", "413", "415", "503"} == {
+        status for status in infer["responses"] if status != "200"
+    }
+    for path in ("/v2/health/live", "/v2/health/ready"):  # open, like /healthz and /readyz
+        assert "security" not in document["paths"][path]["get"], path
 
 
 def test_an_idempotency_key_makes_submission_safe_to_retry(client):
@@ -429,3 +459,319 @@ def test_the_docs_page_needs_nothing_from_outside(client):
     assert assets and all(asset.startswith("/") for asset in assets), assets
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+# ---- the Open Inference Protocol (/v2) -----------------------------------------------------
+
+
+def v2_request(data, datatype="UINT8", shape=None, **extra):
+    shape = shape or [len(data), 28, 28]
+    return {
+        "inputs": [{"name": "images", "shape": shape, "datatype": datatype, "data": data}]
+    } | extra
+
+
+def binary_request(pixels, datatype="UINT8", outputs=None):
+    """As tritonclient sends it: the JSON, then the tensor's bytes."""
+    raw = pixels.astype({"UINT8": "u1", "FP32": "<f4"}[datatype]).tobytes()
+    header = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": list(pixels.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    if outputs is not None:
+        header["outputs"] = outputs
+    else:
+        header["parameters"] = {"binary_data_output": True}
+    encoded = json.dumps(header).encode()
+    return encoded + raw, {"Inference-Header-Content-Length": str(len(encoded))}
+
+
+def test_v2_inference_gives_v1s_probabilities_however_it_is_sent(client, settings):
+    job = submit(client)["id"]
+    drain_queue(settings)
+    pixels = np.random.default_rng(5).integers(0, 256, (3, 28, 28)).astype(np.uint8)
+    v1 = client.post(f"/v1/jobs/{job}/predict", json={"instances": pixels.tolist()}).json()
+    expected = np.array([p["probabilities"] for p in v1["predictions"]], np.float32)
+    labels = [p["label"] for p in v1["predictions"]]
+    url = f"/v2/models/{job}/infer"
+
+    for body in (
+        v2_request(pixels.tolist(), id="nested"),
+        v2_request(pixels.reshape(-1).tolist(), shape=[3, 28, 28], id="flat"),
+        v2_request(pixels.astype(float).tolist(), "FP32", id="fp32"),
+    ):
+        answer = client.post(url, json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.headers["tricklab-batch-size"] == "3"
+        document = answer.json()
+        assert (document["model_name"], document["model_version"]) == (job, "1")
+        assert document["id"] == body["id"]
+        probabilities, label_output = document["outputs"]
+        assert (probabilities["name"], probabilities["datatype"]) == ("probabilities", "FP32")
+        assert probabilities["shape"] == [3, 10] and label_output["shape"] == [3]
+        got = np.array(probabilities["data"], np.float32).reshape(3, 10)
+        np.testing.assert_array_equal(got, expected)
+        assert label_output == {"name": "labels", "datatype": "INT64", "shape": [3], "data": labels}
+
+    for datatype in ("UINT8", "FP32"):
+        content, headers = binary_request(pixels, datatype)
+        answer = client.post(url, content=content, headers=headers)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/octet-stream"
+        length = int(answer.headers["inference-header-content-length"])
+        document = json.loads(answer.content[:length])
+        assert "id" not in document
+        assert [o["parameters"]["binary_data_size"] for o in document["outputs"]] == [120, 24]
+        rest = answer.content[length:]
+        np.testing.assert_array_equal(np.frombuffer(rest[:120], "<f4").reshape(3, 10), expected)
+        assert np.frombuffer(rest[120:], "<i8").tolist() == labels
+
+    # Only some outputs, each as asked; binary_data_output is the default that they override.
+    content, headers = binary_request(
+        pixels[:1], outputs=[{"name": "labels", "parameters": {"binary_data": False}}]
+    )
+    answer = client.post(url, content=content, headers=headers)
+    assert answer.headers["content-type"] == "application/json"
+    assert [o["name"] for o in answer.json()["outputs"]] == ["labels"]
+    body = v2_request(
+        pixels[:1].tolist(),
+        parameters={"binary_data_output": True},
+        outputs=[
+            {"name": "probabilities"},
+            {"name": "labels", "parameters": {"binary_data": False}},
+        ],
+    )
+    answer = client.post(f"/v2/models/{job}/versions/1/infer", json=body)
+    length = int(answer.headers["inference-header-content-length"])
+    first, second = json.loads(answer.content[:length])["outputs"]
+    assert first["parameters"] == {"binary_data_size": 40} and "data" not in first
+    assert second["data"] == labels[:1] and len(answer.content) == length + 40
+
+
+AUTO = {"Inference-Header-Content-Length": "auto"}  # the length of the body's JSON
+REFUSALS = [
+    (b"", {}, "the request is not valid JSON: EOF while parsing"),
+    (b"[1]", {}, "request: Input should be an object"),
+    (b'{"inputs": []}', {}, "the model takes one input, 'images'; the request gives none"),
+    (
+        b'{"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": [1]}]}',
+        {},
+        "the model takes one input, 'images'; the request gives 'pixels'",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 784], "datatype": "UINT8", "data": [1]}]}',
+        {},
+        "input 'images': shape [1, 784]; the model takes [N, 28, 28]",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [0, 28, 28], "datatype": "UINT8", "data": []}]}',
+        {},
+        "input 'images': shape [0, 28, 28]; the model takes [N, 28, 28]: N ≥ 1 images",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP64", "data": [1]}]}',
+        {},
+        "input 'images': datatype 'FP64'; the model takes UINT8 or FP32 pixels, 0–255",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", "data": [1, 2]}]}',
+        {},
+        "input 'images': data holds 2 elements, but shape [1, 28, 28] takes 784",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8"}]}',
+        {},
+        "give either data (JSON) or parameters.binary_data_size (the bytes after the JSON), "
+        "not neither",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"parameters": {"binary_data_size": 784}}]}' + bytes(784),
+        {},
+        "(binary tensor data needs the Inference-Header-Content-Length header)",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"parameters": {"binary_data_size": 784}}]}' + bytes(783),
+        AUTO,
+        "the body has 783 bytes after its JSON header, but the inputs' binary_data_size add up "
+        "to 784",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"parameters": {"binary_data_size": 783}}]}' + bytes(783),
+        AUTO,
+        "input 'images': 783 bytes of binary data, but shape [1, 28, 28] of UINT8 takes 784",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "FP32", '
+        b'"parameters": {"binary_data_size": 3136}}]}' + np.full(784, np.nan, "<f4").tobytes(),
+        AUTO,
+        "input 'images': FP32 pixels must be finite numbers within 0–255",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"parameters": {"binary_data_size": "784"}}]}' + bytes(784),
+        AUTO,
+        "input 'images': binary_data_size must be a byte count, not '784'",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"parameters": {"binary_data_size": 784}}]}' + bytes(784),
+        {"Inference-Header-Content-Length": "50"},
+        "the request is not valid JSON: EOF while parsing a list at line 1 column 50 "
+        "(Inference-Header-Content-Length says the JSON is its first 50 bytes)",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"data": [' + b"0," * 783 + b'0]}], "outputs": [{"name": "logits"}]}',
+        {},
+        "the model has no output 'logits'; its outputs are 'probabilities', 'labels'",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"data": [' + b"0," * 783 + b'0]}], "outputs": [{"name": "labels", '
+        b'"parameters": {"classification": 3}}]}',
+        {},
+        "output 'labels': the classification extension is not supported",
+    ),
+    (
+        b'{"id": 7, "inputs": [{"name": "images", "shape": [-1, 28, 28], '
+        b'"datatype": "UINT8", "data": [0]}], "parameters": {"x": {"y": 1}}}',
+        {},
+        "id: Input should be a valid string; parameters.x: must be a string, a number or true "
+        "or false; inputs[0].shape[0]: Input should be greater than or equal to 0",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"data": [' + b"0," * 783 + b'0]}], "parameters": {"binary_data_output": "yes"}}',
+        {},
+        "the request: binary_data_output must be true or false, not 'yes'",
+    ),
+    (
+        b'{"inputs": [{"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", '
+        b'"data": [' + b"0," * 783 + b'0]}], "outputs": [{"name": "labels"}, {"name": "labels"}]}',
+        {},
+        "output 'labels' is asked for twice",
+    ),
+    (b"{}", {"Inference-Header-Content-Length": "x"}, "must be a byte count, not 'x'"),
+    (b"{}", {"Content-Encoding": "gzip"}, "Content-Encoding 'gzip' is not supported"),
+]
+
+
+def test_v2_refuses_what_does_not_fit_naming_it(client, settings):
+    job = submit(client)["id"]
+    drain_queue(settings)
+    failures = []
+    for body, headers, message in REFUSALS:
+        if headers is AUTO:
+            length = body.index(b"}]}") + 3  # the end of the inputs' JSON: bytes follow
+            headers = {"Inference-Header-Content-Length": str(length)}
+        answer = client.post(f"/v2/models/{job}/infer", content=body, headers=headers)
+        status = 415 if "Content-Encoding" in headers else 400
+        if (answer.status_code, set(answer.json())) != (status, {"error"}) or (
+            message not in answer.json()["error"]
+        ):
+            failures.append(f"{body[:60]!r}: {answer.status_code} {answer.text[:300]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_v2_models_paths_and_methods_answer_in_the_protocols_shape(client, settings):
+    job = submit(client)["id"]
+    answers = {
+        "queued model": client.get(f"/v2/models/{job}"),
+        "queued ready": client.get(f"/v2/models/{job}/ready"),
+        "malformed": client.get("/v2/models/abc/ready"),
+        "unknown": client.post(f"/v2/models/{UNKNOWN}/infer", json={}),
+        "version": client.get(f"/v2/models/{job}/versions/2"),
+        "query": client.get("/v2?verbose=1"),
+        "not served": client.post("/v2/repository/index"),
+        "method": client.put(f"/v2/models/{job}/infer"),
+    }
+    statuses = {what: answer.status_code for what, answer in answers.items()}
+    assert statuses == {
+        "queued model": 409,
+        "queued ready": 409,
+        "malformed": 404,
+        "unknown": 404,
+        "version": 404,
+        "query": 400,
+        "not served": 404,
+        "method": 405,
+    }
+    errors = {what: answer.json()["error"] for what, answer in answers.items()}
+    assert errors["queued ready"] == (
+        f"job {job} is queued: its model exists only once it has succeeded"
+    )
+    assert "no model named 'abc': a model's name is its job's id" in errors["malformed"]
+    assert errors["unknown"] == f"no job with id '{UNKNOWN}'"
+    assert errors["version"] == f"model '{job}' has no version '2'; its one version is '1'"
+    assert "unknown query parameter 'verbose'; this route takes none" in errors["query"]
+    assert errors["not served"].startswith("tricklab does not serve POST /v2/repository/index")
+    assert answers["method"].headers["allow"] == "POST"
+
+    drain_queue(settings)
+    assert client.get(f"/v2/models/{job}/ready").json() == {"name": job, "ready": True}
+    assert client.get(f"/v2/models/{job}/versions/1/ready").status_code == 200
+    metadata = client.get(f"/v2/models/{job}").json()
+    assert metadata == client.get(f"/v2/models/{job}/versions/1").json()
+    assert metadata["outputs"][0]["parameters"]["class_names"].split(",")[:2] == [
+        "T-shirt/top",
+        "Trouser",
+    ]
+    assert client.get("/v2/").json() == client.get("/v2").json()
+    client.delete(f"/v1/jobs/{job}")
+    gone = client.post(f"/v2/models/{job}/infer", json=v2_request([0] * 784, shape=[1, 28, 28]))
+    assert gone.status_code == 410 and "were deleted at" in gone.json()["error"]
+    assert client.get(f"/v2/models/{job}/ready").status_code == 410
+
+
+def test_v2_keeps_the_limits_of_predictions(tmp_path, data_dir):
+    settings = settings_in(
+        tmp_path,
+        data_dir,
+        max_predict_instances=2,
+        predict_max_queued=1,
+        max_request_bytes=10_000,
+        max_in_flight_bytes=10_000,
+    )
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as client:
+        job = submit(client)["id"]
+        drain_queue(settings)
+        url = f"/v2/models/{job}/infer"
+        content, headers = binary_request(np.zeros((3, 28, 28), np.uint8))
+        many = client.post(url, content=content, headers=headers)
+        assert many.status_code == 400
+        assert many.json()["error"] == (
+            "input 'images': 3 images; at most 2 per request (TRICKLAB_MAX_PREDICT_INSTANCES)"
+        )
+        content, headers = binary_request(np.zeros((2, 28, 28), np.uint8))
+        busy = client.post(url, content=content, headers=headers)  # 2 images; 1 may wait
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "images are already waiting for this model" in busy.json()["error"]
+        # Chunked, so that only the bytes read tell: refused by the route, in its shape.
+        content, headers = binary_request(np.zeros((4, 28, 28), np.float32), "FP32")
+        chunked = client.post(url, content=iter([content]), headers=headers)
+        assert (
+            chunked.status_code == 413 and "TRICKLAB_MAX_REQUEST_BYTES" in chunked.json()["error"]
+        )
+        # Announced by Content-Length: refused before routing, as on every route.
+        early = client.post(url, content=content, headers=headers)
+        assert early.status_code == 413 and "TRICKLAB_MAX_REQUEST_BYTES" in early.json()["detail"]
+
+        unauthenticated = client.get("/v2", headers={"Authorization": ""})
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.headers["www-authenticate"].startswith("Bearer")
+        assert "Authorization: Bearer <token>" in unauthenticated.json()["error"]
+        open_probes = [
+            client.get(p, headers={"Authorization": ""})
+            for p in ("/v2/health/live", "/v2/health/ready")
+        ]
+        assert [p.json() for p in open_probes] == [{"live": True}, {"ready": True}]

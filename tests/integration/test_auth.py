@@ -323,6 +323,12 @@ RULES = {
     "users-tokens-list": "admin",
     "users-tokens-create": "admin",
     "users-tokens-revoke": "admin",
+    "v2-live": "open",
+    "v2-ready": "open",
+    "v2-server": "any",
+    "v2-model": "owner",
+    "v2-model-ready": "owner",
+    "v2-infer": "owner",
 }
 BODIES: dict[str, Any] = {
     "jobs-submit": {"json": TINY},
@@ -331,6 +337,13 @@ BODIES: dict[str, Any] = {
     "users-tokens-create": {"json": {"name": "matrix"}},
     "me-tokens-create": {"json": {"name": "matrix"}},
     "jobs-predict": {"files": {"file": encode(np.zeros((28, 28), np.uint8))}},
+    "v2-infer": {
+        "json": {
+            "inputs": [
+                {"name": "images", "shape": [1, 28, 28], "datatype": "UINT8", "data": [0] * 784}
+            ]
+        }
+    },
 }
 
 

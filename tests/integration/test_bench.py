@@ -61,9 +61,24 @@ def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
     output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "2")
     for concurrency in (1, 8, 32):
         assert f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in output
-    rows = re.findall(r"^ +\d+  (trivial|predict) .* (\d+)$", output, re.MULTILINE)
-    assert len(rows) == 6 and all(errors == "0" for _, errors in rows), output
+        assert f"ratio v2 / predict at concurrency {concurrency:>2}: throughput" in output
+    assert "target at concurrency 8, throughput median ≥ 0.90: " in output
+    rows = re.findall(r"^ +\d+  (trivial|predict|v2) .* (\d+)$", output, re.MULTILINE)
+    assert len(rows) == 9 and all(errors == "0" for _, errors in rows), output
+    assert [name for name, _ in rows[:3]] == ["trivial", "predict", "v2"]
     assert re.search(r"^bench/serve.py took .+ in all$", output, re.M)
+
+
+def test_the_v2_requests_are_what_tritonclient_sends():
+    """The serving benchmark's /v2 bodies are the stock Triton client's, byte for byte."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from bench.serve import v2_body
+
+    pixels = np.arange(784, dtype=np.uint32).reshape(28, 28).astype(np.uint8)
+    tensor = httpclient.InferInput("images", [1, 28, 28], "UINT8")
+    tensor.set_data_from_numpy(pixels[np.newaxis])
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor])
+    assert v2_body(pixels) == (body, json_size)
 
 
 def test_the_yardstick_answers_as_the_predict_route_does():

@@ -1,0 +1,604 @@
+"""The Open Inference Protocol (KServe V2, as Triton and MLServer speak it over REST), with the
+binary tensor data extension: a succeeded job's model served to the clients of those servers
+(tritonclient, KServe's InferenceRESTClient, …) unmodified. A model's name is its job's id; its
+one version is "1".
+
+Inference shares everything with POST /v1/jobs/{id}/predict: the model cache, micro-batching
+(LoadedModel.classify), the limits and the owner rules; the same pixels get the same
+probabilities. Errors are the protocol's `{"error": "..."}` (ProtocolRoute turns every
+HTTPException and validation error of these routes into one); paths under /v2 that no route
+serves answer 404 or 405 in that shape too, so this router must be included after any other
+that serves /v2 paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from core.images import SIDE
+from core.spec import DATASET_CLASSES
+from jobqueue.models import Job
+from jobqueue.store import JobStore
+from service.auth import Caller
+from service.batching import Overloaded
+from service.deps import (
+    ID_PATTERN,
+    CallerDep,
+    StoreDep,
+    get_job,
+    no_unknown_query,
+    require_model,
+    served_model,
+)
+from service.errors import HTTP_METHODS, field_path
+from service.predictor import LoadedModel
+from service.schemas import (
+    BINARY,
+    InferenceError,
+    InferenceLive,
+    InferenceModelMetadata,
+    InferenceModelReady,
+    InferenceReady,
+    InferenceRequest,
+    InferenceResponse,
+    InferenceServerMetadata,
+    InferenceTensorMetadata,
+)
+from service.tensors import (
+    HEADER_LENGTH,
+    Output,
+    TensorError,
+    cut,
+    encode_response,
+    from_bytes,
+    split_body,
+)
+from service.tensors import from_json as tensor_from_json
+
+VERSION = "1"  # a job trains one model: its only version
+PLATFORM = "keras_keras"  # <project>_<format>: a Keras model in a .keras file
+EXTENSIONS = ["binary_tensor_data"]
+INPUT = "images"
+INPUT_DATATYPES = ("UINT8", "FP32")
+PROBABILITIES, LABELS = "probabilities", "labels"
+OUTPUTS = {PROBABILITIES: "FP32", LABELS: "INT64"}
+BATCH_HEADER = "Tricklab-Batch-Size"  # as /v1/jobs/{id}/predict answers
+_ID = re.compile(ID_PATTERN)
+
+
+class ProtocolRoute(APIRoute):
+    """A route that answers its errors as the protocol has them, `{"error": "..."}`, keeping
+    the status and headers (a 401's WWW-Authenticate, a 503's Retry-After); a validation
+    error, of a path or query parameter, is a 400."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except StarletteHTTPException as error:
+                return protocol_error(error.status_code, str(error.detail), error.headers)
+            except RequestValidationError as error:
+                return protocol_error(400, _validation_message(error.errors()))
+
+        return answer
+
+
+def protocol_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+# The tags pydantic adds to the location of each failed member of a parameter's union.
+_PARAMETER_KINDS = ("bool", "int", "float", "str")
+
+
+def _validation_message(errors: Any) -> str:
+    """One message per invalid field, naming it: `inputs[0].shape[1]: Input should be …`."""
+    messages: dict[str, str] = {}
+    for error in errors:
+        location = tuple(error["loc"])
+        if len(location) > 2 and location[-1] in _PARAMETER_KINDS:  # a parameter's value
+            field = field_path(location[:-1])
+            messages[field] = f"{field}: must be a string, a number or true or false"
+        else:
+            field = field_path(location)
+            messages.setdefault(field, f"{field}: {error['msg']}")
+    return "; ".join(messages.values())
+
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute)
+
+MEANINGS = {
+    400: "The request breaks the protocol or asks what this model cannot do: the error names "
+    "the tensor and what is wrong (shape, datatype, byte count, …); a query parameter the route "
+    "does not take.",
+    401: "No valid API token: send 'Authorization: Bearer <token>'.",
+    404: "No model of that name that you can see (a model's name is its job's id; another "
+    "user's jobs are 404 too).",
+    408: "The body did not arrive within TRICKLAB_BODY_TIMEOUT_SECONDS.",
+    409: "The job has not succeeded: its model does not exist yet, or never will.",
+    410: "The job's files were deleted: its model is gone.",
+    413: "The body is over TRICKLAB_MAX_REQUEST_BYTES. Announced by Content-Length, it is "
+    'refused before any route runs, as on every route, with {"detail": "..."}.',
+    415: "A compressed body (Content-Encoding): send it uncompressed.",
+    503: "Busy (retry after Retry-After seconds): too many request bytes, or images waiting "
+    "for the model, at once; or the database or the model file is unavailable.",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"model": InferenceError, "description": MEANINGS[code]} for code in codes
+    }
+    if 413 in codes:  # see MEANINGS[413]: one of two shapes
+        responses[413] = {
+            "description": MEANINGS[413],
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/InferenceError"},
+                            {"$ref": "#/components/schemas/Error"},
+                        ]
+                    }
+                }
+            },
+        }
+    return responses
+
+
+_MODEL_NAME = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The model's name: the id of the job that trained it, 32 hex digits.",
+}
+
+
+# ---- inference: the first route, tried first (after /v1 predict's) -------------------------
+
+# The request body is read by the route itself (JSON, or JSON then binary tensors), so the
+# document is given here, the JSON one inlined.
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+_REQUEST_BODY = {
+    "required": True,
+    "description": "The inference request as JSON; or, with the binary tensor data extension, "
+    "the JSON (its length in the Inference-Header-Content-Length header) followed by the raw "
+    "bytes of the inputs that give parameters.binary_data_size instead of data.",
+    "content": {
+        "application/json": {"schema": _inlined(InferenceRequest.model_json_schema())},
+        "application/octet-stream": {"schema": BINARY},
+    },
+}
+_HEADER_LENGTH = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "The length of the JSON at the start of the body, when binary tensor data "
+    "follows it.",
+}
+
+
+@router.post(
+    "/models/{job_id}/infer",
+    name="v2-infer",
+    response_model=InferenceResponse,
+    openapi_extra={
+        "requestBody": _REQUEST_BODY,
+        "parameters": [_MODEL_NAME, _HEADER_LENGTH],
+        "security": [{"HTTPBearer": []}],
+    },
+    responses={
+        200: {
+            "description": "The outputs asked for: as JSON, or JSON then the binary outputs' "
+            "bytes (application/octet-stream, with Inference-Header-Content-Length).",
+            "content": {"application/octet-stream": {"schema": BINARY}},
+            "headers": {
+                HEADER_LENGTH: {
+                    "description": "The length of the JSON, when binary outputs follow it.",
+                    "schema": {"type": "integer"},
+                },
+                BATCH_HEADER: {
+                    "description": "Images in the forward pass this request shared with others.",
+                    "schema": {"type": "integer"},
+                },
+            },
+        },
+        **_errors(400, 401, 404, 408, 409, 410, 413, 415, 503),
+    },
+)
+async def infer(request: Request) -> Response:
+    """Classify a batch of images: input `images`, [N, 28, 28], UINT8 or FP32 (0–255); outputs
+    `probabilities` [N, classes] FP32 and `labels` [N] INT64, as JSON or binary as asked."""
+    # As /v1/jobs/{id}/predict: the caller, the model and the settings come from app state and
+    # the path, not through Depends, on this hot path.
+    if request.query_params:
+        await no_unknown_query(request)
+    caller = await request.app.state.gate.caller(request)
+    model = await _model(request, caller)
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise HTTPException(
+            415,
+            f"Content-Encoding {request.headers['content-encoding']!r} is not supported: send "
+            "the body uncompressed",
+        )
+    body = await request.body()
+    try:
+        wanted, pixels = _read_request(
+            body,
+            request.headers.get(HEADER_LENGTH),
+            request.app.state.settings.max_predict_instances,
+        )
+    except TensorError as error:
+        raise HTTPException(400, str(error)) from None
+    try:
+        result = await model.classify(pixels)
+    except Overloaded as error:
+        raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
+    predictions = result.predictions
+    arrays = {
+        PROBABILITIES: np.stack([p.probabilities for p in predictions]),
+        LABELS: np.fromiter((p.label for p in predictions), np.int64, len(predictions)),
+    }
+    document: dict[str, Any] = {
+        "model_name": request.path_params["job_id"],
+        "model_version": VERSION,
+    }
+    if wanted.id is not None:
+        document["id"] = wanted.id
+    content, header_length = encode_response(
+        document,
+        [Output(name, OUTPUTS[name], arrays[name], binary) for name, binary in wanted.outputs],
+    )
+    headers = {BATCH_HEADER: str(result.batch_size)}
+    if header_length is None:
+        return Response(content, media_type="application/json", headers=headers)
+    # Content-Length ahead of Inference-Header-Content-Length, which ends with the same words:
+    # a client that looks for the first "content-length:" in the head (bench/loadgen.py does)
+    # finds the right one.
+    headers = {"content-length": str(len(content)), **headers, HEADER_LENGTH: str(header_length)}
+    return Response(content, media_type="application/octet-stream", headers=headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """What a request asks for: its id, and each output wanted with whether it is binary."""
+
+    id: str | None
+    outputs: list[tuple[str, bool]]
+
+
+def _read_request(
+    body: bytes, header_length: str | None, max_images: int
+) -> tuple[_Wanted, np.ndarray]:
+    """The request's outputs and its images, [N, 28, 28] on the 0–255 scale; raises
+    TensorError naming what is wrong."""
+    header, binary = split_body(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as error:
+        problems = error.errors()
+        if problems[0]["type"] == "json_invalid":
+            reason = problems[0]["msg"].removeprefix("Invalid JSON: ")
+            hint = ""
+            if header_length is not None:
+                hint = f" ({HEADER_LENGTH} says the JSON is its first {len(header)} bytes)"
+            elif b"binary_data_size" in body:
+                hint = f" (binary tensor data needs the {HEADER_LENGTH} header)"
+            raise TensorError(f"the request is not valid JSON: {reason}{hint}") from None
+        raise TensorError(_validation_message(problems)) from None
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
+        names = ", ".join(repr(i.name) for i in request.inputs) or "none"
+        raise TensorError(f"the model takes one input, {INPUT!r}; the request gives {names}")
+    tensor = request.inputs[0]
+    what = f"input {INPUT!r}"
+    if tensor.datatype not in INPUT_DATATYPES:
+        raise TensorError(
+            f"{what}: datatype {tensor.datatype!r}; the model takes {' or '.join(INPUT_DATATYPES)} "
+            "pixels, 0–255"
+        )
+    shape = tensor.shape
+    if len(shape) != 3 or shape[1:] != [SIDE, SIDE] or shape[0] < 1:
+        raise TensorError(
+            f"{what}: shape {shape}; the model takes [N, {SIDE}, {SIDE}]: N ≥ 1 images of "
+            f"{SIDE}×{SIDE} pixels"
+        )
+    if shape[0] > max_images:
+        raise TensorError(
+            f"{what}: {shape[0]} images; at most {max_images} per request "
+            "(TRICKLAB_MAX_PREDICT_INSTANCES)"
+        )
+    parameters = tensor.parameters or {}
+    if "shared_memory_region" in parameters:
+        raise TensorError(f"{what}: shared memory is not supported; send the data in the body")
+    size = parameters.get("binary_data_size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise TensorError(f"{what}: binary_data_size must be a byte count, not {size!r}")
+    if (size is None) == (tensor.data is None):
+        raise TensorError(
+            f"{what}: give either data (JSON) or parameters.binary_data_size (the bytes after "
+            f"the JSON), not {'both' if size is not None else 'neither'}"
+        )
+    if size is None:
+        (_,) = cut(binary, [None])  # no bytes may follow the JSON
+        pixels = tensor_from_json(tensor.data, tensor.datatype, shape, what)
+    else:
+        (chunk,) = cut(binary, [size])
+        assert chunk is not None
+        pixels = from_bytes(chunk, tensor.datatype, shape, what)
+    if pixels.dtype.kind == "f" and not (
+        np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 255
+    ):
+        raise TensorError(f"{what}: FP32 pixels must be finite numbers within 0–255")
+    return _Wanted(request.id, _outputs(request)), pixels
+
+
+def _outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
+    """Each output asked for (all, in order, if none is named), and whether it is binary."""
+    binary_default = _flag(request.parameters, "binary_data_output", "the request") is True
+    if not request.outputs:
+        return [(name, binary_default) for name in OUTPUTS]
+    wanted: list[tuple[str, bool]] = []
+    for output in request.outputs:
+        what = f"output {output.name!r}"
+        if output.name not in OUTPUTS:
+            raise TensorError(
+                f"the model has no output {output.name!r}; its outputs are "
+                f"{', '.join(map(repr, OUTPUTS))}"
+            )
+        if any(name == output.name for name, _ in wanted):
+            raise TensorError(f"{what} is asked for twice")
+        parameters = output.parameters or {}
+        if "classification" in parameters:
+            raise TensorError(
+                f"{what}: the classification extension is not supported; ask for {LABELS!r} "
+                f"(the most probable class) and {PROBABILITIES!r}"
+            )
+        if "shared_memory_region" in parameters:
+            raise TensorError(f"{what}: shared memory is not supported")
+        binary = _flag(parameters, "binary_data", what)
+        wanted.append((output.name, binary_default if binary is None else binary))
+    return wanted
+
+
+def _flag(parameters: dict[str, Any] | None, name: str, where: str) -> bool | None:
+    """A boolean parameter: None when it is not given."""
+    value = (parameters or {}).get(name)
+    if value is not None and not isinstance(value, bool):
+        raise TensorError(f"{where}: {name} must be true or false, not {value!r}")
+    return value
+
+
+# ---- health and metadata -------------------------------------------------------------------
+
+
+@router.get("/health/live", name="v2-live", response_model=InferenceLive)
+async def live() -> InferenceLive:
+    """The server is up; no token needed."""
+    return InferenceLive(live=True)
+
+
+@router.get(
+    "/health/ready",
+    name="v2-ready",
+    response_model=InferenceReady,
+    responses={
+        503: {
+            "model": InferenceError,
+            "description": "The database does not answer, so no model can be looked up.",
+        }
+    },
+)
+def ready(store: StoreDep) -> InferenceReady:
+    """The server can serve models: the database answers. No token needed."""
+    try:
+        store.ping()
+    except Exception as error:
+        raise HTTPException(503, f"the database does not answer: {error}") from None
+    return InferenceReady(ready=True)
+
+
+@router.get(
+    "",
+    name="v2-server",
+    response_model=InferenceServerMetadata,
+    responses=_errors(400, 401),
+)
+async def server_metadata(request: Request, _: CallerDep) -> InferenceServerMetadata:
+    """The server's name, version and protocol extensions."""
+    await no_unknown_query(request)
+    return InferenceServerMetadata(
+        name="tricklab", version=request.app.version, extensions=EXTENSIONS
+    )
+
+
+@router.get(
+    "/models/{job_id}",
+    name="v2-model",
+    response_model=InferenceModelMetadata,
+    openapi_extra={"parameters": [_MODEL_NAME]},
+    responses=_errors(400, 401, 404, 409, 410),
+)
+async def model_metadata(
+    request: Request, caller: CallerDep, store: StoreDep
+) -> InferenceModelMetadata:
+    """The model's inputs and outputs: a batch of 28×28 images in, ten class probabilities and
+    the most likely class out, for each image."""
+    await no_unknown_query(request)
+    _check_version(request)
+    job = await _job(request.path_params["job_id"], store, caller)
+    require_model(job)
+    classes = DATASET_CLASSES[job.spec["dataset"]]
+    return InferenceModelMetadata(
+        name=job.id,
+        versions=[VERSION],
+        platform=PLATFORM,
+        inputs=[
+            InferenceTensorMetadata(
+                name=INPUT,
+                datatype=INPUT_DATATYPES[0],
+                shape=[-1, SIDE, SIDE],
+                parameters={
+                    "datatypes": ",".join(INPUT_DATATYPES),
+                    "range": "0-255",
+                    "content": "grayscale pixels, light object on a dark background, 0–255 as "
+                    "in the dataset (FP32 on the same scale); the service scales them to [0, 1]",
+                },
+            )
+        ],
+        outputs=[
+            InferenceTensorMetadata(
+                name=PROBABILITIES,
+                datatype=OUTPUTS[PROBABILITIES],
+                shape=[-1, len(classes)],
+                parameters={"class_names": ",".join(classes)},
+            ),
+            InferenceTensorMetadata(
+                name=LABELS,
+                datatype=OUTPUTS[LABELS],
+                shape=[-1],
+                parameters={"content": "the index of the most probable class"},
+            ),
+        ],
+    )
+
+
+@router.get(
+    "/models/{job_id}/ready",
+    name="v2-model-ready",
+    response_model=InferenceModelReady,
+    openapi_extra={"parameters": [_MODEL_NAME]},
+    responses=_errors(400, 401, 404, 409, 410, 503),
+)
+async def model_ready(request: Request, caller: CallerDep) -> Response:
+    """200 once the job succeeded and its model is loaded (this loads it); otherwise an error
+    status that says why: 409 while the job is queued or running or if it failed, 410 once its
+    files were deleted, 503 if its stored model cannot be loaded."""
+    await no_unknown_query(request)
+    await _model(request, caller)
+    return JSONResponse({"name": request.path_params["job_id"], "ready": True})
+
+
+# ---- the model named in the path -----------------------------------------------------------
+
+
+def _check_version(request: Request) -> None:
+    version = request.path_params.get("version")
+    if version is not None and version != VERSION:
+        raise HTTPException(
+            404,
+            f"model {request.path_params['job_id']!r} has no version {version!r}; "
+            f"its one version is {VERSION!r}",
+        )
+
+
+def _no_model(name: str) -> HTTPException:
+    return HTTPException(
+        404, f"no model named {name!r}: a model's name is its job's id, 32 hex digits"
+    )
+
+
+async def _model(request: Request, caller: Caller) -> LoadedModel:
+    """The model in the path, loaded: 404 for a malformed name, an unknown version or another
+    owner's job; 409 before the job succeeded, 410 once its files were deleted; 503 if it
+    cannot be loaded."""
+    _check_version(request)
+    job_id: str = request.path_params["job_id"]
+    if not _ID.fullmatch(job_id):
+        raise _no_model(job_id)
+    state = request.app.state
+    return await served_model(job_id, state.store, state.predictor, caller)
+
+
+async def _job(job_id: str, store: JobStore, caller: Caller) -> Job:
+    if not _ID.fullmatch(job_id):
+        raise _no_model(job_id)
+    return await run_in_threadpool(get_job, job_id, store, caller)
+
+
+# ---- the versioned forms, and every other path under /v2 -----------------------------------
+
+# tritonclient asks /v2/models/{name}/versions/{version}/… only when given a version. These
+# are the same routes, left out of the OpenAPI document, which names each route once.
+router.add_api_route(
+    "/models/{job_id}/versions/{version}",
+    model_metadata,
+    methods=["GET"],
+    name="v2-model-version",
+    include_in_schema=False,
+)
+router.add_api_route(
+    "/models/{job_id}/versions/{version}/ready",
+    model_ready,
+    methods=["GET"],
+    name="v2-model-version-ready",
+    include_in_schema=False,
+)
+router.add_api_route(
+    "/models/{job_id}/versions/{version}/infer",
+    infer,
+    methods=["POST"],
+    name="v2-infer-version",
+    include_in_schema=False,
+)
+router.add_api_route("/", server_metadata, methods=["GET"], include_in_schema=False)
+
+
+@router.api_route(
+    "/{path:path}", methods=list(HTTP_METHODS), name="v2-unknown", include_in_schema=False
+)
+async def unknown(request: Request, path: str) -> Response:
+    """What no route serves (a model's configuration, statistics, the repository, shared
+    memory, …): 404 in the protocol's shape; a method a path does not take, 405."""
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in router.routes  # /v2 paths are this router's alone
+            if isinstance(route, APIRoute) and route.name != "v2-unknown"
+        )
+    ]
+    if allowed:
+        return protocol_error(
+            405,
+            f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}",
+            {"Allow": ", ".join(allowed)},
+        )
+    return protocol_error(
+        404,
+        f"tricklab does not serve {request.method} {request.url.path}: it serves the Open "
+        "Inference Protocol's health, metadata and inference routes (see docs/open-inference.md)",
+    )
