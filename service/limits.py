@@ -58,9 +58,9 @@ class BodyLimits:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             refusal = _too_large(f"{int(declared):,} bytes", limit, setting)
-            await JSONResponse({"detail": refusal.detail}, refusal.status_code)(
-                scope, receive, send
-            )
+            # Before any route runs, so in the error shape of the protocol the path speaks.
+            key = "error" if scope["path"].startswith("/v2/") else "detail"
+            await JSONResponse({key: refusal.detail}, refusal.status_code)(scope, receive, send)
             return
         deadline = None
         if self.body_timeout is not None:

@@ -132,8 +132,7 @@ MEANINGS = {
     408: "The body did not arrive within TRICKLAB_BODY_TIMEOUT_SECONDS.",
     409: "The job has not succeeded: its model does not exist yet, or never will.",
     410: "The job's files were deleted: its model is gone.",
-    413: "The body is over TRICKLAB_MAX_REQUEST_BYTES. Announced by Content-Length, it is "
-    'refused before any route runs, as on every route, with {"detail": "..."}.',
+    413: "The body is over TRICKLAB_MAX_REQUEST_BYTES (announced by Content-Length or not).",
     415: "A compressed body (Content-Encoding): send it uncompressed.",
     503: "Busy (retry after Retry-After seconds): too many request bytes, or images waiting "
     "for the model, at once; or the database or the model file is unavailable.",
@@ -141,24 +140,7 @@ MEANINGS = {
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    responses: dict[int | str, dict[str, Any]] = {
-        code: {"model": InferenceError, "description": MEANINGS[code]} for code in codes
-    }
-    if 413 in codes:  # see MEANINGS[413]: one of two shapes
-        responses[413] = {
-            "description": MEANINGS[413],
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "anyOf": [
-                            {"$ref": "#/components/schemas/InferenceError"},
-                            {"$ref": "#/components/schemas/Error"},
-                        ]
-                    }
-                }
-            },
-        }
-    return responses
+    return {code: {"model": InferenceError, "description": MEANINGS[code]} for code in codes}
 
 
 _MODEL_NAME = {

@@ -25,7 +25,7 @@ import pytest
 
 from core.spec import DATASET_CLASSES
 from tests.support.auth import ADMIN_TOKEN
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, serving, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
 
@@ -38,10 +38,7 @@ NO_SUCH_ID = "0" * 32
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("cli")
-    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}") as cluster:
-        cluster.start_api()
-        cluster.start_worker("worker")
+    with serving(tmp_path_factory.mktemp("cli"), data_dir) as cluster:
         yield cluster
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support.auth import ADMIN_TOKEN
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, serving, wait_for
 from tests.support.data import TINY
 from tests.support.images import encode
 
@@ -24,10 +24,7 @@ EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, data_dir) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("dashboard")
-    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}") as running:
-        running.start_api()
-        running.start_worker("worker")
+    with serving(tmp_path_factory.mktemp("dashboard"), data_dir) as running:
         yield running
 
 

@@ -12,7 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.support.auth import ADMIN_HEADERS
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, serving
 from tests.support.data import TINY
 
 pytestmark = pytest.mark.e2e
@@ -45,10 +45,7 @@ def events(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, data_dir) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("events")
-    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}") as running:
-        running.start_api()
-        running.start_worker("worker")
+    with serving(tmp_path_factory.mktemp("events"), data_dir) as running:
         yield running
 
 

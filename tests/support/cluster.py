@@ -3,13 +3,14 @@ configured by TRICKLAB_* variables, with their logs, and signals to send them.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -111,3 +112,12 @@ class Cluster:
                 process.wait()
         self.client.close()
         self.store.engine.dispose()
+
+
+@contextlib.contextmanager
+def serving(root: Path, data_dir: Path) -> Iterator[Cluster]:
+    """An API and one worker ("worker") on a SQLite file under `root`, until the block ends."""
+    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}") as cluster:
+        cluster.start_api()
+        cluster.start_worker("worker")
+        yield cluster
