@@ -117,13 +117,20 @@ class Gate:
         self._known.clear()
 
 
+def foreign_origin(request: Request) -> str | None:
+    """Why a request that a web page of another site sent is refused, or None."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        return f"requests from the web page at {origin!r} are refused: the session is this site's"
+    return None
+
+
 def cross_site(request: Request) -> str | None:
     """Why a cookie-authenticated request may have been forged by another site, or None."""
     if request.method in SAFE_METHODS:
         return None
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
-        return f"requests from the web page at {origin!r} are refused: the session is this site's"
+    if refusal := foreign_origin(request):
+        return refusal
     if request.headers.get(CSRF_HEADER) != "1":
         return (
             f"a {request.method} signed in by the session cookie must carry the header "

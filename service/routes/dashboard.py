@@ -28,8 +28,8 @@ from analysis.report import report
 from core.images import ImageError, PixelBudget
 from core.spec import trick_catalogue
 from jobqueue.models import Job, utcnow
-from jobqueue.states import JobStatus
-from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site
+from jobqueue.states import ACTIVE, JobStatus
+from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
 from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,
@@ -37,16 +37,15 @@ from service.deps import (
     get_job,
     get_study,
     served_model,
-    study_report,
+    study_runs,
 )
-from service.schemas import JobRead
+from service.schemas import JobRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
 HERE = Path(__file__).parents[1] / "dashboard"
 STATIC = HERE / "static"
 templates = Jinja2Templates(directory=HERE / "templates")
 router = APIRouter(include_in_schema=False)
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 PAGE = 100
 
 
@@ -91,9 +90,8 @@ async def home(request: Request) -> Response:
 
 @router.post("/signin", response_class=HTMLResponse)
 async def sign_in(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
-    origin = request.headers.get("origin")
-    if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host"):
-        raise HTTPException(403, f"sign-in from the web page at {origin!r} is refused")
+    if refusal := foreign_origin(request):
+        raise HTTPException(403, refusal)
     try:
         await request.app.state.gate.identify(token.strip())
     except HTTPException as error:
@@ -258,20 +256,16 @@ async def study_page(request: Request, study_id: str) -> Response:
         raise HTTPException(404, f"no study with id {study_id!r}")
     store = request.app.state.store
     study = get_study(study_id, store, caller)
-    found = study_report(store, study)
-    progress: dict[str, int] = {}
-    for variant in found.variants:
-        for key, count in variant.progress.items():
-            progress[key] = progress.get(key, 0) + count
-    running = study.cancelled_at is None and any(progress.get(s, 0) for s in ("queued", "running"))
+    variants = study_runs(store, study)
+    summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
     return page(
         request,
         "study.html",
         caller,
         study=study,
-        report=found,
-        progress=progress,
-        running=running,
+        report=report(variants),
+        progress=summary.progress,
+        running=summary.status in ("queued", "running"),
         plots=f"/v1/studies/{study.id}/plots",
         csv=f"/v1/studies/{study.id}/report.csv",
     )

@@ -167,13 +167,7 @@ def test_a_job_cancelled_while_watched_exits_1(stack, files):
     )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
-    watch = subprocess.Popen(
-        [str(TRICKLAB), "jobs", "watch", job_id],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(stack, stack.root / "config"),
-    )
+    watch = watching(stack, job_id)
     try:
         assert watch.stdout is not None
         while not (line := watch.stdout.readline()).startswith("epoch "):
@@ -277,6 +271,17 @@ def test_a_study_is_created_followed_and_reported(stack, files, tmp_path):
     assert json.loads(listed.stdout) == stack.client.get("/v1/studies").json()
 
 
+def watching(stack: Cluster, job_id: str, *options: str) -> subprocess.Popen[str]:
+    """`tricklab [options] jobs watch JOB` running, its output in pipes."""
+    return subprocess.Popen(
+        [str(TRICKLAB), *options, "jobs", "watch", job_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(stack, stack.root / "config"),
+    )
+
+
 class Relay:
     """A TCP relay in front of the API whose connections can be cut, as a proxy's or a
     network's are: cheaper than restarting the API, and the same break for the client."""
@@ -329,13 +334,7 @@ def test_watch_reconnects_when_its_connection_drops_losing_and_repeating_no_epoc
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
     relay = Relay(stack.url)
-    watch = subprocess.Popen(
-        [str(TRICKLAB), "--url", relay.url, "jobs", "watch", job_id],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(stack, stack.root / "config"),
-    )
+    watch = watching(stack, job_id, "--url", relay.url)
     try:
         assert watch.stdout is not None
         lines = [watch.stdout.readline()]

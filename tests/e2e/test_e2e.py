@@ -12,7 +12,7 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import Cluster, serving, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
 
@@ -22,9 +22,7 @@ IMAGES, LABELS = tiny_images(3, seed=21)
 
 @pytest.fixture
 def stack(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
-    with Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}") as cluster:
-        cluster.start_api()
-        cluster.start_worker("worker")
+    with serving(tmp_path, data_dir) as cluster:
         yield cluster
 
 

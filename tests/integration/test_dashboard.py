@@ -98,5 +98,8 @@ def test_every_page_renders_for_its_owner(browser, client):
     study = client.post("/v1/studies", json={"base": TINY, "tricks": ["dropout"]}).json()
     page = browser.get(f"/studies/{study['id']}")
     assert page.status_code == 200 and "Variants" in page.text
+    counts = study["progress"]  # as the API counts them
+    assert f"total {counts['total']}" in page.text and f"queued {counts['queued']}" in page.text
+    assert 'hx-trigger="every 3s"' in page.text  # it refreshes while its jobs wait or run
     for asset in ("htmx/htmx.min.js", "uplot/uPlot.iife.min.js", "dashboard.js"):
         assert browser.get(f"/dashboard/static/{asset}").status_code == 200
