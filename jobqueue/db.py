@@ -16,10 +16,12 @@ from jobqueue.models import (
     UPGRADES,
     Base,
     Job,
+    JobTrick,
     Meta,
     Study,
     User,
     owned_key,
+    trick_names,
     utcnow,
 )
 
@@ -98,6 +100,7 @@ def init_db(engine: Engine) -> None:
                     index.create(connection, checkfirst=True)
             _add_admin(connection)
             _adopt(connection)
+            _index_studies_and_tricks(connection)
             connection.execute(
                 update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
             )
@@ -129,6 +132,25 @@ def _adopt(connection: Connection) -> None:
         connection.execute(
             update(Job).where(Job.id == job_id).values(idempotency_key=owned_key(ADMIN, str(key)))
         )
+
+
+def _index_studies_and_tricks(connection: Connection) -> None:
+    """Fill in, for the jobs made before schema 6, their study and the job_tricks rows."""
+    for study_id, variants in connection.execute(select(Study.id, Study.variants)).all():
+        ids = [job_id for variant in variants for job_id in variant["jobs"]]
+        for start in range(0, len(ids), 500):
+            connection.execute(
+                update(Job).where(Job.id.in_(ids[start : start + 500])).values(study_id=study_id)
+            )
+    indexed = select(JobTrick.job_id)
+    jobs = connection.execute(select(Job.id, Job.spec).where(Job.id.not_in(indexed))).all()
+    tricks = [
+        {"job_id": job_id, "trick": name}
+        for job_id, spec in jobs
+        for name in dict.fromkeys(trick_names(spec))
+    ]
+    for start in range(0, len(tricks), 1000):
+        connection.execute(insert(JobTrick), tricks[start : start + 1000])
 
 
 def _add_columns(connection: Connection, names: tuple[str, ...]) -> None:

@@ -41,13 +41,20 @@ def owned_key(owner: str, key: str) -> str:
 
 
 # Bump when a table changes: init_db refuses a database written with another layout.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions init_db can bring up to date, and the columns added since each (it creates the
 # tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
-# of its files; 5 users, their tokens, and the owner of each job and study.
-_COLUMNS_5 = ("jobs.owner", "studies.owner")
+# of its files; 5 users, their tokens, and the owner of each job and study; 6 each job's
+# study and the job_tricks index of which tricks each job uses.
+_COLUMNS_6 = ("jobs.study_id",)
+_COLUMNS_5 = ("jobs.owner", "studies.owner", *_COLUMNS_6)
 _COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
-UPGRADES: dict[str, tuple[str, ...]] = {"2": _COLUMNS_4, "3": _COLUMNS_4, "4": _COLUMNS_5}
+UPGRADES: dict[str, tuple[str, ...]] = {
+    "2": _COLUMNS_4,
+    "3": _COLUMNS_4,
+    "4": _COLUMNS_5,
+    "5": _COLUMNS_6,
+}
 # The user that every database has from the start: it owns what was there before users.
 ADMIN = "admin"
 
@@ -146,6 +153,7 @@ class Job(Base):
     trained_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # Set when its checkpoints and model were deleted (DELETE /v1/jobs/{id}); the rows stay.
     artifacts_deleted_at: Mapped[datetime | None]
+    study_id: Mapped[str | None] = mapped_column(String(32))  # the study it was made for
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -155,6 +163,26 @@ class Job(Base):
         Index("ix_jobs_owner_status_created", "owner", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
     )
+
+
+class JobTrick(Base):
+    """Which tricks a job uses, one row each: lists filter by trick through an index instead
+    of reading every job's spec."""
+
+    __tablename__ = "job_tricks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    trick: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+    __table_args__ = (Index("ix_job_tricks_trick", "trick", "job_id"),)
+
+
+def trick_names(spec: Any) -> list[str]:
+    """The names of the tricks in a stored spec, in its order (an item is a name or an
+    object with one)."""
+    tricks = spec.get("tricks", []) if isinstance(spec, dict) else []
+    names = [t.get("name") if isinstance(t, dict) else t for t in tricks]
+    return [name for name in names if isinstance(name, str)]
 
 
 class EpochMetrics(Base):

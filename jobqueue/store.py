@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.spec import JobSpec
 from jobqueue.db import WRITE
-from jobqueue.models import EpochMetrics, Job, Study, User, owned_key, utcnow
+from jobqueue.models import (
+    EpochMetrics,
+    Job,
+    JobTrick,
+    Study,
+    User,
+    owned_key,
+    trick_names,
+    utcnow,
+)
 from jobqueue.retry import FailureReason, after_failure
 from jobqueue.states import ACTIVE, TERMINAL, JobStatus, sources_of
 
@@ -102,7 +111,7 @@ class JobStore:
                 if key and (earlier := self._keyed(session, key)):
                     return self._replay(earlier, idempotency_key or "", document), False
                 self._within_quota(session, owner, quota, 1)
-                session.add(job)
+                session.add_all([job, *_tricks_of(job)])
         except IntegrityError:  # a concurrent duplicate won (PostgreSQL)
             with self._read() as session:
                 earlier = self._keyed(session, key or "")
@@ -135,10 +144,17 @@ class JobStore:
                 or 0
             )
 
-    def _new_job(self, spec: JobSpec, owner: str, idempotency_key: str | None = None) -> Job:
+    def _new_job(
+        self,
+        spec: JobSpec,
+        owner: str,
+        idempotency_key: str | None = None,
+        study_id: str | None = None,
+    ) -> Job:
         return Job(
             id=uuid.uuid4().hex,
             owner=owner,
+            study_id=study_id,
             status=JobStatus.QUEUED,
             spec=spec.model_dump(mode="json"),
             created_at=utcnow(),
@@ -169,14 +185,17 @@ class JobStore:
         limit: int = 50,
         offset: int = 0,
         owner: str | None = None,
+        trick: str | None = None,
     ) -> tuple[Sequence[Job], int]:
         """A page of jobs, newest first, and the number of jobs matching the filters (None:
-        any status, any owner)."""
+        any status, any owner, with or without any trick)."""
         query = select(Job)
         if status is not None:
             query = query.where(Job.status == status)
         if owner is not None:
             query = query.where(Job.owner == owner)
+        if trick is not None:
+            query = query.where(Job.id.in_(select(JobTrick.job_id).where(JobTrick.trick == trick)))
         with self._read() as session:
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
             page = session.scalars(
@@ -236,14 +255,15 @@ class JobStore:
         """Store a study of `owner`'s and all its jobs, queued, in one transaction: durable
         together, or (QuotaExceeded) not at all. Each variant comes as its document and its
         jobs' specs; the document gains the jobs' ids."""
+        study_id = uuid.uuid4().hex
         jobs: list[Job] = []
         documents = []
         for document, specs in variants:
-            variant_jobs = [self._new_job(spec, owner) for spec in specs]
+            variant_jobs = [self._new_job(spec, owner, study_id=study_id) for spec in specs]
             jobs += variant_jobs
             documents.append({**document, "jobs": [job.id for job in variant_jobs]})
         row = Study(
-            id=uuid.uuid4().hex,
+            id=study_id,
             owner=owner,
             name=name,
             request=request,
@@ -253,12 +273,17 @@ class JobStore:
         )
         with self._write.begin() as session:
             self._within_quota(session, owner, quota, len(jobs))
-            session.add_all([*jobs, row])
+            session.add_all([*jobs, *(trick for job in jobs for trick in _tricks_of(job)), row])
         return row
 
     def get_study(self, study_id: str) -> Study | None:
         with self._read() as session:
             return session.get(Study, study_id)
+
+    def study_names(self, study_ids: Sequence[str]) -> dict[str, str]:
+        with self._read() as session:
+            rows = session.execute(select(Study.id, Study.name).where(Study.id.in_(study_ids)))
+            return {study_id: name for study_id, name in rows}
 
     def list_studies(
         self, limit: int = 50, offset: int = 0, owner: str | None = None
@@ -273,6 +298,17 @@ class JobStore:
                 query.order_by(Study.created_at.desc(), Study.id.desc()).limit(limit).offset(offset)
             ).all()
         return page, total
+
+    def best_test_accuracy(self, job_ids: Sequence[str]) -> dict[str, float]:
+        """Each job's highest test accuracy over its epochs so far, computed by the database
+        (the jobs with no epoch yet are left out)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(EpochMetrics.job_id, func.max(EpochMetrics.test_accuracy))
+                .where(EpochMetrics.job_id.in_(job_ids))
+                .group_by(EpochMetrics.job_id)
+            )
+            return {job_id: best for job_id, best in rows}
 
     def jobs_with_metrics(
         self, job_ids: Sequence[str]
@@ -592,3 +628,7 @@ def _cancel(which: Any) -> Update:
 def _unleased() -> dict[str, Any]:
     """The values that end a claim."""
     return {"lease_token": None, "lease_expires_at": None}
+
+
+def _tricks_of(job: Job) -> list[JobTrick]:
+    return [JobTrick(job_id=job.id, trick=name) for name in dict.fromkeys(trick_names(job.spec))]

@@ -96,6 +96,7 @@ class JobLinks(BaseModel):
     model: str
     model_metadata: str
     predict: str
+    study: str | None = Field(description="The study the job was made for, if any.")
 
 
 class JobRead(BaseModel):
@@ -190,6 +191,7 @@ class JobRead(BaseModel):
                 model=f"{base}/model",
                 model_metadata=f"{base}/model/metadata",
                 predict=f"{base}/predict",
+                study=f"/v1/studies/{job.study_id}" if job.study_id else None,
             ),
         )
 

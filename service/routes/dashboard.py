@@ -25,9 +25,10 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from analysis.report import report
+from analysis.studies import DESIGNS
 from core.images import ImageError, PixelBudget
-from core.spec import trick_catalogue
-from jobqueue.models import Job, utcnow
+from core.spec import TRICKS, trick_catalogue
+from jobqueue.models import Job, trick_names, utcnow
 from jobqueue.states import ACTIVE, JobStatus
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
 from service.batching import Overloaded
@@ -85,7 +86,7 @@ async def home(request: Request) -> Response:
     caller = await viewer(request)
     if caller is None:
         return page(request, "signin.html", None)
-    return page(request, "jobs.html", caller, tricks=[t["name"] for t in trick_catalogue()])
+    return page(request, "jobs.html", caller, tricks=list(TRICKS))
 
 
 @router.post("/signin", response_class=HTMLResponse)
@@ -120,11 +121,6 @@ async def sign_out(request: Request) -> Response:
 # -- jobs -----------------------------------------------------------------------------
 
 
-def trick_names(job: Job) -> list[str]:
-    tricks = job.spec.get("tricks", []) if isinstance(job.spec, dict) else []
-    return [t if isinstance(t, str) else str(t.get("name")) for t in tricks]
-
-
 def duration(job: Job) -> str:
     if job.started_at is None:
         return ""
@@ -135,32 +131,33 @@ def duration(job: Job) -> str:
 @router.get("/ui/jobs", response_class=HTMLResponse)
 async def jobs_table(
     request: Request,
-    status: Annotated[JobStatus | None, Query()] = None,
-    trick: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[str, Query(max_length=16)] = "",
+    trick: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
+    """The jobs table, filtered as the form above it says (empty: any)."""
     caller = await viewer(request)
     if caller is None:
         return Response(status_code=204, headers={"HX-Redirect": "/"})
+    statuses = [s.value for s in JobStatus]
+    if status and status not in statuses:
+        raise HTTPException(422, f"status {status!r}: one of {', '.join(statuses)}")
+    if trick and trick not in TRICKS:
+        raise HTTPException(422, f"trick {trick!r}: one of {', '.join(TRICKS)}")
     store = request.app.state.store
     owner = None if caller.admin else caller.name
-    jobs, total = store.list_jobs(status or None, PAGE, 0, owner)
-    if trick:
-        jobs = [job for job in jobs if trick in trick_names(job)]
-    # A job does not know its study: the caller's studies (one query) list their jobs.
-    studies, _ = store.list_studies(200, 0, owner)
-    study_of = {job_id: study for study in studies for job_id in study.job_ids}
-    _, metrics = store.jobs_with_metrics([job.id for job in jobs])
+    chosen = JobStatus(status) if status else None
+    jobs, total = store.list_jobs(chosen, PAGE, 0, owner, trick or None)
+    ids = [job.id for job in jobs]
+    best = store.best_test_accuracy(ids)
+    studies = store.study_names([job.study_id for job in jobs if job.study_id])
     rows = [
         {
             "job": job,
-            "tricks": trick_names(job),
-            "best": max(
-                (m.test_accuracy for m in metrics.get(job.id, []) if m.test_accuracy is not None),
-                default=None,
-            ),
-            "final": (job.result or {}).get("test_accuracy") if job.result else None,
+            "tricks": trick_names(job.spec),
+            "best": best.get(job.id),
+            "final": (job.result or {}).get("test_accuracy"),
             "duration": duration(job),
-            "study": study_of.get(job.id),
+            "study": (job.study_id, studies[job.study_id]) if job.study_id in studies else None,
         }
         for job in jobs
     ]
@@ -170,8 +167,8 @@ async def jobs_table(
         caller,
         rows=rows,
         total=total,
-        status=status.value if status else "",
-        trick=trick or "",
+        status=status,
+        trick=trick,
         active=any(job.status in ACTIVE for job in jobs),
     )
 
@@ -183,14 +180,15 @@ async def job_page(request: Request, job_id: str) -> Response:
         return sign_in_first(request)
     job = _job(request, job_id, caller)
     store = request.app.state.store
+    studies = store.study_names([job.study_id]) if job.study_id else {}
     return page(
         request,
         "job.html",
         caller,
         job=JobRead.of(job, caller.admin),
-        tricks=trick_names(job),
+        study=(job.study_id, studies[job.study_id]) if job.study_id in studies else None,
+        tricks=trick_names(job.spec),
         ended=job.status not in ACTIVE,
-        epochs=list(store.metrics(job.id, 0)),
     )
 
 
@@ -296,7 +294,7 @@ async def new_page(request: Request) -> Response:
     caller = await viewer(request)
     if caller is None:
         return sign_in_first(request)
-    return page(request, "new.html", caller, catalogue=trick_catalogue())
+    return page(request, "new.html", caller, catalogue=trick_catalogue(), designs=DESIGNS)
 
 
 def when(value: datetime | None) -> str:

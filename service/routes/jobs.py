@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 
 from core.cost import refusals
-from core.spec import JobSpec
+from core.spec import JobSpec, TrickName
 from jobqueue.states import JobStatus
 from jobqueue.store import IdempotencyConflict, QuotaExceeded
 from service.deps import (
@@ -84,12 +84,13 @@ def list_jobs(
     caller: CallerDep,
     owner: ListedOwner,
     status: JobStatus | None = None,
+    trick: Annotated[TrickName | None, Query(description="Only the jobs that use it.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobList:
-    """Your jobs, newest first, optionally only those with one status. An admin sees
-    everyone's, or one user's with `owner`."""
-    jobs, total = store.list_jobs(status, limit, offset, owner)
+    """Your jobs, newest first, optionally only those with one status or using one trick. An
+    admin sees everyone's, or one user's with `owner`."""
+    jobs, total = store.list_jobs(status, limit, offset, owner, trick)
     return JobList(
         jobs=[JobRead.of(j, caller.admin) for j in jobs], total=total, limit=limit, offset=offset
     )

@@ -99,6 +99,17 @@ def test_list_newest_first_with_status_filter_and_pages(client):
     assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
 
+def test_list_by_trick(client):
+    plain = submit(client, TINY)["id"]
+    dropped = submit(client, {**TINY, "tricks": ["dropout", "batch_norm"]})["id"]
+    for trick, ids in (("dropout", [dropped]), ("batch_norm", [dropped]), ("momentum", [])):
+        listed = client.get("/v1/jobs", params={"trick": trick}).json()
+        assert ([j["id"] for j in listed["jobs"]], listed["total"]) == (ids, len(ids))
+    assert client.get("/v1/jobs").json()["total"] == 2 and plain
+    bad = client.get("/v1/jobs", params={"trick": "dropuot"})
+    assert bad.status_code == 422 and "'dropout', 'weight_decay'" in bad.json()["detail"][0]["msg"]
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
@@ -399,7 +410,7 @@ def test_an_unknown_query_parameter_is_named_not_ignored(client):
     response = client.get("/v1/jobs?statsu=running")
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == (
-        "statsu: unknown query parameter 'statsu'; this route takes status, limit, offset, owner"
+        "statsu: unknown query parameter 'statsu'; this route takes status, trick, limit, offset, owner"
     )
     predict = client.post(f"/v1/jobs/{UNKNOWN}/predict?fast=1", json={"instances": []})
     assert predict.status_code == 422 and "this route takes none" in predict.text

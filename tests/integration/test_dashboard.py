@@ -103,3 +103,32 @@ def test_every_page_renders_for_its_owner(browser, client):
     assert 'hx-trigger="every 3s"' in page.text  # it refreshes while its jobs wait or run
     for asset in ("htmx/htmx.min.js", "uplot/uPlot.iife.min.js", "dashboard.js"):
         assert browser.get(f"/dashboard/static/{asset}").status_code == 200
+
+
+def test_the_jobs_table_filters_by_status_and_trick_and_links_each_jobs_study(browser, client):
+    sign_in(browser)
+    plain = client.post("/v1/jobs", json=TINY).json()
+    study = client.post(
+        "/v1/studies", json={"name": "drops", "base": TINY, "tricks": ["dropout"]}
+    ).json()
+    client.post(f"/v1/jobs/{plain['id']}/cancel")
+    table = browser.get("/ui/jobs").text
+    assert plain["id"] in table and all(
+        job in table for job in study["report"]["variants"][0]["jobs"]
+    )
+    assert table.count(f'href="/studies/{study["id"]}">drops</a>') == len(study_jobs(study))
+    dropout = browser.get("/ui/jobs", params={"trick": "dropout", "status": ""}).text
+    assert [job for job in study_jobs(study) if f'data-job="{job}"' in dropout] == study["report"][
+        "variants"
+    ][1]["jobs"]
+    assert plain["id"] not in dropout
+    cancelled = browser.get("/ui/jobs", params={"status": "cancelled"}).text
+    assert plain["id"] in cancelled and study["report"]["variants"][0]["jobs"][0] not in cancelled
+    bad = browser.get("/ui/jobs", params={"trick": "dropuot"})
+    assert bad.status_code == 422 and "dropout, weight_decay" in bad.text
+    page = browser.get(f"/jobs/{study['report']['variants'][1]['jobs'][0]}").text
+    assert f'in the study <a href="/studies/{study["id"]}">drops</a>' in page
+
+
+def study_jobs(study) -> list[str]:
+    return [job for variant in study["report"]["variants"] for job in variant["jobs"]]

@@ -279,27 +279,19 @@ def test_an_older_schema_is_refused_with_advice(tmp_path):
         init_db(engine)
 
 
-@pytest.mark.parametrize("version", ["2", "3", "4"])
+@pytest.mark.parametrize("version", ["2", "3", "4", "5"])
 def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url, version):
     engine = make_engine(database_url)
     init_db(engine)
-    job, _ = JobStore(engine).enqueue(JobSpec(seed=3), ADMIN)
+    spec = JobSpec(seed=3, tricks=["dropout", "batch_norm"])
+    job, _ = JobStore(engine).enqueue(spec, ADMIN)
+    study = JobStore(engine).create_study(ADMIN, "s", {}, [1], [({"name": "v"}, [JobSpec()])])
     with engine.begin() as connection:  # as tricklab with that schema version left it
-        for index in ("ix_jobs_owner_status_created", "ix_jobs_owner_created"):
-            connection.exec_driver_sql(f"DROP INDEX {index}")
-        connection.exec_driver_sql("DROP TABLE tokens")
-        connection.exec_driver_sql("DROP TABLE users")
-        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN owner")
-        connection.exec_driver_sql("UPDATE jobs SET idempotency_key = 'order-7'")  # not hashed
-        if version == "2":
-            connection.exec_driver_sql("DROP TABLE studies")
-        else:
-            connection.exec_driver_sql("DROP INDEX ix_studies_owner_created")
-            connection.exec_driver_sql("ALTER TABLE studies DROP COLUMN owner")
-        if version != "4":
-            for column in ("trained_seconds", "artifacts_deleted_at"):
-                connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+        connection.exec_driver_sql("DROP TABLE job_tricks")
+        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN study_id")
         connection.exec_driver_sql(f"UPDATE tricklab_meta SET value = '{version}'")
+        if version != "5":
+            _as_before_schema_5(connection, version, job.id)
     init_db(engine)
     store = JobStore(engine)
     upgraded = store.get(job.id)
@@ -308,13 +300,36 @@ def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url
         0.0,
         None,
     )
-    assert store.list_studies() == ([], 0)
+    # Each job knows its study, and lists filter by trick, from the rows made by the upgrade.
+    assert [j.id for j in store.list_jobs(trick="batch_norm")[0]] == [job.id]
+    assert store.list_jobs(trick="dropout")[1] == 1 and store.list_jobs(trick="l2")[1] == 0
+    if version != "2":
+        assert store.get(study.job_ids[0]).study_id == study.id
     # What was there belongs to the admin, who can replay its Idempotency-Key.
     assert upgraded.owner == ADMIN
-    replayed, created = store.enqueue(JobSpec(seed=3), ADMIN, "order-7")
-    assert (replayed.id, created) == (job.id, False)
-    assert store.list_jobs(owner=ADMIN)[1] == 1  # through the new index
+    if version != "5":
+        replayed, created = store.enqueue(spec, ADMIN, "order-7")
+        assert (replayed.id, created) == (job.id, False)
+    assert store.list_jobs(owner=ADMIN)[1] == 2  # through the index
     init_db(engine)  # and again: nothing left to do
+
+
+def _as_before_schema_5(connection, version: str, keyed: str) -> None:
+    for index in ("ix_jobs_owner_status_created", "ix_jobs_owner_created"):
+        connection.exec_driver_sql(f"DROP INDEX {index}")
+    connection.exec_driver_sql("DROP TABLE tokens")
+    connection.exec_driver_sql("DROP TABLE users")
+    connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN owner")
+    # A key stored as it was then: not hashed.
+    connection.exec_driver_sql(f"UPDATE jobs SET idempotency_key = 'order-7' WHERE id = '{keyed}'")
+    if version == "2":
+        connection.exec_driver_sql("DROP TABLE studies")
+    else:
+        connection.exec_driver_sql("DROP INDEX ix_studies_owner_created")
+        connection.exec_driver_sql("ALTER TABLE studies DROP COLUMN owner")
+    if version != "4":
+        for column in ("trained_seconds", "artifacts_deleted_at"):
+            connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
 
 
 def claim_all(url: str, worker: str, results) -> None:

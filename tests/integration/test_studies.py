@@ -48,7 +48,9 @@ def test_a_study_queues_one_job_per_variant_and_seed(finished):
     specs = {}
     for variant in created["report"]["variants"]:
         for seed, job_id in zip(created["seeds"], variant["jobs"], strict=True):
-            spec = client.get(f"/v1/jobs/{job_id}").json()["spec"]
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["links"]["study"] == f"/v1/studies/{created['id']}"
+            spec = job["spec"]
             assert spec["seed"] == seed
             specs[variant["name"], seed] = [trick["name"] for trick in spec["tricks"]]
     assert specs["base + dropout", 1] == ["dropout"]

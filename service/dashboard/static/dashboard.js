@@ -89,10 +89,10 @@ function newForm(form) {
     const tricks = chosen.map(trickItem);
     let url = "/v1/jobs", body, prefix = "";
     if (kind() === "study") {
-      const seed = spec.seed; delete spec.seed;
+      // Its seeds are base.seed, base.seed + 1, … (repeats of them).
       body = {name: form.querySelector("#f-name").value, base: spec, tricks: tricks,
+              design: form.querySelector("#f-design").value,
               repeats: Number(form.querySelector("#f-repeats").value)};
-      if (seed !== undefined) body.seeds = undefined;
       url = "/v1/studies"; prefix = "base.";
     } else {
       body = Object.assign(spec, {tricks: tricks});
