@@ -86,8 +86,13 @@ def job(job: dict[str, Any]) -> RenderableType:
     rows.append(
         ("learning_rate", f"{spec['learning_rate']:g}" if spec.get("learning_rate") else None)
     )
+    rows.append(("architecture", spec.get("architecture", "mlp")))
+    # Each architecture's shape fields; the other's are null.
+    for name in ("hidden_units", "conv_filters", "kernel_size", "dense_units"):
+        value = spec.get(name)
+        if value is not None:
+            rows.append((name, ",".join(map(str, value)) if isinstance(value, list) else value))
     rows += [
-        ("hidden_units", ",".join(map(str, spec.get("hidden_units", [])))),
         ("created", job.get("created_at")),
         ("started", job.get("started_at")),
         ("finished", job.get("finished_at")),

@@ -32,14 +32,38 @@ PIXELS = math.prod(IMAGE_SHAPE)
 # fewer calls are faster (Keras' eager call overhead is per call).
 EVAL_BATCH = 4096
 FLOAT_BYTES = 4
+# Floats of one layer's output that one scoring call may hold (64 MiB): a CNN's first conv maps
+# are 28 times an image's pixels, so it is scored in fewer images a call than the MLP.
+EVAL_FLOATS = 2**24
 
 
 def parameters(spec: JobSpec) -> int:
     """Every weight of the model, as Keras' count_params counts them (a test holds the two
-    equal): each Dense layer's kernel and bias, and batch norm's four vectors a hidden layer."""
-    widths = [PIXELS, *spec.hidden_units, NUM_CLASSES]
+    equal): each Conv2D and Dense layer's kernel and bias, and batch norm's four vectors a
+    conv block (per channel) or hidden layer."""
+    channels = [1, *(spec.conv_filters or [])]
+    kernel = (spec.kernel_size or 0) ** 2
+    conv = sum(kernel * inputs * filters + filters for inputs, filters in pairwise(channels))
+    widths = [_flattened(spec), *spec.layer_widths, NUM_CLASSES]
     dense = sum(inputs * units + units for inputs, units in pairwise(widths))
-    return dense + (4 * sum(spec.hidden_units) if spec.trick(BatchNorm) else 0)
+    normalised = sum(channels[1:]) + sum(spec.layer_widths)
+    return conv + dense + (4 * normalised if spec.trick(BatchNorm) else 0)
+
+
+def _flattened(spec: JobSpec) -> int:
+    """The features entering the first dense layer: the image, or the last block's maps."""
+    if not spec.conv_filters:
+        return PIXELS
+    return spec.feature_maps()[-1] ** 2 * spec.conv_filters[-1]
+
+
+def eval_batch(spec: JobSpec) -> int:
+    """Images per inference call when a worker scores this spec's model: EVAL_BATCH, or fewer
+    where its widest layer output would take more than EVAL_FLOATS."""
+    sides = spec.feature_maps()
+    maps = [f * sides[1 + 2 * b] ** 2 for b, f in enumerate(spec.conv_filters or [])]
+    widest = max(PIXELS, *maps, *spec.layer_widths)
+    return max(1, min(EVAL_BATCH, EVAL_FLOATS // widest))
 
 
 def steps_per_epoch(spec: JobSpec, images: int) -> int:
@@ -54,11 +78,18 @@ def memory_bytes(spec: JobSpec) -> int:
     training images are one copy per worker process, shared by its jobs, and not counted."""
     slots = 1 if spec.trick(Momentum) else 2  # SGD's velocity; Adam's two moments
     copies = 2 + slots + (1 if spec.trick(EarlyStopping) else 0)
-    # Per hidden layer: the Dense output, and batch norm's output and ReLU, and dropout's.
-    per_layer = 1 + (2 if spec.trick(BatchNorm) else 0) + (1 if spec.trick(Dropout) else 0)
+    # Per hidden layer: the Dense output, and batch norm's output and ReLU, and dropout's; per
+    # conv block the same of its maps, dropout after the pooling, which adds one more.
+    linear = 1 + (2 if spec.trick(BatchNorm) else 0)
+    dropout = 1 if spec.trick(Dropout) else 0
     inputs = PIXELS * (4 if spec.trick(Augmentation) else 1)  # reshaped, flipped, shifted
-    activations = inputs + per_layer * sum(spec.hidden_units) + NUM_CLASSES
-    widest = max(2 * spec.batch_size * activations, EVAL_BATCH * activations)
+    sides = spec.feature_maps()
+    maps = sum(
+        filters * (linear * sides[1 + 2 * block] ** 2 + (1 + dropout) * sides[2 + 2 * block] ** 2)
+        for block, filters in enumerate(spec.conv_filters or [])
+    )
+    activations = inputs + maps + (linear + dropout) * sum(spec.layer_widths) + NUM_CLASSES
+    widest = max(2 * spec.batch_size * activations, eval_batch(spec) * activations)
     return FLOAT_BYTES * (copies * parameters(spec) + widest)
 
 
@@ -80,7 +111,7 @@ def refusals(spec: JobSpec, settings: Settings) -> list[Refusal]:
         return [_missing_data(spec, settings.data_dir, error)]
     found = [
         _over(
-            "hidden_units",
+            _widest_field(spec),
             f"the model would have {parameters(spec):,} parameters",
             parameters(spec),
             settings.max_parameters,
@@ -104,6 +135,16 @@ def refusals(spec: JobSpec, settings: Settings) -> list[Refusal]:
         ),
     ]
     return [refusal for refusal in found if refusal is not None]
+
+
+def _widest_field(spec: JobSpec) -> str:
+    """The shape field to change for fewer parameters: the MLP's layers; the CNN's head, which
+    holds most of its weights, unless its conv blocks hold more."""
+    if spec.architecture == "mlp":
+        return "hidden_units"
+    with_head = parameters(spec)
+    head = sum(a * b + b for a, b in pairwise([_flattened(spec), *spec.layer_widths, NUM_CLASSES]))
+    return "dense_units" if 2 * head >= with_head else "conv_filters"
 
 
 def _over(field: str, what: str, value: int, limit: int, setting: str) -> Refusal | None:

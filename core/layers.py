@@ -49,12 +49,19 @@ def unit_floats(bits: Any) -> Any:
 @keras.saving.register_keras_serializable(package="tricklab")
 class HashDropout(keras.layers.Dropout):
     """Dropout (inverted: kept units are scaled by 1 / (1 - rate)) with masks from `uniform`.
-    Its generator's state is [seed, steps taken], checkpointed with the model."""
+    Its generator's state is [seed, steps taken], checkpointed with the model. A `noise_shape`
+    with 1s shares one draw along those axes, as Keras' own: (None, 1, 1, None) drops whole
+    feature maps (spatial dropout)."""
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         if not training or self.rate <= 0:
             return inputs
         state = self.seed_generator.next()  # [seed, step], then step + 1
-        noise = uniform(state[0], state[1], tuple(ops.shape(inputs)))
+        shape = tuple(ops.shape(inputs))
+        if self.noise_shape is not None:
+            shape = tuple(
+                s if n is None else n for n, s in zip(self.noise_shape, shape, strict=True)
+            )
+        noise = uniform(state[0], state[1], shape)  # broadcast along the shared axes
         scaled = ops.multiply(inputs, 1.0 / (1.0 - self.rate))
         return ops.where(noise >= self.rate, scaled, ops.zeros_like(inputs))

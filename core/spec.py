@@ -12,7 +12,16 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DATASET_CLASSES: dict[str, tuple[str, ...]] = {
     "fashion_mnist": (
@@ -71,16 +80,24 @@ class Strict(BaseModel):
 
 class Dropout(Strict):
     """Zeroes a random fraction of each hidden layer's outputs at every training step, so no
-    unit can rely on another; inactive at evaluation and prediction."""
+    unit can rely on another; inactive at evaluation and prediction. On the CNN: after each
+    conv block (after its pooling) and after each dense layer of the head."""
 
     name: Literal["dropout"] = "dropout"
     rate: Number = Field(0.5, gt=0, lt=1, description="Fraction of units dropped (notebook: 0.5).")
+    spatial: StrictBool = Field(
+        False,
+        description="CNN only: after a conv block, drop whole feature maps (every position "
+        "of a channel at once) instead of single values; the dense head keeps plain dropout.",
+    )
 
 
 class WeightDecay(Strict):
-    """L2 penalty on the kernels and biases of the hidden Dense layers, added to the loss that
-    training minimises; pulls weights towards zero. Each epoch's train_objective includes it;
-    train_loss and the other losses are the plain cross-entropy, comparable across tricks."""
+    """L2 penalty on the kernels and biases of the hidden Dense layers (on the CNN: of every
+    conv layer and every dense layer of the head; as on the MLP, not the output layer), added
+    to the loss that training minimises; pulls weights towards zero. Each epoch's
+    train_objective includes it; train_loss and the other losses are the plain cross-entropy,
+    comparable across tricks."""
 
     name: Literal["weight_decay"] = "weight_decay"
     l2: Number = Field(
@@ -90,7 +107,9 @@ class WeightDecay(Strict):
 
 class BatchNorm(Strict):
     """Normalises each hidden layer's pre-activations over the batch: Dense (no activation) →
-    BatchNormalization → ReLU, before any dropout. Steadier, faster optimisation."""
+    BatchNormalization → ReLU, before any dropout. On the CNN: Conv2D (no activation) →
+    BatchNormalization (per channel) → ReLU → pooling in each block, and likewise in the dense
+    head. Steadier, faster optimisation."""
 
     name: Literal["batch_norm"] = "batch_norm"
     momentum: Number = Field(
@@ -100,7 +119,8 @@ class BatchNorm(Strict):
 
 class EarlyStopping(Strict):
     """Watches the validation loss, stops when it has not improved for `patience` epochs and
-    restores the weights of the best epoch; the job records best_epoch and stopped_epoch."""
+    restores the weights of the best epoch; the job records best_epoch and stopped_epoch. The
+    same on every architecture."""
 
     name: Literal["early_stopping"] = "early_stopping"
     patience: Integer = Field(
@@ -115,7 +135,8 @@ class EarlyStopping(Strict):
 
 
 class Momentum(Strict):
-    """Replaces Adam by SGD with (Nesterov) momentum; the learning rate defaults to 0.01."""
+    """Replaces Adam by SGD with (Nesterov) momentum; the learning rate defaults to 0.01. The
+    same on every architecture."""
 
     name: Literal["momentum"] = "momentum"
     momentum: Number = Field(0.9, gt=0, lt=1, description="Velocity decay factor.")
@@ -124,7 +145,7 @@ class Momentum(Strict):
 
 class LabelSmoothing(Strict):
     """Trains against softened targets (1 - amount on the true class, the rest spread evenly),
-    discouraging over-confident predictions."""
+    discouraging over-confident predictions. The same on every architecture."""
 
     name: Literal["label_smoothing"] = "label_smoothing"
     amount: Number = Field(
@@ -134,7 +155,7 @@ class LabelSmoothing(Strict):
 
 class CosineDecay(Strict):
     """Lowers the learning rate along a half cosine, step by step, from its initial value to
-    `final_fraction` of it at the last epoch."""
+    `final_fraction` of it at the last epoch. The same on every architecture."""
 
     name: Literal["cosine_decay"] = "cosine_decay"
     final_fraction: Number = Field(
@@ -144,7 +165,8 @@ class CosineDecay(Strict):
 
 class Augmentation(Strict):
     """Random shifts (and horizontal flips) of each training image, a new draw every step;
-    inactive at evaluation and prediction."""
+    inactive at evaluation and prediction. The same on every architecture: the images change
+    before the model's first layer."""
 
     name: Literal["augmentation"] = "augmentation"
     shift: Number = Field(
@@ -197,6 +219,13 @@ AnyTrick = Annotated[
 ]
 TrickT = TypeVar("TrickT", bound=Strict)
 
+Architecture = Literal["mlp", "cnn"]
+# The spec fields that shape each architecture's model; null on the other architecture.
+SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden_units",),
+    "cnn": ("conv_filters", "kernel_size", "dense_units"),
+}
+
 
 def _name_to_object(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
@@ -226,6 +255,12 @@ class JobSpec(Strict):
     )
 
     dataset: Literal["fashion_mnist", "mnist"] = "fashion_mnist"
+    architecture: Architecture = Field(
+        "mlp",
+        description="mlp: the notebook's perceptron, shaped by hidden_units. cnn: a small "
+        "convolutional net, conv blocks then a dense head, shaped by conv_filters, "
+        "kernel_size and dense_units. Each architecture's shape fields are null on the other.",
+    )
     tricks: list[TrickItem] = Field(
         default_factory=list, max_length=len(TRICK_TYPES), description="Tricks to apply."
     )
@@ -240,11 +275,30 @@ class JobSpec(Strict):
         le=50_000,
         description="Training images held out, from the front of the set (0: no validation).",
     )
-    hidden_units: list[Annotated[int, Field(ge=1, le=4096), NOT_A_BOOLEAN]] = Field(
-        default_factory=lambda: [128, 32],
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096), NOT_A_BOOLEAN]] | None = Field(
+        None,
         min_length=1,
         max_length=8,
-        description="Width of each hidden Dense layer (notebook: 128, 32).",
+        description="mlp only. Width of each hidden Dense layer (null: the notebook's 128, 32).",
+    )
+    conv_filters: list[Annotated[int, Field(ge=1, le=256), NOT_A_BOOLEAN]] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description="cnn only. Filters of each conv block, 1 to 3 blocks (null: 32, 64). A "
+        "block is Conv2D (valid padding, stride 1) → ReLU → 2×2 max pooling.",
+    )
+    kernel_size: Annotated[int, Field(ge=1, le=7), NOT_A_BOOLEAN] | None = Field(
+        None,
+        description="cnn only. Side of every conv block's square kernel (null: 3). The feature "
+        "maps must keep at least one position after the last block.",
+    )
+    dense_units: list[Annotated[int, Field(ge=1, le=4096), NOT_A_BOOLEAN]] | None = Field(
+        None,
+        min_length=1,
+        max_length=4,
+        description="cnn only. Width of each Dense layer of the head after the conv blocks "
+        "(null: 128).",
     )
     seed: Integer = Field(0, ge=0, le=MAX_SEED, description="Seeds weights, shuffling and dropout.")
     exact: StrictBool = Field(
@@ -256,10 +310,41 @@ class JobSpec(Strict):
         "metrics match a run alone only approximately.",
     )
 
+    @field_validator(*SHAPE_FIELDS["mlp"], *SHAPE_FIELDS["cnn"])
+    @classmethod
+    def _of_its_architecture(cls, value: Any, info: ValidationInfo) -> Any:
+        architecture = info.data.get("architecture")  # absent when itself invalid
+        if value is None or architecture is None or info.field_name in SHAPE_FIELDS[architecture]:
+            return value
+        owner = next(a for a, fields in SHAPE_FIELDS.items() if info.field_name in fields)
+        raise ValueError(
+            f"a field of architecture {owner!r}, not of {architecture!r}; architecture "
+            f"{architecture!r} is shaped by {', '.join(SHAPE_FIELDS[architecture])}"
+        )
+
     @model_validator(mode="after")
     def _resolve(self) -> JobSpec:
         names = [trick.name for trick in self.tricks]
         refuse_repeated(names)
+        if self.architecture == "mlp":
+            self.hidden_units = self.hidden_units or [128, 32]
+            dropout = self.trick(Dropout)
+            if dropout and dropout.spatial:
+                raise ValueError(
+                    "dropout: spatial drops whole feature maps, which only architecture 'cnn' "
+                    "has; use spatial false on 'mlp'"
+                )
+        else:
+            self.conv_filters = self.conv_filters or [32, 64]
+            self.kernel_size = self.kernel_size or 3
+            self.dense_units = self.dense_units or [128]
+            if self.feature_maps()[-1] < 1:
+                raise ValueError(
+                    f"conv_filters, kernel_size: {len(self.conv_filters)} conv blocks with "
+                    f"{self.kernel_size}×{self.kernel_size} kernels leave no position of a "
+                    f"{IMAGE_SHAPE[0]}×{IMAGE_SHAPE[1]} image; use fewer blocks or a smaller "
+                    "kernel_size"
+                )
         if "early_stopping" in names and self.validation_size == 0:
             raise ValueError(
                 "early_stopping watches the validation loss: validation_size must be > 0"
@@ -287,6 +372,22 @@ class JobSpec(Strict):
         if document["learning_rate"] == self.default_learning_rate:
             document["learning_rate"] = None
         return document
+
+    def feature_maps(self) -> list[int]:
+        """The side of the square feature maps: the image's, then after each conv block's
+        convolution and after its pooling, in turn (cnn; a value below 1 leaves nothing)."""
+        sides = [IMAGE_SHAPE[0]]
+        for _ in self.conv_filters or []:
+            convolved = sides[-1] - (self.kernel_size or 1) + 1
+            sides += [convolved, max(convolved, 0) // 2]
+        return sides
+
+    @property
+    def layer_widths(self) -> list[int]:
+        """The dense layers before the output: the MLP's hidden layers or the CNN's head."""
+        widths = self.hidden_units if self.architecture == "mlp" else self.dense_units
+        assert widths is not None  # a validated spec has its architecture's shape
+        return widths
 
     def trick(self, kind: type[TrickT]) -> TrickT | None:
         """This spec's trick of the given type, or None."""

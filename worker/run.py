@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from core.cost import EVAL_BATCH
+from core.cost import EVAL_BATCH, eval_batch
 from core.datasets import Splits
 from core.images import scale
 from core.spec import NUM_CLASSES, Augmentation, JobSpec
@@ -211,9 +211,9 @@ class Run:
             )
         if scored is None:  # alone: validation is timed as part of the epoch, test is not
             began = time.perf_counter()
-            scored = {"val": scores(self.model, self.data.x_val, self.data.splits.y_val)}
+            scored = {"val": self.scores(self.data.x_val, self.data.splits.y_val)}
             fit_seconds += time.perf_counter() - began
-            scored["test"] = scores(self.model, self.data.x_test, self.data.splits.y_test)
+            scored["test"] = self.scores(self.data.x_test, self.data.splits.y_test)
         val, test = scored["val"], scored["test"]
         assert test is not None  # datasets.load refuses an empty test set
         row = {
@@ -239,6 +239,9 @@ class Run:
             raise Interrupted
         return stop
 
+    def scores(self, images: np.ndarray, labels: np.ndarray) -> Scores:
+        return scores(self.model, images, labels, eval_batch(self.spec))
+
     def finish(self, scored: dict[str, Scores] | None = None) -> Trained:
         """The final model (early stopping's best weights) and its scores (`scored`: those
         of each part, already computed)."""
@@ -247,7 +250,7 @@ class Run:
         result: dict[str, Any] = {"epochs_trained": self.stopped_epoch or self.spec.epochs}
         result["parameters"] = self.model.count_params()
         for part, x, y in self.data.parts():
-            if part_scores := (scored[part] if scored else scores(self.model, x, y)):
+            if part_scores := (scored[part] if scored else self.scores(x, y)):
                 result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
         result["seconds"] = time.perf_counter() - self.started
         return Trained(self.model, self.watch.best_epoch, self.stopped_epoch, result)
@@ -276,21 +279,25 @@ def epoch_order(seed: int, epoch: int, count: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(count).astype(np.int32)
 
 
-def scores(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> Scores:
+def scores(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, batch: int = EVAL_BATCH
+) -> Scores:
     """Plain cross-entropy and accuracy in inference mode; None for an empty split."""
     if not len(images):
         return None
-    return scores_of(inferred(model, images), labels)
+    return scores_of(inferred(model, images, batch=batch), labels)
 
 
-def inferred(model: keras.Model, images: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The model's outputs in inference mode, EVAL_BATCH images a call, joined along the
+def inferred(
+    model: keras.Model, images: np.ndarray, axis: int = 0, batch: int = EVAL_BATCH
+) -> np.ndarray:
+    """The model's outputs in inference mode, `batch` images a call, joined along the
     outputs' batch `axis`. Plain calls, not model.predict: no function to trace for each new
     model, the same numbers."""
     return np.concatenate(
         [
-            keras.ops.convert_to_numpy(model(images[start : start + EVAL_BATCH], training=False))
-            for start in range(0, len(images), EVAL_BATCH)
+            keras.ops.convert_to_numpy(model(images[start : start + batch], training=False))
+            for start in range(0, len(images), batch)
         ],
         axis=axis,
     )

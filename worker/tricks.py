@@ -52,26 +52,44 @@ NOT_PACKABLE = {
 }
 
 
+# Likewise for architectures: a pack stacks Dense, batch norm and dropout layers only.
+PACKABLE_ARCHITECTURES = frozenset({"mlp"})
+NOT_PACKABLE_ARCHITECTURES = {
+    "cnn": "a pack has no stacked convolution or pooling, and no equivalence test for them",
+}
+
+
 def packable(spec: JobSpec) -> bool:
-    return all(trick.name in PACKABLE for trick in spec.tricks)
+    return spec.architecture in PACKABLE_ARCHITECTURES and all(
+        trick.name in PACKABLE for trick in spec.tricks
+    )
 
 
 def build_model(spec: JobSpec) -> keras.Model:
-    """Flatten → [Dense → (BatchNorm) → ReLU → (Dropout)] per hidden layer → Dense softmax."""
+    """mlp: Flatten → [Dense → (BatchNorm) → ReLU → (Dropout)] per hidden layer → Dense softmax.
+    cnn: [Conv2D → (BatchNorm) → ReLU → MaxPooling 2×2 → (Dropout)] per conv block → Flatten →
+    the same hidden layers, as its dense head → Dense softmax. Each trick is applied here, by the
+    same functions on both architectures."""
     inputs = keras.Input(shape=(28, 28), name="image")
     x = inputs
     if augmentation := spec.trick(Augmentation):
         x = augment(x, augmentation, spec.seed)
+    blocks = spec.conv_filters or []  # none on the mlp
+    if blocks:
+        x = keras.layers.Reshape((28, 28, 1))(x)  # one grayscale channel
+    for index, filters in enumerate(blocks):
+        x = conv_block(x, filters, spec, index)
     x = keras.layers.Flatten()(x)
-    for index, units in enumerate(spec.hidden_units):
+    # Layer numbers count on across the blocks, and seed each layer's initial weights.
+    for index, units in enumerate(spec.layer_widths, start=len(blocks)):
         x = hidden_layer(x, units, spec, index)
     outputs = keras.layers.Dense(
         NUM_CLASSES,
         activation="softmax",
-        kernel_initializer=glorot(spec.seed, len(spec.hidden_units)),
+        kernel_initializer=glorot(spec.seed, len(blocks) + len(spec.layer_widths)),
         name="classes",
     )(x)
-    return keras.Model(inputs, outputs, name="tricklab_mlp")
+    return keras.Model(inputs, outputs, name=f"tricklab_{spec.architecture}")
 
 
 def derived_seed(seed: int, role: str, index: int = 0) -> int:
@@ -87,20 +105,43 @@ def glorot(seed: int, layer: int) -> keras.initializers.Initializer:
 
 
 def hidden_layer(x: Any, units: int, spec: JobSpec, index: int) -> Any:
+    x = activated(keras.layers.Dense(units, **linear_options(spec, index))(x), spec)
+    return dropped(x, spec, index)
+
+
+def conv_block(x: Any, filters: int, spec: JobSpec, index: int) -> Any:
+    """A CNN block: a valid-padded convolution, activated as a hidden layer is, then 2×2 max
+    pooling, then dropout (of whole feature maps with the dropout trick's `spatial`)."""
+    assert spec.kernel_size is not None  # a validated cnn spec has one
+    conv = keras.layers.Conv2D(filters, spec.kernel_size, **linear_options(spec, index))
+    x = keras.layers.MaxPooling2D(2)(activated(conv(x), spec))
+    return dropped(x, spec, index, maps=True)
+
+
+def linear_options(spec: JobSpec, index: int) -> dict[str, Any]:
+    """A hidden Dense or Conv2D layer's activation, weight decay and initial weights."""
     l2 = weight_decay(spec.trick(WeightDecay))
-    bn = spec.trick(BatchNorm)
-    x = keras.layers.Dense(
-        units,
-        activation=None if bn else "relu",
-        kernel_regularizer=l2,
-        bias_regularizer=l2,
-        kernel_initializer=glorot(spec.seed, index),
-    )(x)
-    if bn:
-        x = batch_norm(x, bn)
-    if dropout := spec.trick(Dropout):
-        x = HashDropout(dropout.rate, seed=derived_seed(spec.seed, "dropout", index))(x)
-    return x
+    return {
+        "activation": None if spec.trick(BatchNorm) else "relu",
+        "kernel_regularizer": l2,
+        "bias_regularizer": l2,
+        "kernel_initializer": glorot(spec.seed, index),
+    }
+
+
+def activated(x: Any, spec: JobSpec) -> Any:
+    """A linear layer's output through its ReLU: already applied, unless batch norm comes
+    between."""
+    return batch_norm(x, bn) if (bn := spec.trick(BatchNorm)) else x
+
+
+def dropped(x: Any, spec: JobSpec, index: int, maps: bool = False) -> Any:
+    """Dropout after a hidden layer or (`maps`) a conv block's (batch, h, w, channels)."""
+    if not (dropout := spec.trick(Dropout)):
+        return x
+    noise_shape = (None, 1, 1, None) if maps and dropout.spatial else None
+    seed = derived_seed(spec.seed, "dropout", index)
+    return HashDropout(dropout.rate, noise_shape=noise_shape, seed=seed)(x)
 
 
 def weight_decay(trick: WeightDecay | None) -> keras.regularizers.Regularizer | None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.spec import JobSpec
-from tests.support.data import TINY
+from tests.support.data import TINY, TINY_CNN
 from worker import run, steps, tricks
 
 pytestmark = [pytest.mark.backends, pytest.mark.equivalence]
@@ -16,6 +16,18 @@ SGD = JobSpec.model_validate(
     {**TINY, "tricks": ["dropout", "batch_norm", "weight_decay", "momentum", "cosine_decay"]}
 )
 ADAM = JobSpec.model_validate({**TINY, "tricks": ["dropout", "weight_decay", "cosine_decay"]})
+CNN = JobSpec.model_validate(
+    {
+        **TINY_CNN,
+        "tricks": [
+            {"name": "dropout", "spatial": True},
+            "batch_norm",
+            "weight_decay",
+            "momentum",
+            "cosine_decay",
+        ],
+    }
+)
 
 
 def trainer(model_class, splits, spec=SGD, jit_compile="auto"):
@@ -40,8 +52,8 @@ def epoch(splits):
 
 @pytest.mark.parametrize(
     ("spec", "chunk_steps", "jit_compile"),
-    [(SGD, 256, "auto"), (ADAM, 4, "auto"), (SGD, 4, True)],
-    ids=["sgd-one-chunk", "adam-chunks-of-4", "sgd-xla"],
+    [(SGD, 256, "auto"), (ADAM, 4, "auto"), (SGD, 4, True), (CNN, 4, True)],
+    ids=["sgd-one-chunk", "adam-chunks-of-4", "sgd-xla", "cnn-xla"],
 )
 def test_an_epoch_in_chunks_equals_fit(splits, epoch, monkeypatch, spec, chunk_steps, jit_compile):
     # 500 images: 15 full batches and one of 20. In chunks of 4 steps: 4 + 4 + 4 + 3 (one row

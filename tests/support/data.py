@@ -11,6 +11,13 @@ from core.datasets import FILES, write_idx
 # A job that trains in well under a second on the tiny dataset.
 TINY = {"epochs": 2, "validation_size": 100, "learning_rate": 0.01, "hidden_units": [32, 16]}
 TINY_TRAIN, TINY_TEST = 600, 100
+# The CNN's as tiny: 4 and 8 filters, a dense 16 head.
+TINY_CNN = {
+    **{key: value for key, value in TINY.items() if key != "hidden_units"},
+    "architecture": "cnn",
+    "conv_filters": [4, 8],
+    "dense_units": [16],
+}
 
 # One epoch's metrics as a worker records them.
 EPOCH = {

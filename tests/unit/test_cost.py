@@ -14,6 +14,10 @@ SPECS = [
     {"hidden_units": [7]},
     {"hidden_units": [300, 100, 50], "tricks": ["batch_norm", "dropout"]},
     {"hidden_units": [64], "tricks": ["augmentation", "weight_decay", "momentum"]},
+    {"architecture": "cnn"},
+    {"architecture": "cnn", "tricks": ["batch_norm", "dropout"]},
+    {"architecture": "cnn", "conv_filters": [3, 5, 7], "kernel_size": 2, "dense_units": [9, 4]},
+    {"architecture": "cnn", "conv_filters": [8], "kernel_size": 7, "tricks": ["batch_norm"]},
 ]
 
 
@@ -30,6 +34,39 @@ def test_memory_grows_with_the_model_the_batch_and_the_optimizer_state():
     assert cost.memory_bytes(JobSpec(tricks=["momentum"])) < cost.memory_bytes(base)  # 1 slot
     # The notebook's model: its weights, gradients, Adam's two slots and an inference batch.
     assert cost.memory_bytes(base) == 4 * (4 * 104_938 + 4096 * (784 + 160 + 10))
+
+
+def test_cnn_memory_counts_its_feature_maps():
+    cnn = JobSpec(architecture="cnn")
+    # Its activations an image: the input, two conv outputs and their pooled maps, the head.
+    activations = 784 + 32 * (26**2 + 13**2) + 64 * (11**2 + 5**2) + 128 + 10
+    # Scored in calls of 2**24 floats' worth of its widest output, the first conv's maps.
+    assert cost.eval_batch(cnn) == 2**24 // (32 * 26**2) == 775
+    assert cost.eval_batch(JobSpec()) == cost.EVAL_BATCH
+    assert cost.memory_bytes(cnn) == 4 * (4 * cost.parameters(cnn) + 775 * activations)
+    wider = JobSpec(architecture="cnn", conv_filters=[64, 128])
+    assert cost.memory_bytes(wider) > cost.memory_bytes(cnn)
+    with_tricks = JobSpec(architecture="cnn", tricks=["batch_norm", "dropout"])
+    assert cost.memory_bytes(with_tricks) > cost.memory_bytes(cnn)
+
+
+def test_a_cnn_over_the_parameter_limit_is_told_which_shape_field_to_change(limited):
+    head = JobSpec(architecture="cnn", validation_size=100, epochs=2, dense_units=[256])
+    refused = {refusal.field: refusal for refusal in cost.refusals(head, limited)}
+    assert "hidden_units" not in refused and "conv_filters" not in refused
+    assert refused["dense_units"].message.startswith(
+        f"the model would have {cost.parameters(head):,} parameters; the limit is 200,000"
+    )
+    convs = JobSpec(
+        architecture="cnn", validation_size=100, conv_filters=[256, 256, 256], dense_units=[4]
+    )
+    assert "conv_filters" in [r.field for r in cost.refusals(convs, limited)]
+
+
+def test_a_cnn_counts_its_steps_as_any_job(limited):
+    spec = JobSpec(architecture="cnn", validation_size=100, epochs=3, batch_size=32)
+    refused = {r.field: r.context["value"] for r in cost.refusals(spec, limited)}
+    assert refused["epochs"] == 48  # 500 images: 16 steps an epoch, 48 > 40
 
 
 @pytest.fixture

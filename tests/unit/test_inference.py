@@ -42,12 +42,36 @@ def test_matches_keras_for_every_combination_of_layer_shaping_tricks(tricks):
     np.testing.assert_allclose(forward(images), model.predict_on_batch(images), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "tricks",
+    [list(combo) for k in range(len(TRICKS) + 1) for combo in itertools.combinations(TRICKS, k)],
+    ids=lambda tricks: "+".join(tricks) or "base",
+)
+def test_matches_keras_on_the_cnn_for_every_combination_of_layer_shaping_tricks(tricks):
+    spec = JobSpec.model_validate(
+        {
+            "architecture": "cnn",
+            "tricks": [{"name": name} for name in tricks],
+            # kernel 3: 28 → 26 → 13 → 11 → 5 → 3 → 1, odd maps whose last row pooling drops
+            "conv_filters": [3, 5] if "dropout" in tricks else [2, 3, 4],
+            "kernel_size": 5 if "dropout" in tricks else 3,
+            "dense_units": [16, 8],
+        }
+    )
+    model = trained_looking(build_model(spec), seed=len(tricks))
+    forward = numpy_forward(model)
+    assert forward is not None
+    images = np.random.default_rng(1).random((32, 28, 28), np.float32)
+    np.testing.assert_allclose(forward(images), model.predict_on_batch(images), atol=1e-6)
+
+
 def test_declines_layers_it_does_not_know():
-    inputs = keras.Input((28, 28))
-    x = keras.layers.Reshape((28, 28, 1))(inputs)
-    x = keras.layers.Conv2D(4, 3)(x)
-    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(x))
-    assert numpy_forward(keras.Model(inputs, outputs)) is None
+    for padding, strides in (("same", 1), ("valid", 2)):  # convolutions tricklab never builds
+        inputs = keras.Input((28, 28))
+        x = keras.layers.Reshape((28, 28, 1))(inputs)
+        x = keras.layers.Conv2D(4, 3, padding=padding, strides=strides)(x)
+        outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Flatten()(x))
+        assert numpy_forward(keras.Model(inputs, outputs)) is None
 
     gelu = keras.Sequential(
         [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10, activation="gelu")]
