@@ -27,7 +27,7 @@ from starlette.datastructures import UploadFile
 from analysis.report import report
 from analysis.studies import DESIGNS
 from core.images import ImageError, PixelBudget
-from core.spec import TRICKS, trick_catalogue
+from core.spec import TRICKS, JobSpec, trick_catalogue
 from jobqueue.models import Job, trick_names, utcnow
 from jobqueue.states import ACTIVE, JobStatus
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
@@ -294,7 +294,44 @@ async def new_page(request: Request) -> Response:
     caller = await viewer(request)
     if caller is None:
         return sign_in_first(request)
-    return page(request, "new.html", caller, catalogue=trick_catalogue(), designs=DESIGNS)
+    spec = JobSpec.model_json_schema()["properties"]
+    return page(
+        request,
+        "new.html",
+        caller,
+        spec_fields=[form_field(name, schema) for name, schema in spec.items() if name != "tricks"],
+        catalogue=[
+            {**trick, "fields": [form_field(n, s) for n, s in trick["parameters"].items()]}
+            for trick in trick_catalogue()
+        ],
+        designs=DESIGNS,
+    )
+
+
+BOUNDS = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusiveMaximum": "<"}
+
+
+def form_field(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """How to ask for one JSON schema property in a form: its input kind, default, options
+    and limits, in words. A nullable property may be left empty (the API's default)."""
+    kinds = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+    main = kinds[0] if kinds else schema
+    items = main.get("items", {})
+    bounds = [f"{BOUNDS[k]} {v}" for k, v in (items or main).items() if k in BOUNDS]
+    if items:
+        bounds.append(f"{main.get('minItems', 0)} to {main.get('maxItems', '∞')} values")
+    kind = {"boolean": "boolean", "array": "list", "number": "number", "integer": "number"}
+    default = schema.get("default")
+    return {
+        "name": name,
+        "label": name.replace("_", " ").capitalize(),
+        "description": schema.get("description", ""),
+        "kind": "select" if "enum" in main else kind.get(main.get("type"), "text"),
+        "options": main.get("enum", []),
+        "default": ", ".join(map(str, default)) if isinstance(default, list) else default,
+        "optional": "anyOf" in schema,
+        "bounds": ", ".join(bounds),
+    }
 
 
 def when(value: datetime | None) -> str:

@@ -1,7 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium, against
-real API and worker processes. Sign in with the token, see a job in the table, watch its
-curve grow to the last epoch, and upload an image to read its class and the 28×28 picture the
-model received. Skipped, saying why, where Chromium or its driver is missing."""
+real API and worker processes. Sign in, submit a job from the form (after reading its errors
+beside the fields), watch its curve grow, classify test images by upload; open a study and
+read its verdicts, compare jobs, all at a phone's width too. Every page visited is saved as a
+screenshot and checked for unlabelled controls, sideways scrolling and severe console errors.
+Skipped, saying why, where Chromium or its driver is missing."""
 
 from __future__ import annotations
 
@@ -9,17 +11,27 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from core.spec import DATASET_CLASSES
 from tests.support.auth import ADMIN_TOKEN
 from tests.support.cluster import Cluster, serving, wait_for
-from tests.support.data import TINY
+from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 EPOCHS = 4
+IMAGES, LABELS = tiny_images(2, seed=21)
+PHONE = (390, 844)
+
+# Controls that no label, aria-label or text names: a screen reader reads them as "edit".
+UNLABELLED = """
+return [...document.querySelectorAll("input:not([type=hidden]), select, textarea, button")]
+  .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute("aria-label")
+                 && !(e.tagName === "BUTTON" && e.textContent.trim()))
+  .map((e) => e.outerHTML.slice(0, 120));
+"""
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +49,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800"):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
         driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
     except Exception as error:  # a browser that cannot start is a skip that says why
@@ -51,22 +63,73 @@ def until(driver, condition, what: str, timeout: float = 60):
     return wait_for(lambda: condition(driver), timeout, what, every=0.2)
 
 
-def test_sign_in_watch_a_job_learn_and_classify_an_upload(cluster, browser, tmp_path):
+def looks_right(driver, folder: Path, name: str, expected_errors: tuple[str, ...] = ()) -> None:
+    """Save the page as `name`.png, and fail on what a user would trip over."""
+    driver.save_screenshot(str(folder / f"{name}.png"))
+    assert driver.execute_script(UNLABELLED) == [], f"unlabelled controls on {name}"
+    width = driver.execute_script("return [document.documentElement.scrollWidth, innerWidth]")
+    assert width[0] <= width[1], f"{name} scrolls sideways at width {width[1]}: {width[0]}"
+    severe = [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not any(e in entry["message"] for e in expected_errors)
+    ]
+    assert severe == [], f"console errors on {name}"
+
+
+def sign_in(driver, url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(url + "/")
+    if driver.find_elements(By.ID, "token"):  # by keyboard: type the token, press Enter
+        driver.find_element(By.ID, "token").send_keys(ADMIN_TOKEN, Keys.ENTER)
+    until(driver, lambda d: d.find_elements(By.ID, "signout"), "signed in")
+
+
+def test_submit_from_the_form_watch_it_learn_and_classify_test_images(cluster, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     driver = browser
-    job = cluster.client.post("/v1/jobs", json={**TINY, "epochs": EPOCHS}).json()
-    driver.get(cluster.url + "/")
-    driver.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-    driver.find_element(By.CSS_SELECTOR, "form.signin button").click()
-    until(
-        driver,
-        lambda d: d.find_elements(By.CSS_SELECTOR, f"tr[data-job='{job['id']}'] a"),
-        "the job in the table",
+    sign_in(driver, cluster.url)
+    looks_right(driver, tmp_path, "jobs")
+    driver.find_element(By.LINK_TEXT, "New job or study").click()
+    form = until(driver, lambda d: d.find_elements(By.ID, "new-form"), "the form")[0]
+
+    def fill(field_id: str, value: str) -> None:
+        box = form.find_element(By.ID, field_id)
+        box.clear()
+        box.send_keys(value)
+
+    # Two mistakes: each of the API's 422 messages appears beside its own field.
+    fill("f-epochs", "0")
+    form.find_element(By.CSS_SELECTOR, "input[name=trick][value=dropout]").click()
+    fill("p-dropout-rate", "1.5")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    epochs_error = until(driver, lambda d: d.find_element(By.ID, "e-f-epochs").text, "an error")
+    assert "epochs" in epochs_error and "greater than or equal to 1" in epochs_error
+    assert "rate" in driver.find_element(By.ID, "e-p-dropout-rate").text
+    assert driver.find_element(By.ID, "e-form").text == ""
+    looks_right(driver, tmp_path, "form-errors", expected_errors=("422",))
+
+    for field_id, value in (
+        ("f-epochs", str(EPOCHS)),
+        ("f-validation_size", "100"),
+        ("f-learning_rate", str(TINY["learning_rate"])),
+        ("f-hidden_units", "32, 16"),
+        ("p-dropout-rate", "0.2"),
+    ):
+        fill(field_id, value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    until(driver, lambda d: "/jobs/" in d.current_url, "the new job's page")
+    job_id = driver.current_url.rsplit("/", 1)[1]
+    spec = cluster.client.get(f"/v1/jobs/{job_id}").json()["spec"]
+    assert (spec["epochs"], spec["hidden_units"], spec["tricks"]) == (
+        EPOCHS,
+        [32, 16],
+        [{"name": "dropout", "rate": 0.2, "spatial": False}],
     )
-    driver.save_screenshot(str(tmp_path / "jobs.png"))
-    # The table refreshes itself while the job runs: follow its link as it is now.
-    driver.get(cluster.url + f"/jobs/{job['id']}")
+
     seen = set()
 
     def grown(d):
@@ -80,19 +143,81 @@ def test_sign_in_watch_a_job_learn_and_classify_an_upload(cluster, browser, tmp_
     assert len(seen - {0}) >= 1
     # The page reloads itself once the job has ended, with the predict form.
     files = until(driver, lambda d: d.find_elements(By.ID, "files"), "the predict form")[0]
-    driver.save_screenshot(str(tmp_path / "job.png"))
-    image = tmp_path / "item.png"
-    picture = np.zeros((56, 40), np.uint8)
-    picture[8:48, 10:30] = 200
-    image.write_bytes(encode(picture))
-    files.send_keys(str(image))
-    label = until(
-        driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#predictions .label"), "a class"
-    )[0]
-    assert label.text
-    received = driver.find_element(By.CSS_SELECTOR, "#predictions .received img")
-    assert received.get_attribute("src").startswith("data:image/png;base64,")
-    assert driver.execute_script("return arguments[0].naturalWidth", received) == 28
-    driver.save_screenshot(str(tmp_path / "predicted.png"))
-    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    assert severe == []
+    looks_right(driver, tmp_path, "job")
+    paths = []
+    for index, image in enumerate(IMAGES):
+        paths.append(tmp_path / f"test-{index}.png")
+        paths[-1].write_bytes(encode(image))
+    files.send_keys("\n".join(str(path) for path in paths))
+    labels = until(
+        driver,
+        lambda d: (
+            len(found := d.find_elements(By.CSS_SELECTOR, "#predictions .label")) == 2 and found
+        ),
+        "two classes",
+    )
+    classes = DATASET_CLASSES["fashion_mnist"]
+    assert [label.text for label in labels] == [classes[label] for label in LABELS]
+    received = driver.find_elements(By.CSS_SELECTOR, "#predictions .received img")
+    assert [driver.execute_script("return arguments[0].naturalWidth", r) for r in received] == [
+        28,
+        28,
+    ]
+    looks_right(driver, tmp_path, "predicted")
+
+
+def test_a_study_shows_its_verdicts_and_finished_jobs_compare_at_a_phones_width(
+    cluster, browser, tmp_path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    study = cluster.client.post(
+        "/v1/studies",
+        json={"name": "drops", "base": {**TINY, "epochs": 1}, "tricks": ["dropout"], "repeats": 2},
+    ).json()
+    driver.set_window_size(*PHONE)
+    sign_in(driver, cluster.url)
+    driver.get(cluster.url + f"/studies/{study['id']}")
+    # The page refreshes itself until every job has ended, then stops, with the verdict.
+    until(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#study:not([hx-trigger])"),
+        "the study to end",
+        120,
+    )
+    verdict = driver.find_element(By.CSS_SELECTOR, ".verdicts li")
+    assert verdict.text.startswith("dropout:")
+    assert verdict.get_attribute("class").split()[1] in (
+        "helps",
+        "hurts",
+        "no-detectable-difference",
+    )
+    forest = driver.find_element(By.CSS_SELECTOR, "img.plot")
+    until(
+        driver,
+        lambda d: d.execute_script("return arguments[0].naturalWidth", forest),
+        "the forest plot",
+    )
+    looks_right(driver, tmp_path, "study-phone")
+
+    # Tick the base's two runs in the jobs table with the keyboard, then compare them.
+    driver.get(cluster.url + "/")
+    base_runs = study["report"]["variants"][0]["jobs"]
+    for job_id in base_runs:
+        box = until(
+            driver,
+            lambda d, job_id=job_id: d.find_elements(
+                By.CSS_SELECTOR, f"tr[data-job='{job_id}'] input[type=checkbox]"
+            ),
+            "a finished job to tick",
+        )[0]
+        box.send_keys(Keys.SPACE)
+    looks_right(driver, tmp_path, "jobs-phone")
+    driver.find_element(By.CSS_SELECTOR, "#compare button[type=submit]").click()
+    until(driver, lambda d: "/compare" in d.current_url, "the comparison")
+    variants = driver.find_elements(By.CSS_SELECTOR, "table.variants tbody tr")
+    assert len(variants) == 1 and "2" in variants[0].text  # one variant, its two runs
+    looks_right(driver, tmp_path, "compare-phone")
+    driver.set_window_size(1280, 800)

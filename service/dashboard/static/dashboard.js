@@ -5,11 +5,13 @@ const CSRF = {"X-Tricklab-CSRF": "1"};
 const fmt = (x) => (x === null || x === undefined ? "" : Number(x).toPrecision(4));
 
 function chart(el, label, names) {
-  const width = Math.max(280, Math.min(560, el.parentElement.clientWidth || 560));
+  // Two charts side by side, or one under the other on a narrow screen.
+  const room = el.closest(".charts").clientWidth || 560;
+  const width = Math.max(260, Math.min(560, room < 640 ? room - 8 : room / 2 - 16));
   const colours = ["#1f77b4", "#ff7f0e", "#2ca02c"];
   return new uPlot({
     width: width, height: 260, scales: {x: {time: false}},
-    axes: [{label: "epoch"}, {label: label}],
+    axes: [{label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500]}, {label: label}],
     series: [{label: "epoch"}].concat(names.map((n, i) => ({label: n, stroke: colours[i], width: 2, points: {show: true}}))),
   }, [[]].concat(names.map(() => [])), el);
 }
@@ -63,13 +65,34 @@ function dropFiles(form) {
   });
 }
 
-function trickItem(box) {
-  const item = {name: box.dataset.trick};
-  for (const input of box.querySelectorAll("[data-param]")) {
-    if (input.type === "checkbox") item[input.dataset.param] = input.checked;
-    else if (input.value !== "") item[input.dataset.param] = input.type === "number" ? Number(input.value) : input.value;
+// An input's value as the API takes it, or undefined to leave the API's default. What does
+// not parse as a number is sent as typed, so that the API's 422 names it.
+function valueOf(input) {
+  if (input.dataset.kind === "boolean") return input.checked;
+  const v = input.value.trim();
+  if (v === "") return undefined;
+  const number = (x) => (x !== "" && Number.isFinite(Number(x)) ? Number(x) : x);
+  if (input.dataset.kind === "number") return number(v);
+  if (input.dataset.kind === "list") return v.split(/[\s,]+/).filter(Boolean).map(number);
+  return v;
+}
+
+function collect(box, attribute, into) {
+  for (const input of box.querySelectorAll("[data-" + attribute + "]")) {
+    const v = valueOf(input);
+    if (v !== undefined) into[input.dataset[attribute]] = v;
   }
-  return item;
+  return into;
+}
+
+// "base.tricks[0].rate" → "dropout.rate", "hidden_units[1]" → "hidden_units": the
+// data-error-for key of the input the API's message is about.
+function errorKey(field, prefix, tricks) {
+  field = field.replace(/^body\.?/, "");
+  if (prefix && field.startsWith(prefix)) field = field.slice(prefix.length);
+  const m = field.match(/^tricks\[(\d+)\](?:\.(\w+))?/);
+  if (m && tricks[Number(m[1])]) return tricks[Number(m[1])].name + (m[2] ? "." + m[2] : "");
+  return field.replace(/\[\d+\]$/, "");
 }
 
 function newForm(form) {
@@ -80,39 +103,31 @@ function newForm(form) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     form.querySelectorAll("[data-error-for], #e-form").forEach((e) => { e.textContent = ""; });
-    const spec = {};
-    for (const f of ["epochs", "batch_size", "seed", "validation_size", "learning_rate"]) {
-      const v = form.querySelector("#f-" + f).value;
-      if (v !== "") spec[f] = Number(v);
-    }
-    const chosen = [...form.querySelectorAll(".trick")].filter((b) => b.querySelector("input[name=trick]").checked);
-    const tricks = chosen.map(trickItem);
-    let url = "/v1/jobs", body, prefix = "";
-    if (kind() === "study") {
-      // Its seeds are base.seed, base.seed + 1, … (repeats of them).
-      body = {name: form.querySelector("#f-name").value, base: spec, tricks: tricks,
-              design: form.querySelector("#f-design").value,
-              repeats: Number(form.querySelector("#f-repeats").value)};
-      url = "/v1/studies"; prefix = "base.";
-    } else {
-      body = Object.assign(spec, {tricks: tricks});
-    }
-    const answer = await fetch(url, {method: "POST", credentials: "same-origin",
+    const spec = collect(form, "field", {});
+    const tricks = [...form.querySelectorAll(".trick")]
+      .filter((box) => box.querySelector("input[name=trick]").checked)
+      .map((box) => collect(box, "param", {name: box.dataset.trick}));
+    const study = kind() === "study";
+    const body = study
+      ? {name: form.querySelector("#f-name").value, base: spec, tricks: tricks,
+         design: form.querySelector("#f-design").value,
+         repeats: valueOf(form.querySelector("#f-repeats"))}
+      : Object.assign(spec, {tricks: tricks});
+    const answer = await fetch(study ? "/v1/studies" : "/v1/jobs", {method: "POST", credentials: "same-origin",
       headers: Object.assign({"Content-Type": "application/json"}, CSRF), body: JSON.stringify(body)});
     const data = await answer.json().catch(() => ({}));
     if (answer.status === 201) {
-      location.href = (kind() === "study" ? "/studies/" : "/jobs/") + data.id;
+      location.href = (study ? "/studies/" : "/jobs/") + data.id;
       return;
     }
     const issues = Array.isArray(data.detail) ? data.detail : [{field: "", msg: data.detail || answer.statusText}];
     for (const issue of issues) {
-      let field = (issue.field || "").replace(/^body\.?/, "");
-      if (prefix && field.startsWith(prefix)) field = field.slice(prefix.length);
-      const m = field.match(/^tricks\[(\d+)\]\.(\w+)/);
-      if (m && tricks[Number(m[1])]) field = tricks[Number(m[1])].name + "." + m[2];
-      const target = form.querySelector('[data-error-for="' + field + '"]') || document.getElementById("e-form");
+      const key = errorKey(issue.field || "", study ? "base." : "", tricks);
+      const target = form.querySelector('[data-error-for="' + key + '"]') || document.getElementById("e-form");
       target.textContent = (target.textContent ? target.textContent + " " : "") + issue.msg;
     }
+    const first = form.querySelector("[data-error-for]:not(:empty), #e-form:not(:empty)");
+    if (first) first.scrollIntoView({block: "center"});
   });
 }
 
