@@ -14,7 +14,7 @@ export TRICKLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install up worker test test-fast lint bench notebook-study chaos clean
+.PHONY: help install up worker test test-fast lint bench notebook-study notebook-study-cnn chaos clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -80,8 +80,13 @@ bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on
 	$(PY) bench/serve.py
 	$(PY) bench/events.py
 
+# STUDY='{"repeats": 1, ...}' overrides the preset's fields (the page says so).
+STUDY ?=
 notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data into docs/notebook-study/ (about 5 minutes with one worker)
-	$(PY) scripts/notebook_study.py
+	$(PY) scripts/notebook_study.py $(if $(STUDY),--study '$(STUDY)')
+
+notebook-study-cnn: $(INSTALLED) ## the same progression on the CNN into docs/notebook-study-cnn/ (preset notebook-cnn; over an hour in full on 2 cores)
+	$(PY) scripts/notebook_study.py --preset notebook-cnn $(if $(STUDY),--study '$(STUDY)') $(if $(OUT),--out $(OUT))
 
 CHAOS_JOBS ?= 60
 CHAOS_KILLS ?= 60

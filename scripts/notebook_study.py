@@ -1,11 +1,13 @@
 """The study notebook's progression, run on the genuine Fashion-MNIST by a real service and real
-workers, written into docs/notebook-study/: its plots as the service draws them, and a table of
-what it found, stamped with the date and the commit that produced them. `make notebook-study`.
+workers, written into docs/notebook-study/ (`--preset notebook-cnn`: the same on the CNN, into
+docs/notebook-study-cnn/): its plots as the service draws them, and a table of what it found,
+stamped with the date, the command and the commit that produced them. `make notebook-study`,
+`make notebook-study-cnn`.
 
 Through the same doors a user has (`python -m service`, `python -m worker`, HTTP), so the page
-shows what the current code does, never what an older version once did. About 5 minutes on a
-2-core CPU with one worker (it packs the jobs); `--workers 2` splits them where there are more
-cores.
+shows what the current code does, never what an older version once did. The MLP's takes about
+5 minutes on a 2-core CPU with one worker (it packs the jobs); the CNN's jobs train alone, at
+about 25 s an epoch there. `--workers 2` splits them where there are more cores.
 `--study '{"base": {"epochs": 1}, "repeats": 2}'` overrides the preset's fields for a quick look.
 """
 
@@ -31,18 +33,22 @@ import httpx2 as httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOTS = ("accuracy", "effects", "curves", "gap")
+# Each preset's folder under docs/, and its make target.
+OUT = {"notebook": "notebook-study", "notebook-cnn": "notebook-study-cnn"}
 ENDED = ("succeeded", "failed", "cancelled")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "notebook-study")
+    parser.add_argument("--preset", choices=list(OUT), default="notebook")
+    parser.add_argument("--out", type=Path, help="default: docs/notebook-study[-cnn]")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
         "--data-dir", type=Path, default=os.environ.get("TRICKLAB_DATA_DIR"), required=False
     )
     parser.add_argument("--study", type=json.loads, default={}, help="fields over the preset")
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "docs" / OUT[args.preset]
     if args.data_dir is None:
         parser.error("the genuine data: --data-dir or TRICKLAB_DATA_DIR (make sets it)")
 
@@ -51,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="notebook-study-") as state,
         stack(Path(state), args.data_dir, args.workers) as (api, alive),
     ):
-        study = api.post("/v1/studies", json={"preset": "notebook", **args.study})
+        study = api.post("/v1/studies", json={"preset": args.preset, **args.study})
         if study.status_code != 201:
             print(f"the study was refused: {study.status_code} {study.text}", file=sys.stderr)
             return 2
         study_id = study.json()["id"]
-        summary = follow(api, study_id, alive)
+        follow(api, study_id, alive)
+        summary = api.get(f"/v1/studies/{study_id}").json()  # with the request, as applied
         report = api.get(f"/v1/studies/{study_id}/report").json()
         args.out.mkdir(parents=True, exist_ok=True)
         for name in PLOTS:
@@ -64,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             image.raise_for_status()
             (args.out / f"{name}.png").write_bytes(image.content)
     minutes = (time.monotonic() - started) / 60
-    page = results_page(summary, report, stamp(args.workers, minutes))
+    command = f"make {OUT[args.preset]}" + (
+        f" STUDY='{json.dumps(args.study)}'" if args.study else ""
+    )
+    page = results_page(summary, report, stamp(command, args.workers, minutes))
     (args.out / "results.md").write_text(page)
     print(f"wrote {args.out / 'results.md'} and {len(PLOTS)} plots ({minutes:.1f} minutes)")
     return 0 if summary["status"] == "succeeded" else 1
@@ -145,7 +155,7 @@ def follow(api: httpx.Client, study_id: str, alive: Callable[[], None]) -> dict[
         time.sleep(2)
 
 
-def stamp(workers: int, minutes: float) -> str:
+def stamp(command: str, workers: int, minutes: float) -> str:
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True).stdout
 
@@ -157,7 +167,7 @@ def stamp(workers: int, minutes: float) -> str:
         commit += " with uncommitted changes"
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     return (
-        f"Produced on {today} by `make notebook-study` at commit {commit}, {workers} worker(s), "
+        f"Produced on {today} by `{command}` at commit {commit}, {workers} worker(s), "
         f"{minutes:.1f} minutes in all."
     )
 
@@ -171,18 +181,33 @@ def percent(estimate: dict[str, Any] | None) -> str:
     return f"{estimate['mean'] * 100:.2f} ± {half * 100:.2f}%"
 
 
+def shape(spec: dict[str, Any]) -> str:
+    """The spec's architecture fields, as `hidden_units` [128, 32]."""
+    fields = ("hidden_units", "conv_filters", "kernel_size", "dense_units")
+    return ", ".join(f"`{name}` {spec[name]}" for name in fields if spec.get(name) is not None)
+
+
 def results_page(summary: dict[str, Any], report: dict[str, Any], stamped: str) -> str:
     variants = report["variants"]
     spec = variants[0]["spec"] if variants else {}
+    request = summary["request"]
+    preset = request.get("preset") or "notebook"
+    model = "the notebook's MLP" if spec.get("architecture", "mlp") == "mlp" else "the CNN"
+    design = (
+        "each variant adds one trick to the one before"
+        if request["design"] == "cumulative"
+        else f"design {request['design']}"
+    )
     lines = [
-        "# The notebook study, as the current code runs it",
+        f"# The {preset} study, as the current code runs it",
         "",
         stamped,
         "",
-        f"The `notebook` preset on the genuine Fashion-MNIST: each variant adds one trick to the "
-        f"one before, {spec.get('epochs')} epochs, batch {spec.get('batch_size')}, seeds "
-        f"{', '.join(map(str, summary['seeds']))}; study status **{summary['status']}**. Test "
-        "accuracy of the saved model, mean ± half-width of the 95% interval over the seeds.",
+        f"The `{preset}` preset on the genuine Fashion-MNIST, on {model} ("
+        f"{shape(spec)}): {design}, {spec.get('epochs')} epochs, batch "
+        f"{spec.get('batch_size')}, seeds {', '.join(map(str, summary['seeds']))}; study status "
+        f"**{summary['status']}**. Test accuracy of the saved model, mean ± half-width of the "
+        "95% interval over the seeds.",
         "",
         "| variant | final test accuracy | single seeds | early stopping stopped at "
         "| gap at the end |",

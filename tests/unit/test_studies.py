@@ -108,6 +108,25 @@ def test_the_notebook_preset_is_its_progression_over_20_epochs():
     assert StudySpec(preset="notebook", repeats=5, base={"epochs": 4}).base.epochs == 4
 
 
+def test_the_notebook_cnn_preset_is_the_same_progression_on_the_cnn():
+    study = StudySpec(preset="notebook-cnn")
+    notebook = StudySpec(preset="notebook")
+    assert (study.name, study.design, study.tricks, study.repeats) == (
+        "notebook-cnn",
+        notebook.design,
+        notebook.tricks,
+        3,
+    )
+    assert (study.base.architecture, study.base.conv_filters, study.base.epochs) == (
+        "cnn",
+        [32, 64],
+        10,
+    )
+    assert {v.spec.architecture for v in expand(study, 100)} == {"cnn"}
+    quick = StudySpec(preset="notebook-cnn", repeats=1, base={"epochs": 1, "kernel_size": 5})
+    assert (quick.base.architecture, quick.base.epochs, quick.base.kernel_size) == ("cnn", 1, 5)
+
+
 def test_more_jobs_than_the_limit_are_refused_before_any_is_made():
     study = StudySpec(tricks=TRICKS, design="full_factorial", repeats=3)
     with pytest.raises(StudyError, match=r"24 jobs \(8 variants × 3 repeats\); the limit is 20"):
