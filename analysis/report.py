@@ -167,12 +167,13 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
     """Any jobs, grouped into variants by their spec apart from the seed. A variant is named
     by its tricks, and, where several share the tricks, by the fields that set them apart."""
     groups: dict[str, list[Job]] = {}
+    specs = {job.id: _resolved(job.spec) for job in jobs}
     for job in jobs:
-        rest = {key: value for key, value in job.spec.items() if key != "seed"}
+        rest = {key: value for key, value in specs[job.id].items() if key != "seed"}
         groups.setdefault(json.dumps(rest, sort_keys=True), []).append(job)
     variants = []
     for members in groups.values():
-        spec = {key: value for key, value in members[0].spec.items() if key != "seed"}
+        spec = {key: value for key, value in specs[members[0].id].items() if key != "seed"}
         labels = tuple(trick_label(trick) for trick in spec["tricks"])
         variants.append(_collect(VariantRuns(variant_name(labels), labels, spec, members), metrics))
     by_name: dict[str, list[VariantRuns]] = {}
@@ -186,10 +187,23 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
             for key in namesakes[0].spec
             if key != "tricks" and len({json.dumps(v.spec[key]) for v in namesakes}) > 1
         ]
-        for variant in namesakes:
-            fields = ", ".join(f"{key}={json.dumps(variant.spec[key])}" for key in differing)
+        for variant in namesakes:  # null: a field of another architecture's
+            fields = ", ".join(
+                f"{key}={json.dumps(variant.spec[key])}"
+                for key in differing
+                if variant.spec[key] is not None
+            )
             variant.name += f" ({fields})"
     return variants
+
+
+def _resolved(spec: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec as the current code resolves it, so that a job stored before a field
+    existed (architecture, dropout's spatial) groups with one that names its default."""
+    try:
+        return JobSpec.model_validate(spec).model_dump(mode="json")
+    except ValueError:  # stored by a version whose specs this one refuses: as it is
+        return spec
 
 
 def progress(statuses: Sequence[JobStatus]) -> dict[str, int]:
