@@ -6,7 +6,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.schema import CreateColumn
 
@@ -16,6 +27,7 @@ from jobqueue.models import (
     UPGRADES,
     Base,
     Job,
+    JobCount,
     JobTrick,
     Meta,
     Study,
@@ -86,6 +98,7 @@ def init_db(engine: Engine) -> None:
         tables = set(inspect(connection).get_table_names())
         if "jobs" not in tables:
             Base.metadata.create_all(connection)
+            _count_jobs(connection)
             connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
             _add_admin(connection)
             return
@@ -101,6 +114,7 @@ def init_db(engine: Engine) -> None:
             _add_admin(connection)
             _adopt(connection)
             _index_studies_and_tricks(connection)
+            _count_jobs(connection)
             connection.execute(
                 update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
             )
@@ -151,6 +165,57 @@ def _index_studies_and_tricks(connection: Connection) -> None:
     ]
     for start in range(0, len(tricks), 1000):
         connection.execute(insert(JobTrick), tricks[start : start + 1000])
+
+
+# The triggers that keep job_counts (see models.JobCount): +1 for a job's new owner and
+# status, -1 for its old ones.
+_SQLITE_COUNTING = (
+    """CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1); END""",
+    """CREATE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
+    WHEN OLD.status IS NOT NEW.status OR OLD.owner IS NOT NEW.owner BEGIN
+    INSERT INTO job_counts (owner, status, delta)
+    VALUES (OLD.owner, OLD.status, -1), (NEW.owner, NEW.status, 1); END""",
+    """CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
+    INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1); END""",
+)
+_POSTGRESQL_COUNTING = (
+    """CREATE OR REPLACE FUNCTION tricklab_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF TG_OP <> 'INSERT' THEN
+        INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1);
+      END IF;
+      IF TG_OP <> 'DELETE' THEN
+        INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1);
+      END IF;
+      RETURN NULL;
+    END $$""",
+    """CREATE OR REPLACE TRIGGER jobs_counted_insert AFTER INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
+    """CREATE OR REPLACE TRIGGER jobs_counted_delete AFTER DELETE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
+    """CREATE OR REPLACE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.owner IS DISTINCT FROM NEW.owner)
+    EXECUTE FUNCTION tricklab_count_jobs()""",
+)
+
+
+def _count_jobs(connection: Connection) -> None:
+    """Start job_counts from the jobs there are, and install the triggers that keep it."""
+    postgresql = connection.dialect.name == "postgresql"
+    if not postgresql:
+        for name in ("insert", "update", "delete"):
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS jobs_counted_{name}")
+    connection.execute(delete(JobCount))
+    connection.execute(
+        insert(JobCount).from_select(
+            ["owner", "status", "delta"],
+            select(Job.owner, Job.status, func.count()).group_by(Job.owner, Job.status),
+        )
+    )
+    for statement in _POSTGRESQL_COUNTING if postgresql else _SQLITE_COUNTING:
+        connection.exec_driver_sql(statement)
 
 
 def _add_columns(connection: Connection, names: tuple[str, ...]) -> None:

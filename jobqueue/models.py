@@ -45,7 +45,7 @@ SCHEMA_VERSION = 6
 # Versions init_db can bring up to date, and the columns added since each (it creates the
 # tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
 # of its files; 5 users, their tokens, and the owner of each job and study; 6 each job's
-# study and the job_tricks index of which tricks each job uses.
+# study, the job_tricks index of which tricks each job uses, and the job_counts changes.
 _COLUMNS_6 = ("jobs.study_id",)
 _COLUMNS_5 = ("jobs.owner", "studies.owner", *_COLUMNS_6)
 _COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
@@ -175,6 +175,23 @@ class JobTrick(Base):
     trick: Mapped[str] = mapped_column(String(64), primary_key=True)
 
     __table_args__ = (Index("ix_job_tricks_trick", "trick", "job_id"),)
+
+
+class JobCount(Base):
+    """How many jobs each owner has in each status, as a sum of changes: triggers on jobs
+    append +1/-1 rows as jobs are inserted, change status or are deleted (appending takes
+    no lock that concurrent writers would queue on, as updating one counter row would), and
+    the sweep folds the rows into one per owner and status. A count reads a few rows
+    however long the history."""
+
+    __tablename__ = "job_counts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_job_counts_owner_status", "owner", "status"),)
 
 
 def trick_names(spec: Any) -> list[str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Update, delete, func, select, text, update
+from sqlalchemy import Engine, Select, Update, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from jobqueue.db import WRITE
 from jobqueue.models import (
     EpochMetrics,
     Job,
+    JobCount,
     JobTrick,
     Study,
     User,
@@ -34,6 +36,11 @@ from jobqueue.retry import FailureReason, after_failure
 from jobqueue.states import ACTIVE, TERMINAL, JobStatus, sources_of
 
 MAX_ERROR_MESSAGE = 4000
+# job_counts' change rows the sweep lets pile up before folding them: a count reads at most
+# about this many rows.
+FOLD_AT = 1000
+# Where a page ends: the (created_at, id) of its last item; the next page starts after it.
+Position = tuple[datetime, str]
 # Queued jobs, oldest first, looked through for a claimed job's pack mates.
 PACK_CANDIDATES = 256
 # A job's stored spec → which jobs it can train together with (equal keys), and how many of
@@ -186,9 +193,11 @@ class JobStore:
         offset: int = 0,
         owner: str | None = None,
         trick: str | None = None,
-    ) -> tuple[Sequence[Job], int]:
-        """A page of jobs, newest first, and the number of jobs matching the filters (None:
-        any status, any owner, with or without any trick)."""
+        after: Position | None = None,
+    ) -> tuple[Sequence[Job], int | None]:
+        """A page of jobs, newest first (after `after`, the last of the page before), and the
+        number of jobs matching the filters (None: any status, any owner, with or without
+        any trick), from job_counts; None when filtering by trick, which nothing counts."""
         query = select(Job)
         if status is not None:
             query = query.where(Job.status == status)
@@ -197,11 +206,34 @@ class JobStore:
         if trick is not None:
             query = query.where(Job.id.in_(select(JobTrick.job_id).where(JobTrick.trick == trick)))
         with self._read() as session:
-            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            page = session.scalars(
-                query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
-            ).all()
-        return page, total
+            page = session.scalars(_page(query, Job, limit, offset, after)).all()
+        if trick is not None:
+            return page, None
+        counts = self.count_jobs(owner)
+        return page, counts.get(status, 0) if status else sum(counts.values())
+
+    def count_jobs(self, owner: str | None = None) -> dict[JobStatus, int]:
+        """How many jobs there are in each status (None: everyone's), from job_counts."""
+        query = select(JobCount.status, func.sum(JobCount.delta)).group_by(JobCount.status)
+        if owner is not None:
+            query = query.where(JobCount.owner == owner)
+        with self._read() as session:
+            return {JobStatus(status): int(n) for status, n in session.execute(query) if n}
+
+    def fold_counts(self, at_least: int = FOLD_AT) -> None:
+        """Sum job_counts' change rows into one per owner and status, once there are
+        `at_least` of them. One DELETE … RETURNING takes exactly the rows it folds, so a
+        change committed meanwhile is kept for the next fold."""
+        with self._write.begin() as session:
+            if (session.scalar(select(func.count()).select_from(JobCount)) or 0) < at_least:
+                return
+            folded: Counter[tuple[str | None, str]] = Counter()
+            changes = delete(JobCount).returning(JobCount.owner, JobCount.status, JobCount.delta)
+            for owner, status, delta in session.execute(changes):
+                folded[owner, status] += delta
+            sums = [{"owner": o, "status": s, "delta": n} for (o, s), n in folded.items() if n]
+            if sums:
+                session.execute(insert(JobCount), sums)
 
     def metrics(self, job_id: str, since_epoch: int = 0) -> Sequence[EpochMetrics]:
         with self._read() as session:
@@ -286,17 +318,22 @@ class JobStore:
             return {study_id: name for study_id, name in rows}
 
     def list_studies(
-        self, limit: int = 50, offset: int = 0, owner: str | None = None
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        after: Position | None = None,
     ) -> tuple[Sequence[Study], int]:
-        """A page of studies, newest first, and how many there are (None: any owner's)."""
+        """A page of studies, newest first (after `after`), and how many there are (None: any
+        owner's), counted in an index: there are far fewer studies than jobs."""
         query = select(Study)
+        count = select(func.count()).select_from(Study)
         if owner is not None:
             query = query.where(Study.owner == owner)
+            count = count.where(Study.owner == owner)
         with self._read() as session:
-            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            page = session.scalars(
-                query.order_by(Study.created_at.desc(), Study.id.desc()).limit(limit).offset(offset)
-            ).all()
+            total = session.scalar(count) or 0
+            page = session.scalars(_page(query, Study, limit, offset, after)).all()
         return page, total
 
     def best_test_accuracy(self, job_ids: Sequence[str]) -> dict[str, float]:
@@ -628,6 +665,19 @@ def _cancel(which: Any) -> Update:
 def _unleased() -> dict[str, Any]:
     """The values that end a claim."""
     return {"lease_token": None, "lease_expires_at": None}
+
+
+def _page(
+    query: Select[Any], model: type[Job | Study], limit: int, offset: int, after: Position | None
+) -> Select[Any]:
+    """Newest first, from after `after`: a range of the (owner, status,) created_at indexes,
+    however deep the page."""
+    if after is not None:
+        created, item_id = after
+        query = query.where(
+            model.created_at <= created, or_(model.created_at < created, model.id < item_id)
+        )
+    return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit).offset(offset)
 
 
 def _tricks_of(job: Job) -> list[JobTrick]:

@@ -1,4 +1,5 @@
-"""The background sweep that both processes run: expired leases go back to the queue."""
+"""The background sweep that both processes run: expired leases go back to the queue, and
+the job counts' change rows are folded."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class Sweeper(threading.Thread):
         while not self._done.wait(self.interval):
             try:
                 moved = self.store.requeue_expired()
+                self.store.fold_counts()
             except Exception:  # the database may be briefly away; try again next time
                 log.warning("sweep failed", exc_info=True)
                 continue

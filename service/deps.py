@@ -7,8 +7,11 @@ plain `def` dependency in a worker thread, a hop that costs more than the whole 
 
 from __future__ import annotations
 
+import base64
 import pathlib
 import re
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, Security, params
@@ -24,7 +27,7 @@ from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.models import Job, Study
 from jobqueue.states import JobStatus
-from jobqueue.store import JobStore
+from jobqueue.store import JobStore, Position
 from service.auth import Caller
 from service.predictor import LoadedModel, ModelUnavailable, Predictor
 
@@ -77,12 +80,66 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ID_PATTERN = "^[0-9a-f]{32}$"
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job's id, 32 hex digits.")]
 StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="A study's id, 32 hex digits.")]
-# The largest integer every database stores: larger offsets and epochs are 422s, not 500s.
+# The largest integer every database stores: larger epochs are 422s, not 500s.
 MAX_INT = 2**31 - 1
+# An offset makes the database step over the items it skips; deeper pages follow `next`.
+MAX_OFFSET = 10_000
 Offset = Annotated[
-    int, Query(ge=0, le=MAX_INT, description="Items to skip, for the pages after the first.")
+    int,
+    Query(
+        ge=0,
+        le=MAX_OFFSET,
+        description=f"Items to skip, at most {MAX_OFFSET}; deeper, follow the `next` link.",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page.")]
+
+
+def page_position(
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Where the page starts: the page before's `next` link carries it.",
+        ),
+    ] = None,
+) -> Position | None:
+    """The (created_at, id) a cursor names: the last item of the page before."""
+    if cursor is None:
+        return None
+    try:
+        created, item_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        position = (datetime.fromisoformat(created), item_id)
+    except ValueError:
+        position = None
+    if position is None or position[0].tzinfo is None or not re.fullmatch(ID_PATTERN, item_id):
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "cursor"),
+                    "msg": "not a cursor of this API: take it from a page's next link",
+                    "type": "value_error",
+                    "input": cursor,
+                }
+            ]
+        )
+    return position
+
+
+PagePosition = Annotated[Position | None, Depends(page_position)]
+
+
+def next_link(request: Request, items: Sequence[Job | Study], limit: int) -> str | None:
+    """The link to the page after this one (None: this is the last), this request's filters
+    kept; `items` is the page with one item more than `limit` when there is more."""
+    if len(items) <= limit:
+        return None
+    last = items[limit - 1]
+    cursor = base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode())
+    url = request.url.remove_query_params("offset").include_query_params(cursor=cursor.decode())
+    return f"{url.path}?{url.query}"
+
+
 OwnerName = Annotated[
     str | None,
     Query(

@@ -198,9 +198,13 @@ class JobRead(BaseModel):
 
 class JobList(BaseModel):
     jobs: list[JobRead]
-    total: int = Field(description="Jobs matching the filter, on all pages.")
+    total: int | None = Field(
+        description="Jobs matching the filters, on all pages; null when filtering by trick "
+        "(only the counts by owner and status are kept)."
+    )
     limit: int
     offset: int
+    next: str | None = Field(description="The next page (null on the last): follow it as is.")
 
 
 class EpochRead(BaseModel):
@@ -399,6 +403,7 @@ class StudyList(BaseModel):
     total: int
     limit: int
     offset: int
+    next: str | None = Field(description="The next page (null on the last): follow it as is.")
 
 
 # ---- users and tokens ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from core.cost import refusals
@@ -20,11 +20,13 @@ from service.deps import (
     Limit,
     ListedOwner,
     Offset,
+    PagePosition,
     PredictorDep,
     SettingsDep,
     StoreDep,
     get_caller,
     model_file,
+    next_link,
     no_unknown_query,
 )
 from service.errors import BODY, errors, refused
@@ -80,19 +82,26 @@ def submit_job(
 
 @router.get("", name="jobs-list", response_model=JobList, responses=errors(403, 422))
 def list_jobs(
+    request: Request,
     store: StoreDep,
     caller: CallerDep,
     owner: ListedOwner,
+    after: PagePosition,
     status: JobStatus | None = None,
     trick: Annotated[TrickName | None, Query(description="Only the jobs that use it.")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobList:
     """Your jobs, newest first, optionally only those with one status or using one trick. An
-    admin sees everyone's, or one user's with `owner`."""
-    jobs, total = store.list_jobs(status, limit, offset, owner, trick)
+    admin sees everyone's, or one user's with `owner`. Page on with the `next` link: it costs
+    the same however deep."""
+    jobs, total = store.list_jobs(status, limit + 1, offset, owner, trick, after)
     return JobList(
-        jobs=[JobRead.of(j, caller.admin) for j in jobs], total=total, limit=limit, offset=offset
+        jobs=[JobRead.of(j, caller.admin) for j in jobs[:limit]],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next=next_link(request, jobs, limit),
     )
 
 

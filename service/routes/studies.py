@@ -7,7 +7,7 @@ import logging
 from dataclasses import replace
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from analysis.report import (
@@ -26,11 +26,13 @@ from service.deps import (
     Limit,
     ListedOwner,
     Offset,
+    PagePosition,
     SettingsDep,
     StoreDep,
     StudyDep,
     compared_variants,
     get_caller,
+    next_link,
     no_unknown_query,
     study_report,
     study_runs,
@@ -100,11 +102,17 @@ def create_study(
     "/v1/studies", name="studies-list", response_model=StudyList, responses=errors(403, 422)
 )
 def list_studies(
-    store: StoreDep, owner: ListedOwner, limit: Limit = 50, offset: Offset = 0
+    request: Request,
+    store: StoreDep,
+    owner: ListedOwner,
+    after: PagePosition,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> StudyList:
     """Your studies, newest first, with their status and progress. An admin sees everyone's,
-    or one user's with `owner`."""
-    studies, total = store.list_studies(limit, offset, owner)
+    or one user's with `owner`. Page on with the `next` link."""
+    found, total = store.list_studies(limit + 1, offset, owner, after)
+    studies = found[:limit]
     statuses = store.statuses([job_id for study in studies for job_id in study.job_ids])
     return StudyList(
         studies=[
@@ -114,6 +122,7 @@ def list_studies(
         total=total,
         limit=limit,
         offset=offset,
+        next=next_link(request, found, limit),
     )
 
 

@@ -203,6 +203,10 @@ def test_studies_are_listed_newest_first_and_can_be_cancelled(finished):
     ids = [s["id"] for s in listed["studies"]]
     assert ids[0] == queued["id"] and created["id"] in ids[1:]
     assert listed["studies"][0]["status"] == "queued"
+    first = client.get("/v1/studies", params={"limit": 1}).json()
+    second = client.get(first["next"]).json()
+    assert [first["studies"][0]["id"], second["studies"][0]["id"]] == ids[:2]
+    assert first["total"] == listed["total"] and listed["next"] is None
     cancelled = client.post(f"/v1/studies/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert cancelled["progress"]["cancelled"] == 3
