@@ -378,12 +378,6 @@ class JobStore:
                 )
         return found
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per status, over the whole queue (one grouped query over an index)."""
-        with self._read() as session:
-            rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-            return {status.value: count for status, count in rows}
-
     def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         with self._read() as session:
             rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))

@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body_timeout=settings.body_timeout_seconds,
     )
     app.state.metrics = ApiMetrics(
-        job_counts=lambda: app.state.store.counts(), streams=lambda: app.state.watch.streams
+        job_counts=lambda: app.state.store.count_jobs(), streams=lambda: app.state.watch.streams
     )
     if settings.auth == "off":
         app.add_middleware(LoopbackOnly)

@@ -23,7 +23,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ApiMetrics:
-    def __init__(self, job_counts: Callable[[], dict[str, int]], streams: Callable[[], int]):
+    def __init__(self, job_counts: Callable[[], dict[JobStatus, int]], streams: Callable[[], int]):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "tricklab_http_requests",
@@ -68,7 +68,7 @@ class ApiMetrics:
 class _JobsByStatus(Collector):
     """Jobs per status, from the database at scrape time (one query): the queue depth."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, counts: Callable[[], dict[JobStatus, int]]) -> None:
         self.counts = counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -77,7 +77,7 @@ class _JobsByStatus(Collector):
         )
         counts = self.counts()
         for status in JobStatus:
-            family.add_metric([status.value], counts.get(status.value, 0))
+            family.add_metric([status.value], counts.get(status, 0))
         yield family
 
 

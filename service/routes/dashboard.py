@@ -326,7 +326,7 @@ def form_field(name: str, schema: dict[str, Any]) -> dict[str, Any]:
         "name": name,
         "label": name.replace("_", " ").capitalize(),
         "description": schema.get("description", ""),
-        "kind": "select" if "enum" in main else kind.get(main.get("type"), "text"),
+        "kind": "select" if "enum" in main else kind.get(str(main.get("type")), "text"),
         "options": main.get("enum", []),
         "default": ", ".join(map(str, default)) if isinstance(default, list) else default,
         "optional": "anyOf" in schema,
