@@ -30,6 +30,11 @@ after epoch 1, which traces or compiles; the job's epochs include its validation
 baselines' do not), and the job's test accuracy at the last epoch per seed, as mean ± sd (the
 notebook printed 0.8824 for one run).
 
+`--architecture cnn` does the same for the default CNN (two 3×3 conv blocks of 32 and 64
+filters with 2×2 max pooling, a dense 128 head): the job against plain `model.fit` of the same
+net (`tricks.build_model`), without the notebook's loop, which is the MLP's. `make bench` runs it
+for 2 epochs a run: a CNN epoch costs about 100 times an MLP's.
+
 Nothing is asserted: it prints. `make bench` runs it (pointing TRICKLAB_DATA_DIR at
 ../shared/data/fashion-mnist when that exists); `python bench/train.py --help` lists its options.
 """
@@ -69,6 +74,7 @@ from worker.devices import freeze_imports  # noqa: E402
 from worker.loop import Worker  # noqa: E402
 
 NOTEBOOK_ACCURACY = 0.8824
+MODELS = {"mlp": "base model", "cnn": "default CNN"}
 JOB, NOTEBOOK, FIT = "tricklab job", "notebook loop", "plain model.fit"
 
 
@@ -168,13 +174,14 @@ class EpochClock(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._began)
 
 
-def plain_fit(splits: Splits, epochs: int, seed: int) -> Timed:
-    """`model.fit` on the arrays, shuffled, batch 32, Keras' default compile settings; then
-    `evaluate` on the test split."""
+def plain_fit(splits: Splits, spec: JobSpec) -> Timed:
+    """`model.fit` of the spec's model (its seed, epochs) on the arrays, shuffled, batch 32,
+    Keras' default compile settings; then `evaluate` on the test split."""
     started = time.perf_counter()
     keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
-    model = tricks.build_model(JobSpec(seed=seed))
+    keras.utils.set_random_seed(spec.seed)
+    model = tricks.build_model(spec)
+    epochs = spec.epochs
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = scale(splits.x_train), splits.y_train.astype(np.int32)
     clock = EpochClock()
@@ -191,6 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="round r trains seed r (default 3)")
     parser.add_argument("--epochs", type=int, default=10, help="of every run (default 10)")
+    parser.add_argument(
+        "--architecture", choices=["mlp", "cnn"], default="mlp", help="the default model of each"
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.epochs < 1:
         parser.error("--rounds and --epochs must be at least 1")
@@ -202,11 +212,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
         queue = Queue(Path(tmp), folder)
         freeze_imports()  # after Worker() loaded the backend, as `python -m worker` does
+
+        def spec(epochs: int, seed: int) -> JobSpec:
+            return JobSpec(architecture=args.architecture, epochs=epochs, seed=seed)
+
         sides: dict[str, Callable[[int, int], Timed]] = {
-            JOB: lambda epochs, seed: queue.job(JobSpec(epochs=epochs, seed=seed)),
-            FIT: lambda epochs, seed: plain_fit(splits, epochs, seed),
+            JOB: lambda epochs, seed: queue.job(spec(epochs, seed)),
+            FIT: lambda epochs, seed: plain_fit(splits, spec(epochs, seed)),
         }
-        if keras.backend.backend() == "tensorflow":
+        if args.architecture != "mlp":
+            print("notebook loop skipped: it trains the notebook's MLP only")
+        elif keras.backend.backend() == "tensorflow":
             sides[NOTEBOOK] = lambda epochs, seed: notebook_loop(splits, epochs, seed)
         else:
             print("notebook loop skipped: it is TensorFlow code and the Keras backend is not")
@@ -217,7 +233,8 @@ def main() -> None:
         print("  (the job's includes putting the data on the device, which a worker does once)\n")
 
         runs: dict[str, list[Timed]] = {name: [] for name in sides}
-        print(f"{args.rounds} rounds, base model, {args.epochs} epochs:")
+        model = MODELS[args.architecture]
+        print(f"{args.rounds} rounds, {model}, {args.epochs} epochs:")
         print(f"{'round':>5}  {'side':<16}  {'whole s':>7}  {'epoch s':>7}  {'test acc':>8}")
         for number in range(args.rounds):
             for name in order(list(sides), number):
@@ -229,13 +246,15 @@ def main() -> None:
                     flush=True,
                 )
         device = queue.worker.device
-    summary(runs, args.epochs, n_train, device)
+    summary(runs, model, args.epochs, n_train, device)
     took.report()
 
 
-def summary(runs: dict[str, list[Timed]], epochs: int, n_train: int, device: str) -> None:
+def summary(
+    runs: dict[str, list[Timed]], model: str, epochs: int, n_train: int, device: str
+) -> None:
     jobs = runs[JOB]
-    print(f"\n=== summary: base model, {epochs} epochs, {n_train} training images ===")
+    print(f"\n=== summary: {model}, {epochs} epochs, {n_train} training images ===")
     print(f"{'seed':>4}  {'test acc':>8}  {'val acc':>8}  {'train acc':>9}  {'median epoch s':>14}")
     for seed, job in enumerate(jobs):
         last = job.last or {}
@@ -245,9 +264,10 @@ def summary(runs: dict[str, list[Timed]], epochs: int, n_train: int, device: str
         )
     final = [job.test_accuracy for job in jobs]
     sd = statistics.stdev(final) if len(final) > 1 else 0.0
+    notebook = f"; notebook: {NOTEBOOK_ACCURACY} for one run" if model == MODELS["mlp"] else ""
     print(
         f"test accuracy at epoch {epochs}: {statistics.mean(final):.4f} ± {sd:.4f} "
-        f"(mean ± sample sd over {len(final)} seeds; notebook: {NOTEBOOK_ACCURACY} for one run)"
+        f"(mean ± sample sd over {len(final)} seeds{notebook})"
     )
     print("\ntraining samples/s at batch 32 (median epoch after the first; median over rounds):")
     labels = {

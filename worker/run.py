@@ -263,13 +263,17 @@ JIT_MIN_STEPS = 1200
 
 
 def jit_compile(spec: JobSpec, steps: int) -> bool | str:
-    """On TensorFlow, XLA-compile the train step wherever that changes only the speed and
-    the run is long enough to repay the compilation: 4× the samples per second on the 2-core
-    CPU, where Keras' "auto" would leave it off. Dropout masks come from a hash (core.layers),
-    the same compiled or not; the augmentation layers draw from the backend's generator, whose
-    numbers XLA changes, so those specs keep Keras' choice. On JAX, "auto" always compiles
-    (uncompiled JAX is far slower), and torch keeps Keras' choice too."""
+    """On TensorFlow, XLA-compile the MLP's train step wherever that changes only the speed
+    and the run is long enough to repay the compilation: 4× the samples per second on the
+    2-core CPU, where Keras' "auto" would leave it off. Dropout masks come from a hash
+    (core.layers), the same compiled or not; the augmentation layers draw from the backend's
+    generator, whose numbers XLA changes, so those specs keep Keras' choice. So does the CNN:
+    XLA on the CPU runs its convolutions, looped over a chunk's steps, about 12 times slower
+    than TensorFlow's own kernels do, and "auto" compiles only on a GPU. On JAX, "auto" always
+    compiles (uncompiled JAX is far slower), and torch keeps Keras' choice too."""
     if keras.backend.backend() != "tensorflow" or spec.trick(Augmentation):
+        return "auto"
+    if spec.architecture != "mlp":
         return "auto"
     return steps >= JIT_MIN_STEPS
 

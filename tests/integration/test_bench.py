@@ -48,6 +48,17 @@ def test_the_training_benchmark_runs_and_prints_its_ratios(tmp_path):
     assert re.search(r"^bench/train.py took .+ in all$", output, re.M)
 
 
+def test_the_training_benchmark_compares_the_cnn_with_plain_fit_of_the_same_net(tmp_path):
+    command = ("bench/train.py", "--architecture", "cnn", "--rounds", "2", "--epochs", "1")
+    output = run_bench(tmp_path, *command)
+    assert "notebook loop skipped: it trains the notebook's MLP only" in output
+    assert "=== summary: default CNN, 1 epochs, 1000 training images ===" in output
+    assert "ratio tricklab / plain model.fit, per epoch: " in output
+    assert re.search(r"^  plain model.fit +\d+$", output, re.M), output
+    sides = re.findall(r"^ +\d  (tricklab job|plain model.fit) ", output, re.M)
+    assert sides == ["tricklab job", "plain model.fit", "plain model.fit", "tricklab job"]
+
+
 def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
     output = run_bench(tmp_path, "bench/pack.py", "--jobs", "2", "--epochs", "1", "--rounds", "2")
     assert "largest difference in a job's final test accuracy: 0.0000" in output

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from core.spec import JobSpec, trick_catalogue
-from tests.support.data import TINY
+from tests.support.data import TINY, TINY_CNN
 from worker import run, training, tricks
 from worker.checkpoints import Snapshot
 
@@ -74,6 +74,8 @@ def test_compiling_the_train_step_changes_the_speed_not_the_results(splits, monk
     )
     assert run.jit_compile(spec, run.JIT_MIN_STEPS) is True
     assert run.jit_compile(spec, 3 * 19) is False  # tiny runs: compiling costs more
+    cnn = JobSpec.model_validate({**TINY_CNN, "tricks": ["dropout", "batch_norm"]})
+    assert run.jit_compile(cnn, 10 * run.JIT_MIN_STEPS) == "auto"  # XLA slows its convolutions
     monkeypatch.setattr(run, "jit_compile", lambda spec, steps: True)
     compiled, _, _ = train_recorded(spec, splits)
     monkeypatch.setattr(run, "jit_compile", lambda spec, steps: False)
