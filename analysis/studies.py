@@ -81,7 +81,11 @@ class StudySpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("preset") in PRESETS:
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("preset"), str)
+            and data["preset"] in PRESETS
+        ):
             name = data["preset"]
             preset = {"name": name, "tricks": list(NOTEBOOK_TRICKS), "design": "cumulative"}
             study = {**preset, **data}
