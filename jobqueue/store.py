@@ -110,22 +110,51 @@ class JobStore:
         """Store a new queued job of `owner`'s, durable when this returns. With a key the
         owner already used for the same spec, the job stored then instead; returns (job,
         created). Raises QuotaExceeded if the owner would have more than `quota` active jobs."""
-        key = owned_key(owner, idempotency_key) if idempotency_key else None
-        job = self._new_job(spec, owner, key)
-        document = job.spec
+        jobs, created = self._enqueue([spec], owner, idempotency_key, quota, batch=False)
+        return jobs[0], created
+
+    def enqueue_many(
+        self,
+        specs: Sequence[JobSpec],
+        owner: str,
+        idempotency_key: str | None = None,
+        quota: int | None = None,
+    ) -> tuple[list[Job], bool]:
+        """Store several queued jobs of `owner`'s in one transaction: all durable when this
+        returns, or (QuotaExceeded) none. A key covers the whole batch: used again with the
+        same specs, in the same order, it returns the jobs stored then."""
+        return self._enqueue(specs, owner, idempotency_key, quota, batch=True)
+
+    def _enqueue(
+        self,
+        specs: Sequence[JobSpec],
+        owner: str,
+        idempotency_key: str | None,
+        quota: int | None,
+        batch: bool,
+    ) -> tuple[list[Job], bool]:
+        keys: list[str | None] = [None] * (len(specs) + batch)
+        if idempotency_key:
+            # A header value holds no newline: a batch's keys never meet a single job's. A
+            # batch looks one key further, so that a shorter batch under its key conflicts.
+            keys = [
+                owned_key(owner, f"{idempotency_key}\n{index}" if batch else idempotency_key)
+                for index in range(len(keys))
+            ]
+        jobs = [self._new_job(spec, owner, key) for spec, key in zip(specs, keys, strict=False)]
         try:
             with self._write.begin() as session:
-                if key and (earlier := self._keyed(session, key)):
-                    return self._replay(earlier, idempotency_key or "", document), False
-                self._within_quota(session, owner, quota, 1)
-                session.add_all([job, *_tricks_of(job)])
+                if idempotency_key and (earlier := self._keyed(session, keys)):
+                    return self._replay(earlier, idempotency_key, jobs), False
+                self._within_quota(session, owner, quota, len(jobs))
+                session.add_all([*jobs, *(trick for job in jobs for trick in _tricks_of(job))])
         except IntegrityError:  # a concurrent duplicate won (PostgreSQL)
             with self._read() as session:
-                earlier = self._keyed(session, key or "")
-            if earlier is None:
+                earlier = self._keyed(session, keys) if idempotency_key else []
+            if not earlier:
                 raise
-            return self._replay(earlier, idempotency_key or "", document), False
-        return job, True
+            return self._replay(earlier, idempotency_key or "", jobs), False
+        return jobs, True
 
     @staticmethod
     def _within_quota(session: Session, owner: str, quota: int | None, adding: int) -> None:
@@ -173,14 +202,19 @@ class JobStore:
         )
 
     @staticmethod
-    def _keyed(session: Session, key: str) -> Job | None:
-        return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+    def _keyed(session: Session, keys: Sequence[str | None]) -> list[Job]:
+        """The jobs stored under these keys, in their order."""
+        rows = session.scalars(select(Job).where(Job.idempotency_key.in_(keys)))
+        found = {job.idempotency_key: job for job in rows}
+        return [found[key] for key in keys if key in found]
 
     @staticmethod
-    def _replay(job: Job, key: str, document: dict[str, Any]) -> Job:
-        if job.spec != document:
-            raise IdempotencyConflict(key, job)
-        return job
+    def _replay(earlier: list[Job], key: str, jobs: list[Job]) -> list[Job]:
+        if len(earlier) != len(jobs) or any(
+            before.spec != job.spec for before, job in zip(earlier, jobs, strict=False)
+        ):
+            raise IdempotencyConflict(key, earlier[0])
+        return earlier
 
     def get(self, job_id: str) -> Job | None:
         with self._read() as session:

@@ -207,6 +207,22 @@ class JobList(BaseModel):
     next: str | None = Field(description="The next page (null on the last): follow it as is.")
 
 
+# Jobs one batch submission may queue: one transaction, a few hundred rows per 100.
+MAX_BATCH_JOBS = 1000
+
+
+class JobBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobSpec] = Field(
+        min_length=1, max_length=MAX_BATCH_JOBS, description="The specs, queued in this order."
+    )
+
+
+class JobBatchRead(BaseModel):
+    jobs: list[JobRead] = Field(description="The jobs, in the order of their specs.")
+
+
 class EpochRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -6,6 +6,7 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 
 from core.cost import refusals
@@ -30,7 +31,7 @@ from service.deps import (
     no_unknown_query,
 )
 from service.errors import BODY, errors, refused
-from service.schemas import BINARY, JobList, JobRead, MetricsRead
+from service.schemas import BINARY, JobBatch, JobBatchRead, JobList, JobRead, MetricsRead
 
 log = logging.getLogger("tricklab.service")
 router = APIRouter(
@@ -78,6 +79,52 @@ def submit_job(
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return JobRead.of(job, caller.admin)
+
+
+@router.post(
+    ":batch",
+    name="jobs-submit-batch",
+    status_code=201,
+    response_model=JobBatchRead,
+    responses=errors(*BODY, 429, conflict="The Idempotency-Key was used for other specs."),
+)
+def submit_jobs(
+    batch: JobBatch,
+    store: StoreDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Makes the batch safe to retry: the same key and specs, in the same "
+            "order, return the jobs created the first time (with Idempotent-Replayed: true).",
+        ),
+    ] = None,
+) -> JobBatchRead:
+    """Queue several training jobs at once, all or none: one transaction, so one commit
+    (and one fsync) for the lot. A spec over a limit is a 422 naming `jobs[i]`; more than
+    the quota allows is a 429 and queues nothing."""
+    found = [
+        refused(refusals(spec, settings), ("jobs", index)).errors()
+        for index, spec in enumerate(batch.jobs)
+    ]
+    if any(found):
+        raise RequestValidationError([error for errors_ in found for error in errors_])
+    quota = caller.quota_active_jobs or settings.quota_active_jobs
+    try:
+        jobs, created = store.enqueue_many(batch.jobs, caller.name, idempotency_key, quota)
+    except IdempotencyConflict as conflict:
+        raise HTTPException(409, str(conflict)) from None
+    except QuotaExceeded as error:
+        raise HTTPException(429, str(error)) from None
+    if created:
+        log.info("jobs=%d submitted owner=%s first=%s", len(jobs), caller.name, jobs[0].id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return JobBatchRead(jobs=[JobRead.of(job, caller.admin) for job in jobs])
 
 
 @router.get("", name="jobs-list", response_model=JobList, responses=errors(403, 422))

@@ -119,6 +119,43 @@ def test_next_links_walk_every_page_keeping_the_filters(client):
     assert deep.status_code == 422 and "10000" in deep.json()["detail"][0]["msg"]
 
 
+def test_a_batch_queues_every_spec_or_none(client, settings):
+    specs = [{**TINY, "seed": n} for n in range(3)]
+    answer = client.post("/v1/jobs:batch", json={"jobs": specs}, headers={"Idempotency-Key": "b"})
+    assert answer.status_code == 201, answer.text
+    jobs = answer.json()["jobs"]
+    assert [job["spec"]["seed"] for job in jobs] == [0, 1, 2]
+    assert all(job["status"] == "queued" for job in jobs)
+    again = client.post("/v1/jobs:batch", json={"jobs": specs}, headers={"Idempotency-Key": "b"})
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert [job["id"] for job in again.json()["jobs"]] == [job["id"] for job in jobs]
+    other = client.post(
+        "/v1/jobs:batch", json={"jobs": specs[:2]}, headers={"Idempotency-Key": "b"}
+    )
+    assert other.status_code == 409
+    # One bad spec refuses the batch, naming it; nothing is queued.
+    bad = client.post("/v1/jobs:batch", json={"jobs": [TINY, {**TINY, "epochs": 0}]})
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["field"] == "jobs[1].epochs"
+    huge = client.post(
+        "/v1/jobs:batch", json={"jobs": [TINY, {**TINY, "hidden_units": [4096] * 8}]}
+    )
+    assert huge.status_code == 422 and huge.json()["detail"][0]["field"].startswith("jobs[1].")
+    assert client.post("/v1/jobs:batch", json={"jobs": []}).status_code == 422
+    assert client.get("/v1/jobs").json()["total"] == 3
+
+
+def test_a_batch_over_the_quota_queues_nothing(client):
+    user = client.post("/v1/users", json={"name": "carol", "role": "user", "quota_active_jobs": 2})
+    carol = {"Authorization": f"Bearer {user.json()['token']}"}
+    refused = client.post("/v1/jobs:batch", json={"jobs": [TINY] * 3}, headers=carol)
+    assert refused.status_code == 429 and "quota of 2" in refused.json()["detail"]
+    assert client.get("/v1/jobs", headers=carol).json()["total"] == 0
+    assert (
+        client.post("/v1/jobs:batch", json={"jobs": [TINY] * 2}, headers=carol).status_code == 201
+    )
+
+
 def test_list_by_trick(client):
     plain = submit(client, TINY)["id"]
     dropped = submit(client, {**TINY, "tricks": ["dropout", "batch_norm"]})["id"]
@@ -238,6 +275,7 @@ def test_health_and_readiness(client):
 
 OPERATIONS = {
     ("/v1/jobs", "post"): "jobs-submit",
+    ("/v1/jobs:batch", "post"): "jobs-submit-batch",
     ("/v1/jobs", "get"): "jobs-list",
     ("/v1/jobs/{job_id}", "get"): "jobs-get",
     ("/v1/jobs/{job_id}", "delete"): "jobs-delete",

@@ -295,6 +295,7 @@ RULES = {
     "me-tokens-create": "any",
     "me-tokens-revoke": "any",
     "jobs-submit": "any",
+    "jobs-submit-batch": "any",
     "jobs-list": "any",
     "studies-create": "any",
     "studies-list": "any",
@@ -332,6 +333,7 @@ RULES = {
 }
 BODIES: dict[str, Any] = {
     "jobs-submit": {"json": TINY},
+    "jobs-submit-batch": {"json": {"jobs": [TINY]}},
     "studies-create": {"json": STUDY},
     "users-update": {"json": {"quota_active_jobs": 50}},
     "users-tokens-create": {"json": {"name": "matrix"}},
