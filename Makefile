@@ -76,8 +76,9 @@ lint: $(INSTALLED) ## ruff and mypy
 
 bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on the genuine Fashion-MNIST (about 8 minutes)
 	$(PY) bench/train.py
+	$(PY) bench/train.py --architecture cnn --epochs 2
 	$(PY) bench/pack.py
-	$(PY) bench/serve.py
+	$(PY) bench/serve.py --cnn
 	$(PY) bench/events.py
 
 # STUDY='{"repeats": 1, ...}' overrides the preset's fields (the page says so).

@@ -27,8 +27,14 @@ What it does, all in one run:
    throughput within 10% of predict's (a median ratio of at least 0.90). Tricklab-Batch-Size
    shows how many images shared each forward pass (the yardstick always says 1).
 
-Nothing is asserted: it prints. `make bench` runs it; `python bench/serve.py --help` lists
-its options.
+With `--cnn` it also trains the default CNN (architecture cnn) for as many epochs and adds a
+fourth endpoint, "cnn": the same multipart PNGs to that job's /v1 predict. It prints how each
+model runs in the service (its metadata's `runtime`: "numpy", the verified numpy chain of
+service.inference, or "keras") and the ratio cnn / predict, round by round: what serving the
+CNN costs against the MLP, on the same path.
+
+Nothing is asserted: it prints. `make bench` runs it with `--cnn`; `python bench/serve.py --help`
+lists its options.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
 
 import httpx2 as httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -202,6 +209,7 @@ def main() -> None:
     parser.add_argument(
         "--body", choices=["multipart", "raw"], default="multipart", help="how the PNG is sent"
     )
+    parser.add_argument("--cnn", action="store_true", help="also serve the default CNN")
     args = parser.parse_args()
 
     folder = data_dir()
@@ -228,43 +236,65 @@ def main() -> None:
         try:
             wait_ready(api_url, "/readyz")
             wait_ready(f"http://127.0.0.1:{trivial_port}", "/")
-            job = httpx.post(
-                f"{api_url}/v1/jobs", json={"epochs": args.epochs}, headers=AUTHORIZATION
-            ).json()
-            print(f"training the served model: base spec, {args.epochs} epoch(s)", flush=True)
-            worker = start(root, "worker", env, "-m", "worker", "--once")
-            worker.wait()
-            status = httpx.get(f"{api_url}/v1/jobs/{job['id']}", headers=AUTHORIZATION).json()
-            if status["status"] != "succeeded":
-                log = (root / "worker.log").read_text(errors="replace")[-3000:]
-                sys.exit(
-                    f"bench: the model's job ended {status['status']}: {status['error']}\n"
-                    f"the worker's log ends:\n{log}"
-                )
-            path = f"/v1/jobs/{job['id']}/predict"
+            status = trained(root, api_url, env, {"epochs": args.epochs}, "base spec")
+            path = f"/v1/jobs/{status['id']}/predict"
             made = {
                 "trivial": requests_for(pngs, path, trivial_port, args.body),
                 "predict": requests_for(pngs, path, api_port, args.body),
-                "v2": v2_requests_for(images, f"/v2/models/{job['id']}/infer", api_port),
+                "v2": v2_requests_for(images, f"/v2/models/{status['id']}/infer", api_port),
             }
+            served = {"predict": status}
+            if args.cnn:
+                cnn = {"epochs": args.epochs, "architecture": "cnn"}
+                served["cnn"] = trained(root, api_url, env, cnn, "default CNN")
+                cnn_path = f"/v1/jobs/{served['cnn']['id']}/predict"
+                made["cnn"] = requests_for(pngs, cnn_path, api_port, args.body)
             servers = {}
-            for name, port in (("trivial", trivial_port), ("predict", api_port), ("v2", api_port)):
+            for name in made:
                 requests = root / f"{name}.requests"
                 requests.write_bytes(pickle.dumps(made[name]))
-                servers[name] = (port, requests)
+                servers[name] = (trivial_port if name == "trivial" else api_port, requests)
             print(
-                f"test accuracy {status['result']['test_accuracy']:.4f}; {args.body} PNG bodies, "
-                "and binary UINT8 tensors on v2; "
+                f"{args.body} PNG bodies, and binary UINT8 tensors on v2; "
                 f"{args.requests} requests × {args.rounds} rounds per endpoint and concurrency\n",
                 flush=True,
             )
             results = measure(servers, args)
+            for name, job in served.items():  # loaded now: the metadata names the runtime
+                metadata = httpx.get(
+                    f"{api_url}/v1/jobs/{job['id']}/model/metadata", headers=AUTHORIZATION
+                ).json()
+                print(
+                    f"{name}: {job['spec']['architecture']}, test accuracy "
+                    f"{job['result']['test_accuracy']:.4f}, served by {metadata['runtime']}",
+                    flush=True,
+                )
         finally:
             for process in processes:
                 process.terminate()
                 process.wait()
     report(results, args.concurrency)
     took.report()
+
+
+def trained(
+    root: Path, api_url: str, env: dict[str, str], spec: dict[str, Any], what: str
+) -> dict[str, Any]:
+    """Submit the spec, train it with a real `python -m worker --once`; the succeeded job."""
+    job = httpx.post(f"{api_url}/v1/jobs", json=spec, headers=AUTHORIZATION).json()
+    print(f"training a served model: {what}, {spec['epochs']} epoch(s)", flush=True)
+    worker = start(root, "worker", env, "-m", "worker", "--once")
+    worker.wait()
+    status: dict[str, Any] = httpx.get(
+        f"{api_url}/v1/jobs/{job['id']}", headers=AUTHORIZATION
+    ).json()
+    if status["status"] != "succeeded":
+        log = (root / "worker.log").read_text(errors="replace")[-3000:]
+        sys.exit(
+            f"bench: the model's job ended {status['status']}: {status['error']}\n"
+            f"the worker's log ends:\n{log}"
+        )
+    return status
 
 
 Results = dict[tuple[str, int], list[Run]]  # (server, concurrency): one run a round
@@ -283,7 +313,7 @@ def measure(servers: dict[str, tuple[int, Path]], args: argparse.Namespace) -> R
     return results
 
 
-ENDPOINTS = ("trivial", "predict", "v2")
+ENDPOINTS = ("trivial", "predict", "v2", "cnn")
 
 
 def report(results: Results, levels: list[int]) -> None:
@@ -294,6 +324,8 @@ def report(results: Results, levels: list[int]) -> None:
     )
     for concurrency in levels:
         for name in ENDPOINTS:
+            if (name, concurrency) not in results:
+                continue
             run = Run.pooled(results[(name, concurrency)])
             batch = f"{statistics.fmean(run.batch_sizes):.1f}" if run.batch_sizes else "-"
             print(
@@ -329,6 +361,15 @@ def report(results: Results, levels: list[int]) -> None:
             f"ratio v2 / predict at concurrency {concurrency:>2}: throughput "
             f"{spread(throughput)}, p99 latency {spread(p99)}{verdict}"
         )
+
+    if ("cnn", levels[0]) in results:
+        print(f"\nratios cnn / predict, each round's pair: median (min–max) over {rounds} rounds")
+        for concurrency in levels:
+            throughput, p99 = ratios(results, "cnn", "predict", concurrency)
+            print(
+                f"ratio cnn / predict at concurrency {concurrency:>2}: throughput "
+                f"{spread(throughput)}, p99 latency {spread(p99)}"
+            )
 
 
 def ratios(

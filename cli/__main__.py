@@ -233,6 +233,14 @@ HiddenUnitsOption = Annotated[
 DatasetOption = Annotated[
     str | None, typer.Option(help="fashion_mnist or mnist.", show_default=False)
 ]
+ArchitectureOption = Annotated[
+    str | None,
+    typer.Option(
+        help="mlp (the default) or cnn; the CNN's shape fields (conv_filters, kernel_size, "
+        "dense_units) go in -f.",
+        show_default=False,
+    ),
+]
 SaveOption = Annotated[
     Path | None,
     typer.Option(
@@ -254,6 +262,7 @@ def jobs_submit(
     learning_rate: LearningRateOption = None,
     hidden_units: HiddenUnitsOption = None,
     dataset: DatasetOption = None,
+    architecture: ArchitectureOption = None,
     file: Annotated[
         Path | None,
         typer.Option(
@@ -282,6 +291,7 @@ def jobs_submit(
         learning_rate=learning_rate,
         hidden_units=hidden_units,
         dataset=dataset,
+        architecture=architecture,
     )
     client = api(ctx)
     job = client.post("/v1/jobs", json=spec)
@@ -432,7 +442,10 @@ def studies_create(
     ] = None,
     preset: Annotated[
         str | None,
-        typer.Option(help="notebook: the study notebook's progression.", show_default=False),
+        typer.Option(
+            help="notebook: the study notebook's progression; notebook-cnn: the same on the CNN.",
+            show_default=False,
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="A label for people.", show_default=False)
@@ -455,6 +468,7 @@ def studies_create(
     learning_rate: LearningRateOption = None,
     hidden_units: HiddenUnitsOption = None,
     dataset: DatasetOption = None,
+    architecture: ArchitectureOption = None,
     wait: Annotated[
         bool,
         typer.Option("--wait", help="Follow it until its jobs end; exit 1 unless all succeeded."),
@@ -482,6 +496,7 @@ def studies_create(
         "learning_rate": learning_rate,
         "hidden_units": hidden_units,
         "dataset": dataset,
+        "architecture": architecture,
     }
     if any(value is not None for value in base_flags.values()):
         study["base"] = job_spec(base if isinstance(base, dict) else {}, [], **base_flags)

@@ -405,3 +405,18 @@ def test_the_catalogue_table_names_every_trick(capsys):
     printed = capsys.readouterr().out
     assert all(name in printed for name in TRICKS)
     assert "rate=0.5 (0 < rate < 1)" in printed and "nesterov=true" in printed
+
+
+def test_a_cnn_job_shows_its_architecture_and_shape_and_the_flag_sets_it(capsys):
+    from rich.console import Console
+
+    assert job_spec({}, [], architecture="cnn") == {"architecture": "cnn"}
+    for spec, shown, hidden in (
+        (JobSpec(architecture="cnn"), ["cnn", "32,64", "kernel_size", "dense_units"], "hidden"),
+        (JobSpec(), ["mlp", "128,32"], "conv_filters"),
+    ):
+        job = {"id": "c" * 32, "status": "queued", "spec": spec.model_dump(mode="json")}
+        Console(width=200).print(show.job(job))
+        printed = capsys.readouterr().out
+        assert all(text in printed for text in shown), printed
+        assert hidden not in printed
