@@ -91,6 +91,26 @@ class Settings(BaseSettings):
         le=600,
         description="How often the API and the workers look for expired leases.",
     )
+    retain_metrics_days: float | None = Field(
+        None,
+        gt=0,
+        description="Per-epoch metrics of jobs that ended more than this many days ago are "
+        "archived (gzipped JSON lines under `<TRICKLAB_ARTIFACTS_DIR>/archive/`) and removed "
+        "from the database; the job and its result stay. Empty: kept forever.",
+    )
+    retain_artifacts_days: float | None = Field(
+        None,
+        gt=0,
+        description="Checkpoints and models of jobs that ended more than this many days ago "
+        "are deleted, as `DELETE /v1/jobs/{id}` does. Empty: kept forever.",
+    )
+    retention_seconds: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="How often the API applies the retention policy "
+        "(`python -m jobqueue.retention` applies it at once).",
+    )
     worker_metrics: str = Field(
         "127.0.0.1:9101",
         description="`host:port` where each worker serves its Prometheus metrics (`/metrics`); "
@@ -269,7 +289,7 @@ class Settings(BaseSettings):
     def _expand_home(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path else None
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "retain_metrics_days", "retain_artifacts_days", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # compose passes an unset variable as ""

@@ -45,8 +45,9 @@ SCHEMA_VERSION = 6
 # Versions init_db can bring up to date, and the columns added since each (it creates the
 # tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
 # of its files; 5 users, their tokens, and the owner of each job and study; 6 each job's
-# study, the job_tricks index of which tricks each job uses, and the job_counts changes.
-_COLUMNS_6 = ("jobs.study_id",)
+# study, the job_tricks index of which tricks each job uses, the job_counts changes, and when
+# retention archived a job's metrics.
+_COLUMNS_6 = ("jobs.study_id", "jobs.metrics_archived_at")
 _COLUMNS_5 = ("jobs.owner", "studies.owner", *_COLUMNS_6)
 _COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
 UPGRADES: dict[str, tuple[str, ...]] = {
@@ -154,6 +155,8 @@ class Job(Base):
     # Set when its checkpoints and model were deleted (DELETE /v1/jobs/{id}); the rows stay.
     artifacts_deleted_at: Mapped[datetime | None]
     study_id: Mapped[str | None] = mapped_column(String(32))  # the study it was made for
+    # Set when the retention policy archived and removed its epoch metrics.
+    metrics_archived_at: Mapped[datetime | None]
 
     __table_args__ = (
         Index("ix_jobs_status_created", "status", "created_at"),
@@ -162,6 +165,7 @@ class Job(Base):
         # An owner's list, active count (quota) and oldest queued job (fair claims).
         Index("ix_jobs_owner_status_created", "owner", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_finished", "finished_at"),  # retention: the jobs that ended long ago
     )
 
 

@@ -307,6 +307,40 @@ class JobStore:
             ).one_or_none()
             return deleted or session.get(Job, job_id)
 
+    # -- retention ----------------------------------------------------------------------
+
+    def ended_before(self, moment: datetime, keeping: str, limit: int = 500) -> list[str]:
+        """Up to `limit` jobs, oldest ending first, that ended before `moment` and still keep
+        their "metrics" or their "files" (`keeping`)."""
+        kept = Job.metrics_archived_at if keeping == "metrics" else Job.artifacts_deleted_at
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Job.id)
+                    .where(Job.finished_at < moment, Job.status.in_(TERMINAL), kept.is_(None))
+                    .order_by(Job.finished_at)
+                    .limit(limit)
+                )
+            )
+
+    def archive_metrics(self, job_ids: Sequence[str]) -> int:
+        """Remove these ended jobs' epoch metrics, once the caller has archived them, and
+        mark them archived. Returns the rows removed."""
+        with self._write.begin() as session:
+            marked = session.scalars(
+                update(Job)
+                .where(
+                    Job.id.in_(job_ids), Job.status.in_(TERMINAL), Job.metrics_archived_at.is_(None)
+                )
+                .values(metrics_archived_at=utcnow())
+                .returning(Job.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+            if not marked:
+                return 0
+            removed = session.execute(delete(EpochMetrics).where(EpochMetrics.job_id.in_(marked)))
+            return int(removed.rowcount or 0)  # type: ignore[attr-defined]
+
     # -- studies ------------------------------------------------------------------------
 
     def create_study(

@@ -17,11 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from threadpoolctl import threadpool_limits
 
 from core.config import Settings, get_settings
+from jobqueue import retention
 from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import init_db, make_engine
 from jobqueue.store import JobStore
-from jobqueue.sweeper import Sweeper
+from jobqueue.sweeper import Periodic, Sweeper
 from service.auth import Gate, LoopbackOnly, admin_token
 from service.errors import errors, method_not_allowed, validation_error
 from service.events import Watch
@@ -80,6 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The API sweeps too, so a lost job shows as queued even while no worker runs.
         sweeper = Sweeper(store, settings.sweep_seconds)
         sweeper.start()
+        retaining = Periodic("retention", settings.retention_seconds, lambda: retain(app))
+        if settings.retain_metrics_days or settings.retain_artifacts_days:
+            retaining.start()
         # TensorFlow and Keras leave ~300,000 long-lived objects that every full garbage
         # collection would walk (~0.14 s, a pause in the middle of requests); set them aside.
         gc.freeze()
@@ -89,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.watch.stop()
         sweeper.stop()
+        retaining.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -148,3 +153,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def retain(app: FastAPI) -> None:
+    """Apply the retention policy, and stop serving the models it deleted."""
+    state, settings = app.state, app.state.settings
+    removed = retention.apply(
+        state.store, state.artifacts, settings.retain_metrics_days, settings.retain_artifacts_days
+    )
+    for job_id in removed.file_jobs:
+        state.predictor.forget(job_id)
+    if removed.metrics_jobs or removed.file_jobs:
+        log.info("retention: %s", removed)

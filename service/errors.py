@@ -116,7 +116,9 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": [describe(e) for e in errors]})
 
 
-def refused(refusals: Sequence[Refusal], within: tuple[str, ...] = ()) -> RequestValidationError:
+def refused(
+    refusals: Sequence[Refusal], within: tuple[str | int, ...] = ()
+) -> RequestValidationError:
     """A 422 naming each refusal's field, like a validation error (`within`: where in the
     body the spec sits, e.g. ("base",) for a study's base spec)."""
     return RequestValidationError(

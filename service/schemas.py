@@ -143,6 +143,10 @@ class JobRead(BaseModel):
         description="When the job's files (checkpoints, model) were deleted; the job and its "
         "metrics stay."
     )
+    metrics_archived_at: datetime | None = Field(
+        description="When the retention policy archived the job's epoch metrics and removed "
+        "them from the database (TRICKLAB_RETAIN_METRICS_DAYS)."
+    )
     links: JobLinks
 
     @classmethod
@@ -184,6 +188,7 @@ class JobRead(BaseModel):
             worker=job.worker if admin else None,
             trained_seconds=job.trained_seconds,
             artifacts_deleted_at=job.artifacts_deleted_at,
+            metrics_archived_at=job.metrics_archived_at,
             links=JobLinks(
                 self=base,
                 metrics=f"{base}/metrics",
