@@ -1,6 +1,7 @@
 """Every query that the API and a worker run is backed by an index. A workload through the API
 (users, submissions, a study, lists with every filter and page, reports, predictions, events,
-the dashboard) and a worker (claims, epochs, finishes, failures, hand-backs, the sweep) runs on
+the dashboard) and a worker (claims, epochs, finishes, failures, hand-backs, the sweep, the
+retention policy) runs on
 each database while every statement is recorded; then each distinct statement is EXPLAINed
 with the parameters it ran with, and a full scan of jobs or epoch_metrics fails the test.
 PostgreSQL plans with sequential scans discouraged (enable_seqscan off), so that on these
@@ -18,6 +19,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from core.spec import JobSpec
+from jobqueue import retention
+from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import make_engine
 from jobqueue.models import ADMIN
 from jobqueue.retry import FailureReason
@@ -86,6 +89,9 @@ def api_workload(client: TestClient, settings) -> None:
     client.post("/v1/jobs", json={**TINY, "tricks": ["dropout"]}, headers={"Idempotency-Key": "k"})
     client.post("/v1/jobs", json={**TINY, "tricks": ["dropout"]}, headers={"Idempotency-Key": "k"})
     client.post("/v1/jobs", json={**TINY, "epochs": 1}, headers=as_bob)
+    batch = {"jobs": [{**TINY, "epochs": 1}] * 2}
+    client.post("/v1/jobs:batch", json=batch, headers={"Idempotency-Key": "b"})
+    client.post("/v1/jobs:batch", json=batch, headers={"Idempotency-Key": "b"})
     study = client.post(
         "/v1/studies",
         json={"base": {**TINY, "epochs": 1}, "tricks": ["batch_norm"], "repeats": 2},
@@ -133,6 +139,7 @@ def api_workload(client: TestClient, settings) -> None:
     store.claim("w", "CPU")
     store.requeue_expired()
     store.fold_counts(at_least=1)
+    retention.apply(store, ArtifactStore(settings.artifacts_dir), 1e-9, 1e-9)
 
 
 def full_scans(engine: Engine, statement: str, parameters: Any) -> list[str]:
