@@ -13,7 +13,7 @@ import pytest
 
 from core.spec import JobSpec
 from service.inference import numpy_forward
-from tests.support.data import TINY
+from tests.support.data import TINY, TINY_CNN
 from tests.support.plain_keras import load_without_tricklab
 from worker import run, training
 from worker.servable import servable
@@ -25,6 +25,7 @@ VARIANTS = {
     "dropout": ["dropout"],
     "dropout+batch_norm": ["dropout", "batch_norm"],
     "augmentation": ["augmentation"],
+    "cnn+spatial_dropout+batch_norm": [{"name": "dropout", "spatial": True}, "batch_norm"],
 }
 
 
@@ -40,7 +41,8 @@ def saved(splits: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     np.save(folder / "inputs.npy", inputs)
     expected = {}
     for name, tricks in VARIANTS.items():
-        spec = JobSpec.model_validate({**TINY, "tricks": tricks})
+        shape = TINY_CNN if name.startswith("cnn") else TINY
+        spec = JobSpec.model_validate({**shape, "tricks": tricks})
         trained = training.train(spec, splits, lambda row, snapshot: True)
         expected[name] = keras.ops.convert_to_numpy(trained.model(inputs, training=False))
         servable(trained.model).save(folder / f"{name}.keras")
@@ -67,7 +69,8 @@ def test_the_saved_config_names_only_standard_keras_classes(saved, variant):
     with zipfile.ZipFile(saved["folder"] / f"{variant}.keras") as archive:
         config = json.loads(archive.read("config.json"))
     assert config["module"].startswith("keras") and config["registered_name"] == "Functional"
-    assert config["config"]["name"] == "tricklab_mlp"
+    architecture = "cnn" if variant.startswith("cnn") else "mlp"
+    assert config["config"]["name"] == f"tricklab_{architecture}"
     layers = config["config"]["layers"]
     assert [layer["config"]["name"] for layer in layers if layer["class_name"] == "InputLayer"] == [
         "image"
@@ -76,8 +79,13 @@ def test_the_saved_config_names_only_standard_keras_classes(saved, variant):
         assert layer["module"].startswith("keras."), layer
         assert layer["registered_name"] in (None, layer["class_name"]), layer
     assert "tricklab>" not in json.dumps(config)
-    if "dropout" in VARIANTS[variant]:
+    if "dropout" in variant:
         assert "Dropout" in {layer["class_name"] for layer in layers}
+    if "spatial" in variant:  # spatial dropout: a standard Dropout sharing its draw over maps
+        shapes = [
+            layer["config"]["noise_shape"] for layer in layers if "Dropout" in layer["class_name"]
+        ]
+        assert shapes == [[None, 1, 1, None], [None, 1, 1, None], None]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
