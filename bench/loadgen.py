@@ -36,7 +36,7 @@ async def connection(
             length = int(head.split(b"\r\ncontent-length:")[1].split(b"\r\n")[0])
             await reader.readexactly(length)
             seen["latencies"].append(time.perf_counter() - started)
-            if not head.startswith(b"http/1.1 200"):
+            if not head.startswith(b"http/1.1 2"):
                 seen["errors"] += 1
             if BATCH_HEADER in head:
                 seen["batch_sizes"].append(int(head.split(BATCH_HEADER)[1].split(b"\r")[0]))
