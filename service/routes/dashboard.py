@@ -34,9 +34,11 @@ from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreig
 from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,
+    PagePosition,
     compared_variants,
     get_job,
     get_study,
+    next_link,
     served_model,
     study_runs,
 )
@@ -131,10 +133,11 @@ def duration(job: Job) -> str:
 @router.get("/ui/jobs", response_class=HTMLResponse)
 async def jobs_table(
     request: Request,
+    after: PagePosition,
     status: Annotated[str, Query(max_length=16)] = "",
     trick: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
-    """The jobs table, filtered as the form above it says (empty: any)."""
+    """The jobs table, filtered as the form above it says (empty: any), a page at a time."""
     caller = await viewer(request)
     if caller is None:
         return Response(status_code=204, headers={"HX-Redirect": "/"})
@@ -146,7 +149,8 @@ async def jobs_table(
     store = request.app.state.store
     owner = None if caller.admin else caller.name
     chosen = JobStatus(status) if status else None
-    jobs, total = store.list_jobs(chosen, PAGE, 0, owner, trick or None)
+    found, total = store.list_jobs(chosen, PAGE + 1, 0, owner, trick or None, after)
+    jobs = found[:PAGE]
     ids = [job.id for job in jobs]
     best = store.best_test_accuracy(ids)
     studies = store.study_names([job.study_id for job in jobs if job.study_id])
@@ -169,7 +173,10 @@ async def jobs_table(
         total=total,
         status=status,
         trick=trick,
-        active=any(job.status in ACTIVE for job in jobs),
+        older=next_link(request, found, PAGE),
+        first=after is None,
+        # Only the first page refreshes itself: it is where new and running jobs are.
+        active=after is None and any(job.status in ACTIVE for job in jobs),
     )
 
 

@@ -4,6 +4,7 @@ refused; bearer clients are unaffected."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +133,16 @@ def test_the_jobs_table_filters_by_status_and_trick_and_links_each_jobs_study(br
 
 def study_jobs(study) -> list[str]:
     return [job for variant in study["report"]["variants"] for job in variant["jobs"]]
+
+
+def test_the_jobs_table_pages_to_older_jobs(browser, client):
+    sign_in(browser)
+    jobs = client.post("/v1/jobs:batch", json={"jobs": [TINY] * 101}).json()["jobs"]
+    first = browser.get("/ui/jobs").text
+    assert first.count("<tr data-job=") == 100 and jobs[0]["id"] not in first
+    assert 'hx-trigger="every 2s"' in first  # the newest page follows the queue
+    older = re.search(r'hx-get="(/ui/jobs\?[^"]*cursor=[^"]+)"', first).group(1)
+    second = browser.get(older.replace("&amp;", "&")).text
+    assert second.count("<tr data-job=") == 1 and jobs[0]["id"] in second
+    assert "Newest jobs" in second and "Older jobs" not in second
+    assert 'hx-trigger="every 2s"' not in second
