@@ -319,6 +319,9 @@ def jobs_list(
             help="Only jobs with this status: queued, running, succeeded, failed, cancelled."
         ),
     ] = None,
+    trick: Annotated[
+        str | None, typer.Option(help="Only jobs using this trick.", show_default=False)
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many (1–500).")] = 50,
     offset: Annotated[int, typer.Option(help="Skip this many, newest first.")] = 0,
     owner: Annotated[
@@ -327,7 +330,9 @@ def jobs_list(
     output: OutputOption = None,
 ) -> None:
     """Your jobs, newest first (an admin's: everyone's)."""
-    listing = api(ctx).get("/v1/jobs", status=status, limit=limit, offset=offset, owner=owner)
+    listing = api(ctx).get(
+        "/v1/jobs", status=status, trick=trick, limit=limit, offset=offset, owner=owner
+    )
     emit(listing, output, show.jobs)
 
 

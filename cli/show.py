@@ -127,7 +127,8 @@ def jobs(listing: dict[str, Any]) -> RenderableType:
 def counted(listing: dict[str, Any], what: str) -> str:
     shown = len(listing[what])
     first = listing["offset"] + 1 if shown else listing["offset"]
-    return f"{first}–{listing['offset'] + shown} of {listing['total']} {what}"
+    of = f" of {listing['total']}" if listing.get("total") is not None else ""
+    return f"{first}–{listing['offset'] + shown}{of} {what}"
 
 
 def metrics(answer: dict[str, Any], last: int | None = None) -> RenderableType:

@@ -132,6 +132,7 @@ def test_submit_wait_follows_a_tiny_job_prints_its_id_and_exits_0(stack, files):
     for command, path in [
         (("jobs", "show", job_id), f"/v1/jobs/{job_id}"),
         (("jobs", "list"), "/v1/jobs"),
+        (("jobs", "list", "--trick", "dropout"), "/v1/jobs?trick=dropout"),
         (("jobs", "metrics", job_id), f"/v1/jobs/{job_id}/metrics"),
         (("tricks",), "/v1/tricks"),
     ]:
