@@ -67,6 +67,17 @@ def test_a_cnn_is_served_on_the_numpy_path_with_the_downloaded_models_numbers(tr
     assert (metadata["runtime"], metadata["spec"]["architecture"]) == ("numpy", "cnn")
     assert metadata["input"]["shape"] == [28, 28]
 
+    tensor = {"name": "images", "shape": [4, 28, 28], "datatype": "UINT8"}
+    v2 = client.post(
+        f"/v2/models/{cnn}/infer", json={"inputs": [{**tensor, "data": IMAGES.ravel().tolist()}]}
+    )
+    assert v2.status_code == 200, v2.text
+    outputs = {output["name"]: output for output in v2.json()["outputs"]}
+    np.testing.assert_array_equal(
+        np.array(outputs["probabilities"]["data"], np.float32).reshape(4, 10),
+        np.array([p["probabilities"] for p in predictions], np.float32),
+    )
+
     download = client.get(f"/v1/jobs/{cnn}/model")
     assert download.status_code == 200
     path = metadata["job_id"] + ".keras"
