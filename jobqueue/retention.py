@@ -16,23 +16,10 @@ from functools import partial
 from pathlib import Path
 
 from jobqueue.artifacts import ArtifactStore
-from jobqueue.models import utcnow
+from jobqueue.models import EpochMetrics, utcnow
 from jobqueue.store import JobStore
 
-METRIC_COLUMNS = (
-    "job_id",
-    "epoch",
-    "attempt",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "train_objective",
-    "learning_rate",
-    "seconds",
-)
+METRIC_COLUMNS = tuple(EpochMetrics.__table__.columns.keys())  # job_id and epoch first
 
 
 @dataclass

@@ -9,10 +9,13 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, R
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 
+from core.config import Settings
 from core.cost import refusals
 from core.spec import JobSpec, TrickName
+from jobqueue.models import Job
 from jobqueue.states import JobStatus
-from jobqueue.store import IdempotencyConflict, QuotaExceeded
+from jobqueue.store import IdempotencyConflict, JobStore, QuotaExceeded
+from service.auth import Caller
 from service.deps import (
     MAX_INT,
     ArtifactsDep,
@@ -39,6 +42,18 @@ router = APIRouter(
 )
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        description="Makes the submission safe to retry: the same key and body return what "
+        "was created the first time (with Idempotent-Replayed: true). Each user's keys are "
+        "their own.",
+    ),
+]
+
+
 @router.post(
     "",
     name="jobs-submit",
@@ -52,32 +67,11 @@ def submit_job(
     settings: SettingsDep,
     caller: CallerDep,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=255,
-            description="Makes the submission safe to retry: the same key and spec return "
-            "the job created the first time (with Idempotent-Replayed: true). Each user's "
-            "keys are their own.",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a training job. The job is durable once this answers."""
-    if found := refusals(spec, settings):
-        raise refused(found)
-    quota = caller.quota_active_jobs or settings.quota_active_jobs
-    try:
-        job, created = store.enqueue(spec, caller.name, idempotency_key, quota)
-    except IdempotencyConflict as conflict:
-        raise HTTPException(409, str(conflict)) from None
-    except QuotaExceeded as error:
-        raise HTTPException(429, str(error)) from None
+    (job,) = queue(store, settings, caller, response, [spec], idempotency_key, batch=False)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if created:
-        log.info("job=%s submitted owner=%s spec=%s", job.id, caller.name, job.spec)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
     return JobRead.of(job, caller.admin)
 
 
@@ -94,37 +88,48 @@ def submit_jobs(
     settings: SettingsDep,
     caller: CallerDep,
     response: Response,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            min_length=1,
-            max_length=255,
-            description="Makes the batch safe to retry: the same key and specs, in the same "
-            "order, return the jobs created the first time (with Idempotent-Replayed: true).",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobBatchRead:
     """Queue several training jobs at once, all or none: one transaction, so one commit
     (and one fsync) for the lot. A spec over a limit is a 422 naming `jobs[i]`; more than
-    the quota allows is a 429 and queues nothing."""
+    the quota allows is a 429 and queues nothing. A key covers the whole batch: the same
+    specs in the same order."""
+    jobs = queue(store, settings, caller, response, batch.jobs, idempotency_key, batch=True)
+    return JobBatchRead(jobs=[JobRead.of(job, caller.admin) for job in jobs])
+
+
+def queue(
+    store: JobStore,
+    settings: Settings,
+    caller: Caller,
+    response: Response,
+    specs: list[JobSpec],
+    idempotency_key: str | None,
+    batch: bool,
+) -> list[Job]:
+    """Check the specs against the limits and queue them under the caller's quota."""
     found = [
-        refused(refusals(spec, settings), ("jobs", index)).errors()
-        for index, spec in enumerate(batch.jobs)
+        refused(refusals(spec, settings), ("jobs", index) if batch else ()).errors()
+        for index, spec in enumerate(specs)
     ]
     if any(found):
         raise RequestValidationError([error for errors_ in found for error in errors_])
     quota = caller.quota_active_jobs or settings.quota_active_jobs
     try:
-        jobs, created = store.enqueue_many(batch.jobs, caller.name, idempotency_key, quota)
+        if batch:
+            jobs, created = store.enqueue_many(specs, caller.name, idempotency_key, quota)
+        else:
+            job, created = store.enqueue(specs[0], caller.name, idempotency_key, quota)
+            jobs = [job]
     except IdempotencyConflict as conflict:
         raise HTTPException(409, str(conflict)) from None
     except QuotaExceeded as error:
         raise HTTPException(429, str(error)) from None
-    if created:
-        log.info("jobs=%d submitted owner=%s first=%s", len(jobs), caller.name, jobs[0].id)
-    else:
+    if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return JobBatchRead(jobs=[JobRead.of(job, caller.admin) for job in jobs])
+    for job in jobs if created else []:
+        log.info("job=%s submitted owner=%s spec=%s", job.id, caller.name, job.spec)
+    return jobs
 
 
 @router.get("", name="jobs-list", response_model=JobList, responses=errors(403, 422))
