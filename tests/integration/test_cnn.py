@@ -56,7 +56,7 @@ def test_a_cnn_job_trains_alone_and_records_its_epochs(trained):
     assert job["result"]["test_accuracy"] > 0.3  # the tiny set's bands: learnable in 3 epochs
 
 
-def test_a_cnn_is_served_on_the_numpy_path_with_the_downloaded_models_numbers(trained):
+def test_a_cnn_is_served_on_the_numpy_path_with_the_downloaded_models_numbers(trained, tmp_path):
     client, cnn, *_ = trained
     files = [("file", (f"{i}.png", encode(image), "image/png")) for i, image in enumerate(IMAGES)]
     uploaded = client.post(f"/v1/jobs/{cnn}/predict", files=files)
@@ -80,9 +80,8 @@ def test_a_cnn_is_served_on_the_numpy_path_with_the_downloaded_models_numbers(tr
 
     download = client.get(f"/v1/jobs/{cnn}/model")
     assert download.status_code == 200
-    path = metadata["job_id"] + ".keras"
-    with open(path, "wb") as file:  # load_model reads a path; the test runs in a tmp cwd
-        file.write(download.content)
+    path = tmp_path / "model.keras"  # load_model reads a file
+    path.write_bytes(download.content)
     model = keras.saving.load_model(path, compile=False)
     assert {type(layer).__name__ for layer in model.layers} >= {"Conv2D", "MaxPooling2D"}
     expected = model.predict_on_batch(IMAGES.astype("float32") / 255)
