@@ -50,6 +50,15 @@ SCHEMA_VERSION = 6
 _COLUMNS_6 = ("jobs.study_id", "jobs.metrics_archived_at")
 _COLUMNS_5 = ("jobs.owner", "studies.owner", *_COLUMNS_6)
 _COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
+# Indexes that schema 6 replaced by ones ending in id; an upgrade drops them.
+RETIRED_INDEXES = (
+    "ix_jobs_status_created",
+    "ix_jobs_created",
+    "ix_jobs_owner_status_created",
+    "ix_jobs_owner_created",
+    "ix_studies_created",
+    "ix_studies_owner_created",
+)
 UPGRADES: dict[str, tuple[str, ...]] = {
     "2": _COLUMNS_4,
     "3": _COLUMNS_4,
@@ -159,12 +168,14 @@ class Job(Base):
     metrics_archived_at: Mapped[datetime | None]
 
     __table_args__ = (
-        Index("ix_jobs_status_created", "status", "created_at"),
-        Index("ix_jobs_created", "created_at"),
+        # Every list and claim orders by (created_at, id): with id in the index, a page or
+        # the oldest queued job is a range of it, however long the history.
+        Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+        Index("ix_jobs_created_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweep
         # An owner's list, active count (quota) and oldest queued job (fair claims).
-        Index("ix_jobs_owner_status_created", "owner", "status", "created_at"),
-        Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_owner_status_created_id", "owner", "status", "created_at", "id"),
+        Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),  # retention: the jobs that ended long ago
     )
 
@@ -241,8 +252,8 @@ class Study(Base):
     cancelled_at: Mapped[datetime | None]
 
     __table_args__ = (
-        Index("ix_studies_created", "created_at"),
-        Index("ix_studies_owner_created", "owner", "created_at"),
+        Index("ix_studies_created_id", "created_at", "id"),
+        Index("ix_studies_owner_created_id", "owner", "created_at", "id"),
     )
 
     @property

@@ -160,25 +160,17 @@ class JobStore:
     def _within_quota(session: Session, owner: str, quota: int | None, adding: int) -> None:
         if quota is None:
             return
-        # PostgreSQL: one owner's submissions take turns, so that two cannot both fit.
+        # PostgreSQL: one owner's submissions take turns, so that two cannot both fit; each
+        # one's jobs and their job_counts rows are committed before the next counts.
         session.execute(select(User.id).where(User.name == owner).with_for_update())
-        active = session.scalar(
-            select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))
-        )
-        if (active or 0) + adding > quota:
-            raise QuotaExceeded(owner, quota, active or 0, adding)
+        active = _active(session, owner)
+        if active + adding > quota:
+            raise QuotaExceeded(owner, quota, active, adding)
 
     def active_jobs(self, owner: str) -> int:
         """The owner's queued and running jobs."""
         with self._read() as session:
-            return (
-                session.scalar(
-                    select(func.count())
-                    .select_from(Job)
-                    .where(Job.owner == owner, Job.status.in_(ACTIVE))
-                )
-                or 0
-            )
+            return _active(session, owner)
 
     def _new_job(
         self,
@@ -729,10 +721,22 @@ def _unleased() -> dict[str, Any]:
     return {"lease_token": None, "lease_expires_at": None}
 
 
+def _active(session: Session, owner: str) -> int:
+    """The owner's queued and running jobs, from job_counts: a few rows, not a row a job."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(JobCount.delta), 0)).where(
+                JobCount.owner == owner, JobCount.status.in_([s.value for s in ACTIVE])
+            )
+        )
+        or 0
+    )
+
+
 def _page(
     query: Select[Any], model: type[Job | Study], limit: int, offset: int, after: Position | None
 ) -> Select[Any]:
-    """Newest first, from after `after`: a range of the (owner, status,) created_at indexes,
+    """Newest first, from after `after`: a range of an index ending in (created_at, id),
     however deep the page."""
     if after is not None:
         created, item_id = after

@@ -375,7 +375,7 @@ def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url
 
 
 def _as_before_schema_5(connection, version: str, keyed: str) -> None:
-    for index in ("ix_jobs_owner_status_created", "ix_jobs_owner_created"):
+    for index in ("ix_jobs_owner_status_created_id", "ix_jobs_owner_created_id"):
         connection.exec_driver_sql(f"DROP INDEX {index}")
     connection.exec_driver_sql("DROP TABLE tokens")
     connection.exec_driver_sql("DROP TABLE users")
@@ -385,7 +385,7 @@ def _as_before_schema_5(connection, version: str, keyed: str) -> None:
     if version == "2":
         connection.exec_driver_sql("DROP TABLE studies")
     else:
-        connection.exec_driver_sql("DROP INDEX ix_studies_owner_created")
+        connection.exec_driver_sql("DROP INDEX ix_studies_owner_created_id")
         connection.exec_driver_sql("ALTER TABLE studies DROP COLUMN owner")
     if version != "4":
         for column in ("trained_seconds", "artifacts_deleted_at"):
