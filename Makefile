@@ -74,13 +74,15 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's on SQLite and PostgreSQL (about 14 minutes)
+bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 22 minutes)
 	$(PY) bench/train.py
 	$(PY) bench/train.py --architecture cnn --epochs 2
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py --cnn
 	$(PY) bench/events.py
 	$(PY) bench/queue.py
+	$(PY) bench/submit.py
+	$(PY) bench/retention.py
 
 # STUDY='{"repeats": 1, ...}' overrides the preset's fields (the page says so).
 STUDY ?=

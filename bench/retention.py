@@ -53,7 +53,9 @@ def measure(
     engine = make_engine(url)
     prefill(engine, args.jobs, 0, 0, args.epochs)
     if path is not None:
-        reclaim(engine, path)  # start from a compact file, as a long-lived one would be after VACUUM
+        reclaim(
+            engine, path
+        )  # start from a compact file, as a long-lived one would be after VACUUM
     before = size(engine, path)
     artifacts = ArtifactStore(folder / f"artifacts-{label}")
     removed = retention.apply(JobStore(engine), artifacts, args.days, None)
