@@ -81,14 +81,16 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--days", type=float, default=7, help="TRICKLAB_RETAIN_METRICS_DAYS")
-    parser.add_argument("--postgres", default=POSTGRES, help="an admin URL; '' skips PostgreSQL")
+    parser.add_argument(
+        "--postgres-url", default=POSTGRES, help="an admin URL; '' skips PostgreSQL"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
         folder = Path(tmp)
         path = folder / "tricklab.db"
         measure("SQLite", f"sqlite:///{path}", path, folder, args)
-        if args.postgres:
-            with postgres_databases(args.postgres, ["bench_retention"]) as urls:
+        if args.postgres_url:
+            with postgres_databases(args.postgres_url, ["bench_retention"]) as urls:
                 measure(
                     "PostgreSQL", urls[0].render_as_string(hide_password=False), None, folder, args
                 )

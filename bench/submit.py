@@ -203,7 +203,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="of each baseline turn")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--postgres", default=POSTGRES, help="an admin URL; '' skips PostgreSQL")
+    parser.add_argument(
+        "--postgres-url", default=POSTGRES, help="an admin URL; '' skips PostgreSQL"
+    )
     args = parser.parse_args()
     print(f"each job: {json.dumps(SPEC)}")
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
@@ -217,8 +219,10 @@ def main() -> None:
             folder,
             args,
         )
-        if args.postgres:
-            with postgres_databases(args.postgres, ["bench_submit_api", "bench_submit_db"]) as urls:
+        if args.postgres_url:
+            with postgres_databases(
+                args.postgres_url, ["bench_submit_api", "bench_submit_db"]
+            ) as urls:
                 dsn = urls[1].set(drivername="postgresql").render_as_string(hide_password=False)
                 bench(
                     "PostgreSQL",

@@ -1,5 +1,6 @@
-"""`bench/queue.py` keeps working: it runs end to end, tiny, on each database, and prints every
-figure beside its baseline, with the ratio between the small and the large queue."""
+"""The database benchmarks keep working: `bench/queue.py` runs end to end, tiny, on each
+database, and prints every figure beside its baseline, with the ratio between the small and
+the large queue; `bench/submit.py` and `bench/retention.py` print theirs."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ TINY += ["--sweeps", "10", "--sweep-running", "3/30", "--epochs", "1"]
 
 
 def run_queue_bench(tmp_path: Path, database: str, *extra: str) -> str:
-    """Run it tiny; its output. The API checks each submitted spec against the data."""
+    return run_bench(tmp_path, "bench/queue.py", "--databases", database, *TINY, *extra)
+
+
+def run_bench(tmp_path: Path, *command: str) -> str:
+    """Run a bench script; its output. The API checks each submitted spec against the data."""
     data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
     result = subprocess.run(
-        [sys.executable, "bench/queue.py", "--databases", database, *TINY, *extra],
+        [sys.executable, *command],
         cwd=ROOT,
         env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -90,3 +95,29 @@ def test_the_queue_benchmark_runs_on_postgresql_and_drops_its_databases(tmp_path
         ).all()
     engine.dispose()
     assert left == []
+
+
+POSTGRES = ["--postgres-url", POSTGRES_URL or ""]  # empty: SQLite only
+
+
+def test_the_submission_benchmark_prints_each_way_beside_the_database(tmp_path):
+    output = run_bench(
+        tmp_path, "bench/submit.py", "--requests", "20", "--batch", "5", "--rounds", "1",
+        "--concurrency", "1", "2", "--seconds", "0.2", *POSTGRES,
+    )  # fmt: skip
+    for database in ("SQLite", "PostgreSQL") if POSTGRES_URL else ("SQLite",):
+        table = output.split(f"{database}: jobs (or rows) made durable per second")[1]
+        for clients in (1, 2):
+            assert re.search(rf"^ +{clients}( +\d+ \(1 round\)){{5}} +\d\.\d\d", table, re.M)
+        assert re.search(
+            r"one client's durable commit: .+ ms, of which waiting for the disk", table
+        )
+
+
+def test_the_retention_benchmark_prints_what_it_gives_back(tmp_path):
+    output = run_bench(tmp_path, "bench/retention.py", "--jobs", "300", "--epochs", "2", *POSTGRES)
+    for database in ("SQLite", "PostgreSQL") if POSTGRES_URL else ("SQLite",):
+        assert re.search(
+            rf"^ *{database}: 300 jobs over 30 days, 2 epochs each; metrics of", output, re.M
+        )
+    assert re.search(r"MiB reclaimed: \d\.\d\d of before$", output, re.M)
