@@ -66,17 +66,21 @@ def main(argv: list[str] | None = None) -> int:
         summary = api.get(f"/v1/studies/{study_id}").json()  # with the request, as applied
         report = api.get(f"/v1/studies/{study_id}/report").json()
         args.out.mkdir(parents=True, exist_ok=True)
+        drawn = []
         for name in PLOTS:
             image = api.get(f"/v1/studies/{study_id}/plots/{name}")
+            if image.status_code == 409:  # nothing to draw: one variant compares no trick
+                continue
             image.raise_for_status()
             (args.out / f"{name}.png").write_bytes(image.content)
+            drawn.append(name)
     minutes = (time.monotonic() - started) / 60
     command = f"make {OUT[args.preset]}" + (
         f" STUDY='{json.dumps(args.study)}'" if args.study else ""
     )
-    page = results_page(summary, report, stamp(command, args.workers, minutes))
+    page = results_page(summary, report, stamp(command, args.workers, minutes), drawn)
     (args.out / "results.md").write_text(page)
-    print(f"wrote {args.out / 'results.md'} and {len(PLOTS)} plots ({minutes:.1f} minutes)")
+    print(f"wrote {args.out / 'results.md'} and {len(drawn)} plots ({minutes:.1f} minutes)")
     return 0 if summary["status"] == "succeeded" else 1
 
 
@@ -187,7 +191,9 @@ def shape(spec: dict[str, Any]) -> str:
     return ", ".join(f"`{name}` {spec[name]}" for name in fields if spec.get(name) is not None)
 
 
-def results_page(summary: dict[str, Any], report: dict[str, Any], stamped: str) -> str:
+def results_page(
+    summary: dict[str, Any], report: dict[str, Any], stamped: str, plots: list[str]
+) -> str:
     variants = report["variants"]
     spec = variants[0]["spec"] if variants else {}
     request = summary["request"]
@@ -229,7 +235,7 @@ def results_page(summary: dict[str, Any], report: dict[str, Any], stamped: str) 
         )
     lines += ["", "What each trick does, paired by seed:", ""]
     lines += [f"- {effect['summary']}" for effect in report["effects"]]
-    lines += [""] + [f"![{name}]({name}.png)" for name in PLOTS] + [""]
+    lines += [""] + [f"![{name}]({name}.png)" for name in plots] + [""]
     return "\n".join(lines)
 
 
