@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from PIL import Image
@@ -53,13 +53,18 @@ PAGE = 100
 
 
 async def viewer(request: Request) -> Caller | None:
-    """Who is looking, or None when they must sign in first."""
+    """Who is looking, or None when they must sign in first. A dependency, so that the
+    pages can be plain functions, which FastAPI runs in its thread pool: their database
+    reads then never hold up the event loop."""
     try:
         return await request.app.state.gate.caller(request)
     except HTTPException as error:
         if error.status_code == 401:
             return None
         raise
+
+
+Viewer = Annotated[Caller | None, Depends(viewer)]
 
 
 def page(request: Request, name: str, caller: Caller | None, code: int = 200, **context: Any):
@@ -84,8 +89,7 @@ def sign_in_first(request: Request) -> Response:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def home(request: Request) -> Response:
-    caller = await viewer(request)
+def home(request: Request, caller: Viewer) -> Response:
     if caller is None:
         return page(request, "signin.html", None)
     return page(request, "jobs.html", caller, tricks=list(TRICKS))
@@ -131,14 +135,14 @@ def duration(job: Job) -> str:
 
 
 @router.get("/ui/jobs", response_class=HTMLResponse)
-async def jobs_table(
+def jobs_table(
     request: Request,
+    caller: Viewer,
     after: PagePosition,
     status: Annotated[str, Query(max_length=16)] = "",
     trick: Annotated[str, Query(max_length=64)] = "",
 ) -> Response:
     """The jobs table, filtered as the form above it says (empty: any), a page at a time."""
-    caller = await viewer(request)
     if caller is None:
         return Response(status_code=204, headers={"HX-Redirect": "/"})
     statuses = [s.value for s in JobStatus]
@@ -181,8 +185,7 @@ async def jobs_table(
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-async def job_page(request: Request, job_id: str) -> Response:
-    caller = await viewer(request)
+def job_page(request: Request, caller: Viewer, job_id: str) -> Response:
     if caller is None:
         return sign_in_first(request)
     job = _job(request, job_id, caller)
@@ -253,8 +256,7 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-async def study_page(request: Request, study_id: str) -> Response:
-    caller = await viewer(request)
+def study_page(request: Request, caller: Viewer, study_id: str) -> Response:
     if caller is None:
         return sign_in_first(request)
     if not re.fullmatch(ID_PATTERN, study_id):
@@ -277,10 +279,9 @@ async def study_page(request: Request, study_id: str) -> Response:
 
 
 @router.get("/compare", response_class=HTMLResponse)
-async def compare_page(
-    request: Request, job: Annotated[list[str], Query(max_length=500)]
+def compare_page(
+    request: Request, caller: Viewer, job: Annotated[list[str], Query(max_length=500)]
 ) -> Response:
-    caller = await viewer(request)
     if caller is None:
         return sign_in_first(request)
     ids = ",".join(job)
@@ -297,8 +298,7 @@ async def compare_page(
 
 
 @router.get("/new", response_class=HTMLResponse)
-async def new_page(request: Request) -> Response:
-    caller = await viewer(request)
+def new_page(request: Request, caller: Viewer) -> Response:
     if caller is None:
         return sign_in_first(request)
     spec = JobSpec.model_json_schema()["properties"]
