@@ -29,9 +29,19 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
     # keeps the test near a minute on 2 cores (starting 16 TensorFlows is most of it: 4.7 s
     # of CPU each). On JAX they would start in half that but compile every training with
     # XLA, which costs more.
-    settings = {"LEASE_SECONDS": "30", "HEARTBEAT_SECONDS": "3", "PACK_SIZE": "3"}
+    # Idle workers poll once a second, not ten times: sixteen pollers would otherwise keep
+    # the two cores busy with empty claims while the others start.
+    settings = {
+        "LEASE_SECONDS": "30",
+        "HEARTBEAT_SECONDS": "3",
+        "PACK_SIZE": "3",
+        "POLL_SECONDS": "1",
+    }
     with Cluster(tmp_path, data, database_url, **settings) as running:
         running.start_api()
+        # Sixteen processes on two cores: one thread each, not a pool each that only fights
+        # the others for the cores.
+        running.env.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
         yield running
 
 

@@ -82,6 +82,8 @@ def finishes(cluster: Cluster) -> Counter[str]:
     return Counter(re.findall(r"job=(\w+) succeeded", cluster.logs()))
 
 
+# On SQLite: PostgreSQL's many workers are test_many_workers.py's sixteen.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_four_workers_run_100_jobs_each_exactly_once(make_cluster):
     cluster = make_cluster(LEASE_SECONDS="30", HEARTBEAT_SECONDS="3")  # nobody is killed here
     ids = submit(cluster, 100, epochs=1)
@@ -102,7 +104,7 @@ def test_chaos_kills_lose_nothing_and_resume_exactly(make_cluster, small_data, c
     jobs, kills, epochs = (
         int(os.environ.get(f"TRICKLAB_CHAOS_{k}", d))
         # Small enough for `make test`'s time; `make chaos` runs it at scale.
-        for k, d in (("JOBS", 12), ("KILLS", 12), ("EPOCHS", 15))
+        for k, d in (("JOBS", 8), ("KILLS", 8), ("EPOCHS", 12))
     )
     # Kills aim at running jobs, so one job may be hit several times: more attempts than
     # kills, so that no job can run out (the poison test checks that limit).
