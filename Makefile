@@ -74,7 +74,7 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training, packing, serving and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 22 minutes)
+bench: $(INSTALLED) ## training and serving (MLP and CNN), packing and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 29 minutes)
 	$(PY) bench/train.py
 	$(PY) bench/train.py --architecture cnn --epochs 2
 	$(PY) bench/pack.py
