@@ -80,7 +80,7 @@ bench: $(INSTALLED) ## training and serving (MLP and CNN), packing and event-str
 	$(PY) bench/pack.py
 	$(PY) bench/serve.py --cnn
 	$(PY) bench/events.py
-	$(PY) bench/queue.py
+	$(PY) bench/queueing.py
 	$(PY) bench/submit.py
 	$(PY) bench/retention.py
 

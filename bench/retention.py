@@ -1,5 +1,5 @@
 """What the retention policy gives back on disk: a SQLite database and a PostgreSQL one are
-filled with a month of finished jobs (as bench/queue.py fills them, epoch rows and all); the
+filled with a month of finished jobs (as bench/queueing.py fills them, epoch rows and all); the
 policy archives the metrics of those older than a week; then each database is measured as it
 is, and after the step that returns the space (SQLite: VACUUM; PostgreSQL: VACUUM FULL of the
 two tables), beside the size before, and the archive's size.
@@ -19,7 +19,7 @@ sys.path[0] = str(ROOT)
 from sqlalchemy import Engine, text  # noqa: E402
 
 from bench.common import Took  # noqa: E402
-from bench.queue import postgres_databases, prefill  # noqa: E402
+from bench.queueing import postgres_databases, prefill  # noqa: E402
 from jobqueue import retention  # noqa: E402
 from jobqueue.artifacts import ArtifactStore  # noqa: E402
 from jobqueue.db import make_engine  # noqa: E402

@@ -31,7 +31,7 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench.common import Took, order, spread  # noqa: E402
-from bench.queue import AUTHORIZATION, TOKEN, postgres_databases, start_api  # noqa: E402
+from bench.queueing import AUTHORIZATION, TOKEN, postgres_databases, start_api  # noqa: E402
 from bench.serve import load_test  # noqa: E402
 from jobqueue.db import init_db, make_engine  # noqa: E402
 

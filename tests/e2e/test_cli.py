@@ -116,7 +116,7 @@ def test_submit_wait_follows_a_tiny_job_prints_its_id_and_exits_0(stack, files):
     assert re.fullmatch(r"[0-9a-f]{32}", job_id), submitted.stdout
     job = stack.client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["spec"]["epochs"] == 3
-    assert job["spec"]["tricks"] == [{"name": "dropout", "rate": 0.2}]
+    assert job["spec"]["tricks"] == [{"name": "dropout", "rate": 0.2, "spatial": False}]
     # Off a terminal: one plain line per epoch, then how it ended.
     lines = submitted.stderr.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]

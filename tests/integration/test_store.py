@@ -60,7 +60,9 @@ def test_pages_follow_one_another_by_position_even_through_equal_times(any_store
     while page := any_store.list_jobs(limit=2, after=after)[0]:
         pages.append([j.id for j in page])
         after = (page[-1].created_at, page[-1].id)
-    assert [job for page in pages for job in page] == newest_first and sorted(newest_first) == sorted(ids)
+    assert [job for page in pages for job in page] == newest_first and sorted(
+        newest_first
+    ) == sorted(ids)
     assert [len(p) for p in pages] == [2, 2, 2, 1]
 
 

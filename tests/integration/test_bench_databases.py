@@ -1,4 +1,4 @@
-"""The database benchmarks keep working: `bench/queue.py` runs end to end, tiny, on each
+"""The database benchmarks keep working: `bench/queueing.py` runs end to end, tiny, on each
 database, and prints every figure beside its baseline, with the ratio between the small and
 the large queue; `bench/submit.py` and `bench/retention.py` print theirs."""
 
@@ -24,7 +24,7 @@ TINY += ["--sweeps", "10", "--sweep-running", "3/30", "--epochs", "1"]
 
 
 def run_queue_bench(tmp_path: Path, database: str, *extra: str) -> str:
-    return run_bench(tmp_path, "bench/queue.py", "--databases", database, *TINY, *extra)
+    return run_bench(tmp_path, "bench/queueing.py", "--databases", database, *TINY, *extra)
 
 
 def run_bench(tmp_path: Path, *command: str) -> str:
@@ -68,7 +68,7 @@ def check_figures(output: str, baseline: str) -> None:
         r"^    sweep p50 ratio 30 running / 3 running: .+ (met|NOT MET)$", output, re.M
     )
     assert "leases lost" not in output and "! sweep" not in output, output
-    assert re.search(r"^bench/queue.py took .+ in all$", output, re.M)
+    assert re.search(r"^bench/queueing.py took .+ in all$", output, re.M)
 
 
 def test_the_queue_benchmark_runs_on_sqlite(tmp_path):

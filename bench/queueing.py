@@ -31,7 +31,7 @@ It prints claims per second, claim latency p50/p99, the API's list and submit la
 each side's median (min–max) over the rounds, the ratio large / small for every figure (for
 claims per second small / large, so that every ratio is a cost: target ≤ 1.5×), and the queue
 against the database's baseline. Nothing is asserted: it prints. `make bench` runs it;
-`python bench/queue.py --help` lists its options (a test runs it tiny).
+`python bench/queueing.py --help` lists its options (a test runs it tiny).
 """
 
 from __future__ import annotations
@@ -957,7 +957,7 @@ def sizes(text_value: str) -> list[int]:
 
 
 def main() -> None:
-    took = Took("bench/queue.py")
+    took = Took("bench/queueing.py")
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument(
         "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
@@ -990,7 +990,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = [kind.strip() for kind in args.databases.split(",") if kind.strip()]
     print(
-        f"bench/queue.py: {', '.join(kinds)}; queues of {number(args.sizes[0])} and "
+        f"bench/queueing.py: {', '.join(kinds)}; queues of {number(args.sizes[0])} and "
         f"{number(args.sizes[1])} jobs; {', '.join(map(str, args.claimers))} claimers",
         flush=True,
     )
