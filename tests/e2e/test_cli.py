@@ -143,7 +143,7 @@ def test_submit_wait_follows_a_tiny_job_prints_its_id_and_exits_0(stack, files):
     assert (
         job_id in shown.stdout
         and "succeeded" in shown.stdout
-        and "dropout(rate=0.2)" in shown.stdout
+        and "dropout(rate=0.2, spatial=False)" in shown.stdout
     )
 
     images = [str(files / "0.png"), str(files / "1.png")]
