@@ -956,20 +956,26 @@ def sizes(text_value: str) -> list[int]:
     return [int(part.replace("_", "").replace(",", "")) for part in text_value.split("/")]
 
 
-def main() -> None:
-    took = Took("bench/queueing.py")
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument(
-        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
-    )
+def add_postgres_url(parser: argparse.ArgumentParser) -> None:
+    """The database benchmarks' --postgres-url: where they create (and drop) their own."""
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("TRICKLAB_BENCH_POSTGRES_URL")
         or os.environ.get("TRICKLAB_TEST_POSTGRES_URL")
         or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
         help="a database to connect to while creating (and dropping) the benchmark's own; "
-        "default TRICKLAB_BENCH_POSTGRES_URL, else TRICKLAB_TEST_POSTGRES_URL, else local",
+        "default TRICKLAB_BENCH_POSTGRES_URL, else TRICKLAB_TEST_POSTGRES_URL, else local; "
+        "'' skips PostgreSQL",
     )
+
+
+def main() -> None:
+    took = Took("bench/queueing.py")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument(
+        "--databases", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
+    add_postgres_url(parser)
     parser.add_argument(
         "--sizes", type=sizes, default=[1000, 100_000], help="small/large queue, jobs"
     )

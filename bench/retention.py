@@ -19,13 +19,11 @@ sys.path[0] = str(ROOT)
 from sqlalchemy import Engine, text  # noqa: E402
 
 from bench.common import Took  # noqa: E402
-from bench.queueing import postgres_databases, prefill  # noqa: E402
+from bench.queueing import add_postgres_url, postgres_databases, prefill  # noqa: E402
 from jobqueue import retention  # noqa: E402
 from jobqueue.artifacts import ArtifactStore  # noqa: E402
 from jobqueue.db import make_engine  # noqa: E402
 from jobqueue.store import JobStore  # noqa: E402
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def size(engine: Engine, path: Path | None) -> int:
@@ -81,9 +79,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--days", type=float, default=7, help="TRICKLAB_RETAIN_METRICS_DAYS")
-    parser.add_argument(
-        "--postgres-url", default=POSTGRES, help="an admin URL; '' skips PostgreSQL"
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
         folder = Path(tmp)

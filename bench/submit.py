@@ -31,12 +31,11 @@ import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench.common import Took, order, spread  # noqa: E402
-from bench.queueing import AUTHORIZATION, TOKEN, postgres_databases, start_api  # noqa: E402
+from bench.queueing import AUTHORIZATION, TOKEN, add_postgres_url, postgres_databases, start_api  # noqa: E402
 from bench.serve import load_test  # noqa: E402
 from jobqueue.db import init_db, make_engine  # noqa: E402
 
 SPEC = {"epochs": 1, "hidden_units": [32], "validation_size": 100}
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def post(port: int, path: str, body: dict, token: str) -> bytes:
@@ -203,9 +202,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="of each baseline turn")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument(
-        "--postgres-url", default=POSTGRES, help="an admin URL; '' skips PostgreSQL"
-    )
+    add_postgres_url(parser)
     args = parser.parse_args()
     print(f"each job: {json.dumps(SPEC)}")
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:

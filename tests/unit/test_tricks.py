@@ -76,8 +76,9 @@ def hidden_penalty(model: keras.Model, l2: float) -> float:
     return l2 * sum(float(np.sum(np.square(w))) for layer in hidden for w in layer.get_weights())
 
 
-def test_weight_decay_penalty_enters_the_training_loss():
-    job = spec({"name": "weight_decay", "l2": 0.01})
+def losses(job):
+    """The job's built model, its plain data loss on a few images, and the loss training
+    minimises on them (with any penalty)."""
     model = tricks.build_model(job)
     x, y = tiny_images(8, seed=0)
     x = x.astype("float32") / 255
@@ -85,7 +86,11 @@ def test_weight_decay_penalty_enters_the_training_loss():
     model.compile(optimizer=tricks.optimizer(job, 1), loss=loss, metrics=metrics)
     y_pred = model(x, training=False)
     data_loss = float(np.mean(loss(y, y_pred)))
-    total = float(model.compute_loss(x=x, y=y, y_pred=y_pred, training=True))
+    return model, data_loss, float(model.compute_loss(x=x, y=y, y_pred=y_pred, training=True))
+
+
+def test_weight_decay_penalty_enters_the_training_loss():
+    model, data_loss, total = losses(spec({"name": "weight_decay", "l2": 0.01}))
     penalty = hidden_penalty(model, 0.01)
     assert penalty > 0.1  # kernels and biases of both hidden layers, not the output layer
     assert total == pytest.approx(data_loss + penalty, rel=1e-4)
@@ -309,14 +314,7 @@ def test_cnn_batch_norm_sits_between_each_linear_layer_and_its_relu():
 
 def test_cnn_weight_decay_penalises_every_conv_and_dense_kernel_and_bias():
     job = spec({"name": "weight_decay", "l2": 0.01}, **CNN, conv_filters=[4, 8], dense_units=[16])
-    model = tricks.build_model(job)
-    x, y = tiny_images(8, seed=0)
-    x = x.astype("float32") / 255
-    loss, metrics = tricks.loss_and_metrics(job)
-    model.compile(optimizer=tricks.optimizer(job, 1), loss=loss, metrics=metrics)
-    y_pred = model(x, training=False)
-    data_loss = float(np.mean(loss(y, y_pred)))
-    total = float(model.compute_loss(x=x, y=y, y_pred=y_pred, training=True))
+    model, data_loss, total = losses(job)
     penalised = [
         layer
         for layer in model.layers
