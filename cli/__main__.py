@@ -6,48 +6,50 @@ prints just its id when its output is not a terminal; the exit status says how i
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from cli import show
-from cli.client import JOB_FAILED, NOT_FOUND, OK, UNREACHABLE, USAGE, Api, Failure
+from cli.client import USAGE, Api, Failure
+from cli.common import (
+    EXIT_CODES,
+    ArchitectureOption,
+    BatchSizeOption,
+    DatasetOption,
+    EpochsOption,
+    HiddenUnitsOption,
+    JobId,
+    LearningRateOption,
+    OutputOption,
+    SaveOption,
+    Session,
+    TrickOption,
+    api,
+    emit,
+    emit_created,
+    exit_for,
+    following_created,
+    read_file_option,
+    sub_app,
+    watch_to_end,
+)
 from cli.config import Connection, resolve, save_login
-from cli.spec import FlagError, job_spec, parse_hidden_units, parse_trick, read_json_file
+from cli.spec import job_spec, parse_trick
 from cli.watch import watch_job, watch_study
 
-EXIT_CODES = f"""**Exit status**
-
-* {OK}: done; the job or study succeeded
-* {JOB_FAILED}: the job or study waited for (--wait, watch) failed or was cancelled
-* {USAGE}: a usage error, or a request the API refused (it says which field and why)
-* {UNREACHABLE}: the server is unreachable, or it does not accept the token
-* {NOT_FOUND}: no such job or study (or not yours)
-"""
 CONNECTING = (
     "The server: --url, TRICKLAB_URL, the URL saved by `tricklab login`, or "
     "http://127.0.0.1:8000. The token: --token, TRICKLAB_TOKEN, the one saved by `tricklab "
     "login` for that URL, or, for a service on this machine, the admin's (TRICKLAB_ADMIN_TOKEN "
     "or the file the service wrote, var/admin-token by default)."
 )
-
-
-def sub_app(help: str) -> typer.Typer:
-    return typer.Typer(
-        help=help,
-        epilog=EXIT_CODES,
-        no_args_is_help=True,
-        rich_markup_mode="markdown",
-        context_settings={"help_option_names": ["-h", "--help"]},
-    )
 
 
 app = typer.Typer(
@@ -67,11 +69,6 @@ app.add_typer(jobs, name="jobs")
 app.add_typer(studies, name="studies")
 
 
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
 class Table(StrEnum):
     variants = "variants"
     effects = "effects"
@@ -82,32 +79,7 @@ class ImageFormat(StrEnum):
     svg = "svg"
 
 
-OutputOption = Annotated[
-    Output | None,
-    typer.Option(
-        "-o",
-        "--output",
-        help="table: for people; json: the API's own object, for scripts. Default: a table, "
-        "or only the id of what was created when the output is not a terminal.",
-        show_default=False,
-    ),
-]
-JobId = Annotated[str, typer.Argument(metavar="JOB", help="A job's id.", show_default=False)]
 StudyId = Annotated[str, typer.Argument(metavar="STUDY", help="A study's id.", show_default=False)]
-
-
-class Session:
-    """The connection options; the client is made when a command first needs it."""
-
-    def __init__(self, url: str | None, token: str | None) -> None:
-        self.url, self.token = url, token
-        self._api: Api | None = None
-
-    @property
-    def api(self) -> Api:
-        if self._api is None:
-            self._api = Api(resolve(self.url, self.token))
-        return self._api
 
 
 @app.callback()
@@ -129,124 +101,7 @@ def connect(
     ctx.obj = Session(url, token)
 
 
-def api(ctx: typer.Context) -> Api:
-    session: Session = ctx.obj
-    return session.api
-
-
-# ---- printing ------------------------------------------------------------------------------
-
-
-def stdout_console() -> Console:
-    # Off a terminal Rich would wrap at 80 columns; a file or pipe has room for whole ids.
-    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200
-    return Console(width=width, highlight=False)
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-
-
-def emit(document: Any, output: Output | None, render: Any) -> None:
-    """The API's object as JSON, or drawn by `render` for people."""
-    if output == Output.json:
-        print_json(document)
-    else:
-        stdout_console().print(render(document))
-
-
-def emit_created(document: dict[str, Any], output: Output | None, render: Any) -> None:
-    """A new job or study: its id alone when a script reads the output (`id=$(...)`)."""
-    if output is None and not sys.stdout.isatty():
-        print(document["id"], flush=True)
-    else:
-        emit(document, output, render)
-
-
-def following(watch: Any, *args: Any) -> dict[str, Any]:
-    """Follow a job or study; Ctrl-C ends only the following (status 130, as shells report an
-    interrupted command), not the job, and is not taken for a failed job (1)."""
-    try:
-        return dict(watch(*args))
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        raise typer.Exit(130) from None
-
-
-def exit_for(status: str) -> typer.Exit:
-    return typer.Exit(OK if status == "succeeded" else JOB_FAILED)
-
-
-def check_tricks(values: list[str] | None) -> list[str] | None:
-    for value in values or []:
-        try:
-            parse_trick(value)
-        except FlagError as error:
-            raise typer.BadParameter(str(error)) from None
-    return values
-
-
-def check_hidden_units(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_hidden_units(value)
-        except FlagError as error:
-            raise typer.BadParameter(str(error)) from None
-    return value
-
-
-def read_file_option(path: Path | None) -> dict[str, Any]:
-    try:
-        return read_json_file(path) if path is not None else {}
-    except FlagError as error:
-        raise Failure(str(error), USAGE) from None
-
-
-TrickOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--trick",
-        metavar="NAME[:k=v,…]",
-        help="A trick, repeatable: dropout, weight_decay:l2=0.001, "
-        "momentum:momentum=0.8,nesterov=false. `tricklab tricks` lists them.",
-        callback=check_tricks,
-        show_default=False,
-    ),
-]
-EpochsOption = Annotated[int | None, typer.Option(help="Epochs to train.", show_default=False)]
-BatchSizeOption = Annotated[
-    int | None, typer.Option(help="Images per training step.", show_default=False)
-]
 SeedOption = Annotated[int | None, typer.Option(help="The random seed.", show_default=False)]
-LearningRateOption = Annotated[
-    float | None, typer.Option(help="The optimizer's learning rate.", show_default=False)
-]
-HiddenUnitsOption = Annotated[
-    str | None,
-    typer.Option(
-        metavar="A,B",
-        help="Widths of the hidden layers, e.g. 128,32.",
-        callback=check_hidden_units,
-        show_default=False,
-    ),
-]
-DatasetOption = Annotated[
-    str | None, typer.Option(help="fashion_mnist or mnist.", show_default=False)
-]
-ArchitectureOption = Annotated[
-    str | None,
-    typer.Option(
-        help="mlp (the default) or cnn; the CNN's shape fields (conv_filters, kernel_size, "
-        "dense_units) go in -f.",
-        show_default=False,
-    ),
-]
-SaveOption = Annotated[
-    Path | None,
-    typer.Option(
-        "-O", "--save-to", metavar="FILE", help="Where to save it; - for standard output."
-    ),
-]
 
 
 # ---- jobs ----------------------------------------------------------------------------------
@@ -298,13 +153,7 @@ def jobs_submit(
     if not wait:
         emit_created(job, output, show.job)
         return
-    if output is None:
-        if sys.stdout.isatty():
-            print(f"submitted job {job['id']}", flush=True)
-        else:
-            print(job["id"], flush=True)
-    # The progress goes beside the output, so that stdout holds only the id or the document.
-    final = following(watch_job, client, job["id"], sys.stderr)
+    final = following_created(watch_job, client, job["id"], output, "submitted job")
     if output is not None:
         emit(final, output, show.job)
     raise exit_for(final["status"])
@@ -358,10 +207,7 @@ def jobs_metrics(
 def jobs_watch(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
     """Follow a job until it ends: a progress bar on a terminal, else one line per epoch.
     Exits 0 if it succeeded, 1 if it failed or was cancelled."""
-    final = following(watch_job, api(ctx), job, sys.stderr if output == Output.json else sys.stdout)
-    if output == Output.json:
-        print_json(final)
-    raise exit_for(final["status"])
+    watch_to_end(watch_job, api(ctx), job, output)
 
 
 @jobs.command("cancel")
@@ -512,12 +358,7 @@ def studies_create(
     if not wait:
         emit_created(created, output, show.study)
         return
-    if output is None:
-        print(
-            created["id"] if not sys.stdout.isatty() else f"created study {created['id']}",
-            flush=True,
-        )
-    final = following(watch_study, client, created["id"], sys.stderr)
+    final = following_created(watch_study, client, created["id"], output, "created study")
     if output is not None:
         emit(client.get(f"/v1/studies/{created['id']}"), output, show.study)
     raise exit_for(final["status"])
@@ -546,12 +387,7 @@ def studies_show(ctx: typer.Context, study: StudyId, output: OutputOption = None
 @studies.command("watch")
 def studies_watch(ctx: typer.Context, study: StudyId, output: OutputOption = None) -> None:
     """Follow a study until all its jobs have ended. Exits 0 if they all succeeded, else 1."""
-    final = following(
-        watch_study, api(ctx), study, sys.stderr if output == Output.json else sys.stdout
-    )
-    if output == Output.json:
-        print_json(final)
-    raise exit_for(final["status"])
+    watch_to_end(watch_study, api(ctx), study, output)
 
 
 @studies.command("report")
