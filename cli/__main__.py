@@ -2,32 +2,28 @@
 
 Output is for people on a terminal (Rich tables, live progress) and for scripts everywhere
 else: `-o json` prints the API's own objects, unchanged; a command that creates something
-prints just its id when its output is not a terminal; the exit status says how it went."""
+prints just its id when its output is not a terminal; the exit status says how it went.
+
+This module only assembles the app: each noun's commands live in their own module (jobs,
+studies, predict, tricks, login), and what they share in cli/common.py."""
 
 from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cli import show
-from cli.client import USAGE, Api, Failure
-from cli.common import (
-    EXIT_CODES,
-    JobId,
-    OutputOption,
-    Session,
-    api,
-    emit,
-)
-from cli.config import Connection, resolve, save_login
+from cli.client import Failure
+from cli.common import EXIT_CODES, Session
 from cli.jobs import jobs
+from cli.login import login
+from cli.predict import predict
 from cli.studies import studies
+from cli.tricks import tricks
 
 CONNECTING = (
     "The server: --url, TRICKLAB_URL, the URL saved by `tricklab login`, or "
@@ -50,6 +46,9 @@ app = typer.Typer(
 )
 app.add_typer(jobs, name="jobs")
 app.add_typer(studies, name="studies")
+app.command("predict")(predict)
+app.command("tricks")(tricks)
+app.command("login")(login)
 
 
 @app.callback()
@@ -69,59 +68,6 @@ def connect(
     ] = None,
 ) -> None:
     ctx.obj = Session(url, token)
-
-
-@app.command("predict")
-def predict(
-    ctx: typer.Context,
-    job: JobId,
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Images: PNG, JPEG, WebP or GIF, any size.",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-        ),
-    ],
-    output: OutputOption = None,
-) -> None:
-    """Classify images with a succeeded job's model: the class and its probability per file."""
-    uploads = [
-        ("file", (path.name, path.read_bytes(), "application/octet-stream")) for path in files
-    ]
-    answer = api(ctx).post(f"/v1/jobs/{job}/predict", files=uploads)
-    emit(answer, output, lambda a: show.predictions([str(f) for f in files], a))
-
-
-@app.command("tricks")
-def tricks(ctx: typer.Context, output: OutputOption = None) -> None:
-    """The trick catalogue: each trick's parameters, defaults, limits and what it does."""
-    emit(api(ctx).get("/v1/tricks"), output, show.tricks)
-
-
-@app.command("login")
-def login(
-    ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(help="The tricklab API.", show_default=False)] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(help="Your API token (asked for if not given).", show_default=False),
-    ] = None,
-) -> None:
-    """Check a token with the server and save both, for you alone (mode 0600), so that later
-    commands need neither."""
-    session: Session = ctx.obj
-    target = resolve(url or session.url, None).url
-    secret = token or session.token
-    if not secret:
-        if not sys.stdin.isatty():
-            raise Failure("no token: give --token or TRICKLAB_TOKEN", USAGE)
-        secret = typer.prompt("API token", hide_input=True).strip()
-    client = Api(Connection(target, secret, "--token"))
-    me = client.get("/v1/me")
-    path = save_login(target, secret)
-    print(f"logged in to {target} as {show.me(me)}; saved in {path}")
 
 
 def main() -> None:
