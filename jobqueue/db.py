@@ -1,4 +1,5 @@
-"""Engine factory and schema initialisation for SQLite (one machine) and PostgreSQL (many)."""
+"""Engine factory and schema initialisation (Alembic's revisions, jobqueue/migrations) for
+SQLite (one machine) and PostgreSQL (many)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Engine,
-    create_engine,
-    delete,
-    event,
-    func,
-    insert,
-    inspect,
-    select,
-    text,
-    update,
-)
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.schema import CreateColumn
 
-from jobqueue.models import (
-    ADMIN,
-    RETIRED_INDEXES,
-    SCHEMA_VERSION,
-    UPGRADES,
-    Base,
-    Job,
-    JobCount,
-    JobTrick,
-    Meta,
-    Study,
-    User,
-    owned_key,
-    trick_names,
-    utcnow,
-)
+from jobqueue.models import ADMIN, User, utcnow
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
 # read-then-update can then never interleave with another writer's, and lock waits happen
@@ -97,48 +75,37 @@ def make_engine(url: str, busy_timeout_ms: int = 30_000, name: str = "tricklab")
 
 
 class SchemaMismatch(RuntimeError):
-    """The database was written by a tricklab with another table layout."""
+    """The database was written by a tricklab whose schema this one cannot upgrade."""
 
 
-def init_db(engine: Engine) -> None:
-    """Create the tables in an empty database, or check an existing one's layout; safe when
-    several processes start at once."""
+def migrations() -> Config:
+    """Alembic's configuration for the revisions in jobqueue/migrations."""
+    config = Config()
+    config.set_main_option("script_location", "jobqueue:migrations")
+    return config
+
+
+def init_db(engine: Engine) -> str:
+    """Bring the database to the newest schema by its Alembic revisions (an empty one is
+    created whole; one written before Alembic is upgraded in place) and make sure it has its
+    admin; safe when several processes start at once. Returns the schema's revision."""
+    config = migrations()
+    script = ScriptDirectory.from_config(config)
     with engine.connect().execution_options(**WRITE) as connection, connection.begin():
         if engine.dialect.name == "postgresql":
             # Serialise concurrent initialisations; the lock ends with the transaction.
             connection.execute(text("SELECT pg_advisory_xact_lock(7461726)"))
-        tables = set(inspect(connection).get_table_names())
-        if "jobs" not in tables:
-            Base.metadata.create_all(connection)
-            _count_jobs(connection)
-            connection.execute(insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
-            _add_admin(connection)
-            return
-        version = None
-        if Meta.__tablename__ in tables:
-            version = connection.scalar(select(Meta.value).where(Meta.key == "schema_version"))
-        if version in UPGRADES:
-            Base.metadata.create_all(connection)  # only the tables that are missing
-            _add_columns(connection, UPGRADES[version])
-            for name in RETIRED_INDEXES:
-                connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
-            for table in Base.metadata.sorted_tables:  # indexes on the tables that were there
-                for index in table.indexes:
-                    index.create(connection, checkfirst=True)
-            _add_admin(connection)
-            _adopt(connection)
-            _index_studies_and_tricks(connection)
-            _count_jobs(connection)
-            connection.execute(
-                update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
-            )
-            return
-        if version != str(SCHEMA_VERSION):
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current is not None and current not in {r.revision for r in script.walk_revisions()}:
             raise SchemaMismatch(
                 f"the database {engine.url.render_as_string()} has tricklab schema version "
-                f"{version or 1}, this tricklab needs {SCHEMA_VERSION}: start from a new "
-                "database (e.g. move ./var/tricklab.db away) or migrate it"
+                f"{current}, newer than this tricklab's {script.get_current_head()}: run the "
+                "tricklab that wrote it"
             )
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        _add_admin(connection)
+    return str(script.get_current_head())
 
 
 def _add_admin(connection: Connection) -> None:
@@ -149,101 +116,6 @@ def _add_admin(connection: Connection) -> None:
         )
 
 
-def _adopt(connection: Connection) -> None:
-    """What was made before there were users belongs to the admin, keys included."""
-    connection.execute(update(Job).where(Job.owner.is_(None)).values(owner=ADMIN))
-    connection.execute(update(Study).where(Study.owner.is_(None)).values(owner=ADMIN))
-    keyed = connection.execute(
-        select(Job.id, Job.idempotency_key).where(Job.idempotency_key.is_not(None))
-    ).all()
-    for job_id, key in keyed:
-        connection.execute(
-            update(Job).where(Job.id == job_id).values(idempotency_key=owned_key(ADMIN, str(key)))
-        )
-
-
-def _index_studies_and_tricks(connection: Connection) -> None:
-    """Fill in, for the jobs made before schema 6, their study and the job_tricks rows."""
-    for study_id, variants in connection.execute(select(Study.id, Study.variants)).all():
-        ids = [job_id for variant in variants for job_id in variant["jobs"]]
-        for start in range(0, len(ids), 500):
-            connection.execute(
-                update(Job).where(Job.id.in_(ids[start : start + 500])).values(study_id=study_id)
-            )
-    indexed = select(JobTrick.job_id)
-    jobs = connection.execute(select(Job.id, Job.spec).where(Job.id.not_in(indexed))).all()
-    tricks = [
-        {"job_id": job_id, "trick": name}
-        for job_id, spec in jobs
-        for name in dict.fromkeys(trick_names(spec))
-    ]
-    for start in range(0, len(tricks), 1000):
-        connection.execute(insert(JobTrick), tricks[start : start + 1000])
-
-
-# The triggers that keep job_counts (see models.JobCount): +1 for a job's new owner and
-# status, -1 for its old ones.
-_SQLITE_COUNTING = (
-    """CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
-    INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1); END""",
-    """CREATE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
-    WHEN OLD.status IS NOT NEW.status OR OLD.owner IS NOT NEW.owner BEGIN
-    INSERT INTO job_counts (owner, status, delta)
-    VALUES (OLD.owner, OLD.status, -1), (NEW.owner, NEW.status, 1); END""",
-    """CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
-    INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1); END""",
-)
-_POSTGRESQL_COUNTING = (
-    """CREATE OR REPLACE FUNCTION tricklab_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF TG_OP <> 'INSERT' THEN
-        INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1);
-      END IF;
-      IF TG_OP <> 'DELETE' THEN
-        INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1);
-      END IF;
-      RETURN NULL;
-    END $$""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_insert AFTER INSERT ON jobs
-    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_delete AFTER DELETE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.owner IS DISTINCT FROM NEW.owner)
-    EXECUTE FUNCTION tricklab_count_jobs()""",
-)
-
-
-def _count_jobs(connection: Connection) -> None:
-    """Start job_counts from the jobs there are, and install the triggers that keep it."""
-    postgresql = connection.dialect.name == "postgresql"
-    if not postgresql:
-        for name in ("insert", "update", "delete"):
-            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS jobs_counted_{name}")
-    connection.execute(delete(JobCount))
-    connection.execute(
-        insert(JobCount).from_select(
-            ["owner", "status", "delta"],
-            select(Job.owner, Job.status, func.count()).group_by(Job.owner, Job.status),
-        )
-    )
-    for statement in _POSTGRESQL_COUNTING if postgresql else _SQLITE_COUNTING:
-        connection.exec_driver_sql(statement)
-
-
-def _add_columns(connection: Connection, names: tuple[str, ...]) -> None:
-    """Add these columns ("table.column", as the models define them) where missing."""
-    for name in names:
-        table, column = name.split(".")
-        existing = {c["name"] for c in inspect(connection).get_columns(table)}
-        if column not in existing:
-            definition = CreateColumn(Base.metadata.tables[table].c[column])
-            connection.execute(
-                text(f"ALTER TABLE {table} ADD COLUMN {definition.compile(connection)}")
-            )
-
-
 def main() -> None:
     from core.config import get_settings
     from core.logs import setup_logging
@@ -251,10 +123,11 @@ def main() -> None:
     settings = get_settings()
     setup_logging(settings.log_level)
     try:
-        init_db(make_engine(settings.database_url, settings.busy_timeout_ms))
+        revision = init_db(make_engine(settings.database_url, settings.busy_timeout_ms))
     except SchemaMismatch as error:
         raise SystemExit(f"tricklab: {error}") from None
-    print(f"database ready: {make_url(settings.database_url).render_as_string()}")
+    url = make_url(settings.database_url).render_as_string()
+    print(f"database ready at schema version {revision}: {url}")
 
 
 if __name__ == "__main__":

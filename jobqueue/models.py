@@ -40,31 +40,6 @@ def owned_key(owner: str, key: str) -> str:
     return hashlib.sha256(f"{owner}\n{key}".encode()).hexdigest()
 
 
-# Bump when a table changes: init_db refuses a database written with another layout.
-SCHEMA_VERSION = 6
-# Versions init_db can bring up to date, and the columns added since each (it creates the
-# tables added since whole): 3 added studies; 4 the time a job has trained and the deletion
-# of its files; 5 users, their tokens, and the owner of each job and study; 6 each job's
-# study, the job_tricks index of which tricks each job uses, the job_counts changes, and when
-# retention archived a job's metrics.
-_COLUMNS_6 = ("jobs.study_id", "jobs.metrics_archived_at")
-_COLUMNS_5 = ("jobs.owner", "studies.owner", *_COLUMNS_6)
-_COLUMNS_4 = ("jobs.trained_seconds", "jobs.artifacts_deleted_at", *_COLUMNS_5)
-# Indexes that schema 6 replaced by ones ending in id; an upgrade drops them.
-RETIRED_INDEXES = (
-    "ix_jobs_status_created",
-    "ix_jobs_created",
-    "ix_jobs_owner_status_created",
-    "ix_jobs_owner_created",
-    "ix_studies_created",
-    "ix_studies_owner_created",
-)
-UPGRADES: dict[str, tuple[str, ...]] = {
-    "2": _COLUMNS_4,
-    "3": _COLUMNS_4,
-    "4": _COLUMNS_5,
-    "5": _COLUMNS_6,
-}
 # The user that every database has from the start: it owns what was there before users.
 ADMIN = "admin"
 
@@ -78,6 +53,9 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
+    """schema_version: the Alembic revision, for tricklab before Alembic, which refuses any
+    other value than its own."""
+
     __tablename__ = "tricklab_meta"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)

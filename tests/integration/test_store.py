@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from core.spec import JobSpec
 from jobqueue.accounts import Accounts
-from jobqueue.db import SchemaMismatch, init_db, make_engine
+from jobqueue.db import init_db, make_engine
 from jobqueue.models import ADMIN, Job, JobCount
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
@@ -326,72 +326,6 @@ def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store)
     assert any_store.list_jobs()[1] == 1
     with pytest.raises(IdempotencyConflict, match="'key-1' was already used for job"):
         any_store.enqueue(JobSpec(seed=6), ADMIN, "key-1")
-
-
-def test_an_older_schema_is_refused_with_advice(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    with engine.begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE jobs (id TEXT PRIMARY KEY)")
-    with pytest.raises(SchemaMismatch, match="schema version 1, this tricklab needs"):
-        init_db(engine)
-
-
-@pytest.mark.parametrize("version", ["2", "3", "4", "5"])
-def test_an_older_database_is_brought_up_to_date_and_keeps_its_jobs(database_url, version):
-    engine = make_engine(database_url)
-    init_db(engine)
-    spec = JobSpec(seed=3, tricks=["dropout", "batch_norm"])
-    job, _ = JobStore(engine).enqueue(spec, ADMIN)
-    study = JobStore(engine).create_study(ADMIN, "s", {}, [1], [({"name": "v"}, [JobSpec()])])
-    with engine.begin() as connection:  # as tricklab with that schema version left it
-        on = " ON jobs" if connection.dialect.name == "postgresql" else ""
-        for name in ("insert", "update", "delete"):
-            connection.exec_driver_sql(f"DROP TRIGGER jobs_counted_{name}{on}")
-        connection.exec_driver_sql("DROP TABLE job_counts")
-        connection.exec_driver_sql("DROP TABLE job_tricks")
-        connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN study_id")
-        connection.exec_driver_sql(f"UPDATE tricklab_meta SET value = '{version}'")
-        if version != "5":
-            _as_before_schema_5(connection, version, job.id)
-    init_db(engine)
-    store = JobStore(engine)
-    upgraded = store.get(job.id)
-    assert (upgraded.spec["seed"], upgraded.trained_seconds, upgraded.artifacts_deleted_at) == (
-        3,
-        0.0,
-        None,
-    )
-    # Each job knows its study, and lists filter by trick, from the rows made by the upgrade.
-    assert [j.id for j in store.list_jobs(trick="batch_norm")[0]] == [job.id]
-    assert len(store.list_jobs(trick="dropout")[0]) == 1 and store.list_jobs(trick="l2")[0] == []
-    if version != "2":
-        assert store.get(study.job_ids[0]).study_id == study.id
-    # What was there belongs to the admin, who can replay its Idempotency-Key.
-    assert upgraded.owner == ADMIN
-    if version != "5":
-        replayed, created = store.enqueue(spec, ADMIN, "order-7")
-        assert (replayed.id, created) == (job.id, False)
-    assert store.list_jobs(owner=ADMIN)[1] == 2  # counted by the upgrade
-    assert counted(store, [ADMIN]) == truth(store)
-    init_db(engine)  # and again: nothing left to do
-
-
-def _as_before_schema_5(connection, version: str, keyed: str) -> None:
-    for index in ("ix_jobs_owner_status_created_id", "ix_jobs_owner_created_id"):
-        connection.exec_driver_sql(f"DROP INDEX {index}")
-    connection.exec_driver_sql("DROP TABLE tokens")
-    connection.exec_driver_sql("DROP TABLE users")
-    connection.exec_driver_sql("ALTER TABLE jobs DROP COLUMN owner")
-    # A key stored as it was then: not hashed.
-    connection.exec_driver_sql(f"UPDATE jobs SET idempotency_key = 'order-7' WHERE id = '{keyed}'")
-    if version == "2":
-        connection.exec_driver_sql("DROP TABLE studies")
-    else:
-        connection.exec_driver_sql("DROP INDEX ix_studies_owner_created_id")
-        connection.exec_driver_sql("ALTER TABLE studies DROP COLUMN owner")
-    if version != "4":
-        for column in ("trained_seconds", "artifacts_deleted_at"):
-            connection.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
 
 
 def claim_all(url: str, worker: str, results) -> None:

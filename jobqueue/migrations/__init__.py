@@ -1,0 +1,1 @@
+"""The schema's history as Alembic revisions, numbered; `jobqueue.db.init_db` applies them."""
