@@ -75,14 +75,14 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m mypy
 
 bench: $(INSTALLED) ## training and serving (MLP and CNN), packing and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 29 minutes)
-	$(PY) bench/train.py
-	$(PY) bench/train.py --architecture cnn --epochs 2
-	$(PY) bench/pack.py
-	$(PY) bench/serve.py --cnn
-	$(PY) bench/events.py
-	$(PY) bench/queueing.py
-	$(PY) bench/submit.py
-	$(PY) bench/retention.py
+	$(PY) -m bench.train
+	$(PY) -m bench.train --architecture cnn --epochs 2
+	$(PY) -m bench.pack
+	$(PY) -m bench.serve --cnn
+	$(PY) -m bench.events
+	$(PY) -m bench.queueing
+	$(PY) -m bench.submit
+	$(PY) -m bench.retention
 
 # STUDY='{"repeats": 1, ...}' overrides the preset's fields (the page says so).
 STUDY ?=

@@ -38,10 +38,11 @@ run() {
   export TRICKLAB_DATA_DIR="$PWD/$BUNDLE/data"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
   python3 -c 'import jax, keras; print("jax", jax.__version__, jax.devices(), "keras", keras.__version__)'
+  # As modules (python3 -m bench.X), from the repository root: the cd above.
   # Each benchmark runs even if one before it failed; the exit status says whether any did.
-  python3 bench/train.py --rounds 2 --epochs 5 2>&1 | tee "$out/train.log" || status=1
-  python3 bench/pack.py 2>&1 | tee "$out/pack.log" || status=1
-  python3 bench/pack.py --jobs 32 --epochs 2 2>&1 | tee "$out/pack32.log" || status=1
+  python3 -m bench.train --rounds 2 --epochs 5 2>&1 | tee "$out/train.log" || status=1
+  python3 -m bench.pack 2>&1 | tee "$out/pack.log" || status=1
+  python3 -m bench.pack --jobs 32 --epochs 2 2>&1 | tee "$out/pack32.log" || status=1
   return $status
 }
 

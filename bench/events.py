@@ -3,7 +3,7 @@ streams open (following queued jobs: what open dashboards and `tricklab watch` h
 the same API with none, in alternating rounds. No worker runs: the cost measured is the
 streams' own (the watch's poll and the pings), not training's.
 
-    .venv/bin/python bench/events.py [--streams 100] [--rounds 3] [--seconds 10]
+    .venv/bin/python -m bench.events [--streams 100] [--rounds 3] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import asyncio
 import os
 import secrets
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2 as httpx
 

@@ -10,32 +10,30 @@ data already in memory; the ratio is sequential / packed, per round, printed as 
 with its min and max. It also prints the largest difference in any job's final test accuracy
 between the two: packing must not change results.
 
-Nothing is asserted: it prints. `make bench` runs it; `python bench/pack.py --help` lists its
+Nothing is asserted: it prints. `make bench` runs it; `python -m bench.pack --help` lists its
 options.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as a script whether or not the package is installed
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # fewer TensorFlow start-up lines
+# Fewer TensorFlow start-up lines: TensorFlow reads it when first imported, so it is set before
+# the imports below (Keras and the worker import TensorFlow).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import statistics
+import time
+from typing import Any
 
-from bench.common import Took, data_dir, hush_retracing, order, spread  # noqa: E402
-from core import datasets  # noqa: E402
-from core.datasets import Splits  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
-from worker import training  # noqa: E402
-from worker.devices import freeze_imports, setup_device  # noqa: E402
-from worker.packing import Branch, train_pack  # noqa: E402
+from bench.common import Took, data_dir, hush_retracing, order, spread
+from core import datasets
+from core.datasets import Splits
+from core.spec import JobSpec
+from worker import training
+from worker.devices import freeze_imports, setup_device
+from worker.packing import Branch, train_pack
 
 ALONE, PACKED = "one after another", "packed"
 

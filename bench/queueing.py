@@ -31,50 +31,43 @@ It prints claims per second, claim latency p50/p99, the API's list and submit la
 each side's median (min–max) over the rounds, the ratio large / small for every figure (for
 claims per second small / large, so that every ratio is a cost: target ≤ 1.5×), and the queue
 against the database's baseline. Nothing is asserted: it prints. `make bench` runs it;
-`python bench/queueing.py --help` lists its options (a test runs it tiny).
+`python -m bench.queueing --help` lists its options (a test runs it tiny).
 """
 
 from __future__ import annotations
 
+import argparse
+import multiprocessing
 import os
-import sys
+import secrets
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file's folder first on sys.path would make it the standard library's `queue` for
-# everything imported after (multiprocessing among them): the project's root instead.
-sys.path[0] = str(ROOT)
+import httpx2 as httpx
+from sqlalchemy import Engine, delete, insert, text, update
+from sqlalchemy.engine import URL, make_url
 
-import argparse  # noqa: E402
-import multiprocessing  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import sqlite3  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from datetime import UTC, datetime, timedelta  # noqa: E402
-from multiprocessing.connection import Connection  # noqa: E402
-from typing import Any  # noqa: E402
-
-import httpx2 as httpx  # noqa: E402
-from sqlalchemy import Engine, delete, insert, text, update  # noqa: E402
-from sqlalchemy.engine import URL, make_url  # noqa: E402
-
-from bench.common import Took, data_dir, order, spread  # noqa: E402
-from bench.serve import free_port, start, wait_ready  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
-from jobqueue.accounts import Accounts  # noqa: E402
-from jobqueue.db import init_db, make_engine  # noqa: E402
-from jobqueue.models import ADMIN, EpochMetrics, Job, JobTrick, trick_names  # noqa: E402
-from jobqueue.states import JobStatus  # noqa: E402
-from jobqueue.store import Checkpoint, JobStore  # noqa: E402
+from bench.common import Took, data_dir, order, spread
+from bench.serve import free_port, start, wait_ready
+from core.spec import JobSpec
+from jobqueue.accounts import Accounts
+from jobqueue.db import init_db, make_engine
+from jobqueue.models import ADMIN, EpochMetrics, Job, JobTrick, trick_names
+from jobqueue.states import JobStatus
+from jobqueue.store import Checkpoint, JobStore
 
 TOKEN = secrets.token_urlsafe(32)
 AUTHORIZATION = {"Authorization": f"Bearer {TOKEN}"}

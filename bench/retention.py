@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)
+from sqlalchemy import Engine, text
 
-from sqlalchemy import Engine, text  # noqa: E402
-
-from bench.common import Took  # noqa: E402
-from bench.queueing import add_postgres_url, postgres_databases, prefill  # noqa: E402
-from jobqueue import retention  # noqa: E402
-from jobqueue.artifacts import ArtifactStore  # noqa: E402
-from jobqueue.db import make_engine  # noqa: E402
-from jobqueue.store import JobStore  # noqa: E402
+from bench.common import Took
+from bench.queueing import add_postgres_url, postgres_databases, prefill
+from jobqueue import retention
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import make_engine
+from jobqueue.store import JobStore
 
 
 def size(engine: Engine, path: Path | None) -> int:

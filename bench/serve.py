@@ -33,38 +33,34 @@ model runs in the service (its metadata's `runtime`: "numpy", the verified numpy
 service.inference, or "keras") and the ratio cnn / predict, round by round: what serving the
 CNN costs against the MLP, on the same path.
 
-Nothing is asserted: it prints. `make bench` runs it with `--cnn`; `python bench/serve.py --help`
+Nothing is asserted: it prints. `make bench` runs it with `--cnn`; `python -m bench.serve --help`
 lists its options.
 """
 
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
+import pickle
+import secrets
+import socket
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as a script whether or not the package is installed
+import httpx2 as httpx
+import numpy as np
+from PIL import Image
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import pickle  # noqa: E402
-import secrets  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import httpx2 as httpx  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bench.common import Took, data_dir, order, spread  # noqa: E402
-from core.datasets import load  # noqa: E402
+from bench.common import ROOT, Took, data_dir, order, spread
+from core.datasets import load
 
 BOUNDARY = "tricklab-bench"
 
@@ -180,10 +176,11 @@ def v2_requests_for(images: list[np.ndarray], path: str, port: int) -> list[byte
 
 
 def load_test(requests: Path, port: int, count: int, concurrency: int) -> Run:
-    """One measurement, by bench/loadgen.py in a process of its own."""
-    command = [sys.executable, str(ROOT / "bench" / "loadgen.py"), str(requests)]
+    """One measurement, by `python -m bench.loadgen` in a process of its own (from the
+    repository root)."""
+    command = [sys.executable, "-m", "bench.loadgen", str(requests)]
     options = ["--port", str(port), "--count", str(count), "--concurrency", str(concurrency)]
-    done = subprocess.run([*command, *options], capture_output=True, check=False)
+    done = subprocess.run([*command, *options], cwd=ROOT, capture_output=True, check=False)
     if done.returncode != 0:
         sys.exit(f"bench: the load generator failed: {done.stderr.decode(errors='replace')}")
     return Run(**json.loads(done.stdout))

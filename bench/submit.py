@@ -24,16 +24,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)
+import httpx
+import psycopg
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-
-from bench.common import Took, order, spread  # noqa: E402
-from bench.queueing import AUTHORIZATION, TOKEN, add_postgres_url, postgres_databases, start_api  # noqa: E402
-from bench.serve import load_test  # noqa: E402
-from jobqueue.db import init_db, make_engine  # noqa: E402
+from bench.common import Took, order, spread
+from bench.queueing import AUTHORIZATION, TOKEN, add_postgres_url, postgres_databases, start_api
+from bench.serve import load_test
+from jobqueue.db import init_db, make_engine
 
 SPEC = {"epochs": 1, "hidden_units": [32], "validation_size": 100}
 

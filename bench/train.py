@@ -36,42 +36,42 @@ net (`tricks.build_model`), without the notebook's loop, which is the MLP's. `ma
 for 2 epochs a run: a CNN epoch costs about 100 times an MLP's.
 
 Nothing is asserted: it prints. `make bench` runs it (pointing TRICKLAB_DATA_DIR at
-../shared/data/fashion-mnist when that exists); `python bench/train.py --help` lists its options.
+../shared/data/fashion-mnist when that exists); `python -m bench.train --help` lists its options.
 """
 
 from __future__ import annotations
 
 import os
+
+# Fewer TensorFlow start-up lines: TensorFlow reads it when first imported, so it is set before
+# the imports below (Keras and the worker import TensorFlow).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import statistics
 import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # runnable as a script whether or not the package is installed
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # fewer TensorFlow start-up lines
+import keras
+import numpy as np
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.common import Took, data_dir, hush_retracing, order, spread  # noqa: E402
-from core.datasets import Splits, load  # noqa: E402
-from core.images import scale  # noqa: E402
-from core.spec import JobSpec  # noqa: E402
-from jobqueue.artifacts import ArtifactStore  # noqa: E402
-from jobqueue.db import init_db, make_engine  # noqa: E402
-from jobqueue.models import ADMIN  # noqa: E402
-from jobqueue.states import JobStatus  # noqa: E402
-from jobqueue.store import JobStore  # noqa: E402
-from worker import tricks  # noqa: E402
-from worker.devices import freeze_imports  # noqa: E402
-from worker.loop import Worker  # noqa: E402
+from bench.common import Took, data_dir, hush_retracing, order, spread
+from core.datasets import Splits, load
+from core.images import scale
+from core.spec import JobSpec
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.models import ADMIN
+from jobqueue.states import JobStatus
+from jobqueue.store import JobStore
+from worker import tricks
+from worker.devices import freeze_imports
+from worker.loop import Worker
 
 NOTEBOOK_ACCURACY = 0.8824
 MODELS = {"mlp": "base model", "cnn": "default CNN"}

@@ -1,7 +1,7 @@
-"""`make bench` keeps working: its scripts run end to end (on tiny data, short runs), the
-database benchmarks on SQLite and on PostgreSQL: `bench/queueing.py` prints every figure beside
-its baseline, with the ratio between the small and the large queue; `bench/submit.py` and
-`bench/retention.py` print theirs."""
+"""`make bench` keeps working: its modules run end to end as `python -m bench.X` from the
+repository root (on tiny data, short runs), the database benchmarks on SQLite and on PostgreSQL:
+`bench.queueing` prints every figure beside its baseline, with the ratio between the small and
+the large queue; `bench.submit` and `bench.retention` print theirs."""
 
 import re
 import subprocess
@@ -24,12 +24,12 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(tmp_path: Path, *command: str) -> str:
-    """Run a bench script on tiny data; its output. The benches hold out the notebook's
-    10,000 validation images: 1,000 are left to train."""
+def run_bench(tmp_path: Path, module: str, *arguments: str) -> str:
+    """Run a benchmark, `python -m <module>` from the repository root, on tiny data; its output.
+    The benches hold out the notebook's 10,000 validation images: 1,000 are left to train."""
     data = write_dataset(tmp_path / "fashion-mnist", train=11_000, test=100)
     result = subprocess.run(
-        [sys.executable, *command],
+        [sys.executable, "-m", module, *arguments],
         cwd=ROOT,
         env={"TRICKLAB_DATA_DIR": str(data), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -41,7 +41,7 @@ def run_bench(tmp_path: Path, *command: str) -> str:
 
 
 def test_the_training_benchmark_runs_and_prints_its_ratios(tmp_path):
-    output = run_bench(tmp_path, "bench/train.py", "--rounds", "2", "--epochs", "2")
+    output = run_bench(tmp_path, "bench.train", "--rounds", "2", "--epochs", "2")
     assert "test accuracy at epoch 2:" in output
     for line in ("tricklab's job", "plain model.fit", "the notebook's loop"):
         assert line in output
@@ -55,7 +55,7 @@ def test_the_training_benchmark_runs_and_prints_its_ratios(tmp_path):
 
 
 def test_the_training_benchmark_compares_the_cnn_with_plain_fit_of_the_same_net(tmp_path):
-    command = ("bench/train.py", "--architecture", "cnn", "--rounds", "2", "--epochs", "1")
+    command = ("bench.train", "--architecture", "cnn", "--rounds", "2", "--epochs", "1")
     output = run_bench(tmp_path, *command)
     assert "notebook loop skipped: it trains the notebook's MLP only" in output
     assert "=== summary: default CNN, 1 epochs, 1000 training images ===" in output
@@ -66,7 +66,7 @@ def test_the_training_benchmark_compares_the_cnn_with_plain_fit_of_the_same_net(
 
 
 def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
-    output = run_bench(tmp_path, "bench/pack.py", "--jobs", "2", "--epochs", "1", "--rounds", "2")
+    output = run_bench(tmp_path, "bench.pack", "--jobs", "2", "--epochs", "1", "--rounds", "2")
     assert "largest difference in a job's final test accuracy: 0.0000" in output
     assert "ratio packed / one after another:" in output
     firsts = re.findall(r"^  round \d: (.+?) +\d", output, re.M)[::2]
@@ -75,7 +75,7 @@ def test_the_packing_benchmark_runs_and_prints_its_ratio(tmp_path):
 
 
 def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
-    output = run_bench(tmp_path, "bench/serve.py", "--requests", "50", "--rounds", "2")
+    output = run_bench(tmp_path, "bench.serve", "--requests", "50", "--rounds", "2")
     for concurrency in (1, 8, 32):
         assert f"ratio predict / trivial at concurrency {concurrency:>2}: throughput" in output
         assert f"ratio v2 / predict at concurrency {concurrency:>2}: throughput" in output
@@ -115,7 +115,7 @@ def test_the_yardstick_answers_as_the_predict_route_does():
 
 def test_the_events_benchmark_runs_and_prints_what_open_streams_cost(tmp_path):
     output = run_bench(
-        tmp_path, "bench/events.py", "--streams", "5", "--rounds", "2", "--seconds", "1"
+        tmp_path, "bench.events", "--streams", "5", "--rounds", "2", "--seconds", "1"
     )
     assert re.search(r"^ +5 streams open: API CPU .+ %.+ GET /v1/jobs .+ ms", output, re.M)
     assert "5 open streams add " in output and "list latency ratio open / none" in output
@@ -128,7 +128,7 @@ TINY += ["--sweeps", "10", "--sweep-running", "3/30", "--epochs", "1"]
 
 
 def run_queue_bench(tmp_path: Path, database: str, *extra: str) -> str:
-    return run_bench(tmp_path, "bench/queueing.py", "--databases", database, *TINY, *extra)
+    return run_bench(tmp_path, "bench.queueing", "--databases", database, *TINY, *extra)
 
 
 def check_figures(output: str, baseline: str) -> None:
@@ -191,7 +191,7 @@ POSTGRES = ["--postgres-url", POSTGRES_URL or ""]  # empty: SQLite only
 
 def test_the_submission_benchmark_prints_each_way_beside_the_database(tmp_path):
     output = run_bench(
-        tmp_path, "bench/submit.py", "--requests", "20", "--batch", "5", "--rounds", "1",
+        tmp_path, "bench.submit", "--requests", "20", "--batch", "5", "--rounds", "1",
         "--concurrency", "1", "2", "--seconds", "0.2", *POSTGRES,
     )  # fmt: skip
     for database in ("SQLite", "PostgreSQL") if POSTGRES_URL else ("SQLite",):
@@ -204,7 +204,7 @@ def test_the_submission_benchmark_prints_each_way_beside_the_database(tmp_path):
 
 
 def test_the_retention_benchmark_prints_what_it_gives_back(tmp_path):
-    output = run_bench(tmp_path, "bench/retention.py", "--jobs", "300", "--epochs", "2", *POSTGRES)
+    output = run_bench(tmp_path, "bench.retention", "--jobs", "300", "--epochs", "2", *POSTGRES)
     for database in ("SQLite", "PostgreSQL") if POSTGRES_URL else ("SQLite",):
         assert re.search(
             rf"^ *{database}: 300 jobs over 30 days, 2 epochs each; metrics of", output, re.M
