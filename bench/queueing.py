@@ -54,10 +54,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2 as httpx
-from sqlalchemy import Engine, delete, insert, text, update
+from sqlalchemy import Engine, Table, delete, insert, text, update
 from sqlalchemy.engine import URL, make_url
 
 from bench.common import Took, data_dir, order, spread
@@ -247,20 +247,25 @@ def prefill(engine: Engine, history: int, queued: int, running: int, epochs: int
     return Filled(total, queued, history, running, time.monotonic() - began)
 
 
+def table(model: Any) -> Table:
+    """A model's table, typed as one (its `__table__` is typed as any FromClause)."""
+    return cast(Table, model.__table__)
+
+
 def _insert(connection: Any, jobs: list[dict[str, Any]]) -> None:
-    connection.execute(insert(Job.__table__), jobs)
+    connection.execute(insert(table(Job)), jobs)
     tricks = [
         {"job_id": job["id"], "trick": name}
         for job in jobs
         for name in dict.fromkeys(trick_names(job["spec"]))
     ]
     if tricks:
-        connection.execute(insert(JobTrick.__table__), tricks)
+        connection.execute(insert(table(JobTrick)), tricks)
     epochs = [
         epoch_row(job["id"], epoch) for job in jobs for epoch in range(1, job["epochs_done"] + 1)
     ]
     if epochs:
-        connection.execute(insert(EpochMetrics.__table__), epochs)
+        connection.execute(insert(table(EpochMetrics)), epochs)
 
 
 RESET_VALUES: dict[str, Any] = {
