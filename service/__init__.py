@@ -1,1 +1,1 @@
-"""The HTTP service: validates requests, calls core and the predictor, shapes responses."""
+"""The HTTP service: validates requests, calls core and the serving layer, shapes responses."""

@@ -28,8 +28,8 @@ from service.errors import errors, method_not_allowed, validation_error
 from service.events import Watch
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
-from service.predictor import BatchPolicy, Predictor
 from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users, v2
+from service.serving import BatchPolicy, PixelLimits, Predictor, Serving
 
 log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
@@ -67,15 +67,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = store
         app.state.artifacts = artifacts
-        app.state.predictor = Predictor(
-            artifacts,
-            settings.model_cache_size,
-            BatchPolicy(
-                settings.predict_batch_window_ms / 1000,
-                settings.predict_max_batch,
-                settings.predict_max_queued,
+        app.state.serving = Serving(
+            store,
+            Predictor(
+                artifacts,
+                settings.model_cache_size,
+                BatchPolicy(
+                    settings.predict_batch_window_ms / 1000,
+                    settings.predict_max_batch,
+                    settings.predict_max_queued,
+                ),
+                app.state.metrics,
             ),
-            app.state.metrics,
+            PixelLimits(settings.max_image_pixels, settings.max_request_pixels),
         )
         app.state.watch = Watch(store, settings.events_poll_seconds)
         # The API sweeps too, so a lost job shows as queued even while no worker runs.
@@ -162,6 +166,6 @@ def retain(app: FastAPI) -> None:
         state.store, state.artifacts, settings.retain_metrics_days, settings.retain_artifacts_days
     )
     for job_id in removed.file_jobs:
-        state.predictor.forget(job_id)
+        state.serving.models.forget(job_id)
     if removed.metrics_jobs or removed.file_jobs:
         log.info("retention: %s", removed)

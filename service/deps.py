@@ -1,6 +1,6 @@
-"""Request-scoped dependencies: the store, the predictor, settings, who is asking, and the
+"""Request-scoped dependencies: the store, the serving layer, settings, who is asking, and the
 job or study in the path (another owner's is 404, so that its existence is not revealed);
-and the lookups that routes share (a job's model, a study's runs, compared jobs).
+and the lookups that routes share (a job's model file, a study's runs, compared jobs).
 
 The app-state getters are `async` only so that FastAPI calls them in place: it would run a
 plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
@@ -19,7 +19,6 @@ from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from analysis.report import ReportRead, VariantRuns, job_variants, report, study_variants
 from core.config import Settings
@@ -29,15 +28,17 @@ from jobqueue.models import Job, Study
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore, Position
 from service.auth import Caller
-from service.predictor import LoadedModel, ModelUnavailable, Predictor
+from service.errors import http_error
+from service.schemas import ID_PATTERN
+from service.serving import NotFound, Serving, ServingError, servable, visible_job
 
 
 async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-async def get_predictor(request: Request) -> Predictor:
-    return request.app.state.predictor
+async def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
 
 
 async def get_artifacts(request: Request) -> ArtifactStore:
@@ -71,13 +72,11 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
-PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
-
-# Ids are uuid4 hex: anything else is a 422 before the database is asked.
-ID_PATTERN = "^[0-9a-f]{32}$"
+# A malformed id is a 422 before the database is asked.
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job's id, 32 hex digits.")]
 StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="A study's id, 32 hex digits.")]
 # The largest integer every database stores: larger epochs are 422s, not 500s.
@@ -163,14 +162,10 @@ ListedOwner = Annotated[str | None, Depends(listed_owner)]
 
 
 def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Job:
-    job = store.get(job_id)
-    if job is None or not caller.may_see(job.owner):
-        raise HTTPException(404, no_job(job_id))
-    return job
-
-
-def no_job(job_id: str) -> str:
-    return f"no job with id {job_id!r}"
+    try:
+        return visible_job(store, job_id, caller)
+    except NotFound as error:
+        raise http_error(error) from None
 
 
 JobDep = Annotated[Job, Depends(get_job)]
@@ -241,46 +236,10 @@ def model_file(job: Job, artifacts: ArtifactStore) -> pathlib.Path:
 
 def require_model(job: Job) -> None:
     """409 unless the job succeeded; 410 if its model was deleted since."""
-    if job.status != JobStatus.SUCCEEDED:
-        raise HTTPException(
-            409, f"job {job.id} is {job.status}: its model exists only once it has succeeded"
-        )
-    if job.artifacts_deleted_at is not None:
-        raise HTTPException(
-            410,
-            f"the files of job {job.id} were deleted at {job.artifacts_deleted_at.isoformat()}: "
-            "its model can no longer be downloaded or served",
-        )
-
-
-async def served_model(
-    job_id: str, store: JobStore, predictor: Predictor, caller: Caller
-) -> LoadedModel:
-    """A succeeded job's model, ready to classify, for the prediction routes (which read the
-    path themselves, without Depends). From memory when it is loaded and the caller may use it:
-    no database read. Otherwise the job is looked up (a malformed id is a 422, another
-    owner's job a 404, 409 before it succeeded, 410 once its files were deleted) and its model
-    loaded (503 if the stored file is missing or does not match its checksum)."""
-    model = predictor.loaded(job_id)
-    if model is not None and caller.may_see(model.owner):
-        return model
-    if not re.fullmatch(ID_PATTERN, job_id):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_pattern_mismatch",
-                    "loc": ("path", "job_id"),
-                    "msg": f"String should match pattern '{ID_PATTERN}'",
-                    "input": job_id,
-                }
-            ]
-        )
-    job = await run_in_threadpool(get_job, job_id, store, caller)
-    require_model(job)
     try:
-        return await predictor.load(job)
-    except ModelUnavailable as error:
-        raise HTTPException(503, str(error)) from None
+        servable(job)
+    except ServingError as error:
+        raise http_error(error) from None
 
 
 MAX_COMPARED = 500

@@ -7,14 +7,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match
 
 from core.cost import Refusal
 from core.spec import TRICKS
-from service.schemas import INSTANCE_KINDS, Error, ValidationErrors
+from service.schemas import ID_PATTERN, INSTANCE_KINDS, Error, ValidationErrors
+from service.serving import (
+    BadInput,
+    Gone,
+    MalformedId,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ServingError,
+    Unavailable,
+)
 
 DISCRIMINATOR_TAGS = {*TRICKS, *INSTANCE_KINDS}
 
@@ -133,6 +143,42 @@ def refused(
             for refusal in refusals
         ]
     )
+
+
+def http_error(error: ServingError) -> HTTPException:
+    """The serving layer's refusal as every HTTP door answers it: its status, its message (the
+    door writes it in its own body's shape) and, when the model is busy, when to retry."""
+    match error:
+        case NotFound():
+            return HTTPException(404, str(error))
+        case NotReady():
+            return HTTPException(409, str(error))
+        case Gone():
+            return HTTPException(410, str(error))
+        case BadInput():
+            return HTTPException(400, str(error))
+        case Overloaded():
+            return HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after)})
+        case Unavailable():
+            return HTTPException(503, str(error))
+    raise TypeError(f"no HTTP answer for {error!r}")
+
+
+def v1_error(error: ServingError) -> HTTPException | RequestValidationError:
+    """As http_error, for /v1 and the dashboard: there a malformed job id breaks the path's
+    pattern, a 422 as for any other route."""
+    if isinstance(error, MalformedId):
+        return RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("path", "job_id"),
+                    "msg": f"String should match pattern '{ID_PATTERN}'",
+                    "input": error.job_id,
+                }
+            ]
+        )
+    return http_error(error)
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:

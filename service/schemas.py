@@ -28,6 +28,8 @@ from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job, Study
 from jobqueue.states import JobStatus
 
+# Ids are uuid4 hex: anything else names nothing, and is refused before the database is asked.
+ID_PATTERN = "^[0-9a-f]{32}$"
 # A body of bytes (a file), as OpenAPI 3.1 describes one.
 BINARY = {"type": "string", "format": "binary"}
 

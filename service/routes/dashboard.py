@@ -1,10 +1,11 @@
-"""The dashboard: HTML pages at `/` over the same store, report and predictor as the API.
+"""The dashboard: HTML pages at `/` over the same store, report and serving layer as the API.
 
 Pages are server-rendered (Jinja2) and refreshed in parts by htmx; the charts are uPlot; all
 three are vendored under service/dashboard/static, so nothing comes from a CDN. The browser
 signs in with an API token, kept in an HttpOnly, SameSite=Strict cookie that service.auth.Gate
 accepts in place of the Authorization header; what the pages change goes through the API's own
-routes (or, for the predictions shown with their pixels, the predictor), under its owner rules.
+routes (or, for the predictions shown with their pixels, the serving layer), under its owner
+rules.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from starlette.datastructures import UploadFile
 
 from analysis.report import report
 from analysis.studies import DESIGNS
-from core.images import ImageError, PixelBudget
 from core.spec import TRICKS, JobSpec, trick_catalogue
 from jobqueue.models import Job, trick_names, utcnow
 from jobqueue.states import ACTIVE, JobStatus
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
-from service.batching import Overloaded
 from service.deps import (
     ID_PATTERN,
     PagePosition,
@@ -39,10 +38,11 @@ from service.deps import (
     get_job,
     get_study,
     next_link,
-    served_model,
     study_runs,
 )
+from service.errors import v1_error
 from service.schemas import JobRead, StudySummary
+from service.serving import BadInput, ServedModel, Serving, ServingError
 
 log = logging.getLogger("tricklab.service")
 HERE = Path(__file__).parents[1] / "dashboard"
@@ -211,39 +211,56 @@ def _job(request: Request, job_id: str, caller: Caller) -> Job:
 @router.post("/ui/jobs/{job_id}/predict", response_class=HTMLResponse)
 async def predict(request: Request, job_id: str) -> Response:
     """Classify uploaded files and show, beside each answer, the 28×28 picture the model
-    received: decoded by the API's own conversion (core.images through the predictor)."""
+    received: decoded by the API's own conversion (the serving layer's). A file that is no
+    image gets its error in its place; the others are classified."""
     caller = await request.app.state.gate.caller(request)  # cookie + CSRF header
-    state = request.app.state
-    model = await served_model(job_id, state.store, state.predictor, caller)
-    settings = state.settings
-    budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
-    form = await request.form(max_files=settings.max_predict_files)
-    files = [part for part in form.getlist("file") if isinstance(part, UploadFile)]
+    serving, settings = request.app.state.serving, request.app.state.settings
+    try:
+        model = await serving.model(job_id, caller)
+        form = await request.form(max_files=settings.max_predict_files)
+        results, decoded = await _decoded(serving, form.getlist("file"))
+        if decoded:
+            await _classify(model, decoded, results)
+    except ServingError as error:
+        raise v1_error(error) from None
+    return page(request, "predictions.html", caller, results=results)
+
+
+async def _decoded(
+    serving: Serving, parts: list[UploadFile | str]
+) -> tuple[list[dict[str, Any]], list[tuple[int, np.ndarray]]]:
+    """Each uploaded file's name with its picture or its error, and the pictures decoded, each
+    with its place among the first."""
+    budget = serving.budget()
     results: list[dict[str, Any]] = []
     decoded: list[tuple[int, np.ndarray]] = []
-    for part in files:
+    for part in parts:
+        if not isinstance(part, UploadFile):
+            continue
         name = part.filename or "file"
         try:
-            pixels = await state.predictor.decode(await part.read(), budget)
-        except ImageError as error:
-            results.append({"name": name, "error": str(error)})
+            pixels = await serving.decode(await part.read(), budget, name)
+        except BadInput as error:
+            results.append({"name": name, "error": error.reason})
             continue
         decoded.append((len(results), pixels))
         results.append({"name": name, "image": png_data_url(pixels)})
-    if decoded:
-        try:
-            answer = await model.classify(np.stack([pixels for _, pixels in decoded]))
-        except Overloaded as error:
-            raise HTTPException(503, str(error)) from None
-        for (index, _), prediction in zip(decoded, answer.predictions, strict=True):
-            results[index].update(
-                label=prediction.class_name,
-                bars=[
-                    {"name": name, "p": float(p)}
-                    for name, p in zip(model.class_names, prediction.probabilities, strict=True)
-                ],
-            )
-    return page(request, "predictions.html", caller, results=results)
+    return results, decoded
+
+
+async def _classify(
+    model: ServedModel, decoded: list[tuple[int, np.ndarray]], results: list[dict[str, Any]]
+) -> None:
+    """Put each decoded image's answer into its place in `results`."""
+    answer = await model.classify(np.stack([pixels for _, pixels in decoded]))
+    for (index, _), prediction in zip(decoded, answer.predictions, strict=True):
+        results[index].update(
+            label=prediction.class_name,
+            bars=[
+                {"name": name, "p": float(p)}
+                for name, p in zip(model.class_names, prediction.probabilities, strict=True)
+            ],
+        )
 
 
 def png_data_url(pixels: np.ndarray) -> str:

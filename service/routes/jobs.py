@@ -25,7 +25,7 @@ from service.deps import (
     ListedOwner,
     Offset,
     PagePosition,
-    PredictorDep,
+    ServingDep,
     SettingsDep,
     StoreDep,
     get_caller,
@@ -224,7 +224,7 @@ def delete_job_files(
     job: JobDep,
     store: StoreDep,
     artifacts: ArtifactsDep,
-    predictor: PredictorDep,
+    serving: ServingDep,
     caller: CallerDep,
 ) -> JobRead:
     """Delete an ended job's files (checkpoints and model), so that disk use does not grow
@@ -238,6 +238,6 @@ def delete_job_files(
             f"cancel it first (POST /v1/jobs/{job.id}/cancel)",
         )
     artifacts.remove_job(job.id)
-    predictor.forget(job.id)
+    serving.models.forget(job.id)
     log.info("job=%s files deleted by=%s", job.id, caller.name)
     return JobRead.of(current, caller.admin)

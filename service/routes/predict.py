@@ -11,30 +11,27 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from core.images import SIDE, ImageError, PixelBudget
-from core.spec import DATASET_CLASSES
-from service.batching import Overloaded
+from core.config import Settings
+from core.images import SIDE
 from service.deps import (
     ID_PATTERN,
     ArtifactsDep,
     JobDep,
-    PredictorDep,
+    ServingDep,
     model_file,
     no_unknown_query,
-    served_model,
 )
-from service.errors import BODY, errors
+from service.errors import BODY, errors, v1_error
 from service.multipart import FormError, parse_form
-from service.predictor import Predictor
 from service.schemas import (
     BINARY,
-    EncodedImage,
     JobResult,
     ModelInput,
     ModelMetadata,
     PredictInstances,
     PredictResponse,
 )
+from service.serving import Serving, ServingError, class_names
 
 router = APIRouter(prefix="/v1/jobs", tags=["predictions"])
 
@@ -109,27 +106,12 @@ async def predict(request: Request) -> Response:
     state = request.app.state
     caller = await state.gate.caller(request)
     job_id: str = request.path_params["job_id"]
-    predictor, settings = state.predictor, state.settings
-    model = await served_model(job_id, state.store, predictor, caller)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    budget = PixelBudget(settings.max_image_pixels, settings.max_request_pixels)
-    if content_type == "multipart/form-data":
-        pixels = await _from_files(request, predictor, budget, settings.max_predict_files)
-    elif content_type in IMAGE_TYPES:
-        image = await _decode(predictor, await request.body(), budget, "the body")
-        pixels = image[np.newaxis]
-    elif content_type == "application/json":
-        pixels = await _from_json(
-            await request.body(), predictor, budget, settings.max_predict_instances
-        )
-    else:
-        raise HTTPException(
-            415, f"unsupported Content-Type {content_type or '(none)'!r}: {_ACCEPTED}"
-        )
     try:
+        model = await state.serving.model(job_id, caller)
+        pixels = await _pixels(request, state.serving, state.settings)
         result = await model.classify(pixels)
-    except Overloaded as error:
-        raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
+    except ServingError as error:
+        raise v1_error(error) from None
     # Built directly: this is the hot path, and the shape is PredictResponse's (tested).
     # orjson writes each float32 probability in its shortest exact form, in a twentieth of
     # the time json takes to write it as a float64 (~7 µs a prediction).
@@ -141,6 +123,19 @@ async def predict(request: Request) -> Response:
     )
 
 
+async def _pixels(request: Request, serving: Serving, settings: Settings) -> np.ndarray:
+    """The request's images as pixels, (n, 28, 28), whichever form its body takes."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _from_files(request, serving, settings.max_predict_files)
+    if content_type in IMAGE_TYPES:
+        budget = serving.budget()
+        return (await serving.decode(await request.body(), budget, "the body"))[np.newaxis]
+    if content_type == "application/json":
+        return await _from_json(await request.body(), serving, settings.max_predict_instances)
+    raise HTTPException(415, f"unsupported Content-Type {content_type or '(none)'!r}: {_ACCEPTED}")
+
+
 @router.get(
     "/{job_id}/model/metadata",
     name="jobs-model-metadata",
@@ -148,10 +143,10 @@ async def predict(request: Request) -> Response:
     dependencies=[Depends(no_unknown_query)],
     responses=errors(404, 410, 422, conflict="The job has not succeeded."),
 )
-def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep) -> ModelMetadata:
+def model_metadata(job: JobDep, serving: ServingDep, artifacts: ArtifactsDep) -> ModelMetadata:
     """What the model expects and answers, how it was trained, and how well it did."""
     path = model_file(job, artifacts)
-    loaded = predictor.loaded(job.id)
+    loaded = serving.models.loaded(job.id)
     return ModelMetadata(
         job_id=job.id,
         input=ModelInput(
@@ -161,7 +156,7 @@ def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep
             description="Grayscale, light object on a dark background; scaled to [0, 1] by "
             "the service. Image files are converted to this (see the README).",
         ),
-        class_names=list(DATASET_CLASSES[job.spec["dataset"]]),
+        class_names=list(class_names(job)),
         spec=job.spec,
         result=JobResult.model_validate(job.result),
         best_epoch=job.best_epoch,
@@ -175,16 +170,7 @@ def model_metadata(job: JobDep, predictor: PredictorDep, artifacts: ArtifactsDep
     )
 
 
-async def _decode(predictor: Predictor, data: bytes, budget: PixelBudget, what: str) -> np.ndarray:
-    try:
-        return await predictor.decode(data, budget)
-    except ImageError as error:
-        raise HTTPException(400, f"{what}: {error}") from None
-
-
-async def _from_files(
-    request: Request, predictor: Predictor, budget: PixelBudget, max_files: int
-) -> np.ndarray:
+async def _from_files(request: Request, serving: Serving, max_files: int) -> np.ndarray:
     body = await request.body()
     try:
         parts = parse_form(body, request.headers["content-type"], max_files)
@@ -193,18 +179,17 @@ async def _from_files(
     files = [part for part in parts if part.name == "file"]
     if not files:
         raise HTTPException(400, f"no 'file' part in the form: {_ACCEPTED}")
+    budget = serving.budget()
     images = []
     for number, part in enumerate(files, start=1):
         if part.filename is None:
             raise HTTPException(400, f"file {number}: 'file' must be a file upload, not text")
         what = f"file {number} ({part.filename!r})"
-        images.append(await _decode(predictor, part.data, budget, what))
+        images.append(await serving.decode(part.data, budget, what))
     return np.stack(images)
 
 
-async def _from_json(
-    body: bytes, predictor: Predictor, budget: PixelBudget, max_instances: int
-) -> np.ndarray:
+async def _from_json(body: bytes, serving: Serving, max_instances: int) -> np.ndarray:
     try:
         document: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -220,12 +205,4 @@ async def _from_json(
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
         ) from None
-    images = []
-    for number, instance in enumerate(request.instances):
-        if isinstance(instance, EncodedImage):
-            images.append(
-                await _decode(predictor, instance.b64, budget, f"instances[{number}].b64")
-            )
-        else:
-            images.append(np.asarray(instance, dtype=np.float32))
-    return np.stack(images)
+    return await serving.instances(request.instances)

@@ -3,17 +3,16 @@ binary tensor data extension: a succeeded job's model served to the clients of t
 (tritonclient, KServe's InferenceRESTClient, …) unmodified. A model's name is its job's id; its
 one version is "1".
 
-Inference shares everything with POST /v1/jobs/{id}/predict: the model cache, micro-batching
-(LoadedModel.classify), the limits and the owner rules; the same pixels get the same
-probabilities. Errors are the protocol's `{"error": "..."}` (ProtocolRoute turns every
-HTTPException and validation error of these routes into one); paths under /v2 that no route
-serves answer 404 or 405 in that shape too, so this router must be included after any other
-that serves /v2 paths.
+Inference shares everything with POST /v1/jobs/{id}/predict through the serving layer
+(service.serving): the model cache, micro-batching, the limits and the owner rules; the same
+pixels get the same probabilities. Errors are the protocol's `{"error": "..."}` (ProtocolRoute
+turns every HTTPException and validation error of these routes into one); paths under /v2 that
+no route serves answer 404 or 405 in that shape too, so this router must be included after any
+other that serves /v2 paths.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,27 +23,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from core.images import SIDE
-from core.spec import DATASET_CLASSES
 from jobqueue.models import Job
-from jobqueue.store import JobStore
 from service.auth import Caller
-from service.batching import Overloaded
 from service.deps import (
-    ID_PATTERN,
     CallerDep,
+    ServingDep,
     StoreDep,
-    get_job,
     no_unknown_query,
-    require_model,
-    served_model,
 )
-from service.errors import HTTP_METHODS, field_path
-from service.predictor import LoadedModel
+from service.errors import HTTP_METHODS, field_path, http_error
 from service.schemas import (
     BINARY,
     InferenceError,
@@ -53,10 +44,12 @@ from service.schemas import (
     InferenceModelReady,
     InferenceReady,
     InferenceRequest,
+    InferenceRequestInput,
     InferenceResponse,
     InferenceServerMetadata,
     InferenceTensorMetadata,
 )
+from service.serving import MalformedId, ServedModel, Serving, ServingError, class_names
 from service.tensors import (
     HEADER_LENGTH,
     Output,
@@ -76,7 +69,6 @@ INPUT_DATATYPES = ("UINT8", "FP32")
 PROBABILITIES, LABELS = "probabilities", "labels"
 OUTPUTS = {PROBABILITIES: "FP32", LABELS: "INT64"}
 BATCH_HEADER = "Tricklab-Batch-Size"  # as /v1/jobs/{id}/predict answers
-_ID = re.compile(ID_PATTERN)
 
 
 class ProtocolRoute(APIRoute):
@@ -228,8 +220,9 @@ async def infer(request: Request) -> Response:
     # the path, not through Depends, on this hot path.
     if request.query_params:
         await no_unknown_query(request)
-    caller = await request.app.state.gate.caller(request)
-    model = await _model(request, caller)
+    state = request.app.state
+    caller = await state.gate.caller(request)
+    model = await _model(request, state.serving, caller)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise HTTPException(
             415,
@@ -239,16 +232,14 @@ async def infer(request: Request) -> Response:
     body = await request.body()
     try:
         wanted, pixels = _read_request(
-            body,
-            request.headers.get(HEADER_LENGTH),
-            request.app.state.settings.max_predict_instances,
+            body, request.headers.get(HEADER_LENGTH), state.settings.max_predict_instances
         )
     except TensorError as error:
         raise HTTPException(400, str(error)) from None
     try:
         result = await model.classify(pixels)
-    except Overloaded as error:
-        raise HTTPException(503, str(error), headers={"Retry-After": "1"}) from None
+    except ServingError as error:
+        raise _protocol_error(error) from None
     predictions = result.predictions
     arrays = {
         PROBABILITIES: np.stack([p.probabilities for p in predictions]),
@@ -288,8 +279,18 @@ def _read_request(
     """The request's outputs and its images, [N, 28, 28] on the 0–255 scale; raises
     TensorError naming what is wrong."""
     header, binary = split_body(body, header_length)
+    request = _parsed(header, body, header_length)
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
+        names = ", ".join(repr(i.name) for i in request.inputs) or "none"
+        raise TensorError(f"the model takes one input, {INPUT!r}; the request gives {names}")
+    pixels = _images(request.inputs[0], binary, max_images)
+    return _Wanted(request.id, _outputs(request)), pixels
+
+
+def _parsed(header: bytes, body: bytes, header_length: str | None) -> InferenceRequest:
+    """The request's JSON, validated; TensorError naming what is wrong with it."""
     try:
-        request = InferenceRequest.model_validate_json(header)
+        return InferenceRequest.model_validate_json(header)
     except ValidationError as error:
         problems = error.errors()
         if problems[0]["type"] == "json_invalid":
@@ -301,10 +302,11 @@ def _read_request(
                 hint = f" (binary tensor data needs the {HEADER_LENGTH} header)"
             raise TensorError(f"the request is not valid JSON: {reason}{hint}") from None
         raise TensorError(_validation_message(problems)) from None
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
-        names = ", ".join(repr(i.name) for i in request.inputs) or "none"
-        raise TensorError(f"the model takes one input, {INPUT!r}; the request gives {names}")
-    tensor = request.inputs[0]
+
+
+def _images(tensor: InferenceRequestInput, binary: memoryview, max_images: int) -> np.ndarray:
+    """The input tensor as the model takes it, [N, 28, 28] pixels, 0–255: from its JSON data
+    or from its bytes in `binary`, the body after the JSON."""
     what = f"input {INPUT!r}"
     if tensor.datatype not in INPUT_DATATYPES:
         raise TensorError(
@@ -344,7 +346,7 @@ def _read_request(
         np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 255
     ):
         raise TensorError(f"{what}: FP32 pixels must be finite numbers within 0–255")
-    return _Wanted(request.id, _outputs(request)), pixels
+    return pixels
 
 
 def _outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
@@ -434,15 +436,14 @@ async def server_metadata(request: Request, _: CallerDep) -> InferenceServerMeta
     responses=_errors(400, 401, 404, 409, 410),
 )
 async def model_metadata(
-    request: Request, caller: CallerDep, store: StoreDep
+    request: Request, caller: CallerDep, serving: ServingDep
 ) -> InferenceModelMetadata:
     """The model's inputs and outputs: a batch of 28×28 images in, ten class probabilities and
     the most likely class out, for each image."""
     await no_unknown_query(request)
     _check_version(request)
-    job = await _job(request.path_params["job_id"], store, caller)
-    require_model(job)
-    classes = DATASET_CLASSES[job.spec["dataset"]]
+    job = await _job(request, serving, caller)
+    classes = class_names(job)
     return InferenceModelMetadata(
         name=job.id,
         versions=[VERSION],
@@ -484,12 +485,12 @@ async def model_metadata(
     openapi_extra={"parameters": [_MODEL_NAME]},
     responses=_errors(400, 401, 404, 409, 410, 503),
 )
-async def model_ready(request: Request, caller: CallerDep) -> Response:
+async def model_ready(request: Request, caller: CallerDep, serving: ServingDep) -> Response:
     """200 once the job succeeded and its model is loaded (this loads it); otherwise an error
     status that says why: 409 while the job is queued or running or if it failed, 410 once its
     files were deleted, 503 if its stored model cannot be loaded."""
     await no_unknown_query(request)
-    await _model(request, caller)
+    await _model(request, serving, caller)
     return JSONResponse({"name": request.path_params["job_id"], "ready": True})
 
 
@@ -506,28 +507,35 @@ def _check_version(request: Request) -> None:
         )
 
 
-def _no_model(name: str) -> HTTPException:
-    return HTTPException(
-        404, f"no model named {name!r}: a model's name is its job's id, 32 hex digits"
-    )
+def _protocol_error(error: ServingError) -> HTTPException:
+    """The serving layer's refusal as this protocol answers it: a malformed name is a model
+    that does not exist, not a broken path."""
+    if isinstance(error, MalformedId):
+        return HTTPException(
+            404,
+            f"no model named {error.job_id!r}: a model's name is its job's id, 32 hex digits",
+        )
+    return http_error(error)
 
 
-async def _model(request: Request, caller: Caller) -> LoadedModel:
+async def _model(request: Request, serving: Serving, caller: Caller) -> ServedModel:
     """The model in the path, loaded: 404 for a malformed name, an unknown version or another
     owner's job; 409 before the job succeeded, 410 once its files were deleted; 503 if it
     cannot be loaded."""
     _check_version(request)
-    job_id: str = request.path_params["job_id"]
-    if not _ID.fullmatch(job_id):
-        raise _no_model(job_id)
-    state = request.app.state
-    return await served_model(job_id, state.store, state.predictor, caller)
+    try:
+        return await serving.model(request.path_params["job_id"], caller)
+    except ServingError as error:
+        raise _protocol_error(error) from None
 
 
-async def _job(job_id: str, store: JobStore, caller: Caller) -> Job:
-    if not _ID.fullmatch(job_id):
-        raise _no_model(job_id)
-    return await run_in_threadpool(get_job, job_id, store, caller)
+async def _job(request: Request, serving: Serving, caller: Caller) -> Job:
+    """The job whose model the path names, the model not loaded: 404, 409 and 410 as for
+    `_model`."""
+    try:
+        return await serving.job(request.path_params["job_id"], caller)
+    except ServingError as error:
+        raise _protocol_error(error) from None
 
 
 # ---- the versioned forms, and every other path under /v2 -----------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 
 from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import Job
-from service.predictor import BatchPolicy, Predictor
+from service.serving import BatchPolicy, Predictor
 
 
 def stored(artifacts: ArtifactStore, model: keras.Model) -> Job:
