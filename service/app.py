@@ -18,18 +18,13 @@ from threadpoolctl import threadpool_limits
 
 from core.config import Settings, get_settings
 from jobqueue import retention
-from jobqueue.accounts import Accounts
-from jobqueue.artifacts import ArtifactStore
-from jobqueue.db import init_db, make_engine
-from jobqueue.store import JobStore
 from jobqueue.sweeper import Periodic, Sweeper
-from service.auth import Gate, LoopbackOnly, admin_token
+from service.auth import LoopbackOnly
 from service.errors import errors, method_not_allowed, validation_error
-from service.events import Watch
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
 from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users, v2
-from service.serving import BatchPolicy, PixelLimits, Predictor, Serving
+from service.state import AppState, app_state, build_state, set_state
 
 log = logging.getLogger("tricklab.service")
 STATIC = Path(__file__).parent / "static"  # assets the pages need, vendored: no CDN
@@ -47,70 +42,22 @@ tricks. Errors are `{"detail": ...}` with a message naming what to fix.
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url, settings.busy_timeout_ms, "tricklab-api")
-        init_db(engine)
-        store = JobStore(engine, settings.lease_seconds, settings.max_attempts)
-        artifacts = ArtifactStore(settings.artifacts_dir)
-        accounts = Accounts(engine)
-        if settings.auth == "on":
-            admin_token(settings, accounts)
-        else:
-            log.warning(
-                "authentication is off: whoever reaches %s:%s acts as the admin",
-                settings.host,
-                settings.port,
-            )
-        app.state.gate = Gate(accounts, settings)
-        app.state.settings = settings
-        app.state.store = store
-        app.state.artifacts = artifacts
-        app.state.serving = Serving(
-            store,
-            Predictor(
-                artifacts,
-                settings.model_cache_size,
-                BatchPolicy(
-                    settings.predict_batch_window_ms / 1000,
-                    settings.predict_max_batch,
-                    settings.predict_max_queued,
-                ),
-                app.state.metrics,
-            ),
-            PixelLimits(settings.max_image_pixels, settings.max_request_pixels),
-        )
-        app.state.watch = Watch(store, settings.events_poll_seconds)
-        # The API sweeps too, so a lost job shows as queued even while no worker runs.
-        sweeper = Sweeper(store, settings.sweep_seconds)
-        sweeper.start()
-        retaining = Periodic("retention", settings.retention_seconds, lambda: retain(app))
-        if settings.retain_metrics_days or settings.retain_artifacts_days:
-            retaining.start()
-        # TensorFlow and Keras leave ~300,000 long-lived objects that every full garbage
-        # collection would walk (~0.14 s, a pause in the middle of requests); set them aside.
-        gc.freeze()
-        # Prediction matmuls are tiny: a second BLAS thread only spins on a core that other
-        # requests, or other processes, need (measured: twice the CPU time per request).
-        threadpool_limits(1, user_api="blas")
-        yield
-        await app.state.watch.stop()
-        sweeper.stop()
-        retaining.stop()
-        engine.dispose()
-
+    # Built before the state: the middleware counts every answer, the lifespan's included.
+    metrics = ApiMetrics(
+        job_counts=lambda: app_state(app).store.count_jobs(),
+        streams=lambda: app_state(app).watch.streams,
+    )
     app = FastAPI(
         title="tricklab",
         version="0.1.0",
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=lambda app: lifespan(app, settings, metrics),
         # One schema per model for requests and responses alike: a JobSpec sent and the
         # JobSpec read back are one type in a generated client.
         separate_input_output_schemas=False,
         # Short, stable operation ids ("jobs-submit"): a client's method names.
         generate_unique_id_function=lambda route: route.name,
-        docs_url=None,  # served below, from the package: the page must work offline
+        docs_url=None,  # served by add_docs, from the package: the page must work offline
         redoc_url=None,
     )
     app.add_middleware(
@@ -120,12 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
         body_timeout=settings.body_timeout_seconds,
     )
-    app.state.metrics = ApiMetrics(
-        job_counts=lambda: app.state.store.count_jobs(), streams=lambda: app.state.watch.streams
-    )
     if settings.auth == "off":
         app.add_middleware(LoopbackOnly)
-    app.add_middleware(Measured, metrics=app.state.metrics)  # outermost: every answer counts
+    app.add_middleware(Measured, metrics=metrics)  # outermost: every answer counts
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order, about 1.7 µs a route: the two prediction routes first.
@@ -137,6 +81,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(dashboard.router)  # the pages at /, signed in by a session cookie
     app.mount("/dashboard/static", StaticFiles(directory=dashboard.STATIC), name="dashboard")
+    add_docs(app)
+    add_predict_components(app)
+    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> AsyncIterator[None]:
+    """The app's life: its state built, the sweeper and the retention running, until it
+    stops."""
+    state = build_state(settings, metrics)
+    set_state(app, state)
+    # The API sweeps too, so a lost job shows as queued even while no worker runs.
+    sweeper = Sweeper(state.store, settings.sweep_seconds)
+    sweeper.start()
+    retaining = Periodic("retention", settings.retention_seconds, lambda: retain(state))
+    if settings.retain_metrics_days or settings.retain_artifacts_days:
+        retaining.start()
+    # TensorFlow and Keras leave ~300,000 long-lived objects that every full garbage
+    # collection would walk (~0.14 s, a pause in the middle of requests); set them aside.
+    gc.freeze()
+    # Prediction matmuls are tiny: a second BLAS thread only spins on a core that other
+    # requests, or other processes, need (measured: twice the CPU time per request).
+    threadpool_limits(1, user_api="blas")
+    yield
+    await state.watch.stop()
+    sweeper.stop()
+    retaining.stop()
+    state.store.engine.dispose()
+
+
+def add_docs(app: FastAPI) -> None:
+    """The Swagger UI at /docs, from the assets under /static: no CDN."""
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -148,20 +124,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
         )
 
+
+def add_predict_components(app: FastAPI) -> None:
+    """Put the models that predict reads itself (no parameter declares them) into the
+    document's components."""
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:  # built once, with the models predict reads itself
+        if app.openapi_schema is None:  # built once
             default_openapi()["components"]["schemas"].update(predict.COMPONENTS)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
 
 
-def retain(app: FastAPI) -> None:
+def retain(state: AppState) -> None:
     """Apply the retention policy, and stop serving the models it deleted."""
-    state, settings = app.state, app.state.settings
+    settings = state.settings
     removed = retention.apply(
         state.store, state.artifacts, settings.retain_metrics_days, settings.retain_artifacts_days
     )

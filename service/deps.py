@@ -1,9 +1,9 @@
-"""Request-scoped dependencies: the store, the serving layer, settings, who is asking, and the
-job or study in the path (another owner's is 404, so that its existence is not revealed);
+"""Request-scoped dependencies: who is asking, the application's state and its parts, and
+the job or study in the path (another owner's is 404, so that its existence is not revealed);
 and the lookups that routes share (a job's model file, a study's runs, compared jobs).
 
-The app-state getters are `async` only so that FastAPI calls them in place: it would run a
-plain `def` dependency in a worker thread, a hop that costs more than the whole lookup."""
+The state getters are `async` only so that FastAPI calls them in place: it would run a plain
+`def` dependency in a worker thread, a hop that costs more than the whole lookup."""
 
 from __future__ import annotations
 
@@ -27,39 +27,61 @@ from jobqueue.artifacts import ArtifactStore
 from jobqueue.models import Job, Study
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore, Position
-from service.auth import Caller
+from service.auth import Caller, Gate
 from service.errors import http_error
+from service.events import Watch
+from service.metrics import ApiMetrics
 from service.schemas import ID_PATTERN
 from service.serving import NotFound, Serving, ServingError, servable, visible_job
+from service.state import app_state
 
 
 async def get_store(request: Request) -> JobStore:
-    return request.app.state.store
+    return app_state(request.app).store
 
 
 async def get_serving(request: Request) -> Serving:
-    return request.app.state.serving
+    return app_state(request.app).serving
 
 
 async def get_artifacts(request: Request) -> ArtifactStore:
-    return request.app.state.artifacts
+    return app_state(request.app).artifacts
 
 
 async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return app_state(request.app).settings
 
 
 async def get_accounts(request: Request) -> Accounts:
-    return request.app.state.gate.accounts
+    return app_state(request.app).accounts
 
 
-# Declares the scheme in the OpenAPI document; `get_caller` reads the header itself.
+async def get_gate(request: Request) -> Gate:
+    return app_state(request.app).gate
+
+
+async def get_watch(request: Request) -> Watch:
+    return app_state(request.app).watch
+
+
+async def get_metrics(request: Request) -> ApiMetrics:
+    return app_state(request.app).metrics
+
+
+async def resolve_caller(request: Request) -> Caller:
+    """The user the request acts for (by its bearer token, or the dashboard's cookie); 401
+    without a valid token. The prediction routes take it as it is: they declare the scheme in
+    their documents themselves, and their hot path skips the scheme's own parse of the header."""
+    return await app_state(request.app).gate.caller(request)
+
+
+# Declares the scheme in the OpenAPI document; the gate reads the header itself.
 _BEARER = HTTPBearer(auto_error=False, description="An API token: `Authorization: Bearer <token>`.")
 
 
 async def get_caller(request: Request, _: Annotated[object, Security(_BEARER)] = None) -> Caller:
     """The user the request acts for; 401 without a valid token."""
-    return await request.app.state.gate.caller(request)
+    return await resolve_caller(request)
 
 
 async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
@@ -70,11 +92,15 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+GateDep = Annotated[Gate, Depends(get_gate)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
+ResolvedCaller = Annotated[Caller, Depends(resolve_caller)]  # the same, the scheme undeclared
 AdminDep = Annotated[Caller, Depends(require_admin)]
 ServingDep = Annotated[Serving, Depends(get_serving)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WatchDep = Annotated[Watch, Depends(get_watch)]
+MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 # A malformed id is a 422 before the database is asked.
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job's id, 32 hex digits.")]

@@ -30,19 +30,27 @@ from analysis.studies import DESIGNS
 from core.spec import TRICKS, JobSpec, trick_catalogue
 from jobqueue.models import Job, trick_names, utcnow
 from jobqueue.states import ACTIVE, JobStatus
+from jobqueue.store import JobStore
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
 from service.deps import (
     ID_PATTERN,
+    GateDep,
     PagePosition,
+    ResolvedCaller,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
     compared_variants,
     get_job,
     get_study,
     next_link,
+    resolve_caller,
     study_runs,
 )
 from service.errors import v1_error
 from service.schemas import JobRead, StudySummary
 from service.serving import BadInput, ServedModel, Serving, ServingError
+from service.state import app_state
 
 log = logging.getLogger("tricklab.service")
 HERE = Path(__file__).parents[1] / "dashboard"
@@ -57,7 +65,7 @@ async def viewer(request: Request) -> Caller | None:
     pages can be plain functions, which FastAPI runs in its thread pool: their database
     reads then never hold up the event loop."""
     try:
-        return await request.app.state.gate.caller(request)
+        return await resolve_caller(request)
     except HTTPException as error:
         if error.status_code == 401:
             return None
@@ -73,7 +81,7 @@ def page(request: Request, name: str, caller: Caller | None, code: int = 200, **
         name,
         {
             "caller": caller,
-            "auth": request.app.state.gate.enabled,
+            "auth": app_state(request.app).gate.enabled,
             "csrf_header": CSRF_HEADER,
             **context,
         },
@@ -96,11 +104,13 @@ def home(request: Request, caller: Viewer) -> Response:
 
 
 @router.post("/signin", response_class=HTMLResponse)
-async def sign_in(request: Request, token: Annotated[str, Form(max_length=512)]) -> Response:
+async def sign_in(
+    request: Request, gate: GateDep, token: Annotated[str, Form(max_length=512)]
+) -> Response:
     if refusal := foreign_origin(request):
         raise HTTPException(403, refusal)
     try:
-        await request.app.state.gate.identify(token.strip())
+        await gate.identify(token.strip())
     except HTTPException as error:
         return page(request, "signin.html", None, code=401, error=error.detail)
     response = RedirectResponse("/", status_code=303)
@@ -138,6 +148,7 @@ def duration(job: Job) -> str:
 def jobs_table(
     request: Request,
     caller: Viewer,
+    store: StoreDep,
     after: PagePosition,
     status: Annotated[str, Query(max_length=16)] = "",
     trick: Annotated[str, Query(max_length=64)] = "",
@@ -150,7 +161,6 @@ def jobs_table(
         raise HTTPException(422, f"status {status!r}: one of {', '.join(statuses)}")
     if trick and trick not in TRICKS:
         raise HTTPException(422, f"trick {trick!r}: one of {', '.join(TRICKS)}")
-    store = request.app.state.store
     owner = None if caller.admin else caller.name
     chosen = JobStatus(status) if status else None
     found, total = store.list_jobs(chosen, PAGE + 1, 0, owner, trick or None, after)
@@ -185,11 +195,10 @@ def jobs_table(
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, caller: Viewer, job_id: str) -> Response:
+def job_page(request: Request, caller: Viewer, store: StoreDep, job_id: str) -> Response:
     if caller is None:
         return sign_in_first(request)
-    job = _job(request, job_id, caller)
-    store = request.app.state.store
+    job = _job(store, job_id, caller)
     studies = store.study_names([job.study_id]) if job.study_id else {}
     return page(
         request,
@@ -202,19 +211,23 @@ def job_page(request: Request, caller: Viewer, job_id: str) -> Response:
     )
 
 
-def _job(request: Request, job_id: str, caller: Caller) -> Job:
+def _job(store: JobStore, job_id: str, caller: Caller) -> Job:
     if not re.fullmatch(ID_PATTERN, job_id):
         raise HTTPException(404, f"no job with id {job_id!r}")
-    return get_job(job_id, request.app.state.store, caller)
+    return get_job(job_id, store, caller)
 
 
 @router.post("/ui/jobs/{job_id}/predict", response_class=HTMLResponse)
-async def predict(request: Request, job_id: str) -> Response:
+async def predict(
+    request: Request,
+    job_id: str,
+    caller: ResolvedCaller,  # by the cookie, with the CSRF header
+    serving: ServingDep,
+    settings: SettingsDep,
+) -> Response:
     """Classify uploaded files and show, beside each answer, the 28×28 picture the model
     received: decoded by the API's own conversion (the serving layer's). A file that is no
     image gets its error in its place; the others are classified."""
-    caller = await request.app.state.gate.caller(request)  # cookie + CSRF header
-    serving, settings = request.app.state.serving, request.app.state.settings
     try:
         model = await serving.model(job_id, caller)
         form = await request.form(max_files=settings.max_predict_files)
@@ -273,12 +286,11 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-def study_page(request: Request, caller: Viewer, study_id: str) -> Response:
+def study_page(request: Request, caller: Viewer, store: StoreDep, study_id: str) -> Response:
     if caller is None:
         return sign_in_first(request)
     if not re.fullmatch(ID_PATTERN, study_id):
         raise HTTPException(404, f"no study with id {study_id!r}")
-    store = request.app.state.store
     study = get_study(study_id, store, caller)
     variants = study_runs(store, study)
     summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
@@ -297,12 +309,15 @@ def study_page(request: Request, caller: Viewer, study_id: str) -> Response:
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(
-    request: Request, caller: Viewer, job: Annotated[list[str], Query(max_length=500)]
+    request: Request,
+    caller: Viewer,
+    store: StoreDep,
+    job: Annotated[list[str], Query(max_length=500)],
 ) -> Response:
     if caller is None:
         return sign_in_first(request)
     ids = ",".join(job)
-    found = report(compared_variants(request.app.state.store, ids, caller))
+    found = report(compared_variants(store, ids, caller))
     return page(
         request,
         "compare.html",

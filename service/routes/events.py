@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse
 
 from service.deps import (
@@ -13,6 +13,7 @@ from service.deps import (
     JobDep,
     StoreDep,
     StudyDep,
+    WatchDep,
     get_caller,
     no_unknown_query,
 )
@@ -65,7 +66,7 @@ async def follow_job(
     job: JobDep,
     caller: CallerDep,
     store: StoreDep,
-    request: Request,
+    watch: WatchDep,
     since_epoch: Annotated[
         int, Query(ge=0, le=MAX_INT, description="Only the epochs after this one.")
     ] = 0,
@@ -81,7 +82,7 @@ async def follow_job(
 ) -> EventSourceResponse:
     """A job's status and epochs as they happen, until it ends."""
     since = last_event_id if last_event_id is not None else since_epoch
-    events = job_events(job, since, store, request.app.state.watch, caller.admin)
+    events = job_events(job, since, store, watch, caller.admin)
     return EventSourceResponse(events, headers=NO_BUFFERING)
 
 
@@ -97,7 +98,7 @@ async def follow_job(
         "end",
     ),
 )
-async def follow_study(study: StudyDep, store: StoreDep, request: Request) -> EventSourceResponse:
+async def follow_study(study: StudyDep, store: StoreDep, watch: WatchDep) -> EventSourceResponse:
     """A study's progress as it happens, until it ends."""
-    events = study_events(study, store, request.app.state.watch)
+    events = study_events(study, store, watch)
     return EventSourceResponse(events, headers=NO_BUFFERING)

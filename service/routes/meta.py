@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from core.spec import trick_catalogue
-from service.deps import StoreDep, get_caller, no_unknown_query
+from service.deps import MetricsDep, StoreDep, get_caller, no_unknown_query
 from service.errors import errors
 from service.schemas import Health, TrickCatalogue
 
@@ -69,10 +69,9 @@ def readyz(store: StoreDep) -> Health | JSONResponse:
         **errors(401),
     },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics of this API process: requests by route and status, latencies,
     prediction batches, the model cache, jobs by status, open event streams. They name no job
     or user, so any user's token may scrape them (see docs/operations.md)."""
-    registry = request.app.state.metrics.registry
-    body = await run_in_threadpool(generate_latest, registry)  # jobs by status: a query
+    body = await run_in_threadpool(generate_latest, metrics.registry)  # jobs by status: a query
     return Response(body, media_type=CONTENT_TYPE_LATEST)

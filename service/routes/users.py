@@ -6,15 +6,17 @@ import logging
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Response
 
 from jobqueue.accounts import Accounts, LastAdmin, NameTaken
 from jobqueue.models import User, utcnow
+from service.auth import Gate
 from service.deps import (
     ID_PATTERN,
     AccountsDep,
     AdminDep,
     CallerDep,
+    GateDep,
     SettingsDep,
     StoreDep,
     get_caller,
@@ -81,7 +83,7 @@ def get_user(user_id: UserId, accounts: AccountsDep, _: AdminDep) -> UserRead:
     responses=errors(403, 404, *BODY, conflict="It would leave no enabled admin."),
 )
 def update_user(
-    user_id: UserId, update: UserUpdate, accounts: AccountsDep, admin: AdminDep, request: Request
+    user_id: UserId, update: UserUpdate, accounts: AccountsDep, admin: AdminDep, gate: GateDep
 ) -> UserRead:
     """Change a user's role or quota, or disable them (their tokens stop working) or enable
     them again."""
@@ -95,7 +97,7 @@ def update_user(
         raise HTTPException(409, str(error)) from None
     if row is None:
         raise HTTPException(404, _no_user(user_id))
-    request.app.state.gate.forget()
+    gate.forget()
     log.info("user=%s changed %s by=%s", row.name, changes, admin.name)
     return UserRead.model_validate(row)
 
@@ -132,11 +134,11 @@ def create_user_token(
     responses=ADMIN_ONLY,
 )
 def revoke_user_token(
-    user_id: UserId, token_id: TokenId, accounts: AccountsDep, _: AdminDep, request: Request
+    user_id: UserId, token_id: TokenId, accounts: AccountsDep, _: AdminDep, gate: GateDep
 ) -> TokenRead:
     """Revoke one of the user's tokens: it stops working at once (within 5 seconds on other
     API processes). Revoking again is harmless."""
-    return _revoke(accounts, _user(accounts, user_id), token_id, request)
+    return _revoke(accounts, _user(accounts, user_id), token_id, gate)
 
 
 @router.get("/v1/me", name="me", response_model=Me, responses=errors(422))
@@ -175,10 +177,10 @@ def create_my_token(caller: CallerDep, token: TokenCreate, accounts: AccountsDep
     responses=errors(404, 422),
 )
 def revoke_my_token(
-    token_id: TokenId, caller: CallerDep, accounts: AccountsDep, request: Request
+    token_id: TokenId, caller: CallerDep, accounts: AccountsDep, gate: GateDep
 ) -> TokenRead:
     """Revoke one of your tokens, the one you are using included."""
-    return _revoke(accounts, _user(accounts, caller.user_id), token_id, request)
+    return _revoke(accounts, _user(accounts, caller.user_id), token_id, gate)
 
 
 def _user(accounts: Accounts, user_id: str) -> User:
@@ -205,10 +207,10 @@ def _issue(accounts: Accounts, user: User, request: TokenCreate) -> TokenCreated
     return TokenCreated(**TokenRead.model_validate(token).model_dump(), token=secret)
 
 
-def _revoke(accounts: Accounts, user: User, token_id: str, request: Request) -> TokenRead:
+def _revoke(accounts: Accounts, user: User, token_id: str, gate: Gate) -> TokenRead:
     token = accounts.revoke(user.id, token_id)
     if token is None:
         raise HTTPException(404, f"{user.name} has no token with id {token_id!r}")
-    request.app.state.gate.forget()
+    gate.forget()
     log.info("user=%s token=%s revoked", user.name, token.id)
     return TokenRead.model_validate(token)

@@ -6,9 +6,9 @@ one version is "1".
 Inference shares everything with POST /v1/jobs/{id}/predict through the serving layer
 (service.serving): the model cache, micro-batching, the limits and the owner rules; the same
 pixels get the same probabilities. Errors are the protocol's `{"error": "..."}` (ProtocolRoute
-turns every HTTPException and validation error of these routes into one); paths under /v2 that
-no route serves answer 404 or 405 in that shape too, so this router must be included after any
-other that serves /v2 paths.
+turns every HTTPException and validation error of these routes, its dependencies' 401s
+included, into one); paths under /v2 that no route serves answer 404 or 405 in that shape too,
+so this router must be included after any other that serves /v2 paths.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from jobqueue.models import Job
 from service.auth import Caller
 from service.deps import (
     CallerDep,
+    ResolvedCaller,
     ServingDep,
     StoreDep,
     no_unknown_query,
@@ -50,6 +51,7 @@ from service.schemas import (
     InferenceTensorMetadata,
 )
 from service.serving import MalformedId, ServedModel, Serving, ServingError, class_names
+from service.state import app_state
 from service.tensors import (
     HEADER_LENGTH,
     Output,
@@ -213,15 +215,14 @@ _HEADER_LENGTH = {
         **_errors(400, 401, 404, 408, 409, 410, 413, 415, 503),
     },
 )
-async def infer(request: Request) -> Response:
+async def infer(request: Request, caller: ResolvedCaller) -> Response:
     """Classify a batch of images: input `images`, [N, 28, 28], UINT8 or FP32 (0–255); outputs
     `probabilities` [N, classes] FP32 and `labels` [N] INT64, as JSON or binary as asked."""
-    # As /v1/jobs/{id}/predict: the caller, the model and the settings come from app state and
-    # the path, not through Depends, on this hot path.
+    # As /v1/jobs/{id}/predict: the caller is the one dependency; the model and the settings
+    # come from the app's state and the path, on this hot path.
     if request.query_params:
         await no_unknown_query(request)
-    state = request.app.state
-    caller = await state.gate.caller(request)
+    state = app_state(request.app)
     model = await _model(request, state.serving, caller)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise HTTPException(

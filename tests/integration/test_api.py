@@ -267,7 +267,9 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     # A database nobody listens on (port 1): ready no more, still alive.
-    client.app.state.store = JobStore(make_engine("postgresql+psycopg://postgres@127.0.0.1:1/x"))
+    client.app.state.tricklab.store = JobStore(
+        make_engine("postgresql+psycopg://postgres@127.0.0.1:1/x")
+    )
     response = client.get("/readyz")
     assert response.status_code == 503 and response.json()["status"] == "unavailable"
     assert client.get("/healthz").status_code == 200

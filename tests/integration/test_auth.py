@@ -95,7 +95,7 @@ def test_tokens_are_random_and_stored_only_as_hashes(app_client, alice, settings
     secrets = [alice.token, second.json()["token"]]
     assert all(s.startswith("tl_") and len(s) >= 3 + 43 for s in secrets)  # 32 random bytes
     assert secrets[0] != secrets[1]
-    engine = app_client.app.state.store.engine
+    engine = app_client.app.state.tricklab.store.engine
     with engine.connect() as connection:
         dump = "\n".join(
             str(row)
@@ -125,12 +125,12 @@ def test_a_revoked_or_expired_token_and_a_disabled_user_are_refused(app_client, 
         headers=ADMIN_HEADERS,
     ).json()
     assert expiring["expires_at"]
-    with app_client.app.state.store.engine.begin() as connection:  # a day later
+    with app_client.app.state.tricklab.store.engine.begin() as connection:  # a day later
         connection.execute(
             text("UPDATE tokens SET expires_at = '2020-01-01 00:00:00' WHERE id = :id"),
             {"id": expiring["id"]},
         )
-    app_client.app.state.gate.forget()
+    app_client.app.state.tricklab.gate.forget()
     answer = app_client.get("/v1/me", headers={"Authorization": f"Bearer {expiring['token']}"})
     assert answer.status_code == 401 and "expired" in answer.json()["detail"]
 
@@ -236,11 +236,11 @@ def test_idempotency_keys_are_per_owner(app_client, alice, bob):
 
 def test_only_admins_see_which_worker_ran_a_job(app_client, alice):
     job = submit(app_client, alice)
-    app_client.app.state.store.claim("host-7:4242", "CPU")
+    app_client.app.state.tricklab.store.claim("host-7:4242", "CPU")
     assert app_client.get(f"/v1/jobs/{job['id']}", headers=alice.headers).json()["worker"] is None
     shown = app_client.get(f"/v1/jobs/{job['id']}", headers=ADMIN_HEADERS).json()
     assert shown["worker"] == "host-7:4242"
-    store = app_client.app.state.store
+    store = app_client.app.state.tricklab.store
     with store.engine.begin() as connection:  # the worker vanished a while ago
         connection.execute(text("UPDATE jobs SET lease_expires_at = '2020-01-01 00:00:00'"))
     store.requeue_expired()
