@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from analysis.stats import Estimate, estimate, paired
 from analysis.studies import trick_label, variant_name
+from core.results import EpochRow, JobResult
 from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job, Study
 from jobqueue.states import JobStatus
@@ -130,8 +131,8 @@ class Run:
     """One succeeded job of a variant."""
 
     job_id: str
-    result: dict[str, Any]
-    epochs: list[dict[str, Any]]  # its epoch metrics, from 1
+    result: JobResult | None  # None while the job runs (a job's own curves)
+    epochs: list[EpochRow]  # its epoch metrics, from 1
     best_epoch: int | None
     stopped_epoch: int | None
 
@@ -230,7 +231,7 @@ def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> Va
             variant.runs[job.spec["seed"]] = Run(
                 job.id,
                 job.result,
-                [_row(m) for m in metrics.get(job.id, ())],
+                _rows(metrics.get(job.id, ())),
                 job.best_epoch,
                 job.stopped_epoch,
             )
@@ -240,21 +241,15 @@ def _collect(variant: VariantRuns, metrics: dict[str, list[EpochMetrics]]) -> Va
 def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> ReportRead:
     """One job's learning curves so far, whatever its status, as a report with one variant
     (one run: no intervals), so that the study plots draw it."""
-    run = Run(
-        job.id, job.result or {}, [_row(m) for m in metrics], job.best_epoch, job.stopped_epoch
-    )
+    run = Run(job.id, job.result, _rows(metrics), job.best_epoch, job.stopped_epoch)
     labels = tuple(trick_label(trick) for trick in job.spec["tricks"])
     spec = {key: value for key, value in job.spec.items() if key != "seed"}
     variant = VariantRuns(variant_name(labels), labels, spec, [job], {job.spec["seed"]: run})
     return ReportRead(variants=[_variant(variant)], effects=[])
 
 
-def _row(m: EpochMetrics) -> dict[str, Any]:
-    names = ("epoch", "seconds", *CURVES[:-1], "test_loss")
-    row = {name: value for name in names if (value := getattr(m, name)) is not None}
-    if m.val_accuracy is not None:  # no validation split: no gap
-        row["gap"] = m.train_accuracy - m.val_accuracy
-    return row
+def _rows(metrics: Sequence[EpochMetrics]) -> list[EpochRow]:
+    return [EpochRow.model_validate(m) for m in metrics]
 
 
 def report(variants: list[VariantRuns]) -> ReportRead:
@@ -267,12 +262,12 @@ def _variant(variant: VariantRuns) -> VariantReport:
     statuses = [job.status for job in variant.jobs]
 
     def final(key: str) -> Estimate | None:
-        return estimate([r.result[key] for r in runs if r.result.get(key) is not None])
+        return estimate([v for r in runs if (v := getattr(r.result, key, None)) is not None])
 
     def over_epochs(key: str, pick: Any) -> Estimate | None:
-        return estimate([pick(row[key] for row in r.epochs) for r in runs if r.epochs])
+        return estimate([pick(getattr(row, key) for row in r.epochs) for r in runs if r.epochs])
 
-    last_gaps = [r.epochs[-1]["gap"] for r in runs if r.epochs and "gap" in r.epochs[-1]]
+    last_gaps = [gap for r in runs if r.epochs and (gap := r.epochs[-1].gap) is not None]
     return VariantReport(
         name=variant.name,
         tricks=list(variant.tricks),
@@ -283,8 +278,8 @@ def _variant(variant: VariantRuns) -> VariantReport:
             RunRead(
                 seed=seed,
                 job=run.job_id,
-                test_accuracy=run.result.get("test_accuracy"),
-                test_loss=run.result.get("test_loss"),
+                test_accuracy=run.result and run.result.test_accuracy,
+                test_loss=run.result and run.result.test_loss,
                 epochs=len(run.epochs),
             )
             for seed, run in sorted(variant.runs.items())
@@ -298,7 +293,7 @@ def _variant(variant: VariantRuns) -> VariantReport:
         stopped_epochs=[r.stopped_epoch for r in runs],
         generalisation_gap=estimate(last_gaps),
         seconds_per_epoch=estimate(
-            [float(np.mean([row["seconds"] for row in r.epochs])) for r in runs if r.epochs]
+            [float(np.mean([row.seconds for row in r.epochs])) for r in runs if r.epochs]
         ),
         total_seconds=final("seconds"),
         curves=_curves(runs),
@@ -312,7 +307,13 @@ def _curves(runs: list[Run]) -> Curves:
     curves: dict[str, Any] = {"epoch": list(range(1, longest + 1))}
     for key in CURVES:
         points = [
-            estimate([r.epochs[e][key] for r in runs if e < len(r.epochs) and key in r.epochs[e]])
+            estimate(
+                [
+                    value
+                    for r in runs
+                    if e < len(r.epochs) and (value := getattr(r.epochs[e], key)) is not None
+                ]
+            )
             for e in range(longest)
         ]
         curves[key] = Curve(
@@ -346,8 +347,8 @@ def _effects(variants: list[VariantRuns]) -> list[EffectRead]:
         for without, with_ in pairs:
             for seed in with_.runs.keys() & without.runs.keys():
                 treated, reference = by_seed.setdefault(seed, ([], []))
-                treated.append(with_.runs[seed].result["test_accuracy"])
-                reference.append(without.runs[seed].result["test_accuracy"])
+                treated.append(_test_accuracy(with_.runs[seed]))
+                reference.append(_test_accuracy(without.runs[seed]))
         seeds = sorted(by_seed)
         comparison = paired(
             [float(np.mean(by_seed[seed][0])) for seed in seeds],
@@ -367,6 +368,11 @@ def _effects(variants: list[VariantRuns]) -> list[EffectRead]:
             )
         )
     return effects
+
+
+def _test_accuracy(run: Run) -> float:
+    assert run.result is not None  # a variant's runs are its succeeded jobs
+    return run.result.test_accuracy
 
 
 def _summary(label: str, verdict: str | None, difference: Estimate | None) -> str:

@@ -25,31 +25,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse
 import statistics
 import time
-from typing import Any
 
 from bench.common import Took, data_dir, hush_retracing, order, spread
 from core import datasets
 from core.datasets import Splits
+from core.results import EpochRow
 from core.spec import JobSpec
 from worker import training
+from worker.checkpoints import Snapshot
 from worker.devices import freeze_imports, setup_device
 from worker.packing import Branch, train_pack
 
 ALONE, PACKED = "one after another", "packed"
 
 
-def quiet(row: dict[str, Any], _snapshot: object) -> bool:
+def quiet(row: EpochRow, _snapshot: Snapshot) -> bool:
     return True
 
 
 def one_after_another(specs: list[JobSpec], splits: Splits) -> list[float]:
     """Each job's final test accuracy."""
-    return [training.train(spec, splits, quiet).result["test_accuracy"] for spec in specs]
+    return [training.train(spec, splits, quiet).result.test_accuracy for spec in specs]
 
 
 def packed(specs: list[JobSpec], splits: Splits) -> list[float]:
     outcomes = train_pack([Branch(spec, quiet) for spec in specs], splits)
-    return [outcome.result["test_accuracy"] for outcome in outcomes]  # type: ignore[union-attr]
+    return [outcome.result.test_accuracy for outcome in outcomes]  # type: ignore[union-attr]
 
 
 def main() -> None:

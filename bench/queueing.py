@@ -62,6 +62,7 @@ from sqlalchemy.engine import URL, make_url
 
 from bench.common import Took, data_dir, order, spread
 from bench.serve import free_port, start, wait_ready
+from core.results import EpochRow, JobResult
 from core.spec import JobSpec
 from jobqueue.accounts import Accounts
 from jobqueue.db import init_db, make_engine
@@ -110,19 +111,19 @@ def epoch_row(job_id: str, epoch: int, attempt: int = 1) -> dict[str, Any]:
     }
 
 
-def result_of(epochs: int) -> dict[str, Any]:
+def result_of(epochs: int) -> JobResult:
     """A trained job's result, as the worker stores it."""
-    return {
-        "epochs_trained": epochs,
-        "parameters": 104_938,
-        "train_loss": 0.38,
-        "train_accuracy": 0.86,
-        "val_loss": 0.41,
-        "val_accuracy": 0.85,
-        "test_loss": 0.42,
-        "test_accuracy": 0.85,
-        "seconds": 0.5,
-    }
+    return JobResult(
+        epochs_trained=epochs,
+        parameters=104_938,
+        train_loss=0.38,
+        train_accuracy=0.86,
+        val_loss=0.41,
+        val_accuracy=0.85,
+        test_loss=0.42,
+        test_accuracy=0.85,
+        seconds=0.5,
+    )
 
 
 def job_row(n: int, status: JobStatus, created: datetime, epochs: int) -> dict[str, Any]:
@@ -376,11 +377,7 @@ def _claims(store: JobStore, command: dict[str, Any], name: str, counter: Any) -
             asked = time.perf_counter()
             alive = store.record_epoch(
                 lease,
-                {
-                    k: v
-                    for k, v in epoch_row(job.id, epoch).items()
-                    if k not in ("job_id", "attempt")
-                },
+                EpochRow.model_validate(epoch_row(job.id, epoch)),
                 Checkpoint(epoch, path, "0" * 64),
                 time.monotonic() - began,
             )

@@ -67,6 +67,7 @@ from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import init_db, make_engine
 from jobqueue.models import ADMIN
+from jobqueue.reads import Reads
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from worker import tricks
@@ -100,7 +101,7 @@ class Queue:
     def __init__(self, root: Path, data: Path) -> None:
         engine = make_engine(f"sqlite:///{root / 'tricklab.db'}")
         init_db(engine)
-        self.store = JobStore(engine)
+        self.store, self.reads = JobStore(engine), Reads(engine)
         self.worker = Worker(self.store, ArtifactStore(root / "artifacts"), data)
 
     def job(self, spec: JobSpec) -> Timed:
@@ -111,11 +112,9 @@ class Queue:
         seconds = time.perf_counter() - started
         if done is None or done.status != JobStatus.SUCCEEDED or done.result is None:
             sys.exit(f"bench: the job ended {done and done.status}: {done and done.error_message}")
-        rows = self.store.metrics(job.id)
+        rows = self.reads.metrics(job.id)
         last = {key: getattr(rows[-1], key) for key in ("train_accuracy", "val_accuracy")}
-        return Timed(
-            seconds, [row.seconds for row in rows], float(done.result["test_accuracy"]), last
-        )
+        return Timed(seconds, [row.seconds for row in rows], done.result.test_accuracy, last)
 
 
 def notebook_loop(splits: Splits, epochs: int, seed: int) -> Timed:

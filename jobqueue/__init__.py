@@ -1,2 +1,2 @@
-"""The job queue: the database, its rows and the store that every state change goes through,
-the lifecycle, retries, the sweeper and the artifact store."""
+"""The job queue: the database, its tables and their migrations, and its verbs, a module per
+concern: the job lifecycle (store), claims, counts, accounts, studies, reads and retention."""

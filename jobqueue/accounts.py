@@ -1,5 +1,5 @@
-"""Users and their API tokens, as verbs. A token's secret is random (32 bytes) and shown once:
-only its SHA-256 is stored, so the database never holds a usable token."""
+"""Users, their API tokens and their quotas, as verbs. A token's secret is random (32 bytes)
+and shown once: only its SHA-256 is stored, so the database never holds a usable token."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from jobqueue.db import WRITE
+from jobqueue import counts
+from jobqueue.db import Verbs
 from jobqueue.models import ADMIN, Token, User, utcnow
 
 ROLES = ("user", "admin")
@@ -38,11 +40,37 @@ class LastAdmin(Exception):
     """The change would leave no enabled admin."""
 
 
-class Accounts:
-    def __init__(self, engine: Engine) -> None:
-        self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
+class QuotaExceeded(Exception):
+    """The owner's queued and running jobs would pass their quota."""
 
+    def __init__(self, owner: str, quota: int, active: int, adding: int) -> None:
+        jobs = "a job" if adding == 1 else f"{adding} jobs"
+        super().__init__(
+            f"{owner} has {active} active (queued or running) jobs and a quota of {quota}: "
+            f"{jobs} more would pass it; wait for some to end or cancel some (the quota is "
+            "the user's quota_active_jobs, else TRICKLAB_QUOTA_ACTIVE_JOBS)"
+        )
+        self.quota, self.active = quota, active
+
+
+@dataclass(frozen=True)
+class Quota:
+    """At most `limit` active (queued or running) jobs an owner."""
+
+    limit: int
+
+    def admit(self, session: Session, owner: str, adding: int) -> None:
+        """In the transaction that adds `adding` jobs of the owner's: QuotaExceeded if they
+        would pass the limit. PostgreSQL: one owner's submissions take turns, so that two
+        cannot both fit; each one's jobs and their job_counts rows are committed before the
+        next counts."""
+        session.execute(select(User.id).where(User.name == owner).with_for_update())
+        now = counts.active(session, owner)
+        if now + adding > self.limit:
+            raise QuotaExceeded(owner, self.limit, now, adding)
+
+
+class Accounts(Verbs):
     def create_user(
         self, name: str, role: str, quota_active_jobs: int | None
     ) -> tuple[User, Token, str]:

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import sessionmaker
 
 from jobqueue.models import ADMIN, User, utcnow
 
@@ -72,6 +73,17 @@ def make_engine(url: str, busy_timeout_ms: int = 30_000, name: str = "tricklab")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+class Verbs:
+    """What every module of verbs starts from: the engine, and sessions that read, or that
+    write under the write lock (SQLite takes it at BEGIN). Objects read stay usable after
+    their session ends."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._read = sessionmaker(engine, expire_on_commit=False)
+        self._write = sessionmaker(engine.execution_options(**WRITE), expire_on_commit=False)
 
 
 class SchemaMismatch(RuntimeError):

@@ -6,11 +6,13 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from core.results import JobResult
 from jobqueue.states import JobStatus
 
 
@@ -29,6 +31,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Stored(TypeDecorator[BaseModel]):
+    """A pydantic model kept as JSON: written from the model (or a dict it validates), read
+    back as one."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.model.model_validate(value).model_dump(mode="json")
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> BaseModel | None:
+        return None if value is None else self.model.model_validate(value)
 
 
 def utcnow() -> datetime:
@@ -129,7 +149,7 @@ class Job(Base):
     checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
     best_epoch: Mapped[int | None]
     stopped_epoch: Mapped[int | None]
-    result: Mapped[dict[str, Any] | None]
+    result: Mapped[JobResult | None] = mapped_column(Stored(JobResult))
     failure_reason: Mapped[str | None] = mapped_column(String(32))  # see jobqueue.retry
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)

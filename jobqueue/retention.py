@@ -10,16 +10,59 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+from sqlalchemy import delete, select, update
+
 from jobqueue.artifacts import ArtifactStore
-from jobqueue.models import EpochMetrics, utcnow
+from jobqueue.db import Verbs
+from jobqueue.models import EpochMetrics, Job, utcnow
+from jobqueue.reads import Reads
+from jobqueue.states import TERMINAL
 from jobqueue.store import JobStore
 
 METRIC_COLUMNS = tuple(EpochMetrics.__table__.columns.keys())  # job_id and epoch first
+
+
+class Retention(Verbs):
+    """The policy's own queries: which ended jobs still keep what, and the removal of an
+    archived job's metrics."""
+
+    def ended_before(self, moment: datetime, keeping: str, limit: int = 500) -> list[str]:
+        """Up to `limit` jobs, oldest ending first, that ended before `moment` and still keep
+        their "metrics" or their "files" (`keeping`)."""
+        kept = Job.metrics_archived_at if keeping == "metrics" else Job.artifacts_deleted_at
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Job.id)
+                    .where(Job.finished_at < moment, Job.status.in_(TERMINAL), kept.is_(None))
+                    .order_by(Job.finished_at)
+                    .limit(limit)
+                )
+            )
+
+    def archive_metrics(self, job_ids: Sequence[str]) -> int:
+        """Remove these ended jobs' epoch metrics, once the caller has archived them, and
+        mark them archived. Returns the rows removed."""
+        with self._write.begin() as session:
+            marked = session.scalars(
+                update(Job)
+                .where(
+                    Job.id.in_(job_ids), Job.status.in_(TERMINAL), Job.metrics_archived_at.is_(None)
+                )
+                .values(metrics_archived_at=utcnow())
+                .returning(Job.id),
+                execution_options={"synchronize_session": False},
+            ).all()
+            if not marked:
+                return 0
+            removed = session.execute(delete(EpochMetrics).where(EpochMetrics.job_id.in_(marked)))
+            return int(removed.rowcount or 0)  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -56,10 +99,11 @@ def apply(
     that kind is kept forever), `batch` jobs a transaction."""
     now = now or utcnow()
     removed = Removed()
+    retention, reads = Retention(store.engine), Reads(store.engine)
     if metrics_days is not None:
         moment = now - timedelta(days=metrics_days)
-        while ids := store.ended_before(moment, "metrics", batch):
-            _, metrics = store.jobs_with_metrics(ids)
+        while ids := retention.ended_before(moment, "metrics", batch):
+            _, metrics = reads.jobs_with_metrics(ids)
             rows = [
                 {column: getattr(row, column) for column in METRIC_COLUMNS}
                 for job_id in ids
@@ -69,11 +113,11 @@ def apply(
                 name = f"archive/metrics-{now:%Y%m%dT%H%M%S}-{len(removed.archives) + 1}.jsonl.gz"
                 artifacts.write_atomic(name, partial(_write_lines, rows=rows))
                 removed.archives.append(artifacts.path(name))
-            removed.metric_rows += store.archive_metrics(ids)
+            removed.metric_rows += retention.archive_metrics(ids)
             removed.metrics_jobs += ids
     if files_days is not None:
         moment = now - timedelta(days=files_days)
-        while ids := store.ended_before(moment, "files", batch):
+        while ids := retention.ended_before(moment, "files", batch):
             for job_id in ids:
                 if store.delete_artifacts(job_id) is None:
                     continue

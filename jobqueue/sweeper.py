@@ -8,6 +8,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from jobqueue.counts import JobCounts
 from jobqueue.store import JobStore
 
 log = logging.getLogger("tricklab.sweeper")
@@ -40,8 +41,9 @@ class Sweeper(Periodic):
     def __init__(self, store: JobStore, interval: float) -> None:
         super().__init__("sweeper", interval, self.sweep)
         self.store = store
+        self.counts = JobCounts(store.engine)
 
     def sweep(self) -> None:
         for job_id, status in self.store.requeue_expired():
             log.warning("job=%s lease expired: worker lost, job now %s", job_id, status)
-        self.store.fold_counts()
+        self.counts.fold()

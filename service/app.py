@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Built before the state: the middleware counts every answer, the lifespan's included.
     metrics = ApiMetrics(
-        job_counts=lambda: app_state(app).store.count_jobs(),
+        job_counts=lambda: app_state(app).counts.by_status(),
         streams=lambda: app_state(app).watch.streams,
     )
     app = FastAPI(

@@ -24,9 +24,12 @@ from analysis.report import ReportRead, VariantRuns, job_variants, report, study
 from core.config import Settings
 from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
+from jobqueue.counts import JobCounts
 from jobqueue.models import Job, Study
+from jobqueue.reads import Position, Reads
 from jobqueue.states import JobStatus
-from jobqueue.store import JobStore, Position
+from jobqueue.store import JobStore
+from jobqueue.studies import Studies
 from service.auth import Caller, Gate
 from service.errors import http_error
 from service.events import Watch
@@ -38,6 +41,18 @@ from service.state import app_state
 
 async def get_store(request: Request) -> JobStore:
     return app_state(request.app).store
+
+
+async def get_studies(request: Request) -> Studies:
+    return app_state(request.app).studies
+
+
+async def get_reads(request: Request) -> Reads:
+    return app_state(request.app).reads
+
+
+async def get_counts(request: Request) -> JobCounts:
+    return app_state(request.app).counts
 
 
 async def get_serving(request: Request) -> Serving:
@@ -91,6 +106,9 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
+StudiesDep = Annotated[Studies, Depends(get_studies)]
+ReadsDep = Annotated[Reads, Depends(get_reads)]
+CountsDep = Annotated[JobCounts, Depends(get_counts)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 GateDep = Annotated[Gate, Depends(get_gate)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
@@ -197,8 +215,8 @@ def get_job(job_id: JobId, store: StoreDep, caller: CallerDep) -> Job:
 JobDep = Annotated[Job, Depends(get_job)]
 
 
-def get_study(study_id: StudyId, store: StoreDep, caller: CallerDep) -> Study:
-    study = store.get_study(study_id)
+def get_study(study_id: StudyId, studies: StudiesDep, caller: CallerDep) -> Study:
+    study = studies.get(study_id)
     if study is None or not caller.may_see(study.owner):
         raise HTTPException(404, no_study(study_id))
     return study
@@ -282,20 +300,20 @@ JobIds = Annotated[
 UNFINISHED = "Some of the jobs have not succeeded."
 
 
-def study_runs(store: JobStore, study: Study) -> list[VariantRuns]:
-    jobs, metrics = store.jobs_with_metrics(study.job_ids)
+def study_runs(reads: Reads, study: Study) -> list[VariantRuns]:
+    jobs, metrics = reads.jobs_with_metrics(study.job_ids)
     return study_variants(study, jobs, metrics)
 
 
-def study_report(store: JobStore, study: Study) -> ReportRead:
-    return report(study_runs(store, study))
+def study_report(reads: Reads, study: Study) -> ReportRead:
+    return report(study_runs(reads, study))
 
 
-def compared_variants(store: JobStore, jobs: str, caller: Caller) -> list[VariantRuns]:
+def compared_variants(reads: Reads, jobs: str, caller: Caller) -> list[VariantRuns]:
     ids = list(dict.fromkeys(part.strip() for part in jobs.split(",") if part.strip()))
     if len(ids) > MAX_COMPARED:
         raise HTTPException(400, f"jobs: {len(ids)} ids; at most {MAX_COMPARED}")
-    found, metrics = store.jobs_with_metrics(ids)
+    found, metrics = reads.jobs_with_metrics(ids)
     missing = [i for i in ids if i not in found or not caller.may_see(found[i].owner)]
     if missing:
         raise HTTPException(404, f"no job with id {', '.join(map(repr, missing))}")

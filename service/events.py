@@ -19,8 +19,10 @@ from sse_starlette import ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from jobqueue.models import Job, Study
+from jobqueue.reads import Reads
 from jobqueue.states import TERMINAL
 from jobqueue.store import JobStore
+from jobqueue.studies import Studies
 from service.schemas import EpochRead, JobRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
@@ -34,8 +36,8 @@ RETRY_MS = 2000
 class Watch:
     """Polls the database for the jobs that open streams follow, and wakes their streams."""
 
-    def __init__(self, store: JobStore, interval: float) -> None:
-        self.store, self.interval = store, interval
+    def __init__(self, reads: Reads, interval: float) -> None:
+        self.reads, self.interval = reads, interval
         self._followers: dict[str, set[asyncio.Event]] = {}
         self._seen: dict[str, tuple[str, int, int]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +69,7 @@ class Watch:
             await asyncio.sleep(self.interval)
             ids = list(self._followers)
             try:
-                moves = await run_in_threadpool(self.store.moves, ids)
+                moves = await run_in_threadpool(self.reads.moves, ids)
             except Exception:  # a database hiccup: the streams wait for the next tick
                 log.exception("events: reading the followed jobs failed")
                 continue
@@ -103,7 +105,7 @@ async def job_events(
             if (current.status, current.attempts) != shown and not ended:
                 yield _event("status", JobRead.of(current, admin))
                 shown = (current.status, current.attempts)
-            for row in await run_in_threadpool(store.metrics, job.id, since_epoch):
+            for row in await run_in_threadpool(watch.reads.metrics, job.id, since_epoch):
                 yield _event("epoch", EpochRead.model_validate(row), id=str(row.epoch))
                 since_epoch = row.epoch
             if ended:
@@ -117,7 +119,7 @@ async def job_events(
 
 
 async def study_events(
-    study: Study, store: JobStore, watch: Watch
+    study: Study, studies: Studies, watch: Watch
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` with the study's summary at first and whenever its jobs advance; `end` with
     the final summary once every job has ended (or the study was cancelled)."""
@@ -125,8 +127,8 @@ async def study_events(
     with watch.follow(study.job_ids) as moved:
         while True:
             moved.clear()
-            current = await run_in_threadpool(store.get_study, study.id) or study
-            statuses = await run_in_threadpool(store.statuses, study.job_ids)
+            current = await run_in_threadpool(studies.get, study.id) or study
+            statuses = await run_in_threadpool(watch.reads.statuses, study.job_ids)
             summary = StudySummary.of(current, [statuses[i] for i in study.job_ids])
             if summary != shown:
                 yield _event("progress", summary, retry=RETRY_MS if shown is None else None)

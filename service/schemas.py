@@ -24,6 +24,7 @@ from pydantic import (
 
 from analysis.plots import PlotName
 from analysis.report import ReportRead, progress, study_status
+from core.results import EpochRow, JobResult
 from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job, Study
 from jobqueue.states import JobStatus
@@ -74,21 +75,6 @@ class AttemptFailure(BaseModel):
     error_type: str
     message: str
     at: datetime
-
-
-class JobResult(BaseModel):
-    """The saved model's scores, evaluated once training ended (dropout off, best weights
-    restored when early stopping was on)."""
-
-    epochs_trained: int
-    parameters: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    test_loss: float
-    test_accuracy: float
-    seconds: float = Field(description="Wall time of the whole training, evaluation included.")
 
 
 class JobLinks(BaseModel):
@@ -180,7 +166,7 @@ class JobRead(BaseModel):
             checkpoint_epoch=job.checkpoint_epoch,
             best_epoch=job.best_epoch,
             stopped_epoch=job.stopped_epoch,
-            result=JobResult.model_validate(job.result) if job.result else None,
+            result=job.result,
             error=JobError(
                 reason=job.failure_reason, type=job.error_type, message=job.error_message or ""
             )
@@ -230,21 +216,9 @@ class JobBatchRead(BaseModel):
     jobs: list[JobRead] = Field(description="The jobs, in the order of their specs.")
 
 
-class EpochRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    epoch: int = Field(description="From 1.")
-    train_loss: float = Field(description="Cross-entropy, averaged over the epoch's steps.")
-    train_accuracy: float
-    train_objective: float = Field(
-        description="The loss minimised: cross-entropy plus L2 penalty, with label smoothing."
-    )
-    val_loss: float | None
-    val_accuracy: float | None
-    test_loss: float
-    test_accuracy: float
-    learning_rate: float = Field(description="At the end of the epoch.")
-    seconds: float = Field(description="Training and validation time of the epoch.")
+class EpochRead(EpochRow):
+    # core.results.EpochRow, under the name the API's clients know.
+    __doc__ = EpochRow.__doc__
 
 
 class MetricsRead(BaseModel):

@@ -11,8 +11,11 @@ from starlette.applications import Starlette
 from core.config import Settings
 from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
+from jobqueue.counts import JobCounts
 from jobqueue.db import init_db, make_engine
+from jobqueue.reads import Reads
 from jobqueue.store import JobStore
+from jobqueue.studies import Studies
 from service.auth import Gate, admin_token
 from service.events import Watch
 from service.metrics import ApiMetrics
@@ -24,7 +27,10 @@ log = logging.getLogger("tricklab.service")
 @dataclass
 class AppState:
     settings: Settings
-    store: JobStore
+    store: JobStore  # the job lifecycle
+    studies: Studies
+    reads: Reads  # behind lists, reports and event streams
+    counts: JobCounts
     accounts: Accounts
     gate: Gate  # who is asking
     artifacts: ArtifactStore
@@ -50,6 +56,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> AppState:
     store = JobStore(engine, settings.lease_seconds, settings.max_attempts)
     artifacts = ArtifactStore(settings.artifacts_dir)
     accounts = Accounts(engine)
+    reads = Reads(engine)
     if settings.auth == "on":
         admin_token(settings, accounts)
     else:
@@ -66,6 +73,9 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> AppState:
     return AppState(
         settings=settings,
         store=store,
+        studies=Studies(store),
+        reads=reads,
+        counts=JobCounts(engine),
         accounts=accounts,
         gate=Gate(accounts, settings),
         artifacts=artifacts,
@@ -74,6 +84,6 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> AppState:
             Predictor(artifacts, settings.model_cache_size, batches, metrics),
             PixelLimits(settings.max_image_pixels, settings.max_request_pixels),
         ),
-        watch=Watch(store, settings.events_poll_seconds),
+        watch=Watch(reads, settings.events_poll_seconds),
         metrics=metrics,
     )

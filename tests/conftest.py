@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from core.config import Settings
 from jobqueue.db import init_db, make_engine
+from jobqueue.reads import Reads
 from jobqueue.store import JobStore
 from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, write_dataset
@@ -51,6 +52,12 @@ def store(settings: Settings) -> JobStore:
     engine = make_engine(settings.database_url)
     init_db(engine)
     return JobStore(engine)
+
+
+@pytest.fixture
+def reads(store: JobStore) -> Reads:
+    """The reads behind lists and reports, on the store's database."""
+    return Reads(store.engine)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from core import cost, datasets
 from core.datasets import Splits
+from core.results import EpochRow
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import Job
@@ -303,12 +304,12 @@ class Worker:
         held.settled = True
         held.heartbeat.stop()
 
-    def _record(self, held: Held, row: dict[str, Any], snapshot: Snapshot) -> bool:
+    def _record(self, held: Held, row: EpochRow, snapshot: Snapshot) -> bool:
         """Checkpoint an epoch and store its metrics with the checkpoint; False if the lease
         is gone. The job's previous checkpoint file goes once the new one is registered."""
         job, lease = held.job, held.lease
-        name = self.artifacts.attempt_file(job.id, lease.token, f"checkpoint-{row['epoch']}.npz")
-        new = Checkpoint(row["epoch"], name, self.artifacts.write_atomic(name, snapshot.save))
+        name = self.artifacts.attempt_file(job.id, lease.token, f"checkpoint-{row.epoch}.npz")
+        new = Checkpoint(row.epoch, name, self.artifacts.write_atomic(name, snapshot.save))
         if not self.store.record_epoch(lease, row, new, held.trained_seconds()):
             self.artifacts.remove(name)
             return False
@@ -318,8 +319,8 @@ class Worker:
         _log_epoch(job.id, held.spec, row)
         metrics.EPOCHS.inc()
         metrics.SAMPLES.inc(held.samples)
-        if row["seconds"] > 0:  # a pack's jobs all train in its epoch's seconds
-            metrics.SAMPLES_PER_SECOND.set(held.samples * len(self._held) / row["seconds"])
+        if row.seconds > 0:  # a pack's jobs all train in its epoch's seconds
+            metrics.SAMPLES_PER_SECOND.set(held.samples * len(self._held) / row.seconds)
         return True
 
     def _finish(self, held: Held, trained: Trained) -> Exception | None:
@@ -335,7 +336,7 @@ class Worker:
                 {
                     "job_id": job.id,
                     "spec": job.spec,
-                    "result": trained.result,
+                    "result": trained.result.model_dump(mode="json"),
                     "class_names": list(held.spec.class_names),
                     "model_sha256": digest,
                 },
@@ -358,12 +359,12 @@ class Worker:
             "job=%s succeeded epochs=%d best_epoch=%s stopped_epoch=%s test_accuracy=%.4f "
             "test_loss=%.4f seconds=%.1f",
             job.id,
-            trained.result["epochs_trained"],
+            trained.result.epochs_trained,
             trained.best_epoch,
             trained.stopped_epoch,
-            trained.result["test_accuracy"],
-            trained.result["test_loss"],
-            trained.result["seconds"],
+            trained.result.test_accuracy,
+            trained.result.test_loss,
+            trained.result.seconds,
         )
         return None
 
@@ -405,21 +406,21 @@ def _registered(job: Job) -> Checkpoint | None:
     return Checkpoint(job.checkpoint_epoch, job.checkpoint_path, job.checkpoint_sha256)
 
 
-def _log_epoch(job_id: str, spec: JobSpec, row: dict[str, Any]) -> None:
+def _log_epoch(job_id: str, spec: JobSpec, row: EpochRow) -> None:
     log.info(
         "job=%s epoch=%d/%d train_loss=%.4f train_accuracy=%.4f val_loss=%s val_accuracy=%s "
         "test_loss=%.4f test_accuracy=%.4f learning_rate=%.3g seconds=%.2f",
         job_id,
-        row["epoch"],
+        row.epoch,
         spec.epochs,
-        row["train_loss"],
-        row["train_accuracy"],
-        _fmt(row["val_loss"]),
-        _fmt(row["val_accuracy"]),
-        row["test_loss"],
-        row["test_accuracy"],
-        row["learning_rate"],
-        row["seconds"],
+        row.train_loss,
+        row.train_accuracy,
+        _fmt(row.val_loss),
+        _fmt(row.val_accuracy),
+        row.test_loss,
+        row.test_accuracy,
+        row.learning_rate,
+        row.seconds,
     )
 
 

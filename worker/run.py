@@ -30,6 +30,7 @@ import numpy as np
 from core.cost import EVAL_BATCH, eval_batch
 from core.datasets import Splits
 from core.images import scale
+from core.results import EpochRow, JobResult
 from core.spec import NUM_CLASSES, Augmentation, JobSpec
 from worker import tricks
 from worker.checkpoints import Snapshot
@@ -90,14 +91,14 @@ class Trained:
     model: keras.Model
     best_epoch: int | None  # epoch with the lowest validation loss (1-based)
     stopped_epoch: int | None  # epoch at which early stopping ended the run, if it did
-    result: dict[str, Any]  # the final model's scores
+    result: JobResult  # the final model's scores
 
 
 # How a job's attempt ended: its final model, or the exception that stopped it.
 Outcome = Trained | Exception
 
 # After each epoch: report(metrics, snapshot) records it; False when the lease is gone.
-Report = Callable[[dict[str, Any], Snapshot], bool]
+Report = Callable[[EpochRow, Snapshot], bool]
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,19 +217,19 @@ class Run:
             scored["test"] = self.scores(self.data.x_test, self.data.splits.y_test)
         val, test = scored["val"], scored["test"]
         assert test is not None  # datasets.load refuses an empty test set
-        row = {
-            "epoch": epoch,
-            "train_loss": as_float(logs["crossentropy"]),
-            "train_accuracy": as_float(logs["accuracy"]),
-            "train_objective": as_float(logs["objective"]),
-            "val_loss": val[0] if val else None,
-            "val_accuracy": val[1] if val else None,
-            "test_loss": test[0],
-            "test_accuracy": test[1],
-            "learning_rate": as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
-            "seconds": fit_seconds,
-        }
-        stop = self.watch.update(epoch, row["val_loss"], self.model)
+        row = EpochRow(
+            epoch=epoch,
+            train_loss=as_float(logs["crossentropy"]),
+            train_accuracy=as_float(logs["accuracy"]),
+            train_objective=as_float(logs["objective"]),
+            val_loss=val[0] if val else None,
+            val_accuracy=val[1] if val else None,
+            test_loss=test[0],
+            test_accuracy=test[1],
+            learning_rate=as_float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)),
+            seconds=fit_seconds,
+        )
+        stop = self.watch.update(epoch, row.val_loss, self.model)
         if not self.report(row, Snapshot.capture(epoch, self.model, self.optimizer, self.watch)):
             self.control.lease_lost.set()  # a refused report: the lease is gone
             raise self.halt()
@@ -247,12 +248,16 @@ class Run:
         of each part, already computed)."""
         if self.watch.best_weights:
             self.model.set_weights(self.watch.best_weights)
-        result: dict[str, Any] = {"epochs_trained": self.stopped_epoch or self.spec.epochs}
-        result["parameters"] = self.model.count_params()
+        parts: dict[str, Any] = {}
         for part, x, y in self.data.parts():
             if part_scores := (scored[part] if scored else self.scores(x, y)):
-                result[f"{part}_loss"], result[f"{part}_accuracy"] = part_scores
-        result["seconds"] = time.perf_counter() - self.started
+                parts[f"{part}_loss"], parts[f"{part}_accuracy"] = part_scores
+        result = JobResult(
+            epochs_trained=self.stopped_epoch or self.spec.epochs,
+            parameters=self.model.count_params(),
+            seconds=time.perf_counter() - self.started,
+            **parts,
+        )
         return Trained(self.model, self.watch.best_epoch, self.stopped_epoch, result)
 
 

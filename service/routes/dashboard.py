@@ -36,10 +36,12 @@ from service.deps import (
     ID_PATTERN,
     GateDep,
     PagePosition,
+    ReadsDep,
     ResolvedCaller,
     ServingDep,
     SettingsDep,
     StoreDep,
+    StudiesDep,
     compared_variants,
     get_job,
     get_study,
@@ -148,7 +150,7 @@ def duration(job: Job) -> str:
 def jobs_table(
     request: Request,
     caller: Viewer,
-    store: StoreDep,
+    reads: ReadsDep,
     after: PagePosition,
     status: Annotated[str, Query(max_length=16)] = "",
     trick: Annotated[str, Query(max_length=64)] = "",
@@ -163,17 +165,17 @@ def jobs_table(
         raise HTTPException(422, f"trick {trick!r}: one of {', '.join(TRICKS)}")
     owner = None if caller.admin else caller.name
     chosen = JobStatus(status) if status else None
-    found, total = store.list_jobs(chosen, PAGE + 1, 0, owner, trick or None, after)
+    found, total = reads.list_jobs(chosen, PAGE + 1, 0, owner, trick or None, after)
     jobs = found[:PAGE]
     ids = [job.id for job in jobs]
-    best = store.best_test_accuracy(ids)
-    studies = store.study_names([job.study_id for job in jobs if job.study_id])
+    best = reads.best_test_accuracy(ids)
+    studies = reads.study_names([job.study_id for job in jobs if job.study_id])
     rows = [
         {
             "job": job,
             "tricks": trick_names(job.spec),
             "best": best.get(job.id),
-            "final": (job.result or {}).get("test_accuracy"),
+            "final": job.result and job.result.test_accuracy,
             "duration": duration(job),
             "study": (job.study_id, studies[job.study_id]) if job.study_id in studies else None,
         }
@@ -195,11 +197,13 @@ def jobs_table(
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, caller: Viewer, store: StoreDep, job_id: str) -> Response:
+def job_page(
+    request: Request, caller: Viewer, store: StoreDep, reads: ReadsDep, job_id: str
+) -> Response:
     if caller is None:
         return sign_in_first(request)
     job = _job(store, job_id, caller)
-    studies = store.study_names([job.study_id]) if job.study_id else {}
+    studies = reads.study_names([job.study_id]) if job.study_id else {}
     return page(
         request,
         "job.html",
@@ -286,13 +290,15 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
-def study_page(request: Request, caller: Viewer, store: StoreDep, study_id: str) -> Response:
+def study_page(
+    request: Request, caller: Viewer, studies: StudiesDep, reads: ReadsDep, study_id: str
+) -> Response:
     if caller is None:
         return sign_in_first(request)
     if not re.fullmatch(ID_PATTERN, study_id):
         raise HTTPException(404, f"no study with id {study_id!r}")
-    study = get_study(study_id, store, caller)
-    variants = study_runs(store, study)
+    study = get_study(study_id, studies, caller)
+    variants = study_runs(reads, study)
     summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
     return page(
         request,
@@ -311,13 +317,13 @@ def study_page(request: Request, caller: Viewer, store: StoreDep, study_id: str)
 def compare_page(
     request: Request,
     caller: Viewer,
-    store: StoreDep,
+    reads: ReadsDep,
     job: Annotated[list[str], Query(max_length=500)],
 ) -> Response:
     if caller is None:
         return sign_in_first(request)
     ids = ",".join(job)
-    found = report(compared_variants(store, ids, caller))
+    found = report(compared_variants(reads, ids, caller))
     return page(
         request,
         "compare.html",

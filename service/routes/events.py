@@ -12,6 +12,7 @@ from service.deps import (
     CallerDep,
     JobDep,
     StoreDep,
+    StudiesDep,
     StudyDep,
     WatchDep,
     get_caller,
@@ -98,7 +99,9 @@ async def follow_job(
         "end",
     ),
 )
-async def follow_study(study: StudyDep, store: StoreDep, watch: WatchDep) -> EventSourceResponse:
+async def follow_study(
+    study: StudyDep, studies: StudiesDep, watch: WatchDep
+) -> EventSourceResponse:
     """A study's progress as it happens, until it ends."""
-    events = study_events(study, store, watch)
+    events = study_events(study, studies, watch)
     return EventSourceResponse(events, headers=NO_BUFFERING)

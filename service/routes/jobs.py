@@ -12,9 +12,10 @@ from fastapi.responses import FileResponse
 from core.config import Settings
 from core.cost import refusals
 from core.spec import JobSpec, TrickName
+from jobqueue.accounts import Quota, QuotaExceeded
 from jobqueue.models import Job
 from jobqueue.states import JobStatus
-from jobqueue.store import IdempotencyConflict, JobStore, QuotaExceeded
+from jobqueue.store import IdempotencyConflict, JobStore
 from service.auth import Caller
 from service.deps import (
     MAX_INT,
@@ -25,6 +26,7 @@ from service.deps import (
     ListedOwner,
     Offset,
     PagePosition,
+    ReadsDep,
     ServingDep,
     SettingsDep,
     StoreDep,
@@ -114,7 +116,7 @@ def queue(
     ]
     if any(found):
         raise RequestValidationError([error for errors_ in found for error in errors_])
-    quota = caller.quota_active_jobs or settings.quota_active_jobs
+    quota = Quota(caller.quota_active_jobs or settings.quota_active_jobs).admit
     try:
         if batch:
             jobs, created = store.enqueue_many(specs, caller.name, idempotency_key, quota)
@@ -135,7 +137,7 @@ def queue(
 @router.get("", name="jobs-list", response_model=JobList, responses=errors(403, 422))
 def list_jobs(
     request: Request,
-    store: StoreDep,
+    reads: ReadsDep,
     caller: CallerDep,
     owner: ListedOwner,
     after: PagePosition,
@@ -147,7 +149,7 @@ def list_jobs(
     """Your jobs, newest first, optionally only those with one status or using one trick. An
     admin sees everyone's, or one user's with `owner`. Page on with the `next` link: it costs
     the same however deep."""
-    jobs, total = store.list_jobs(status, limit + 1, offset, owner, trick, after)
+    jobs, total = reads.list_jobs(status, limit + 1, offset, owner, trick, after)
     return JobList(
         jobs=[JobRead.of(j, caller.admin) for j in jobs[:limit]],
         total=total,
@@ -168,13 +170,13 @@ def get_job(job: JobDep, caller: CallerDep) -> JobRead:
 )
 def get_metrics(
     job: JobDep,
-    store: StoreDep,
+    reads: ReadsDep,
     since_epoch: Annotated[
         int, Query(ge=0, le=MAX_INT, description="The last epoch you have.")
     ] = 0,
 ) -> MetricsRead:
     """Per-epoch history after `since_epoch` (poll with the last epoch you have)."""
-    return MetricsRead.of(job, list(store.metrics(job.id, since_epoch)))
+    return MetricsRead.of(job, list(reads.metrics(job.id, since_epoch)))
 
 
 @router.post(

@@ -17,7 +17,7 @@ from service.deps import (
     CallerDep,
     JobDep,
     JobIds,
-    StoreDep,
+    ReadsDep,
     StudyDep,
     compared_variants,
     get_caller,
@@ -62,9 +62,9 @@ def _image_route(
     f"A plot of the study's report so far (finished runs only). {NAMES}",
 )
 def study_plot(
-    study: StudyDep, name: plots.PlotName, store: StoreDep, fmt: FormatQuery = "png"
+    study: StudyDep, name: plots.PlotName, reads: ReadsDep, fmt: FormatQuery = "png"
 ) -> Response:
-    return _image(name, study_report(store, study), f"Study {study.name!r}", fmt)
+    return _image(name, study_report(reads, study), f"Study {study.name!r}", fmt)
 
 
 @_image_route(
@@ -74,20 +74,20 @@ def study_plot(
     f"A plot of the comparison of any succeeded jobs. {NAMES}",
 )
 def compare_plot(
-    name: plots.PlotName, store: StoreDep, caller: CallerDep, jobs: JobIds, fmt: FormatQuery = "png"
+    name: plots.PlotName, reads: ReadsDep, caller: CallerDep, jobs: JobIds, fmt: FormatQuery = "png"
 ) -> Response:
-    variants = compared_variants(store, jobs, caller)
+    variants = compared_variants(reads, jobs, caller)
     count = sum(len(variant.jobs) for variant in variants)
     return _image(name, report(variants), f"{count} jobs compared", fmt)
 
 
 @_image_route("/v1/jobs/{job_id}/plots/{name}", "jobs-plot", errors(404, 422, conflict=NOTHING))
 def job_plot(
-    job: JobDep, name: plots.JobPlotName, store: StoreDep, fmt: FormatQuery = "png"
+    job: JobDep, name: plots.JobPlotName, reads: ReadsDep, fmt: FormatQuery = "png"
 ) -> Response:
     """The job's learning curves (`curves`) or generalisation gap (`gap`) so far: poll it while
     the job trains."""
-    data = job_curves(job, store.metrics(job.id))
+    data = job_curves(job, reads.metrics(job.id))
     return _image(name, data, f"Job {job.id} ({data.variants[0].name}, {job.status})", fmt)
 
 

@@ -26,7 +26,6 @@ from service.errors import BODY, errors, v1_error
 from service.multipart import FormError, parse_form
 from service.schemas import (
     BINARY,
-    JobResult,
     ModelInput,
     ModelMetadata,
     PredictInstances,
@@ -160,7 +159,7 @@ def model_metadata(job: JobDep, serving: ServingDep, artifacts: ArtifactsDep) ->
         ),
         class_names=list(class_names(job)),
         spec=job.spec,
-        result=JobResult.model_validate(job.result),
+        result=job.result,
         best_epoch=job.best_epoch,
         stopped_epoch=job.stopped_epoch,
         model_sha256=job.model_sha256 or "",

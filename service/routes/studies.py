@@ -17,8 +17,9 @@ from analysis.report import (
 )
 from analysis.studies import StudyError, StudySpec, expand
 from core.cost import refusals
+from jobqueue.accounts import Quota, QuotaExceeded
 from jobqueue.models import Study
-from jobqueue.store import JobStore, QuotaExceeded
+from jobqueue.reads import Reads
 from service.deps import (
     UNFINISHED,
     CallerDep,
@@ -27,8 +28,9 @@ from service.deps import (
     ListedOwner,
     Offset,
     PagePosition,
+    ReadsDep,
     SettingsDep,
-    StoreDep,
+    StudiesDep,
     StudyDep,
     compared_variants,
     get_caller,
@@ -55,7 +57,12 @@ CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
     responses=errors(*BODY, 429),
 )
 def create_study(
-    study: StudySpec, store: StoreDep, settings: SettingsDep, caller: CallerDep, response: Response
+    study: StudySpec,
+    studies: StudiesDep,
+    reads: ReadsDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    response: Response,
 ) -> StudyRead:
     """Queue every variant's jobs, one per seed, and return the study. Variants that resolve
     to the same spec are one variant. `{"preset": "notebook"}` runs the study notebook."""
@@ -74,7 +81,7 @@ def create_study(
     if found:
         raise refused(found, within=("base",))
     try:
-        row = store.create_study(
+        row = studies.create(
             caller.name,
             study.name,
             study.model_dump(mode="json"),
@@ -83,7 +90,7 @@ def create_study(
                 (variant.document(), [variant.job_spec(seed) for seed in study.seeds])
                 for variant in variants
             ],
-            caller.quota_active_jobs or settings.quota_active_jobs,
+            Quota(caller.quota_active_jobs or settings.quota_active_jobs).admit,
         )
     except QuotaExceeded as error:  # refused whole: nothing was queued
         raise HTTPException(429, str(error)) from None
@@ -95,7 +102,7 @@ def create_study(
         row.seeds,
     )
     response.headers["Location"] = f"/v1/studies/{row.id}"
-    return _read(store, row)
+    return _read(reads, row)
 
 
 @router.get(
@@ -103,7 +110,7 @@ def create_study(
 )
 def list_studies(
     request: Request,
-    store: StoreDep,
+    reads: ReadsDep,
     owner: ListedOwner,
     after: PagePosition,
     limit: Limit = 50,
@@ -111,9 +118,9 @@ def list_studies(
 ) -> StudyList:
     """Your studies, newest first, with their status and progress. An admin sees everyone's,
     or one user's with `owner`. Page on with the `next` link."""
-    found, total = store.list_studies(limit + 1, offset, owner, after)
+    found, total = reads.list_studies(limit + 1, offset, owner, after)
     studies = found[:limit]
-    statuses = store.statuses([job_id for study in studies for job_id in study.job_ids])
+    statuses = reads.statuses([job_id for study in studies for job_id in study.job_ids])
     return StudyList(
         studies=[
             StudySummary.of(study, [statuses[job_id] for job_id in study.job_ids])
@@ -132,9 +139,9 @@ def list_studies(
     response_model=StudyRead,
     responses=errors(404, 422),
 )
-def get_study(study: StudyDep, store: StoreDep) -> StudyRead:
+def get_study(study: StudyDep, reads: ReadsDep) -> StudyRead:
     """The study: status, progress, and the report of the runs finished so far."""
-    return _read(store, study)
+    return _read(reads, study)
 
 
 @router.get(
@@ -143,10 +150,10 @@ def get_study(study: StudyDep, store: StoreDep) -> StudyRead:
     response_model=ReportRead,
     responses=errors(404, 422),
 )
-def get_study_report(study: StudyDep, store: StoreDep) -> ReportRead:
+def get_study_report(study: StudyDep, reads: ReadsDep) -> ReportRead:
     """Per variant, means and 95% intervals over its seeds; per trick, the paired difference
     in test accuracy and a verdict. Finished runs only: it fills in as the jobs end."""
-    return study_report(store, study)
+    return study_report(reads, study)
 
 
 @router.get(
@@ -155,9 +162,9 @@ def get_study_report(study: StudyDep, store: StoreDep) -> ReportRead:
     response_class=Response,
     responses={200: CSV, **errors(404, 422)},
 )
-def get_study_report_csv(study: StudyDep, store: StoreDep, table: Table = "variants") -> Response:
+def get_study_report_csv(study: StudyDep, reads: ReadsDep, table: Table = "variants") -> Response:
     """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
-    return _csv(CSV_TABLES[table](study_report(store, study)), f"study-{study.id}-{table}.csv")
+    return _csv(CSV_TABLES[table](study_report(reads, study)), f"study-{study.id}-{table}.csv")
 
 
 @router.post(
@@ -166,11 +173,11 @@ def get_study_report_csv(study: StudyDep, store: StoreDep, table: Table = "varia
     response_model=StudyRead,
     responses=errors(404, 422),
 )
-def cancel_study(study: StudyDep, store: StoreDep) -> StudyRead:
+def cancel_study(study: StudyDep, studies: StudiesDep, reads: ReadsDep) -> StudyRead:
     """Cancel the study's queued and running jobs; finished runs stay in its report."""
-    study = store.cancel_study(study.id) or study
+    study = studies.cancel(study.id) or study
     log.info("study=%s cancelled", study.id)
-    return _read(store, study)
+    return _read(reads, study)
 
 
 @router.get(
@@ -179,10 +186,10 @@ def cancel_study(study: StudyDep, store: StoreDep) -> StudyRead:
     response_model=ReportRead,
     responses=errors(400, 404, 422, conflict=UNFINISHED),
 )
-def compare(store: StoreDep, caller: CallerDep, jobs: JobIds) -> ReportRead:
+def compare(reads: ReadsDep, caller: CallerDep, jobs: JobIds) -> ReportRead:
     """The study report for any succeeded jobs: jobs with the same spec but for the seed
     form a variant, and tricks are compared across variants that differ by one trick."""
-    return report(compared_variants(store, jobs, caller))
+    return report(compared_variants(reads, jobs, caller))
 
 
 @router.get(
@@ -192,15 +199,15 @@ def compare(store: StoreDep, caller: CallerDep, jobs: JobIds) -> ReportRead:
     responses={200: CSV, **errors(400, 404, 422, conflict=UNFINISHED)},
 )
 def compare_csv(
-    store: StoreDep, caller: CallerDep, jobs: JobIds, table: Table = "variants"
+    reads: ReadsDep, caller: CallerDep, jobs: JobIds, table: Table = "variants"
 ) -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
-    variants = compared_variants(store, jobs, caller)
+    variants = compared_variants(reads, jobs, caller)
     return _csv(CSV_TABLES[table](report(variants)), f"compare-{table}.csv")
 
 
-def _read(store: JobStore, study: Study) -> StudyRead:
-    variants = study_runs(store, study)
+def _read(reads: Reads, study: Study) -> StudyRead:
+    variants = study_runs(reads, study)
     summary = StudySummary.of(study, [job.status for v in variants for job in v.jobs])
     return StudyRead(
         **summary.model_dump(),

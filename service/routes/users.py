@@ -16,9 +16,9 @@ from service.deps import (
     AccountsDep,
     AdminDep,
     CallerDep,
+    CountsDep,
     GateDep,
     SettingsDep,
-    StoreDep,
     get_caller,
     no_unknown_query,
 )
@@ -142,12 +142,12 @@ def revoke_user_token(
 
 
 @router.get("/v1/me", name="me", response_model=Me, responses=errors(422))
-def me(caller: CallerDep, accounts: AccountsDep, store: StoreDep, settings: SettingsDep) -> Me:
+def me(caller: CallerDep, accounts: AccountsDep, counts: CountsDep, settings: SettingsDep) -> Me:
     """Who your token says you are, and your jobs against your quota."""
     user = _user(accounts, caller.user_id)
     return Me(
         **UserRead.model_validate(user).model_dump(),
-        active_jobs=store.active_jobs(user.name),
+        active_jobs=counts.active(user.name),
         quota=user.quota_active_jobs or settings.quota_active_jobs,
     )
 

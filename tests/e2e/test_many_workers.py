@@ -76,7 +76,7 @@ def test_sixteen_workers_claim_each_job_once_and_lose_no_lease(cluster: Cluster)
     assert [(job.id, job.attempts, job.failures) for job in jobs if job.attempts != 1] == []
     assert Counter(re.findall(r"job=(\w+) claimed", logs)) == dict.fromkeys(ids, 1)
     assert Counter(re.findall(r"job=(\w+) succeeded", logs)) == dict.fromkeys(ids, 1)
-    assert all([row.epoch for row in cluster.store.metrics(job.id)] == [1] for job in jobs)
+    assert all([row.epoch for row in cluster.reads.metrics(job.id)] == [1] for job in jobs)
     assert "lease lost" not in logs and "handed back" not in logs
     assert "could not claim or settle" not in logs
     # They did race: the jobs went to many workers, each job to the one that claimed it.

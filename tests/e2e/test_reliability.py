@@ -21,6 +21,7 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 
 from core import datasets
+from core.results import EpochRow
 from core.spec import JobSpec
 from jobqueue.artifacts import sha256_of
 from jobqueue.models import Job
@@ -75,7 +76,7 @@ def all_ended(cluster: Cluster, ids: list[str]) -> bool:
 
 
 def epochs_of(cluster: Cluster, job_id: str) -> list[int]:
-    return [row.epoch for row in cluster.store.metrics(job_id)]
+    return [row.epoch for row in cluster.reads.metrics(job_id)]
 
 
 def finishes(cluster: Cluster) -> Counter[str]:
@@ -118,7 +119,7 @@ def test_chaos_kills_lose_nothing_and_resume_exactly(make_cluster, small_data, c
         cluster.start_worker(name)
 
     def training_slots() -> list[int]:
-        busy = {job.worker for job in cluster.store.list_jobs(JobStatus.RUNNING, 100)[0]}
+        busy = {job.worker for job in cluster.reads.list_jobs(JobStatus.RUNNING, 100)[0]}
         return [slot for slot, name in enumerate(workers) if name in busy]
 
     rng = random.Random(7)
@@ -160,16 +161,16 @@ def test_chaos_kills_lose_nothing_and_resume_exactly(make_cluster, small_data, c
             duplicated[job_id] = (history, finished[job_id])
         interrupted += job.attempts > 1
         cut_short += job.attempts - 1
-        resumed += len({row.attempt for row in cluster.store.metrics(job_id)}) > 1
+        resumed += len({row.attempt for row in cluster.reads.metrics(job_id)}) > 1
         spec = JobSpec.model_validate(job.spec)
         if spec.seed not in reference:
-            rows: list[dict] = []
+            rows: list[EpochRow] = []
             training.train(spec, splits, lambda row, snapshot, rows=rows: rows.append(row) or True)
             reference[spec.seed] = rows
         # Packed or alone: the same numbers, up to float sums taken in another order.
-        for row, expected in zip(cluster.store.metrics(job_id), reference[spec.seed], strict=True):
-            assert row.test_accuracy == expected["test_accuracy"], (job_id, row.epoch)
-            assert row.train_loss == pytest.approx(expected["train_loss"], abs=1e-5)
+        for row, expected in zip(cluster.reads.metrics(job_id), reference[spec.seed], strict=True):
+            assert row.test_accuracy == expected.test_accuracy, (job_id, row.epoch)
+            assert row.train_loss == pytest.approx(expected.train_loss, abs=1e-5)
         # Every registered checkpoint and every model loads, and matches its checksum.
         artifacts = cluster.root / "artifacts"
         assert sha256_of(artifacts / job.checkpoint_path) == job.checkpoint_sha256
@@ -233,7 +234,7 @@ def test_a_frozen_worker_never_writes_to_a_job_that_moved_on(make_cluster, datab
     wait_for(lambda: f"job={job_id} cancelled or taken over" in cluster.log("a"), 60, "a to stop")
 
     job = cluster.store.get(job_id)
-    rows = cluster.store.metrics(job_id)
+    rows = cluster.reads.metrics(job_id)
     assert [row.epoch for row in rows] == list(range(1, 121))
     assert all(row.attempt == (1 if row.epoch <= frozen_at else 2) for row in rows)
     assert (job.attempts, job.worker) == (2, "b")
@@ -266,7 +267,7 @@ def test_sigterm_finishes_the_epoch_hands_back_and_another_worker_resumes(make_c
     cluster.start_worker("b")
     wait_for(lambda: cluster.store.get(job_id).status == JobStatus.SUCCEEDED, 300, "b to finish")
     assert f"job={job_id} resuming after epoch {handed_back_at}" in cluster.log("b")
-    rows = cluster.store.metrics(job_id)
+    rows = cluster.reads.metrics(job_id)
     assert [row.epoch for row in rows] == list(range(1, 81))
     # A hand-back is not a failed attempt: the one attempt went on in b, and reads so.
     assert {row.attempt for row in rows} == {1}

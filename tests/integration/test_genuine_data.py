@@ -24,14 +24,14 @@ def genuine_data() -> Path:
     return folder
 
 
-def test_one_epoch_of_the_base_model_reaches_80_percent(settings, store, genuine_data):
+def test_one_epoch_of_the_base_model_reaches_80_percent(settings, store, reads, genuine_data):
     settings.data_dir = genuine_data
     job = store.enqueue(JobSpec(epochs=1), ADMIN)[0]
     drain_queue(settings)
 
     done = store.get(job.id)
     assert done.status == JobStatus.SUCCEEDED, done.error_message
-    (epoch,) = store.metrics(job.id)
+    (epoch,) = reads.metrics(job.id)
     assert epoch.test_accuracy >= 0.80
-    assert done.result["test_accuracy"] == pytest.approx(epoch.test_accuracy, abs=1e-6)
-    assert done.result["parameters"] == 104_938
+    assert done.result.test_accuracy == pytest.approx(epoch.test_accuracy, abs=1e-6)
+    assert done.result.parameters == 104_938

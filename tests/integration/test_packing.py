@@ -40,10 +40,10 @@ class Recorder:
         self.rows, self.snapshots, self.refuse_at = [], {}, refuse_at
 
     def __call__(self, row, snapshot):
-        if row["epoch"] == self.refuse_at:
+        if row.epoch == self.refuse_at:
             return False
-        self.rows.append({k: v for k, v in row.items() if k != "seconds"})
-        self.snapshots[row["epoch"]] = snapshot
+        self.rows.append(row.model_dump(exclude={"seconds"}))
+        self.snapshots[row.epoch] = snapshot
         return True
 
 
@@ -77,9 +77,9 @@ def test_each_packed_job_trains_exactly_as_it_would_alone(splits, alone):
             trained.best_epoch,
             trained.stopped_epoch,
         )
-        assert outcome.result.keys() == trained.result.keys()
-        for key in trained.result.keys() - {"seconds"}:
-            assert outcome.result[key] == pytest.approx(trained.result[key], abs=TOLERANCE)
+        packed, single = outcome.result.model_dump(), trained.result.model_dump()
+        for key in single.keys() - {"seconds"}:
+            assert packed[key] == pytest.approx(single[key], abs=TOLERANCE)
         for packed, single in zip(
             outcome.model.get_weights(), trained.model.get_weights(), strict=True
         ):
@@ -133,11 +133,11 @@ def packing_worker(settings, store):
     return Worker(store, ArtifactStore(settings.artifacts_dir), settings.data_dir, pack_size=8)
 
 
-def stored_rows(store, job_id, like):
-    return [{key: getattr(m, key) for key in like} for m in store.metrics(job_id)]
+def stored_rows(reads, job_id, like):
+    return [{key: getattr(m, key) for key in like} for m in reads.metrics(job_id)]
 
 
-def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, store, alone):
+def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, store, reads, alone):
     ids = [store.enqueue(spec, ADMIN)[0].id for spec in SPECS]
     apart = store.enqueue(SPECS[0].model_copy(update={"hidden_units": [16]}), ADMIN)[0].id
     assert packing_worker(settings, store).run_one()
@@ -151,9 +151,9 @@ def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, s
             trained.best_epoch,
             trained.stopped_epoch,
         )
-        assert_same_rows(stored_rows(store, job.id, recorder.rows[0]), recorder.rows)
-        assert job.result["test_accuracy"] == pytest.approx(
-            trained.result["test_accuracy"], abs=TOLERANCE
+        assert_same_rows(stored_rows(reads, job.id, recorder.rows[0]), recorder.rows)
+        assert job.result.test_accuracy == pytest.approx(
+            trained.result.test_accuracy, abs=TOLERANCE
         )
         model = keras.saving.load_model(settings.artifacts_dir / job.model_path)
         for saved, single in zip(model.get_weights(), trained.model.get_weights(), strict=True):
@@ -163,14 +163,14 @@ def test_a_worker_packs_compatible_jobs_and_records_each_as_if_alone(settings, s
 
 
 def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
-    settings, store, alone, monkeypatch
+    settings, store, reads, alone, monkeypatch
 ):
     ids = [store.enqueue(spec, ADMIN)[0].id for spec in SPECS]
     worker = packing_worker(settings, store)
     record_epoch = store.record_epoch
 
     def cancel_and_stop_at_epoch_2(lease, metrics, *args):
-        if (lease.job_id, metrics["epoch"]) == (ids[0], 2):
+        if (lease.job_id, metrics.epoch) == (ids[0], 2):
             store.cancel(ids[1])  # as POST /v1/jobs/{id}/cancel would, mid-epoch-end
             worker.request_stop()  # as SIGTERM would
         return record_epoch(lease, metrics, *args)
@@ -181,21 +181,21 @@ def test_a_pack_ends_a_cancelled_job_alone_and_resumes_as_a_pack_after_a_stop(
     assert (first.status, first.checkpoint_epoch) == (JobStatus.QUEUED, 2)
     assert (third.status, third.checkpoint_epoch) == (JobStatus.QUEUED, 2)
     assert cancelled.status == JobStatus.CANCELLED
-    assert [m.epoch for m in store.metrics(ids[1])] == [1]
+    assert [m.epoch for m in reads.metrics(ids[1])] == [1]
 
     monkeypatch.undo()
     assert packing_worker(settings, store).run_one()  # the rest, resumed from epoch 2 together
     for job_id, (recorder, _) in zip([ids[0], ids[2]], [alone[0], alone[2]], strict=True):
         assert store.get(job_id).status == JobStatus.SUCCEEDED
-        assert_same_rows(stored_rows(store, job_id, recorder.rows[0]), recorder.rows)
+        assert_same_rows(stored_rows(reads, job_id, recorder.rows[0]), recorder.rows)
     # Handed back by a stopping worker, the attempt went on: one attempt, resumed after epoch 2.
-    assert [m.attempt for m in store.metrics(ids[0])] == [1] * 6
+    assert [m.attempt for m in reads.metrics(ids[0])] == [1] * 6
     assert store.get(ids[0]).attempts == 1
 
 
 @pytest.mark.parametrize("pack_size", [1, 8])
 def test_a_jobs_epoch_seconds_and_its_totals_are_all_wall_clock_time(
-    settings, store, monkeypatch, pack_size
+    settings, store, reads, monkeypatch, pack_size
 ):
     # Every epoch takes at least PAUSE seconds of wall clock, alone or packed.
     pause, train_epoch = 0.3, steps.train_epoch
@@ -210,14 +210,14 @@ def test_a_jobs_epoch_seconds_and_its_totals_are_all_wall_clock_time(
     ]
     drain_queue(settings, pack_size=pack_size)
     for job_id in ids:
-        job, epochs = store.get(job_id), store.metrics(job_id)
+        job, epochs = store.get(job_id), reads.metrics(job_id)
         assert job.status == JobStatus.SUCCEEDED
         assert all(m.seconds >= pause for m in epochs)  # the pack's epoch, not a share of it
-        assert sum(m.seconds for m in epochs) <= min(job.trained_seconds, job.result["seconds"])
+        assert sum(m.seconds for m in epochs) <= min(job.trained_seconds, job.result.seconds)
 
 
 def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
-    settings, store, monkeypatch, caplog
+    settings, store, reads, monkeypatch, caplog
 ):
     # The production path: XLA, Adam and batch norm, in a worker that packs up to 8 jobs.
     monkeypatch.setattr(run, "JIT_MIN_STEPS", 0)
@@ -239,7 +239,7 @@ def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
         job = store.get(job_id)
         assert job.status == JobStatus.SUCCEEDED
         scores = {k: v for k, v in job.result.items() if k != "seconds"}
-        rows = stored_rows(store, job_id, [k for k in EPOCH if k != "seconds"])
+        rows = stored_rows(reads, job_id, [k for k in EPOCH if k != "seconds"])
         return rows, scores, (job.best_epoch, job.stopped_epoch)
 
     assert history(ids[0]) == history(ids[2])

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_info
 
 from core.images import PixelBudget, decode_image, scale
 from jobqueue.db import make_engine
+from jobqueue.reads import Reads
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
@@ -292,7 +293,7 @@ def test_predicting_with_a_job_that_has_not_succeeded_is_a_conflict(trained):
     running, _ = store.claim("w", "CPU")  # the oldest queued job
     failed, lease = store.claim("w", "CPU")
     store.fail(lease, FailureReason.INVALID_DATA, ValueError("no such split"))
-    queued, cancelled = (j.id for j in store.list_jobs(JobStatus.QUEUED, 2)[0])
+    queued, cancelled = (j.id for j in Reads(store.engine).list_jobs(JobStatus.QUEUED, 2)[0])
     client.post(f"/v1/jobs/{cancelled}/cancel")
     for job_id, status in (
         (queued, "queued"),

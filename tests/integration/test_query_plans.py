@@ -21,6 +21,7 @@ from sqlalchemy import Engine, event
 from core.spec import JobSpec
 from jobqueue import retention
 from jobqueue.artifacts import ArtifactStore
+from jobqueue.counts import JobCounts
 from jobqueue.db import make_engine
 from jobqueue.models import ADMIN
 from jobqueue.retry import FailureReason
@@ -138,7 +139,7 @@ def api_workload(client: TestClient, settings) -> None:
     store.release(lease)
     store.claim("w", "CPU")
     store.requeue_expired()
-    store.fold_counts(at_least=1)
+    JobCounts(store.engine).fold(at_least=1)
     retention.apply(store, ArtifactStore(settings.artifacts_dir), 1e-9, 1e-9)
 
 

@@ -6,21 +6,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select, update
 
+from core.results import EpochRow
 from core.spec import JobSpec
 from jobqueue.accounts import Accounts
 from jobqueue.db import init_db, make_engine
-from jobqueue.models import ADMIN, Job, JobCount
+from jobqueue.models import ADMIN
+from jobqueue.reads import Reads
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
-from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease, QuotaExceeded
-from tests.support.data import EPOCH
+from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease
+from tests.support.data import EPOCH, RESULT
+
+
+@pytest.fixture
+def reads(any_store) -> Reads:
+    """On each kind of database, as any_store."""
+    return Reads(any_store.engine)
 
 
 def record(store: JobStore, lease: Lease, epoch: int) -> bool:
     checkpoint = Checkpoint(epoch, f"jobs/{lease.job_id}/{epoch}.npz", "0" * 64)
-    return store.record_epoch(lease, {"epoch": epoch, **EPOCH}, checkpoint, 1.5 * epoch)
+    return store.record_epoch(lease, EpochRow(epoch=epoch, **EPOCH), checkpoint, 1.5 * epoch)
 
 
 def claimed(store: JobStore, spec: JobSpec | None = None) -> Lease:
@@ -36,71 +43,6 @@ def test_enqueue_then_get_returns_the_resolved_spec(any_store):
     assert (stored.max_attempts, stored.failures) == (3, [])
     assert stored.created_at.tzinfo is not None
     assert any_store.get("nope") is None
-
-
-def test_list_is_newest_first_filtered_and_paginated(any_store):
-    ids = [any_store.enqueue(JobSpec(seed=i), ADMIN)[0].id for i in range(5)]
-    any_store.cancel(ids[1])
-    page, total = any_store.list_jobs(limit=2, offset=1)
-    assert total == 5 and [j.id for j in page] == [ids[3], ids[2]]
-    cancelled, total = any_store.list_jobs(status=JobStatus.CANCELLED)
-    assert total == 1 and [j.id for j in cancelled] == [ids[1]]
-
-
-def test_pages_follow_one_another_by_position_even_through_equal_times(any_store):
-    ids = [any_store.enqueue(JobSpec(seed=i), ADMIN)[0].id for i in range(7)]
-    with any_store.engine.begin() as connection:  # three jobs made in the same microsecond
-        connection.execute(
-            update(Job)
-            .where(Job.id.in_(ids[2:5]))
-            .values(created_at=any_store.get(ids[2]).created_at)
-        )
-    newest_first = [j.id for j in any_store.list_jobs(limit=10)[0]]
-    pages, after = [], None
-    while page := any_store.list_jobs(limit=2, after=after)[0]:
-        pages.append([j.id for j in page])
-        after = (page[-1].created_at, page[-1].id)
-    assert [job for page in pages for job in page] == newest_first and sorted(
-        newest_first
-    ) == sorted(ids)
-    assert [len(p) for p in pages] == [2, 2, 2, 1]
-
-
-def truth(store: JobStore) -> dict:
-    """Counts by owner and status as a scan of jobs finds them."""
-    with store.engine.connect() as connection:
-        rows = connection.execute(
-            select(Job.owner, Job.status, func.count()).group_by(Job.owner, Job.status)
-        )
-        return {(owner, status): n for owner, status, n in rows}
-
-
-def counted(store: JobStore, owners) -> dict:
-    return {(o, s): n for o in owners for s, n in store.count_jobs(o).items()}
-
-
-def test_counts_by_status_follow_every_move_and_survive_folding(any_store):
-    Accounts(any_store.engine).create_user("bob", "user", None)
-    for seed in range(6):
-        any_store.enqueue(JobSpec(seed=seed), ADMIN if seed % 2 else "bob")
-    any_store.create_study("bob", "s", {}, [1, 2], [({"name": "v"}, [JobSpec(), JobSpec(seed=1)])])
-    finished = claimed(any_store)
-    any_store.finish(finished, result={})
-    failed = any_store.claim("w", "CPU")[1]
-    any_store.fail(failed, FailureReason.ERROR, RuntimeError("boom"))  # back to the queue
-    handed_back = any_store.claim("w", "CPU")[1]
-    any_store.release(handed_back)
-    any_store.cancel(any_store.list_jobs(JobStatus.QUEUED, 1)[0][0].id)
-    any_store.claim("w", "CPU")  # left running
-    assert counted(any_store, [ADMIN, "bob"]) == truth(any_store)
-    assert sum(any_store.count_jobs().values()) == 9  # claimed() submitted one more
-    assert any_store.list_jobs(owner="bob")[1] == 5
-    any_store.fold_counts(at_least=1)
-    with any_store.engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(JobCount)) == len(
-            truth(any_store)
-        )
-    assert counted(any_store, [ADMIN, "bob"]) == truth(any_store)
 
 
 def test_claim_takes_the_oldest_job_counts_an_attempt_and_leases_it(any_store):
@@ -151,15 +93,15 @@ def test_a_failed_or_checkpointed_job_is_packed_only_with_its_kind(any_store):
     assert pack() == ids[3:]
 
 
-def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store):
+def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store, reads):
     lease = claimed(any_store)
     assert record(any_store, lease, 1)
     assert not record(any_store, Lease(lease.job_id, "forged", 1), 2)
-    assert [(m.epoch, m.attempt) for m in any_store.metrics(lease.job_id)] == [(1, 1)]
+    assert [(m.epoch, m.attempt) for m in reads.metrics(lease.job_id)] == [(1, 1)]
     job = any_store.get(lease.job_id)
     assert (job.epochs_done, job.checkpoint_epoch) == (1, 1)
     assert record(any_store, lease, 2)
-    assert [m.epoch for m in any_store.metrics(lease.job_id, since_epoch=1)] == [2]
+    assert [m.epoch for m in reads.metrics(lease.job_id, since_epoch=1)] == [2]
 
 
 def test_heartbeats_renew_the_lease(any_store):
@@ -171,7 +113,7 @@ def test_heartbeats_renew_the_lease(any_store):
     assert not any_store.heartbeat(Lease(lease.job_id, "forged", 1))
 
 
-def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store):
+def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store, reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.requeue_expired() == []  # still leased
@@ -183,11 +125,11 @@ def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store)
     # The lost worker wakes up: every write it tries is refused.
     assert not any_store.heartbeat(lease)
     assert not record(any_store, lease, 2)
-    assert not any_store.finish(lease, result={})
+    assert not any_store.finish(lease, result=RESULT)
     # The next claim resumes after the checkpoint, with the history intact.
     job, _ = any_store.claim("w2", "CPU")
     assert (job.attempts, job.checkpoint_epoch) == (2, 1)
-    assert [m.epoch for m in any_store.metrics(job.id)] == [1]
+    assert [m.epoch for m in reads.metrics(job.id)] == [1]
 
 
 def test_lost_workers_count_as_attempts_until_the_job_fails(any_store):
@@ -232,7 +174,7 @@ def test_cancel_is_final_and_fences_out_the_worker(any_store):
     assert any_store.cancel(lease.job_id).status == JobStatus.CANCELLED
     assert not any_store.heartbeat(lease)
     assert not record(any_store, lease, 1)
-    assert not any_store.finish(lease, result={})
+    assert not any_store.finish(lease, result=RESULT)
     assert any_store.fail(lease, FailureReason.ERROR, RuntimeError("late")) is None
     assert not any_store.release(lease)
     time.sleep(0.6)
@@ -248,7 +190,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(any_store):
 
         def finish(lease=lease, barrier=barrier):
             barrier.wait()
-            return any_store.finish(lease, result={})
+            return any_store.finish(lease, result=RESULT)
 
         def cancel(lease=lease, barrier=barrier):
             barrier.wait()
@@ -262,7 +204,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(any_store):
         assert final == (JobStatus.SUCCEEDED if finished else JobStatus.CANCELLED)
 
 
-def test_release_hands_the_job_back_with_its_checkpoint(any_store):
+def test_release_hands_the_job_back_with_its_checkpoint(any_store, reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.release(lease)
@@ -277,7 +219,7 @@ def test_release_hands_the_job_back_with_its_checkpoint(any_store):
     assert (job.attempts, job.max_attempts, job.trained_seconds) == (0, 3, 1.5)
     again, lease = any_store.claim("w2", "CPU")
     assert (again.id, again.attempts, lease.attempt) == (job.id, 1, 1)
-    assert [m.epoch for m in any_store.metrics(job.id)] == [1]
+    assert [m.epoch for m in reads.metrics(job.id)] == [1]
     for _ in range(5):  # however often it is handed back
         assert any_store.release(lease)
         again, lease = any_store.claim("w2", "CPU")
@@ -290,40 +232,40 @@ def test_a_pack_holds_no_more_jobs_than_its_key_says_fit(any_store):
     assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 1, by_width)] == ids[2:3]
 
 
-def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_store):
+def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_store, reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     running = any_store.delete_artifacts(lease.job_id)
     assert (running.status, running.artifacts_deleted_at) == (JobStatus.RUNNING, None)
-    any_store.finish(lease, result={"test_accuracy": 0.8}, model_path="jobs/x/model.keras")
+    any_store.finish(lease, result=RESULT, model_path="jobs/x/model.keras")
     deleted = any_store.delete_artifacts(lease.job_id)
     assert deleted.artifacts_deleted_at is not None
     assert (deleted.model_path, deleted.checkpoint_path, deleted.result) == (
         None,
         None,
-        {"test_accuracy": 0.8},
+        RESULT,
     )
-    assert [m.epoch for m in any_store.metrics(lease.job_id)] == [1]
+    assert [m.epoch for m in reads.metrics(lease.job_id)] == [1]
     again = any_store.delete_artifacts(lease.job_id)  # idempotent: the first time is kept
     assert again.artifacts_deleted_at == deleted.artifacts_deleted_at
     assert any_store.delete_artifacts("nope") is None
 
 
-def test_forgetting_a_checkpoint_starts_the_history_over(any_store):
+def test_forgetting_a_checkpoint_starts_the_history_over(any_store, reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.forget_checkpoint(lease)
     job = any_store.get(lease.job_id)
-    assert (job.epochs_done, job.checkpoint_epoch, list(any_store.metrics(job.id))) == (0, None, [])
+    assert (job.epochs_done, job.checkpoint_epoch, list(reads.metrics(job.id))) == (0, None, [])
 
 
-def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store):
+def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store, reads):
     spec = JobSpec(seed=5)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: any_store.enqueue(spec, ADMIN, "key-1"), range(16)))
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1
-    assert any_store.list_jobs()[1] == 1
+    assert reads.list_jobs()[1] == 1
     with pytest.raises(IdempotencyConflict, match="'key-1' was already used for job"):
         any_store.enqueue(JobSpec(seed=6), ADMIN, "key-1")
 
@@ -334,7 +276,7 @@ def claim_all(url: str, worker: str, results) -> None:
     while pack := store.claim_pack(worker, "CPU", 3, by_width):
         for job, lease in pack:
             claimed.append(job.id)
-            store.finish(lease, result={})
+            store.finish(lease, result=RESULT)
     results.put(claimed)
 
 
@@ -359,7 +301,7 @@ def test_racing_worker_processes_never_claim_the_same_job_in_packs(database_url)
         assert process.exitcode == 0
     assert len(claimed) == len(set(claimed)) == len(ids)
     assert set(claimed) == ids
-    assert store.list_jobs(status=JobStatus.SUCCEEDED)[1] == len(ids)
+    assert Reads(engine).list_jobs(status=JobStatus.SUCCEEDED)[1] == len(ids)
 
 
 def test_claims_go_round_the_owners_so_that_a_backlog_starves_nobody(any_store):
@@ -372,7 +314,7 @@ def test_claims_go_round_the_owners_so_that_a_backlog_starves_nobody(any_store):
 
     def claim_and_finish() -> str:
         job, lease = any_store.claim("w", "CPU")
-        any_store.finish(lease, result={})
+        any_store.finish(lease, result=RESULT)
         return job.owner
 
     # One job at a time: bob's one job is the second claimed, not the twenty-first.
@@ -384,18 +326,3 @@ def test_claims_go_round_the_owners_so_that_a_backlog_starves_nobody(any_store):
     held, _ = any_store.claim("w1", "CPU")
     assert held.owner == "bob"
     assert any_store.claim("w2", "CPU")[0].owner == "alice"
-
-
-def test_a_quota_holds_under_concurrent_submissions(any_store):
-    Accounts(any_store.engine).create_user("alice", "user", None)
-
-    def submit(seed: int) -> bool:
-        try:
-            any_store.enqueue(JobSpec(seed=seed), "alice", quota=5)
-        except QuotaExceeded:
-            return False
-        return True
-
-    with ThreadPoolExecutor(16) as pool:
-        accepted = list(pool.map(submit, range(32)))
-    assert sum(accepted) == 5 == any_store.active_jobs("alice")

@@ -26,8 +26,8 @@ def train_recorded(spec, splits, **kwargs):
     rows, snapshots = [], {}
 
     def report(row, snapshot):
-        rows.append({k: v for k, v in row.items() if k != "seconds"})
-        snapshots[row["epoch"]] = snapshot
+        rows.append(row.model_dump(exclude={"seconds"}))
+        snapshots[row.epoch] = snapshot
         return True
 
     trained = training.train(spec, splits, report, **kwargs)
@@ -105,7 +105,7 @@ def test_a_lost_lease_stops_training_at_once_without_reporting(splits):
 def test_a_refused_report_means_the_lease_is_gone(splits):
     spec = JobSpec.model_validate({**TINY, "epochs": 5})
     with pytest.raises(run.LeaseLost):
-        training.train(spec, splits, lambda row, snapshot: row["epoch"] < 2)
+        training.train(spec, splits, lambda row, snapshot: row.epoch < 2)
 
 
 @pytest.mark.backends
@@ -117,7 +117,7 @@ def test_a_stop_request_ends_after_the_epoch_is_reported(splits):
         training.train(
             JobSpec.model_validate({**TINY, "epochs": 5}),
             splits,
-            lambda row, snapshot: reported.append(row["epoch"]) or True,
+            lambda row, snapshot: reported.append(row.epoch) or True,
             control,
         )
     assert reported == [1]
@@ -142,7 +142,7 @@ def test_resuming_from_the_epoch_early_stopping_ended_trains_no_further(splits):
         trained.stopped_epoch,
         trained.best_epoch,
     )
-    assert resumed.result["test_accuracy"] == trained.result["test_accuracy"]
+    assert resumed.result.test_accuracy == trained.result.test_accuracy
 
 
 def l2_penalty(model, l2):

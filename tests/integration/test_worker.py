@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from core import cost
 from core.config import get_settings
+from core.results import EpochRow
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import ADMIN, Job
@@ -31,7 +32,7 @@ def env_settings(settings, monkeypatch):
     get_settings.cache_clear()
 
 
-def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings, store):
+def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings, store, reads):
     spec = {**TINY, "epochs": 3, "tricks": [{"name": "dropout", "rate": 0.2}]}
     job = store.enqueue(JobSpec.model_validate(spec), ADMIN)[0]
     assert main(["--once"]) == 0
@@ -40,8 +41,8 @@ def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings
     assert done.status == JobStatus.SUCCEEDED, done.error_message
     assert (done.attempts, done.epochs_done, done.stopped_epoch) == (1, 3, None)
     assert done.device.startswith("CPU")
-    assert done.result["test_accuracy"] >= 0.9  # the tiny classes are easy
-    epochs = store.metrics(job.id)
+    assert done.result.test_accuracy >= 0.9  # the tiny classes are easy
+    epochs = reads.metrics(job.id)
     assert [m.epoch for m in epochs] == [1, 2, 3]
     for m in epochs:
         assert (
@@ -55,14 +56,14 @@ def test_once_trains_a_job_records_every_epoch_and_stores_the_model(env_settings
     sidecar = json.loads((model_file.parent / "spec.json").read_text())
     assert sidecar["spec"] == done.spec and sidecar["model_sha256"] == done.model_sha256
     model = keras.saving.load_model(model_file)
-    assert model.count_params() == done.result["parameters"]
+    assert model.count_params() == done.result.parameters
 
 
 def test_once_with_an_empty_queue_exits(env_settings):
     assert main(["--once"]) == 0
 
 
-def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
+def test_early_stopping_stops_and_restores_the_best_epoch(settings, store, reads):
     spec = {
         **TINY,
         "epochs": 40,
@@ -72,25 +73,25 @@ def test_early_stopping_stops_and_restores_the_best_epoch(settings, store):
     drain_queue(settings)
 
     done = store.get(job.id)
-    epochs = store.metrics(job.id)
+    epochs = reads.metrics(job.id)
     assert done.status == JobStatus.SUCCEEDED
     assert done.stopped_epoch == done.best_epoch + 2 < 40
     assert [m.epoch for m in epochs] == list(range(1, done.stopped_epoch + 1))
     # The saved model holds the best epoch's weights, not the last epoch's.
     best = epochs[done.best_epoch - 1]
-    assert done.result["val_loss"] == pytest.approx(best.val_loss, rel=1e-4)
-    assert done.result["test_accuracy"] == pytest.approx(best.test_accuracy, abs=1e-6)
+    assert done.result.val_loss == pytest.approx(best.val_loss, rel=1e-4)
+    assert done.result.test_accuracy == pytest.approx(best.test_accuracy, abs=1e-6)
 
 
 @pytest.mark.equivalence
-def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store):
+def test_the_same_spec_and_seed_reproduce_the_same_run(settings, store, reads):
     spec = JobSpec.model_validate({**TINY, "tricks": ["dropout", "augmentation"], "seed": 7})
     first, second = store.enqueue(spec, ADMIN)[0], store.enqueue(spec, ADMIN)[0]
     other_seed = store.enqueue(spec.model_copy(update={"seed": 8}), ADMIN)[0]
     drain_queue(settings)
 
     def history(job):
-        return [(m.train_loss, m.val_loss, m.test_accuracy) for m in store.metrics(job.id)]
+        return [(m.train_loss, m.val_loss, m.test_accuracy) for m in reads.metrics(job.id)]
 
     assert history(first) == history(second)
     assert history(first) != history(other_seed)
@@ -188,7 +189,7 @@ def test_a_job_that_trains_past_its_time_fails_with_reason_timeout(settings, sto
 def test_time_spent_in_earlier_attempts_counts(settings, store):
     store.enqueue(JobSpec.model_validate(TINY), ADMIN)
     _, lease = store.claim("w", "CPU")
-    store.record_epoch(lease, {"epoch": 1, **EPOCH}, Checkpoint(1, "gone.npz", "0" * 64), 50.0)
+    store.record_epoch(lease, EpochRow(epoch=1, **EPOCH), Checkpoint(1, "gone.npz", "0" * 64), 50.0)
     store.release(lease)  # 50 s trained; the limit is 30
     drain_queue(settings, max_job_seconds=30)
     job = store.get(lease.job_id)
@@ -213,7 +214,7 @@ def test_the_worker_loop_outlives_a_passing_database_error(settings, store, monk
     assert store.get(job.id).status == JobStatus.SUCCEEDED
 
 
-def test_a_pack_holds_only_as_many_jobs_as_fit_the_memory_budget(settings, store):
+def test_a_pack_holds_only_as_many_jobs_as_fit_the_memory_budget(settings, store, reads):
     spec = JobSpec.model_validate(TINY)
     for seed in range(4):
         store.enqueue(spec.model_copy(update={"seed": seed}), ADMIN)
@@ -221,9 +222,9 @@ def test_a_pack_holds_only_as_many_jobs_as_fit_the_memory_budget(settings, store
 
     def one_pack(budget: int) -> int:
         worker = Worker(store, artifacts, settings.data_dir, pack_size=8, pack_memory_bytes=budget)
-        before = store.list_jobs(JobStatus.SUCCEEDED)[1]
+        before = reads.list_jobs(JobStatus.SUCCEEDED)[1]
         assert worker.run_one()
-        return store.list_jobs(JobStatus.SUCCEEDED)[1] - before
+        return reads.list_jobs(JobStatus.SUCCEEDED)[1] - before
 
     assert one_pack(int(2.5 * cost.memory_bytes(spec))) == 2
     assert one_pack(1) == 1  # a job that alone passes the budget still trains, alone

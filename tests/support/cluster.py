@@ -17,6 +17,7 @@ from typing import TypeVar
 import httpx2 as httpx
 
 from jobqueue.db import make_engine
+from jobqueue.reads import Reads
 from jobqueue.store import JobStore
 from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
 
@@ -59,6 +60,7 @@ class Cluster:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.client = httpx.Client(base_url=self.url, timeout=30, headers=ADMIN_HEADERS)
         self.store = JobStore(make_engine(database_url))
+        self.reads = Reads(self.store.engine)
 
     def start(self, name: str, *command: str) -> subprocess.Popen[bytes]:
         """Start (or restart) a process; its output goes to <root>/<name>.log, appended."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.datasets import FILES, write_idx
+from core.results import JobResult
 
 # A job that trains in well under a second on the tiny dataset.
 TINY = {"epochs": 2, "validation_size": 100, "learning_rate": 0.01, "hidden_units": [32, 16]}
@@ -31,6 +32,20 @@ EPOCH = {
     "learning_rate": 0.001,
     "seconds": 1.0,
 }
+
+
+# A trained job's result as a worker records it.
+RESULT = JobResult(
+    epochs_trained=2,
+    parameters=25_818,
+    train_loss=0.45,
+    train_accuracy=0.82,
+    val_loss=0.4,
+    val_accuracy=0.85,
+    test_loss=0.45,
+    test_accuracy=0.84,
+    seconds=2.0,
+)
 
 
 def tiny_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from analysis.report import job_curves, job_variants, report
 from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job
 from jobqueue.states import JobStatus
+from tests.support.data import RESULT
 
 SVG = "{http://www.w3.org/2000/svg}"
 EPOCHS = 6
@@ -36,6 +37,8 @@ def trained(tricks, seed, validation=True):
                 val_accuracy=0.88 - loss / 4 if validation else None,
                 test_loss=loss + 0.1,
                 test_accuracy=0.87 - loss / 4,
+                train_objective=loss,
+                learning_rate=0.01,
                 seconds=1.0,
             )
         )
@@ -43,7 +46,9 @@ def trained(tricks, seed, validation=True):
         id=job_id,
         status=JobStatus.SUCCEEDED,
         spec=spec.model_dump(mode="json"),
-        result={"test_accuracy": rows[-1].test_accuracy, "test_loss": rows[-1].test_loss},
+        result=RESULT.model_copy(
+            update={"test_accuracy": rows[-1].test_accuracy, "test_loss": rows[-1].test_loss}
+        ),
     )
     return job, rows
 

@@ -18,6 +18,7 @@ from analysis.report import (
 from core.spec import JobSpec
 from jobqueue.models import Job
 from jobqueue.states import JobStatus
+from tests.support.data import RESULT
 
 
 def job(tricks, seed, accuracy, **fields):
@@ -26,7 +27,9 @@ def job(tricks, seed, accuracy, **fields):
         id=f"{'-'.join(tricks) or 'base'}-{seed}-{fields}",
         status=JobStatus.SUCCEEDED,
         spec=spec.model_dump(mode="json"),
-        result={"test_accuracy": accuracy, "test_loss": 1 - accuracy, "seconds": 1.0},
+        result=RESULT.model_copy(
+            update={"test_accuracy": accuracy, "test_loss": 1 - accuracy, "seconds": 1.0}
+        ),
     )
 
 
