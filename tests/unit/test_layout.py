@@ -1,6 +1,9 @@
 """The packages import only downwards: core ← jobqueue ← analysis ← service, the worker
-beside the service, and the command line a client of the API that reads only the settings. The queue knows nothing of studies, the worker nothing of the service, and
-routes share their helpers through service.deps, never through one another."""
+beside the service, and the command line a client of the API that reads only the settings.
+The queue knows nothing of studies' analysis, its lifecycle store nothing of the modules built
+on it, the serving layer nothing of HTTP, the worker nothing of the service; routes share
+their helpers through service.deps, never through one another. No class runs over 300 lines
+and no function over 60."""
 
 import ast
 from pathlib import Path
@@ -49,3 +52,30 @@ def test_routes_share_helpers_through_deps_not_through_each_other():
         for path in routes
     }
     assert {name: modules for name, modules in crossing.items() if modules} == {}
+
+
+def test_the_lifecycle_store_knows_nothing_of_what_is_built_on_it():
+    above = {"accounts", "counts", "reads", "retention", "studies", "sweeper"}
+    imported = {
+        m.split(".")[1]
+        for m in imported_modules(ROOT / "jobqueue/store.py")
+        if m.startswith("jobqueue.")
+    }
+    assert imported & above == set()
+
+
+def test_the_serving_layer_knows_nothing_of_http():
+    imported = {m.split(".")[0] for m in imported_modules(ROOT / "service/serving.py")}
+    assert imported & {"fastapi", "starlette", "uvicorn", "httpx"} == set()
+
+
+def test_no_class_runs_over_300_lines_and_no_function_over_60():
+    long = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                limit = {ast.ClassDef: 300, ast.FunctionDef: 60, ast.AsyncFunctionDef: 60}
+                lines = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+                if lines > limit.get(type(node), lines):
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines}")
+    assert long == []
