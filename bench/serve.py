@@ -33,6 +33,13 @@ model runs in the service (its metadata's `runtime`: "numpy", the verified numpy
 service.inference, or "keras") and the ratio cnn / predict, round by round: what serving the
 CNN costs against the MLP, on the same path.
 
+With `--against REV` it also checks tricklab out at the git revision REV (a worktree in the
+temporary folder), starts that API on the same database and artifacts, so that it serves the
+same model, and adds two endpoints, "before" and "v2-before": the same requests to that API's
+/v1 predict and /v2 infer, in the same rounds. It prints the ratios predict / before and v2 /
+v2-before, round by round: what a change to the serving path costs or saves, against noise
+measured in the same sitting (the old API must accept the database this tree wrote).
+
 Nothing is asserted: it prints. `make bench` runs it with `--cnn`; `python -m bench.serve --help`
 lists its options.
 """
@@ -100,11 +107,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start(root: Path, name: str, env: dict[str, str], *command: str) -> subprocess.Popen[bytes]:
+def start(
+    root: Path, name: str, env: dict[str, str], *command: str, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
     with (root / f"{name}.log").open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, *command], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *command], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
         )
+
+
+def worktree(path: Path, revision: str) -> Path:
+    """The repository at `revision`, checked out at `path`: run from there, `python -m service`
+    imports that tree's code."""
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), revision],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return path
 
 
 def wait_ready(url: str, path: str, seconds: float = 120) -> None:
@@ -196,8 +217,7 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def main() -> None:
-    took = Took("bench/serve.py")
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per concurrency and round")
     parser.add_argument("--rounds", type=int, default=3, help="turns each server takes")
@@ -207,14 +227,18 @@ def main() -> None:
         "--body", choices=["multipart", "raw"], default="multipart", help="how the PNG is sent"
     )
     parser.add_argument("--cnn", action="store_true", help="also serve the default CNN")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--against", metavar="REV", help="also serve the model from tricklab at git revision REV"
+    )
+    return parser.parse_args()
 
+
+def main() -> None:
+    took = Took("bench/serve.py")
+    args = arguments()
     folder = data_dir()
-    images = test_images(folder, 64)
-    pngs = [png(pixels) for pixels in images]
     with tempfile.TemporaryDirectory(prefix="tricklab-bench-") as tmp:
         root = Path(tmp)
-        api_port, trivial_port = free_port(), free_port()
         env = {
             **os.environ,
             "TRICKLAB_DATABASE_URL": f"sqlite:///{root / 'tricklab.db'}",
@@ -224,54 +248,80 @@ def main() -> None:
             "TRICKLAB_ADMIN_TOKEN": TOKEN,
             "TF_CPP_MIN_LOG_LEVEL": "2",
         }
-        api_url = f"http://127.0.0.1:{api_port}"
-        processes = [start(root, "api", {**env, "TRICKLAB_PORT": str(api_port)}, "-m", "service")]
-        serve_trivial = "from service.__main__ import serve; serve('bench.trivial:create_app')"
-        processes.append(
-            start(root, "trivial", {**env, "TRICKLAB_PORT": str(trivial_port)}, "-c", serve_trivial)
-        )
+        processes: list[subprocess.Popen[bytes]] = []
         try:
-            wait_ready(api_url, "/readyz")
-            wait_ready(f"http://127.0.0.1:{trivial_port}", "/")
-            status = trained(root, api_url, env, {"epochs": args.epochs}, "base spec")
-            path = f"/v1/jobs/{status['id']}/predict"
-            made = {
-                "trivial": requests_for(pngs, path, trivial_port, args.body),
-                "predict": requests_for(pngs, path, api_port, args.body),
-                "v2": v2_requests_for(images, f"/v2/models/{status['id']}/infer", api_port),
-            }
-            served = {"predict": status}
-            if args.cnn:
-                cnn = {"epochs": args.epochs, "architecture": "cnn"}
-                served["cnn"] = trained(root, api_url, env, cnn, "default CNN")
-                cnn_path = f"/v1/jobs/{served['cnn']['id']}/predict"
-                made["cnn"] = requests_for(pngs, cnn_path, api_port, args.body)
-            servers = {}
-            for name in made:
-                requests = root / f"{name}.requests"
-                requests.write_bytes(pickle.dumps(made[name]))
-                servers[name] = (trivial_port if name == "trivial" else api_port, requests)
-            print(
-                f"{args.body} PNG bodies, and binary UINT8 tensors on v2; "
-                f"{args.requests} requests × {args.rounds} rounds per endpoint and concurrency\n",
-                flush=True,
-            )
-            results = measure(servers, args)
-            for name, job in served.items():  # loaded now: the metadata names the runtime
-                metadata = httpx.get(
-                    f"{api_url}/v1/jobs/{job['id']}/model/metadata", headers=AUTHORIZATION
-                ).json()
-                print(
-                    f"{name}: {job['spec']['architecture']}, test accuracy "
-                    f"{job['result']['test_accuracy']:.4f}, served by {metadata['runtime']}",
-                    flush=True,
-                )
+            results = run(root, env, args, test_images(folder, 64), processes)
         finally:
             for process in processes:
                 process.terminate()
                 process.wait()
+            if args.against:
+                remove = ["git", "worktree", "remove", "--force", str(root / "against")]
+                subprocess.run(remove, cwd=ROOT, check=False, capture_output=True)
     report(results, args.concurrency)
     took.report()
+
+
+def run(
+    root: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    images: list[np.ndarray],
+    processes: list[subprocess.Popen[bytes]],
+) -> Results:
+    """Start the servers (into `processes`), train the served models, time every endpoint."""
+    pngs = [png(pixels) for pixels in images]
+    api_port, trivial_port = free_port(), free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    processes.append(start(root, "api", {**env, "TRICKLAB_PORT": str(api_port)}, "-m", "service"))
+    serve_trivial = "from service.__main__ import serve; serve('bench.trivial:create_app')"
+    trivial_env = {**env, "TRICKLAB_PORT": str(trivial_port)}
+    processes.append(start(root, "trivial", trivial_env, "-c", serve_trivial))
+    wait_ready(api_url, "/readyz")
+    wait_ready(f"http://127.0.0.1:{trivial_port}", "/")
+    status = trained(root, api_url, env, {"epochs": args.epochs}, "base spec")
+    path, v2_path = f"/v1/jobs/{status['id']}/predict", f"/v2/models/{status['id']}/infer"
+    endpoints = {  # name: (port, requests)
+        "trivial": (trivial_port, requests_for(pngs, path, trivial_port, args.body)),
+        "predict": (api_port, requests_for(pngs, path, api_port, args.body)),
+        "v2": (api_port, v2_requests_for(images, v2_path, api_port)),
+    }
+    if args.against:  # started once this tree's API has made the database
+        port = free_port()
+        tree = worktree(root / "against", args.against)
+        processes.append(
+            start(root, "against", {**env, "TRICKLAB_PORT": str(port)}, "-m", "service", cwd=tree)
+        )
+        wait_ready(f"http://127.0.0.1:{port}", "/readyz")
+        endpoints["before"] = (port, requests_for(pngs, path, port, args.body))
+        endpoints["v2-before"] = (port, v2_requests_for(images, v2_path, port))
+    served = {"predict": status}
+    if args.cnn:
+        cnn = {"epochs": args.epochs, "architecture": "cnn"}
+        served["cnn"] = trained(root, api_url, env, cnn, "default CNN")
+        cnn_path = f"/v1/jobs/{served['cnn']['id']}/predict"
+        endpoints["cnn"] = (api_port, requests_for(pngs, cnn_path, api_port, args.body))
+    servers = {}
+    for name, (port, made) in endpoints.items():
+        requests = root / f"{name}.requests"
+        requests.write_bytes(pickle.dumps(made))
+        servers[name] = (port, requests)
+    print(
+        f"{args.body} PNG bodies, and binary UINT8 tensors on v2; "
+        f"{args.requests} requests × {args.rounds} rounds per endpoint and concurrency\n",
+        flush=True,
+    )
+    results = measure(servers, args)
+    for name, job in served.items():  # loaded now: the metadata names the runtime
+        metadata = httpx.get(
+            f"{api_url}/v1/jobs/{job['id']}/model/metadata", headers=AUTHORIZATION
+        ).json()
+        print(
+            f"{name}: {job['spec']['architecture']}, test accuracy "
+            f"{job['result']['test_accuracy']:.4f}, served by {metadata['runtime']}",
+            flush=True,
+        )
+    return results
 
 
 def trained(
@@ -310,7 +360,7 @@ def measure(servers: dict[str, tuple[int, Path]], args: argparse.Namespace) -> R
     return results
 
 
-ENDPOINTS = ("trivial", "predict", "v2", "cnn")
+ENDPOINTS = ("trivial", "predict", "v2", "cnn", "before", "v2-before")
 
 
 def report(results: Results, levels: list[int]) -> None:
@@ -359,12 +409,15 @@ def report(results: Results, levels: list[int]) -> None:
             f"{spread(throughput)}, p99 latency {spread(p99)}{verdict}"
         )
 
-    if ("cnn", levels[0]) in results:
-        print(f"\nratios cnn / predict, each round's pair: median (min–max) over {rounds} rounds")
+    for name, baseline in (("cnn", "predict"), ("predict", "before"), ("v2", "v2-before")):
+        if (name, levels[0]) not in results:
+            continue
+        pairs = f"each round's pair: median (min–max) over {rounds} rounds"
+        print(f"\nratios {name} / {baseline}, {pairs}")
         for concurrency in levels:
-            throughput, p99 = ratios(results, "cnn", "predict", concurrency)
+            throughput, p99 = ratios(results, name, baseline, concurrency)
             print(
-                f"ratio cnn / predict at concurrency {concurrency:>2}: throughput "
+                f"ratio {name} / {baseline} at concurrency {concurrency:>2}: throughput "
                 f"{spread(throughput)}, p99 latency {spread(p99)}"
             )
 
