@@ -12,10 +12,12 @@ BUNDLE=.device
 PYTHON_THERE=${PYTHON_THERE:-3.12}  # the device machine's python3
 # Not on the device machine, pinned as in pyproject.toml (with their own dependencies).
 # The training benchmark's jobs go through the worker's loop: the job store is SQLAlchemy on
-# SQLite, and its memory estimate reads tricklab's settings (pydantic-settings).
+# SQLite with its schema's Alembic revisions, and its memory estimate reads tricklab's
+# settings (pydantic-settings).
 WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0 pydantic==2.14.4 pydantic-core==2.50.5
   annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 pyspng==0.1.4
-  sqlalchemy==2.1.9 pydantic-settings==2.16.3 python-dotenv==1.2.4)
+  sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 markupsafe==3.0.4 pydantic-settings==2.16.3
+  python-dotenv==1.2.4)
 
 bundle() {
   local data=${TRICKLAB_DATA_DIR:-../shared/data/fashion-mnist} platform platforms=()

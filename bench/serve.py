@@ -410,7 +410,7 @@ def report(results: Results, levels: list[int]) -> None:
         )
 
     for name, baseline in (("cnn", "predict"), ("predict", "before"), ("v2", "v2-before")):
-        if (name, levels[0]) not in results:
+        if (name, levels[0]) not in results or (baseline, levels[0]) not in results:
             continue
         pairs = f"each round's pair: median (min–max) over {rounds} rounds"
         print(f"\nratios {name} / {baseline}, {pairs}")

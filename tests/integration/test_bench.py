@@ -86,6 +86,16 @@ def test_the_serving_benchmark_runs_and_prints_its_ratios(tmp_path):
     assert re.search(r"^bench/serve.py took .+ in all$", output, re.M)
 
 
+def test_the_serving_benchmark_compares_with_another_revision_in_the_same_rounds(tmp_path):
+    args = ("--requests", "30", "--rounds", "1", "--concurrency", "8", "--against", "HEAD")
+    output = run_bench(tmp_path, "bench.serve", *args)
+    assert "ratio predict / before at concurrency  8: throughput" in output
+    assert "ratio v2 / v2-before at concurrency  8: throughput" in output
+    rows = re.findall(r"^ +8  (\S+) .* (\d+)$", output, re.MULTILINE)
+    assert [name for name, _ in rows] == ["trivial", "predict", "v2", "before", "v2-before"]
+    assert all(errors == "0" for _, errors in rows), output
+
+
 def test_the_v2_requests_are_what_tritonclient_sends():
     """The serving benchmark's /v2 bodies are the stock Triton client's, byte for byte."""
     httpclient = pytest.importorskip("tritonclient.http")
