@@ -238,7 +238,7 @@ def test_an_exact_job_trains_alone_and_reproduces_its_metrics_exactly(
     def history(job_id):
         job = store.get(job_id)
         assert job.status == JobStatus.SUCCEEDED
-        scores = {k: v for k, v in job.result.items() if k != "seconds"}
+        scores = job.result.model_dump(exclude={"seconds"})
         rows = stored_rows(reads, job_id, [k for k in EPOCH if k != "seconds"])
         return rows, scores, (job.best_epoch, job.stopped_epoch)
 
