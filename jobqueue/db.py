@@ -100,24 +100,45 @@ def migrations() -> Config:
 def init_db(engine: Engine) -> str:
     """Bring the database to the newest schema by its Alembic revisions (an empty one is
     created whole; one written before Alembic is upgraded in place) and make sure it has its
-    admin; safe when several processes start at once. Returns the schema's revision."""
+    admin; safe when several processes start at once. Returns the database's revision."""
     config = migrations()
     script = ScriptDirectory.from_config(config)
-    with engine.connect().execution_options(**WRITE) as connection, connection.begin():
-        if engine.dialect.name == "postgresql":
-            # Serialise concurrent initialisations; the lock ends with the transaction.
-            connection.execute(text("SELECT pg_advisory_xact_lock(7461726)"))
-        current = MigrationContext.configure(connection).get_current_revision()
-        if current is not None and current not in {r.revision for r in script.walk_revisions()}:
-            raise SchemaMismatch(
-                f"the database {engine.url.render_as_string()} has tricklab schema version "
-                f"{current}, newer than this tricklab's {script.get_current_head()}: run the "
-                "tricklab that wrote it"
-            )
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
-        _add_admin(connection)
-    return str(script.get_current_head())
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect().execution_options(**WRITE) as connection:
+        if sqlite:  # see _foreign_keys
+            _foreign_keys(connection, False)
+        try:
+            with connection.begin():
+                if not sqlite:
+                    # Serialise concurrent initialisations; the lock ends with the transaction.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7461726)"))
+                current = MigrationContext.configure(connection).get_current_revision()
+                known = {r.revision for r in script.walk_revisions()}
+                if current is not None and current not in known:
+                    raise SchemaMismatch(
+                        f"the database {engine.url.render_as_string()} has tricklab schema "
+                        f"version {current}, newer than this tricklab's "
+                        f"{script.get_current_head()}: run the tricklab that wrote it"
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise SchemaMismatch("a revision left rows that point at no row")
+                _add_admin(connection)
+                return str(MigrationContext.configure(connection).get_current_revision())
+        finally:
+            if sqlite:
+                _foreign_keys(connection, True)
+
+
+def _foreign_keys(connection: Connection, on: bool) -> None:
+    """SQLite alters a table by copying it and dropping the old one (Alembic's batch mode);
+    with foreign keys enforced, the drop would delete every row that points at the old table
+    (epoch metrics, a job's tricks). The pragma is a no-op inside a transaction, so it is set
+    on the connection before BEGIN, and the revisions are checked before COMMIT instead."""
+    cursor = connection.connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    cursor.close()
 
 
 def _add_admin(connection: Connection) -> None:

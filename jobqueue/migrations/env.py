@@ -39,7 +39,9 @@ def run(connection: Connection) -> None:
         revision = context.get_context().get_current_revision()
         if revision is not None:
             connection.execute(
-                update(Meta).where(Meta.key == "schema_version").values(value=revision)
+                update(Meta)
+                .where(Meta.key == "schema_version", Meta.value != revision)
+                .values(value=revision)
             )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateColumn
 
 from jobqueue.db import SchemaMismatch
+from jobqueue.migrations.counting import count_jobs
 
 revision = "6"
 down_revision = None
@@ -110,7 +111,7 @@ job_tricks = sa.Table(
     sa.Column("trick", sa.String(64), primary_key=True),
     sa.Index("ix_job_tricks_trick", "trick", "job_id"),
 )
-job_counts = sa.Table(
+sa.Table(
     "job_counts",
     schema,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -168,44 +169,12 @@ RETIRED_INDEXES = (
 )
 LEGACY_VERSIONS = ("2", "3", "4", "5", "6")
 
-# The triggers that keep job_counts: +1 for a job's new owner and status, -1 for its old ones.
-SQLITE_COUNTING = (
-    """CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs BEGIN
-    INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1); END""",
-    """CREATE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
-    WHEN OLD.status IS NOT NEW.status OR OLD.owner IS NOT NEW.owner BEGIN
-    INSERT INTO job_counts (owner, status, delta)
-    VALUES (OLD.owner, OLD.status, -1), (NEW.owner, NEW.status, 1); END""",
-    """CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs BEGIN
-    INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1); END""",
-)
-POSTGRESQL_COUNTING = (
-    """CREATE OR REPLACE FUNCTION tricklab_count_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-      IF TG_OP <> 'INSERT' THEN
-        INSERT INTO job_counts (owner, status, delta) VALUES (OLD.owner, OLD.status, -1);
-      END IF;
-      IF TG_OP <> 'DELETE' THEN
-        INSERT INTO job_counts (owner, status, delta) VALUES (NEW.owner, NEW.status, 1);
-      END IF;
-      RETURN NULL;
-    END $$""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_insert AFTER INSERT ON jobs
-    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_delete AFTER DELETE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION tricklab_count_jobs()""",
-    """CREATE OR REPLACE TRIGGER jobs_counted_update AFTER UPDATE OF status, owner ON jobs
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.owner IS DISTINCT FROM NEW.owner)
-    EXECUTE FUNCTION tricklab_count_jobs()""",
-)
-
 
 def upgrade() -> None:
     connection = op.get_bind()
     if "jobs" not in sa.inspect(connection).get_table_names():
         schema.create_all(connection)
-        _count_jobs(connection)
+        count_jobs(connection)
         meta = schema.tables["tricklab_meta"]
         op.execute(meta.insert().values(key="schema_version", value=revision))
         return
@@ -222,7 +191,7 @@ def upgrade() -> None:
     if int(version) < 5:
         _adopt(connection)
     _index_studies_and_tricks(connection)
-    _count_jobs(connection)
+    count_jobs(connection)
 
 
 def downgrade() -> None:
@@ -289,22 +258,3 @@ def _trick_names(spec: object) -> list[str]:
     tricks = spec.get("tricks", []) if isinstance(spec, dict) else []
     names = [t.get("name") if isinstance(t, dict) else t for t in tricks]
     return [name for name in names if isinstance(name, str)]
-
-
-def _count_jobs(connection: Connection) -> None:
-    """Start job_counts from the jobs there are, and install the triggers that keep it."""
-    postgresql = connection.dialect.name == "postgresql"
-    if not postgresql:
-        for name in ("insert", "update", "delete"):
-            op.execute(f"DROP TRIGGER IF EXISTS jobs_counted_{name}")
-    op.execute(job_counts.delete())
-    op.execute(
-        job_counts.insert().from_select(
-            ["owner", "status", "delta"],
-            sa.select(jobs.c.owner, jobs.c.status, sa.func.count()).group_by(
-                jobs.c.owner, jobs.c.status
-            ),
-        )
-    )
-    for statement in POSTGRESQL_COUNTING if postgresql else SQLITE_COUNTING:
-        op.execute(statement)
