@@ -401,17 +401,12 @@ def _unleased() -> dict[str, Any]:
 
 
 def queued(
-    spec: JobSpec,
-    owner: str,
-    max_attempts: int,
-    idempotency_key: str | None = None,
-    study_id: str | None = None,
+    spec: JobSpec, owner: str, max_attempts: int, idempotency_key: str | None = None
 ) -> Job:
     """A new job, queued, as every way of submitting one makes it."""
     return Job(
         id=uuid.uuid4().hex,
         owner=owner,
-        study_id=study_id,
         status=JobStatus.QUEUED,
         spec=spec.model_dump(mode="json"),
         created_at=utcnow(),

@@ -34,7 +34,9 @@ class Studies(Verbs):
         jobs: list[Job] = []
         documents = []
         for document, specs in variants:
-            variant = [queued(s, owner, self.max_attempts, study_id=study_id) for s in specs]
+            variant = [queued(spec, owner, self.max_attempts) for spec in specs]
+            for job in variant:
+                job.study_id = study_id
             jobs += variant
             documents.append({**document, "jobs": [job.id for job in variant]})
         row = Study(

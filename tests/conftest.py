@@ -94,6 +94,12 @@ def any_store(database_url: str) -> JobStore:
 
 
 @pytest.fixture
+def any_reads(any_store: JobStore) -> Reads:
+    """The reads on any_store's database."""
+    return Reads(any_store.engine)
+
+
+@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     from service.app import create_app
 

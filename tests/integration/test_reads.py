@@ -1,30 +1,22 @@
 """The reads behind lists and reports, against real databases."""
 
-import pytest
 from sqlalchemy import update
 
 from core.spec import JobSpec
 from jobqueue.models import ADMIN, Job
-from jobqueue.reads import Reads
 from jobqueue.states import JobStatus
 
 
-@pytest.fixture
-def reads(any_store) -> Reads:
-    """On each kind of database, as any_store."""
-    return Reads(any_store.engine)
-
-
-def test_list_is_newest_first_filtered_and_paginated(any_store, reads):
+def test_list_is_newest_first_filtered_and_paginated(any_store, any_reads):
     ids = [any_store.enqueue(JobSpec(seed=i), ADMIN)[0].id for i in range(5)]
     any_store.cancel(ids[1])
-    page, total = reads.list_jobs(limit=2, offset=1)
+    page, total = any_reads.list_jobs(limit=2, offset=1)
     assert total == 5 and [j.id for j in page] == [ids[3], ids[2]]
-    cancelled, total = reads.list_jobs(status=JobStatus.CANCELLED)
+    cancelled, total = any_reads.list_jobs(status=JobStatus.CANCELLED)
     assert total == 1 and [j.id for j in cancelled] == [ids[1]]
 
 
-def test_pages_follow_one_another_by_position_even_through_equal_times(any_store, reads):
+def test_pages_follow_one_another_by_position_even_through_equal_times(any_store, any_reads):
     ids = [any_store.enqueue(JobSpec(seed=i), ADMIN)[0].id for i in range(7)]
     with any_store.engine.begin() as connection:  # three jobs made in the same microsecond
         connection.execute(
@@ -32,9 +24,9 @@ def test_pages_follow_one_another_by_position_even_through_equal_times(any_store
             .where(Job.id.in_(ids[2:5]))
             .values(created_at=any_store.get(ids[2]).created_at)
         )
-    newest_first = [j.id for j in reads.list_jobs(limit=10)[0]]
+    newest_first = [j.id for j in any_reads.list_jobs(limit=10)[0]]
     pages, after = [], None
-    while page := reads.list_jobs(limit=2, after=after)[0]:
+    while page := any_reads.list_jobs(limit=2, after=after)[0]:
         pages.append([j.id for j in page])
         after = (page[-1].created_at, page[-1].id)
     assert [job for page in pages for job in page] == newest_first and sorted(

@@ -19,12 +19,6 @@ from jobqueue.store import Checkpoint, IdempotencyConflict, JobStore, Lease
 from tests.support.data import EPOCH, RESULT
 
 
-@pytest.fixture
-def reads(any_store) -> Reads:
-    """On each kind of database, as any_store."""
-    return Reads(any_store.engine)
-
-
 def record(store: JobStore, lease: Lease, epoch: int) -> bool:
     checkpoint = Checkpoint(epoch, f"jobs/{lease.job_id}/{epoch}.npz", "0" * 64)
     return store.record_epoch(lease, EpochRow(epoch=epoch, **EPOCH), checkpoint, 1.5 * epoch)
@@ -93,15 +87,15 @@ def test_a_failed_or_checkpointed_job_is_packed_only_with_its_kind(any_store):
     assert pack() == ids[3:]
 
 
-def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store, reads):
+def test_epochs_and_checkpoints_are_recorded_only_under_the_current_lease(any_store, any_reads):
     lease = claimed(any_store)
     assert record(any_store, lease, 1)
     assert not record(any_store, Lease(lease.job_id, "forged", 1), 2)
-    assert [(m.epoch, m.attempt) for m in reads.metrics(lease.job_id)] == [(1, 1)]
+    assert [(m.epoch, m.attempt) for m in any_reads.metrics(lease.job_id)] == [(1, 1)]
     job = any_store.get(lease.job_id)
     assert (job.epochs_done, job.checkpoint_epoch) == (1, 1)
     assert record(any_store, lease, 2)
-    assert [m.epoch for m in reads.metrics(lease.job_id, since_epoch=1)] == [2]
+    assert [m.epoch for m in any_reads.metrics(lease.job_id, since_epoch=1)] == [2]
 
 
 def test_heartbeats_renew_the_lease(any_store):
@@ -113,7 +107,7 @@ def test_heartbeats_renew_the_lease(any_store):
     assert not any_store.heartbeat(Lease(lease.job_id, "forged", 1))
 
 
-def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store, reads):
+def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store, any_reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.requeue_expired() == []  # still leased
@@ -129,7 +123,7 @@ def test_an_expired_lease_puts_the_job_back_and_fences_out_its_worker(any_store,
     # The next claim resumes after the checkpoint, with the history intact.
     job, _ = any_store.claim("w2", "CPU")
     assert (job.attempts, job.checkpoint_epoch) == (2, 1)
-    assert [m.epoch for m in reads.metrics(job.id)] == [1]
+    assert [m.epoch for m in any_reads.metrics(job.id)] == [1]
 
 
 def test_lost_workers_count_as_attempts_until_the_job_fails(any_store):
@@ -204,7 +198,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(any_store):
         assert final == (JobStatus.SUCCEEDED if finished else JobStatus.CANCELLED)
 
 
-def test_release_hands_the_job_back_with_its_checkpoint(any_store, reads):
+def test_release_hands_the_job_back_with_its_checkpoint(any_store, any_reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.release(lease)
@@ -219,7 +213,7 @@ def test_release_hands_the_job_back_with_its_checkpoint(any_store, reads):
     assert (job.attempts, job.max_attempts, job.trained_seconds) == (0, 3, 1.5)
     again, lease = any_store.claim("w2", "CPU")
     assert (again.id, again.attempts, lease.attempt) == (job.id, 1, 1)
-    assert [m.epoch for m in reads.metrics(job.id)] == [1]
+    assert [m.epoch for m in any_reads.metrics(job.id)] == [1]
     for _ in range(5):  # however often it is handed back
         assert any_store.release(lease)
         again, lease = any_store.claim("w2", "CPU")
@@ -232,7 +226,7 @@ def test_a_pack_holds_no_more_jobs_than_its_key_says_fit(any_store):
     assert [job.id for job, _ in any_store.claim_pack("w", "CPU", 1, by_width)] == ids[2:3]
 
 
-def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_store, reads):
+def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_store, any_reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     running = any_store.delete_artifacts(lease.job_id)
@@ -245,27 +239,27 @@ def test_only_an_ended_job_has_its_files_deleted_and_it_keeps_its_history(any_st
         None,
         RESULT,
     )
-    assert [m.epoch for m in reads.metrics(lease.job_id)] == [1]
+    assert [m.epoch for m in any_reads.metrics(lease.job_id)] == [1]
     again = any_store.delete_artifacts(lease.job_id)  # idempotent: the first time is kept
     assert again.artifacts_deleted_at == deleted.artifacts_deleted_at
     assert any_store.delete_artifacts("nope") is None
 
 
-def test_forgetting_a_checkpoint_starts_the_history_over(any_store, reads):
+def test_forgetting_a_checkpoint_starts_the_history_over(any_store, any_reads):
     lease = claimed(any_store)
     record(any_store, lease, 1)
     assert any_store.forget_checkpoint(lease)
     job = any_store.get(lease.job_id)
-    assert (job.epochs_done, job.checkpoint_epoch, list(reads.metrics(job.id))) == (0, None, [])
+    assert (job.epochs_done, job.checkpoint_epoch, list(any_reads.metrics(job.id))) == (0, None, [])
 
 
-def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store, reads):
+def test_idempotency_key_returns_the_first_job_even_under_concurrency(any_store, any_reads):
     spec = JobSpec(seed=5)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: any_store.enqueue(spec, ADMIN, "key-1"), range(16)))
     assert len({job.id for job, _ in results}) == 1
     assert sum(created for _, created in results) == 1
-    assert reads.list_jobs()[1] == 1
+    assert any_reads.list_jobs()[1] == 1
     with pytest.raises(IdempotencyConflict, match="'key-1' was already used for job"):
         any_store.enqueue(JobSpec(seed=6), ADMIN, "key-1")
 
