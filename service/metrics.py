@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -44,12 +45,15 @@ class ApiMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.model_cache = Counter(
+        model_cache = Counter(
             "tricklab_model_cache_lookups",
             "Lookups of a served model in memory: hit, or miss (then loaded from the store).",
             ["result"],
             registry=self.registry,
         )
+        # A label lookup costs microseconds, on every request: the children are kept.
+        self.cache_hits, self.cache_misses = model_cache.labels("hit"), model_cache.labels("miss")
+        self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.model_loads = Histogram(
             "tricklab_model_load_seconds",
             "Time to read a model from the artifact store and check it, per load.",
@@ -63,6 +67,16 @@ class ApiMetrics:
         )
         streams_open.set_function(streams)
         self.registry.register(_JobsByStatus(job_counts))
+
+    def answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count and time one answered request."""
+        key = (route, method, str(status))
+        children = self._answered.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(route, method))
+            self._answered[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class _JobsByStatus(Collector):
@@ -104,8 +118,6 @@ class Measured:
         try:
             await self.app(scope, receive, sending)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            seconds = time.perf_counter() - started
+            self.metrics.answered(template, scope["method"], status, seconds)

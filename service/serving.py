@@ -210,7 +210,7 @@ class Predictor:
         if model is not None:
             self._models.move_to_end(job_id)
         if self.metrics:
-            self.metrics.model_cache.labels("miss" if model is None else "hit").inc()
+            (self.metrics.cache_misses if model is None else self.metrics.cache_hits).inc()
         return model
 
     def forget(self, job_id: str) -> None:
