@@ -96,6 +96,17 @@ def test_the_serving_benchmark_compares_with_another_revision_in_the_same_rounds
     assert all(errors == "0" for _, errors in rows), output
 
 
+def test_the_cpu_per_prediction_benchmark_compares_two_trees_round_by_round(tmp_path):
+    # HEAD: a clone of any depth has it.
+    arguments = ("--rounds", "2", "--requests", "20", "--against", "HEAD")
+    output = run_bench(tmp_path, "bench.percall", *arguments)
+    for door in ("v1", "v2"):
+        rounds = re.findall(rf"^  {door} round \d: (this tree|HEAD) +[\d.]+ µs$", output, re.M)
+        assert rounds == ["this tree", "HEAD", "HEAD", "this tree"], output
+        assert re.search(rf"^{door}: this tree .+ µs \(.+\), HEAD .+; ratio ", output, re.M)
+    assert re.search(r"^bench/percall.py took .+ in all$", output, re.M)
+
+
 def test_the_v2_requests_are_what_tritonclient_sends():
     """The serving benchmark's /v2 bodies are the stock Triton client's, byte for byte."""
     httpclient = pytest.importorskip("tritonclient.http")
