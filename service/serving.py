@@ -304,6 +304,8 @@ class Serving:
         """The job's model, ready to classify. From memory when it is loaded and the viewer
         may use it: no database read. Otherwise the job is looked up and its model loaded:
         MalformedId, NotFound, NotReady, Gone or Unavailable when it cannot be served."""
+        if not _ID.fullmatch(job_id):  # before the cache, whose lookups the metrics count
+            raise MalformedId(job_id)
         model = self.models.loaded(job_id)
         if model is not None and viewer.may_see(model.owner):
             return model

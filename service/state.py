@@ -75,7 +75,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> AppState:
         store=store,
         studies=Studies(store),
         reads=reads,
-        counts=JobCounts(engine),
+        counts=reads.counts,
         accounts=accounts,
         gate=Gate(accounts, settings),
         artifacts=artifacts,
