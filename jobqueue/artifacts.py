@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.files import FILE_MODE, private_folder
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -18,6 +20,15 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the names just made in a folder durable (its entries, not the files' data)."""
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class ArtifactStore:
@@ -39,28 +50,38 @@ class ArtifactStore:
         off) can never overwrite the files of the worker that took the job over."""
         return f"jobs/{job_id}/{token[:12]}/{name}"
 
-    def write_atomic(self, relative: str, write: Callable[[Path], object]) -> str:
+    def write_atomic(
+        self, relative: str, write: Callable[[Path], object], exclusive: bool = False
+    ) -> str:
         """Have `write` fill a temporary file beside the target, then move it into place, so
         readers see the old file or the complete new one, never half of one. Returns the
-        new file's sha256."""
+        new file's sha256. `exclusive`: never replace a file already there (FileExistsError)."""
         target = self.path(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(target.parent)
         # Same folder (a rename never crosses file systems) and same suffix (Keras checks it).
         temporary = target.with_name(f".{secrets.token_hex(6)}.{target.name}")
         try:
             write(temporary)
+            os.chmod(temporary, FILE_MODE)  # models and metrics are for this user's eyes only
             with temporary.open("rb") as file:
                 os.fsync(file.fileno())
             digest = sha256_of(temporary)
-            os.replace(temporary, target)
+            if exclusive:  # a hard link, unlike a rename, fails when the target exists
+                os.link(temporary, target)
+            else:
+                os.replace(temporary, target)
         finally:
             temporary.unlink(missing_ok=True)
-        directory = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+        _sync_folder(target.parent)  # make the rename itself durable
         return digest
+
+    def link(self, existing: str, new: str) -> Path:
+        """Give a file a second name in the store, durably, never replacing a file already
+        there (FileExistsError). Returns the new name's path."""
+        target = self.path(new)
+        os.link(self.path(existing), target)
+        _sync_folder(target.parent)
+        return target
 
     def write_json(self, relative: str, document: Any) -> str:
         text = json.dumps(document, indent=2, sort_keys=True) + "\n"

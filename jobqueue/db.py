@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import sessionmaker
 
+from core.files import private_file, private_folder
 from jobqueue.models import ADMIN, User, utcnow
 
 # Execution option that makes a transaction take SQLite's write lock at BEGIN: a claim's
@@ -50,8 +51,12 @@ def make_engine(url: str, busy_timeout_ms: int = 30_000, name: str = "tricklab")
             pool_pre_ping=True,
         )
 
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database not in (None, "", ":memory:") and not parsed.database.startswith("file:"):
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        # database's own mode, and would create the database world-readable.
+        database = Path(parsed.database)
+        private_folder(database.parent)
+        private_file(database)
     engine = create_engine(
         url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
     )
@@ -150,10 +155,10 @@ def _add_admin(connection: Connection) -> None:
 
 
 def main() -> None:
-    from core.config import get_settings
+    from core.config import load_settings
     from core.logs import setup_logging
 
-    settings = get_settings()
+    settings = load_settings()
     setup_logging(settings.log_level)
     try:
         revision = init_db(make_engine(settings.database_url, settings.busy_timeout_ms))

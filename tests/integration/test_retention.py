@@ -1,29 +1,37 @@
 """The retention policy, on each database: the API applies it on its schedule, archiving the
 metrics and deleting the files of jobs that ended long enough ago, and nothing else; the
-command applies it at once and says what it removed."""
+command applies it at once and says what it removed. Runs at once (commands and the API's
+periodic runs) archive every row exactly once and lose none; an archive that cannot be written
+or read back leaves the rows in the database; a run killed midway loses nothing."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import Engine, func, select, update
 
+from bench.queueing import prefill
+from jobqueue import retention
+from jobqueue.artifacts import ArtifactStore
 from jobqueue.db import make_engine
-from jobqueue.models import Job, utcnow
+from jobqueue.models import EpochMetrics, Job, utcnow
 from jobqueue.store import JobStore
 from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, tiny_images
 from tests.support.inprocess import drain_queue, settings_in
-
-pytestmark = pytest.mark.slow  # trains three tiny jobs on each database
 
 
 def ended_days_ago(store: JobStore, job_id: str, days: float) -> None:
@@ -33,6 +41,7 @@ def ended_days_ago(store: JobStore, job_id: str, days: float) -> None:
         )
 
 
+@pytest.mark.slow  # trains three tiny jobs on each database
 def test_old_jobs_give_back_their_metrics_and_files_and_nothing_else(
     database_url, tmp_path, data_dir
 ):
@@ -124,3 +133,267 @@ def test_the_command_without_a_policy_says_what_to_set(tmp_path):
     )
     assert done.returncode == 1
     assert "set TRICKLAB_RETAIN_METRICS_DAYS or TRICKLAB_RETAIN_ARTIFACTS_DAYS" in done.stderr
+
+
+# Archive every job that ended more than 15 minutes ago: the whole prefilled history.
+PAST = "0.01"
+HISTORY = 250  # ended jobs; most have 6 epoch rows
+Key = tuple[str, int]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on database_url, holding an ended history of HISTORY jobs, as the
+    benchmarks fill it (most succeeded with their epoch rows; a few failed or cancelled)."""
+    engine = make_engine(database_url)
+    prefill(engine, HISTORY, 0, 0, 6)
+    yield engine
+    engine.dispose()
+
+
+def database_rows(engine: Engine) -> dict[Key, dict[str, Any]]:
+    with engine.connect() as connection:
+        found = connection.execute(select(EpochMetrics.__table__)).mappings().all()
+    return {(row["job_id"], row["epoch"]): dict(row) for row in found}
+
+
+def unarchived_jobs(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.finished_at.is_not(None), Job.metrics_archived_at.is_(None))
+            )
+            or 0
+        )
+
+
+def archives(artifacts: Path) -> list[Path]:
+    return sorted((artifacts / "archive").glob("metrics-*.jsonl.gz"))
+
+
+def archived_rows(artifacts: Path) -> list[dict[str, Any]]:
+    """Every row of every archive, read as docs/operations.md tells readers to."""
+    return [
+        json.loads(line)
+        for path in archives(artifacts)
+        for line in gzip.decompress(path.read_bytes()).splitlines()
+    ]
+
+
+def assert_archived_once(artifacts: Path, before: dict[Key, dict[str, Any]]) -> None:
+    """Every row the database held is in exactly one archive, as it was."""
+    rows = archived_rows(artifacts)
+    keys = [(row["job_id"], row["epoch"]) for row in rows]
+    assert len(keys) == len(set(keys)) == len(before)
+    assert dict(zip(keys, rows, strict=True)) == before
+
+
+def hidden_files(artifacts: Path) -> list[str]:
+    return sorted(path.name for path in (artifacts / "archive").glob(".*"))
+
+
+def run_policy(url: str, artifacts: Path, batch: int, **options: Any) -> retention.Removed:
+    """One application of the metrics' policy, on an engine of its own, as an API process
+    applies it on its schedule."""
+    engine = make_engine(url)
+    try:
+        return retention.apply(
+            JobStore(engine),
+            ArtifactStore(artifacts),
+            options.pop("days", float(PAST)),
+            None,
+            batch=batch,
+            **options,
+        )
+    finally:
+        engine.dispose()
+
+
+def command(url: str, artifacts: Path, *options: str) -> tuple[list[str], dict[str, str]]:
+    env = {**os.environ, "TRICKLAB_DATABASE_URL": url, "TRICKLAB_ARTIFACTS_DIR": str(artifacts)}
+    return [sys.executable, "-m", "jobqueue.retention", "--metrics-days", PAST, *options], env
+
+
+def reported(stdout: str) -> tuple[int, list[Path]]:
+    """The rows and the archives a command says it archived."""
+    assert stdout.startswith("archived and removed "), stdout
+    listed = stdout.split("(", 1)[1].split(")", 1)[0]
+    paths = [] if listed == "no archive written" else [Path(p) for p in listed.split(", ")]
+    return int(stdout.split()[3]), paths
+
+
+def test_commands_and_periodic_runs_at_once_archive_every_row_once(database_url, engine, tmp_path):
+    """Two commands and three of the API's periodic runs (threads, each with its own engine, as
+    on three API hosts) archive the same history at once, 7 jobs a batch: every row lands in
+    exactly one archive, equal to what the database held, and no archive replaced another."""
+    before = database_rows(engine)
+    assert len(before) >= 1000
+    artifacts = tmp_path / "artifacts"
+    argv, env = command(database_url, artifacts, "--batch", "7")
+    commands = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 60  # the commands import for a second or so before archiving
+    while not archives(artifacts) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(database_rows(engine)) > len(before) / 2  # the threads join early
+    results: list[retention.Removed] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(run_policy(database_url, artifacts, 7)))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    outputs = [process.communicate(timeout=120) for process in commands]
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [process.returncode for process in commands] == [0, 0], outputs
+    assert len(results) == 3  # no periodic run raised
+
+    by_command = [reported(stdout) for stdout, _ in outputs]
+    rows = [n for n, _ in by_command] + [removed.metric_rows for removed in results]
+    assert sum(rows) == len(before), rows
+    written = [path for _, paths in by_command for path in paths]
+    written += [path for removed in results for path in removed.archives]
+    assert sorted(written) == archives(artifacts)  # each run's own, none replaced
+    assert_archived_once(artifacts, before)
+    assert database_rows(engine) == {} and unarchived_jobs(engine) == 0
+    assert hidden_files(artifacts) == []
+
+
+def test_a_run_that_loses_its_batch_to_another_drops_its_copy(
+    database_url, engine, tmp_path, monkeypatch
+):
+    """One run has written its first batch's archive when another run archives everything:
+    the first finds its jobs taken, rolls back and drops its copy, so each row is in exactly
+    one archive (the second run's) and no file is left over."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    written, resume = threading.Event(), threading.Event()
+    write = retention.Pending.write
+
+    def write_then_wait(store: ArtifactStore, rows: list[dict[str, Any]]) -> retention.Pending:
+        pending = write(store, rows)
+        if threading.current_thread().name == "first" and not written.is_set():
+            written.set()
+            resume.wait(60)
+        return pending
+
+    monkeypatch.setattr(retention.Pending, "write", staticmethod(write_then_wait))
+    results: dict[str, retention.Removed] = {}
+
+    def run(name: str) -> None:
+        results[name] = run_policy(database_url, artifacts, 50)
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert written.wait(60)
+    run("second")
+    resume.set()
+    first.join(60)
+    assert results["first"].metric_rows == 0 and results["first"].archives == []
+    assert results["second"].metric_rows == len(before)
+    assert sorted((artifacts / "archive").iterdir()) == sorted(results["second"].archives)
+    assert_archived_once(artifacts, before)
+
+
+def test_runs_in_the_same_second_write_archives_of_their_own(database_url, engine, tmp_path):
+    """Two runs at the same clock (two hosts in the same second) each write archives of their
+    own: the second never overwrites the first's."""
+    before = database_rows(engine)
+    artifacts, now = tmp_path / "artifacts", utcnow()
+    older = run_policy(database_url, artifacts, 50, days=20, now=now)
+    rest = run_policy(database_url, artifacts, 50, now=now)
+    assert older.metric_rows > 0 and rest.metric_rows > 0
+    assert sorted(older.archives + rest.archives) == archives(artifacts)
+    assert_archived_once(artifacts, before)
+
+
+def test_an_archive_that_cannot_be_written_leaves_the_rows(database_url, engine, tmp_path):
+    """The archive folder cannot be created (a file is in its way): the command stops with a
+    one-line error, every row and mark stays; once the way is clear, a run archives it all."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    (artifacts / "archive").write_text("in the way")
+    argv, env = command(database_url, artifacts)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout
+    assert done.stderr.startswith("tricklab: retention stopped: could not write "), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert database_rows(engine) == before
+    assert unarchived_jobs(engine) == HISTORY
+
+    (artifacts / "archive").unlink()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert reported(done.stdout)[0] == len(before)
+    assert_archived_once(artifacts, before)
+    assert database_rows(engine) == {} and unarchived_jobs(engine) == 0
+
+
+def test_an_archive_that_reads_back_wrong_is_removed_and_the_rows_stay(
+    database_url, engine, tmp_path, monkeypatch
+):
+    """A write that loses its last line (as a full disk or a faulty store would) fails the
+    read-back: that archive is removed, nothing is deleted or marked, the error says so."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    complete = retention._write_text
+
+    def losing_the_last_line(path: Path, text: str) -> None:
+        complete(path, text[: text.rstrip("\n").rfind("\n") + 1])
+
+    monkeypatch.setattr(retention, "_write_text", losing_the_last_line)
+    with pytest.raises(retention.ArchiveError, match=r"did not read back as written \(\d+ lines"):
+        run_policy(database_url, artifacts, 50)
+    assert list((artifacts / "archive").iterdir()) == []  # no archive, no hidden copy
+    assert database_rows(engine) == before
+    assert unarchived_jobs(engine) == HISTORY
+
+
+def test_a_run_killed_midway_loses_nothing(database_url, engine, tmp_path):
+    """A command killed (SIGKILL) while archiving, then run again: every row is in an archive,
+    as it was, and none is left in the database. A batch killed between its archive and its
+    commit may be archived twice, never lost."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    argv, env = command(database_url, artifacts, "--batch", "3")
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(archives(artifacts)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    left = database_rows(engine)
+    assert 0 < len(left) < len(before)  # killed midway
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert reported(done.stdout)[0] == len(left)
+    rows = archived_rows(artifacts)
+    assert all(row == before[row["job_id"], row["epoch"]] for row in rows)
+    assert {(row["job_id"], row["epoch"]) for row in rows} == set(before)
+    assert database_rows(engine) == {} and unarchived_jobs(engine) == 0
+    for name in hidden_files(artifacts):  # a copy the killed run left: redundant, as documented
+        try:
+            copy = gzip.decompress((artifacts / "archive" / name).read_bytes()).splitlines()
+        except (OSError, EOFError):  # cut off while being written
+            continue
+        assert all(json.loads(line) in rows for line in copy)
+
+
+def test_an_archive_never_replaces_a_file(tmp_path):
+    """Archives are created exclusively: a name already taken fails and keeps its file."""
+    store = ArtifactStore(tmp_path)
+    store.write_atomic("archive/a.jsonl.gz", lambda path: path.write_text("first"), exclusive=True)
+    with pytest.raises(FileExistsError):
+        store.write_atomic(
+            "archive/a.jsonl.gz", lambda path: path.write_text("second"), exclusive=True
+        )
+    with pytest.raises(FileExistsError):
+        store.link("archive/a.jsonl.gz", "archive/a.jsonl.gz")
+    assert (tmp_path / "archive" / "a.jsonl.gz").read_text() == "first"
+    assert [path.name for path in (tmp_path / "archive").iterdir()] == ["a.jsonl.gz"]
