@@ -16,7 +16,7 @@ import annotated_types
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
-from core.config import Settings
+from core.config import Limits, Settings
 
 COMMAND = "python -m core.config_doc > docs/configuration.md"
 
@@ -66,7 +66,9 @@ def render() -> str:
         "| variable | type | default | meaning |",
         "|---|---|---|---|",
     ]
-    for name, field in Settings.model_fields.items():
+    # Settings' own first, then the Limits it inherits (which pydantic lists first).
+    fields = sorted(Settings.model_fields.items(), key=lambda item: item[0] in Limits.model_fields)
+    for name, field in fields:
         if not field.description:
             raise ValueError(f"setting {name} has no description: add description= to its Field")
         cells = (

@@ -400,9 +400,7 @@ def _unleased() -> dict[str, Any]:
     return {"lease_token": None, "lease_expires_at": None}
 
 
-def queued(
-    spec: JobSpec, owner: str, max_attempts: int, idempotency_key: str | None = None
-) -> Job:
+def queued(spec: JobSpec, owner: str, max_attempts: int, idempotency_key: str | None = None) -> Job:
     """A new job, queued, as every way of submitting one makes it."""
     return Job(
         id=uuid.uuid4().hex,

@@ -13,14 +13,9 @@ from types import FrameType
 # Before any backend loads: JAX takes GPU memory as needed, like TensorFlow's memory growth.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from core.config import get_settings
+from core.backend import load_backend
+from core.config import load_settings
 from core.logs import setup_logging
-from jobqueue.artifacts import ArtifactStore
-from jobqueue.db import init_db, make_engine
-from jobqueue.store import JobStore
-from worker import metrics
-from worker.devices import freeze_imports
-from worker.loop import Worker
 
 log = logging.getLogger("tricklab.worker")
 
@@ -31,8 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker name in logs and job records (host:pid)")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
+    settings = load_settings()  # before Keras loads (seconds): a bad setting is one line at once
     setup_logging(settings.log_level)
+    load_backend()
+    from jobqueue.artifacts import ArtifactStore
+    from jobqueue.db import init_db, make_engine
+    from jobqueue.store import JobStore
+    from worker import metrics
+    from worker.devices import freeze_imports
+    from worker.loop import Worker
+
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
     engine = make_engine(settings.database_url, settings.busy_timeout_ms, f"tricklab-worker {name}")
     init_db(engine)
