@@ -5,43 +5,52 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import resource
 import socket
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
-from core.config import get_settings
+from core.backend import load_backend
+from core.config import load_settings
 from core.logs import setup_logging
-from service.protocol import with_header_timeout
+from service.protocol import with_header_limits
 
 log = logging.getLogger("tricklab.service")
 # Errors that a different port might cure; any other (no such address, a name that does not
 # resolve) is the host's.
 PORT_ERRORS = (errno.EADDRINUSE, errno.EACCES)
+# Connections the kernel completes before the accept loop takes them, as uvicorn's own binding
+# has it; Python's default (128) would leave a burst of clients waiting for SYN retries.
+BACKLOG = 2048
 
 
 def serve(factory: str = "service.app:create_app") -> None:
     """Run an app factory under uvicorn as the API runs (the serving benchmark's trivial
     endpoint is served through here too, so the two are compared like for like)."""
-    try:
-        settings = get_settings()
-    except ValidationError as error:  # one line per bad setting, not a traceback
-        sys.exit(f"tricklab: invalid settings: {error}")
+    settings = load_settings()  # one line naming each bad setting, not a traceback
     setup_logging(settings.log_level)
     # Before the app is imported (and TensorFlow with it, seconds of start-up lines): a port
     # that is taken is then one line, and the socket bound here is the one uvicorn serves on,
     # so nothing can take the port in between.
     sockets = listen(settings.host, settings.port)
+    open_files_for(settings.max_connections)
+    load_backend()  # before uvicorn imports the app, which loads it
     config = uvicorn.Config(
         factory,
         factory=True,
         host=settings.host,
         port=settings.port,
-        http=with_header_timeout(settings.header_timeout_seconds),
-        limit_concurrency=settings.max_concurrent_requests,  # beyond it: 503, not more memory
+        http=with_header_limits(settings.header_timeout_seconds, settings.max_header_bytes),
+        # Connections, idle ones included, beyond which uvicorn answers 503; the requests in
+        # progress have their own, finer limits (service.admission).
+        limit_concurrency=settings.max_connections,
         log_config=None,  # keep the one log format set up above
+        # X-Forwarded-For/-Proto from these peers only (the TLS proxy), never uvicorn's own
+        # FORWARDED_ALLOW_IPS from the environment.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     server = uvicorn.Server(config)
     # uvicorn shuts down cleanly on Ctrl-C, then raises it again for whoever called it.
@@ -49,6 +58,26 @@ def serve(factory: str = "service.app:create_app") -> None:
         server.run(sockets=sockets)
     if not server.started:
         sys.exit(STARTUP_FAILURE)  # as uvicorn.run does: the app failed to start
+
+
+def open_files_for(connections: int) -> None:
+    """Raise this process's open-file limit, as far as the system allows, to hold
+    `connections` sockets besides its own files; a limit too low would turn clients away with
+    errors in the accept loop instead of a 503."""
+    wanted = connections + 256  # the database, models, logs, the thread pool's files
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if raised > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+    if raised < wanted:
+        log.warning(
+            "this process may open %d files, fewer than TRICKLAB_MAX_CONNECTIONS (%d) needs: "
+            "lower it, or raise the hard limit (ulimit -Hn)",
+            raised,
+            connections,
+        )
 
 
 def listen(host: str, port: int) -> list[socket.socket]:
@@ -70,7 +99,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:  # so that "::" and "0.0.0.0" do not collide
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen()  # here, not in uvicorn: listen() too can find the port taken
+            sock.listen(BACKLOG)  # here, not in uvicorn: listen() too can find the port taken
     except OSError as error:
         for sock in sockets:
             sock.close()

@@ -19,8 +19,10 @@ from threadpoolctl import threadpool_limits
 from core.config import Settings, get_settings
 from jobqueue import retention
 from jobqueue.sweeper import Periodic, Sweeper
+from service.admission import Admission, Limits
 from service.auth import LoopbackOnly
 from service.errors import errors, method_not_allowed, validation_error
+from service.headers import SecurityHeaders, with_inline_scripts
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
 from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users, v2
@@ -67,9 +69,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_in_flight=settings.max_in_flight_bytes,
         body_timeout=settings.body_timeout_seconds,
     )
+    # Identified, and held to their caller's share, before any body is read.
+    app.add_middleware(
+        Admission,
+        limits=Limits(
+            requests=settings.max_concurrent_requests,
+            requests_per_caller=settings.max_requests_per_user,
+            streams_per_caller=settings.max_streams_per_user,
+        ),
+    )
     if settings.auth == "off":
         app.add_middleware(LoopbackOnly)
     app.add_middleware(Measured, metrics=metrics)  # outermost: every answer counts
+    # On every answer, the middlewares' refusals included; HSTS on https answers only.
+    app.add_middleware(SecurityHeaders, hsts_seconds=settings.hsts_seconds)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(405, method_not_allowed)
     # Routes are matched in order, about 1.7 µs a route: the two prediction routes first.
@@ -116,13 +129,14 @@ def add_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="tricklab API",
             swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger-ui/swagger-ui.css",
             swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
         )
+        return with_inline_scripts(page)  # its one inline script, which starts the UI
 
 
 def add_predict_components(app: FastAPI) -> None:

@@ -30,6 +30,7 @@ from jobqueue.reads import Position, Reads
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
+from service.admission import CALLER
 from service.auth import Caller, Gate
 from service.errors import http_error
 from service.events import Watch
@@ -86,7 +87,11 @@ async def get_metrics(request: Request) -> ApiMetrics:
 async def resolve_caller(request: Request) -> Caller:
     """The user the request acts for (by its bearer token, or the dashboard's cookie); 401
     without a valid token. The prediction routes take it as it is: they declare the scheme in
-    their documents themselves, and their hot path skips the scheme's own parse of the header."""
+    their documents themselves, and their hot path skips the scheme's own parse of the header.
+    The admission middleware has usually found it already, before the body was read."""
+    found: Caller | None = request.scope.get(CALLER)
+    if found is not None:
+        return found
     return await app_state(request.app).gate.caller(request)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from sse_starlette import ServerSentEvent
@@ -23,6 +23,7 @@ from jobqueue.reads import Reads
 from jobqueue.states import TERMINAL
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
+from service.auth import CACHE_SECONDS
 from service.schemas import EpochRead, JobRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
@@ -31,6 +32,11 @@ log = logging.getLogger("tricklab.service")
 REREAD_SECONDS = 30.0
 # What a browser's EventSource waits before reconnecting after a dropped connection.
 RETRY_MS = 2000
+# A stream asks this often whether its caller may still follow it (a user disabled, a token or
+# session revoked), as often as the gate forgets what it knows of a token.
+RECHECK_SECONDS = CACHE_SECONDS
+
+Allowed = Callable[[], Awaitable[bool]]  # whether the stream's caller may still follow it
 
 
 class Watch:
@@ -87,11 +93,11 @@ class Watch:
 
 
 async def job_events(
-    job: Job, since_epoch: int, store: JobStore, watch: Watch, admin: bool
+    job: Job, since_epoch: int, store: JobStore, watch: Watch, admin: bool, allowed: Allowed
 ) -> AsyncIterator[ServerSentEvent]:
     """`status` with the job; an `epoch` (id: its number) for each epoch after
     `since_epoch` as it is recorded; `status` at each change of status; `end` with the
-    final job."""
+    final job. The stream closes without `end` once its caller may no longer follow it."""
     yield _event("status", JobRead.of(job, admin), retry=RETRY_MS)
     shown = (job.status, job.attempts)
     with watch.follow([job.id]) as moved:
@@ -114,15 +120,16 @@ async def job_events(
                     yield _event("status", final)
                 yield _event("end", final)
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), REREAD_SECONDS)
+            if not await _next_move(moved, allowed):
+                return
 
 
 async def study_events(
-    study: Study, studies: Studies, watch: Watch
+    study: Study, studies: Studies, watch: Watch, allowed: Allowed
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` with the study's summary at first and whenever its jobs advance; `end` with
-    the final summary once every job has ended (or the study was cancelled)."""
+    the final summary once every job has ended (or the study was cancelled). The stream closes
+    without `end` once its caller may no longer follow it."""
     shown: StudySummary | None = None
     with watch.follow(study.job_ids) as moved:
         while True:
@@ -136,8 +143,22 @@ async def study_events(
             if summary.status not in ("queued", "running"):
                 yield _event("end", summary)
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), REREAD_SECONDS)
+            if not await _next_move(moved, allowed):
+                return
+
+
+async def _next_move(moved: asyncio.Event, allowed: Allowed) -> bool:
+    """Wait until a followed job moves, or REREAD_SECONDS pass; False, at once, when the caller
+    may no longer follow the stream."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + REREAD_SECONDS
+    while await allowed():
+        left = until - loop.time()
+        if moved.is_set() or left <= 0:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(moved.wait(), min(left, RECHECK_SECONDS))
+    return False
 
 
 def _event(name: str, body: Any, **fields: Any) -> ServerSentEvent:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from sse_starlette import EventSourceResponse
 
 from service.deps import (
@@ -19,11 +19,27 @@ from service.deps import (
     no_unknown_query,
 )
 from service.errors import errors
-from service.events import job_events, study_events
+from service.events import Allowed, job_events, study_events
+from service.state import app_state
 
 router = APIRouter(tags=["events"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
 # Proxies buffer a response unless told not to, which would hold events back.
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
+
+
+def still_allowed(request: Request) -> Allowed:
+    """Whether the request's credentials still name a user who may follow it: a stream ends
+    soon after its user is disabled or its token or session revoked."""
+    gate = app_state(request.app).gate
+
+    async def allowed() -> bool:
+        try:
+            await gate.caller(request)
+        except HTTPException:
+            return False
+        return True
+
+    return allowed
 
 
 def _stream(description: str, *names: str) -> dict[int | str, dict[str, object]]:
@@ -64,6 +80,7 @@ def _stream(description: str, *names: str) -> dict[int | str, dict[str, object]]
     ),
 )
 async def follow_job(
+    request: Request,
     job: JobDep,
     caller: CallerDep,
     store: StoreDep,
@@ -83,7 +100,7 @@ async def follow_job(
 ) -> EventSourceResponse:
     """A job's status and epochs as they happen, until it ends."""
     since = last_event_id if last_event_id is not None else since_epoch
-    events = job_events(job, since, store, watch, caller.admin)
+    events = job_events(job, since, store, watch, caller.admin, still_allowed(request))
     return EventSourceResponse(events, headers=NO_BUFFERING)
 
 
@@ -100,8 +117,8 @@ async def follow_job(
     ),
 )
 async def follow_study(
-    study: StudyDep, studies: StudiesDep, watch: WatchDep
+    request: Request, study: StudyDep, studies: StudiesDep, watch: WatchDep
 ) -> EventSourceResponse:
     """A study's progress as it happens, until it ends."""
-    events = study_events(study, studies, watch)
+    events = study_events(study, studies, watch, still_allowed(request))
     return EventSourceResponse(events, headers=NO_BUFFERING)

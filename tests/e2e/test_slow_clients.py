@@ -8,17 +8,15 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.auth import ADMIN_HEADERS
 from tests.support.cluster import Cluster
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
+from tests.support.raw_http import closed, connect, head, read_head, read_response
 
 pytestmark = pytest.mark.e2e
-GENEROUS = 60  # seconds a socket waits for the server, far beyond any timeout configured here
 LARGEST = 32 * 2**20  # TRICKLAB_MAX_REQUEST_BYTES' default: allowed, so only the budget guards
 
 
@@ -60,56 +58,6 @@ def impatient(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Itera
         cluster.close()
 
 
-def connect(cluster: Cluster) -> socket.socket:
-    url = urlsplit(cluster.url)
-    return socket.create_connection((url.hostname, url.port), timeout=GENEROUS)
-
-
-def head(method: str, path: str, length: int, content_type: str, *extra: str) -> bytes:
-    lines = [
-        f"{method} {path} HTTP/1.1",
-        "Host: 127.0.0.1",
-        f"Authorization: {ADMIN_HEADERS['Authorization']}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {length}",
-        *extra,
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-    return data
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response: status, headers (lower-case names) and the body its Content-Length says."""
-    data = read_head(sock)
-    top, body = data.split(b"\r\n\r\n", 1)
-    status_line, *header_lines = top.decode().split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, value in (line.split(":", 1) for line in header_lines)
-    }
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(4096)
-        assert chunk, "the server closed the connection inside the body"
-        body += chunk
-    return int(status_line.split()[1]), headers, body
-
-
-def closed(sock: socket.socket) -> bool:
-    """Whether the server closes the connection (waiting up to GENEROUS for it)."""
-    try:
-        return sock.recv(4096) == b""
-    except ConnectionResetError:
-        return True
-
-
 def test_silent_uploads_do_not_turn_other_requests_away(trained):
     cluster, path = trained
     # Like curl with a large file: headers announcing 32 MiB, `Expect: 100-continue`, and the
@@ -119,7 +67,7 @@ def test_silent_uploads_do_not_turn_other_requests_away(trained):
     silent: list[socket.socket] = []
     try:
         for _ in range(60):
-            silent.append(connect(cluster))
+            silent.append(connect(cluster.url))
             silent[-1].sendall(upload)
         for sock in silent:
             answer = read_head(sock)
@@ -140,7 +88,7 @@ def test_silent_uploads_do_not_turn_other_requests_away(trained):
 
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(impatient):
     for sent in (b"", b'{"epo'):  # nothing of the body, or a part of it
-        with connect(impatient) as sock:
+        with connect(impatient.url) as sock:
             sock.sendall(head("POST", "/v1/jobs", 100, "application/json") + sent)
             status, headers, body = read_response(sock)
             assert status == 408, body
@@ -156,14 +104,14 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     ids=["nothing", "half a header line"],
 )
 def test_a_connection_that_does_not_complete_its_headers_in_time_is_closed(impatient, sent):
-    with connect(impatient) as sock:
+    with connect(impatient.url) as sock:
         sock.sendall(sent)
         assert closed(sock)
     assert impatient.client.get("/healthz").status_code == 200
 
 
 def test_a_large_body_for_a_route_that_takes_no_images_is_refused_at_once(impatient):
-    with connect(impatient) as sock:
+    with connect(impatient.url) as sock:
         sock.sendall(head("POST", "/v1/jobs", LARGEST, "application/json"))  # and no body
         status, _, body = read_response(sock)
     assert status == 413, body
