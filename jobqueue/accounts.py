@@ -1,5 +1,6 @@
-"""Users, their API tokens and their quotas, as verbs. A token's secret is random (32 bytes)
-and shown once: only its SHA-256 is stored, so the database never holds a usable token."""
+"""Users, their API tokens, their dashboard sessions and their quotas, as verbs. A token's
+secret is random (32 bytes) and shown once, and so is a session's (to the browser, in its
+cookie): only their SHA-256 is stored, so the database never holds a usable credential."""
 
 from __future__ import annotations
 
@@ -8,20 +9,23 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from jobqueue import counts
 from jobqueue.db import Verbs
-from jobqueue.models import ADMIN, Token, User, utcnow
+from jobqueue.models import ADMIN, BrowserSession, Token, User, utcnow
 
 ROLES = ("user", "admin")
 # Secret scanners (and people) recognise a tricklab token by its prefix.
 TOKEN_PREFIX = "tl_"
+# Where the API finds the admin's token at start-up, each the name of the token registered from
+# it. Whichever it finds is the admin's only such token: the others are revoked.
+ADMIN_TOKEN_SOURCES = ("TRICKLAB_ADMIN_TOKEN", "admin-token file")
 
 
 def digest(secret: str) -> str:
@@ -116,9 +120,10 @@ class Accounts(Verbs):
                 return None
             if "disabled" in changes:
                 disabled = changes.pop("disabled")
-                if disabled and user.disabled_at is None:
-                    user.disabled_at = utcnow()
-                elif not disabled:
+                if disabled:
+                    user.disabled_at = user.disabled_at or utcnow()
+                    _end_sessions(session, BrowserSession.user_id == user.id)
+                else:
                     user.disabled_at = None
             for field, value in changes.items():
                 setattr(user, field, value)
@@ -168,25 +173,33 @@ class Accounts(Verbs):
             ).first()
         return (found[0], found[1]) if found else None
 
-    def register_admin_token(self, secret: str, name: str) -> Token:
-        """Make `secret` a token of the admin user named `ADMIN` (as configured at start-up),
-        revoking earlier tokens of the same name: a changed setting replaces the old token.
-        A secret already registered stays as it is, revoked or not."""
+    def register_admin_token(self, secret: str, source: str) -> Token:
+        """Make `secret` a token of the admin user named `ADMIN`, from `source` (one of
+        ADMIN_TOKEN_SOURCES), and revoke every other token registered from those sources, with
+        the sessions opened by them: a new value, or a switch between the variable and the
+        file, ends the old token. A secret already registered stays as it is; a revoked one
+        stays revoked, and then nothing else changes (the caller makes a new one)."""
         try:
             with self._write.begin() as session:
-                existing = _by_secret(session, secret)
-                if existing is not None:
-                    return existing
+                token = _by_secret(session, secret)
+                if token is not None and token.revoked_at is not None:
+                    return token
                 admin = session.scalars(select(User).where(User.name == ADMIN)).one()
-                session.execute(
-                    update(Token)
-                    .where(
-                        Token.user_id == admin.id, Token.name == name, Token.revoked_at.is_(None)
-                    )
-                    .values(revoked_at=utcnow())
+                if token is None:
+                    token = _token(admin.id, source, secret, None)
+                    session.add(token)
+                    session.flush()
+                old = select(Token.id).where(
+                    Token.user_id == admin.id,
+                    Token.name.in_(ADMIN_TOKEN_SOURCES),
+                    Token.id != token.id,
+                    Token.revoked_at.is_(None),
                 )
-                token = _token(admin.id, name, secret, None)
-                session.add(token)
+                _end_sessions(session, BrowserSession.token_id.in_(old))
+                session.execute(
+                    update(Token).where(Token.id.in_(old)).values(revoked_at=utcnow()),
+                    execution_options={"synchronize_session": False},
+                )
                 return token
         except IntegrityError:  # another API process registered it at the same moment
             with self._read() as session:
@@ -194,6 +207,59 @@ class Accounts(Verbs):
             if registered is None:
                 raise
             return registered
+
+    # -- dashboard sessions -------------------------------------------------------------------
+
+    def open_session(
+        self, user_id: str, token: Token, lifetime: timedelta
+    ) -> tuple[BrowserSession, str]:
+        """A new session of the user, signed in with `token`, lasting `lifetime` (at most until
+        the token expires): (session, the secret that names it). Sessions long expired go."""
+        now = utcnow()
+        expires = now + lifetime
+        if token.expires_at is not None:
+            expires = min(expires, token.expires_at)
+        secret = secrets.token_urlsafe(32)
+        row = BrowserSession(
+            id=uuid.uuid4().hex,
+            user_id=user_id,
+            token_id=token.id,
+            sha256=digest(secret),
+            csrf=secrets.token_urlsafe(32),
+            created_at=now,
+            expires_at=expires,
+        )
+        with self._write.begin() as session:
+            session.execute(delete(BrowserSession).where(BrowserSession.expires_at < now))
+            session.add(row)
+        return row, secret
+
+    def session(self, secret: str) -> tuple[User, Token, BrowserSession] | None:
+        """The user, token and session this secret names, whether or not all are still valid."""
+        with self._read() as session:
+            found = session.execute(
+                select(User, Token, BrowserSession)
+                .join(Token, Token.id == BrowserSession.token_id)
+                .join(User, User.id == BrowserSession.user_id)
+                .where(BrowserSession.sha256 == digest(secret))
+            ).first()
+        return (found[0], found[1], found[2]) if found else None
+
+    def end_session(self, secret: str) -> bool:
+        """Revoke the session this secret names (signing out); False: no session is live."""
+        with self._write.begin() as session:
+            return _end_sessions(session, BrowserSession.sha256 == digest(secret)) > 0
+
+
+def _end_sessions(session: Session, which: Any) -> int:
+    """Revoke the live sessions that `which` selects; how many."""
+    ended = session.execute(
+        update(BrowserSession)
+        .where(which, BrowserSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    return int(getattr(ended, "rowcount", 0))
 
 
 def _by_secret(session: Session, secret: str) -> Token | None:

@@ -1,4 +1,5 @@
-"""The tables: users and their API tokens, jobs, their per-epoch metrics, and studies of jobs."""
+"""The tables: users, their API tokens and dashboard sessions, jobs, their per-epoch metrics,
+and studies of jobs."""
 
 from __future__ import annotations
 
@@ -110,6 +111,25 @@ class Token(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class BrowserSession(Base):
+    """A dashboard sign-in. The browser's cookie holds a random secret that names it; only the
+    secret's SHA-256 is stored, as a token's is. It lasts until `expires_at` or until it is
+    revoked (signing out, the user disabled), and no longer than the token it was opened
+    with. `csrf` is the value a state-changing request signed in by it must send in a header:
+    the pages embed it, another site cannot read it."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"))
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # expired ones are deleted
     revoked_at: Mapped[datetime | None]
 
 

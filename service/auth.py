@@ -1,13 +1,17 @@
-"""Who is asking: API tokens (`Authorization: Bearer <token>`), the admin's token at start-up,
-and the mode without tokens, for one person on their own machine (TRICKLAB_AUTH=off)."""
+"""Who is asking: API tokens (`Authorization: Bearer <token>`), the dashboard's sessions (a
+cookie), the admin's token at start-up, and the mode without tokens, for one person on their
+own machine (TRICKLAB_AUTH=off)."""
 
 from __future__ import annotations
 
+import fcntl
+import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,19 +22,21 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings, is_loopback
-from jobqueue.accounts import Accounts, new_secret
-from jobqueue.models import ADMIN, utcnow
+from jobqueue.accounts import ADMIN_TOKEN_SOURCES, Accounts, new_secret
+from jobqueue.models import ADMIN, Token, User, utcnow
+from service.metrics_token import MetricsToken
 
 log = logging.getLogger("tricklab.service")
-# A token's answer is remembered this long, so that the hot predict path reads no database.
-# A token revoked or a user disabled through another API process stops working within it
-# (at once through this one).
+# A token's or session's answer is remembered this long, so that the hot predict path reads no
+# database. A token or session revoked or a user disabled through another API process stops
+# working within it (at once through this one).
 CACHE_SECONDS = 5.0
 CACHE_ENTRIES = 10_000
-# The dashboard's session: the cookie holds the API token itself (HttpOnly, SameSite=Strict),
-# so a browser needs no second kind of credential. A state-changing request that the cookie
-# alone authenticates must also carry CSRF_HEADER, which a cross-site form cannot set, and an
-# Origin (when sent) of this very host.
+# The dashboard's session: signing in with an API token opens a server-side session, and the
+# cookie (HttpOnly, SameSite=Strict) holds only the random secret that names it, never the
+# token. A state-changing request that the cookie alone authenticates must also carry
+# CSRF_HEADER with the session's own CSRF token (the pages embed it; another site can neither
+# read it nor set the header), and an Origin (when sent) of this very host.
 SESSION_COOKIE = "tricklab_session"
 CSRF_HEADER = "X-Tricklab-CSRF"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -44,7 +50,9 @@ class Caller:
     name: str
     role: str
     quota_active_jobs: int | None  # None: TRICKLAB_QUOTA_ACTIVE_JOBS
-    expires_at: datetime | None = None  # the token's
+    expires_at: datetime | None = None  # the token's, or the session's
+    # Signed in by a session: its CSRF token (kept out of the repr, and so out of logs).
+    csrf: str | None = field(default=None, repr=False)
 
     @property
     def admin(self) -> bool:
@@ -55,20 +63,32 @@ class Caller:
         return self.admin or owner == self.name
 
 
+# Who the scraper's token is, on the one route it reads: no user (no id a user could have).
+SCRAPER = Caller("metrics-token", "metrics-token", "scraper", None)
+
+
 def unauthorized(message: str, error: str = "invalid_token") -> HTTPException:
     """401 with the challenge RFC 6750 asks for; without a token, no error code."""
     challenge = 'Bearer realm="tricklab"' + (f', error="{error}"' if error else "")
     return HTTPException(401, message, headers={"WWW-Authenticate": challenge})
 
 
+Cache = dict[str, tuple[float, Caller]]
+
+
 class Gate:
-    """Turns a request's bearer token into its Caller."""
+    """Turns a request's bearer token, or its dashboard session's cookie, into its Caller."""
 
     def __init__(self, accounts: Accounts, settings: Settings) -> None:
         self.accounts = accounts
         self.enabled = settings.auth == "on"
-        self._known: dict[str, tuple[float, Caller]] = {}
+        self.session_lifetime = timedelta(hours=settings.session_hours)
+        self._known: Cache = {}  # by token
+        self._sessions: Cache = {}  # by session secret
         self._everyone: Caller | None = None
+        # The scraper's token (service.metrics_token): made at start, for Prometheus to read.
+        path = settings.metrics_token_file
+        self.scraper = MetricsToken.from_file(path) if path and self.enabled else None
         if not self.enabled:
             admin = accounts.named(ADMIN)
             if admin is None:  # init_db creates it
@@ -78,43 +98,102 @@ class Gate:
     async def caller(self, request: Request) -> Caller:
         if self._everyone is not None:
             return self._everyone
+        if self.scraper is not None and self.scraper.admits(request):
+            return SCRAPER
         header = request.headers.get("authorization")
         cookie = request.cookies.get(SESSION_COOKIE)
         if header is None and cookie:
-            if refusal := cross_site(request):
+            if request.method not in SAFE_METHODS and (refusal := foreign_origin(request)):
                 raise HTTPException(403, refusal)
-            return await self.identify(cookie)
+            caller = await self.session(cookie)
+            if refusal := cross_site(request, caller.csrf):
+                raise HTTPException(403, refusal)
+            return caller
         return await self.identify(_bearer(header))
 
     async def identify(self, secret: str) -> Caller:
         """The Caller a token names; 401 if it is unknown, expired or revoked."""
-        now = time.monotonic()
-        known = self._known.get(secret)
-        if known is None or known[0] < now:
-            caller = await run_in_threadpool(self._identify, secret)
-            if len(self._known) >= CACHE_ENTRIES:
-                self._known.clear()
-            self._known[secret] = (now + CACHE_SECONDS, caller)
-        else:
-            caller = known[1]
-        if caller.expires_at is not None and caller.expires_at <= utcnow():
-            raise unauthorized(f"the token expired at {caller.expires_at.isoformat()}")
-        return caller
+        return await _remembered(self._known, secret, self._identify, "token")
+
+    async def session(self, secret: str) -> Caller:
+        """The Caller a session's secret names; 401 if it is unknown, expired or revoked, or
+        the token it was opened with is."""
+        return await _remembered(self._sessions, secret, self._session, "session")
+
+    async def sign_in(self, token: str) -> tuple[str, Caller]:
+        """Open a dashboard session with an API token (401 if the token is not valid): the
+        session's secret, for the cookie, and its Caller."""
+        return await run_in_threadpool(self._sign_in, token)
+
+    async def sign_out(self, secret: str) -> None:
+        """Revoke the session the secret names: it stops working at once in this process."""
+        await run_in_threadpool(self.accounts.end_session, secret)
+        self._sessions.pop(secret, None)
 
     def _identify(self, secret: str) -> Caller:
+        user, token = self._valid(secret)
+        return Caller(user.id, user.name, user.role, user.quota_active_jobs, token.expires_at)
+
+    def _valid(self, secret: str) -> tuple[User, Token]:
+        """The token this secret is, and its user; 401 unless both may be used."""
         found = self.accounts.identify(secret)
         if found is None:
             raise unauthorized("unknown token: check it, or ask an admin for a new one")
-        user, token = found
-        if token.revoked_at is not None:
-            raise unauthorized(f"the token was revoked at {token.revoked_at.isoformat()}")
-        if user.disabled_at is not None:
-            raise unauthorized(f"the user {user.name} is disabled")
-        return Caller(user.id, user.name, user.role, user.quota_active_jobs, token.expires_at)
+        _check(*found)
+        return found
+
+    def _session(self, secret: str) -> Caller:
+        found = self.accounts.session(secret)
+        if found is None:
+            raise unauthorized("unknown session: sign in again")
+        user, token, session = found
+        if session.revoked_at is not None:
+            raise unauthorized(f"the session ended at {session.revoked_at.isoformat()}")
+        _check(user, token)
+        quota = user.quota_active_jobs
+        return Caller(user.id, user.name, user.role, quota, session.expires_at, session.csrf)
+
+    def _sign_in(self, secret: str) -> tuple[str, Caller]:
+        user, token = self._valid(secret)
+        session, cookie = self.accounts.open_session(user.id, token, self.session_lifetime)
+        quota = user.quota_active_jobs
+        return cookie, Caller(
+            user.id, user.name, user.role, quota, session.expires_at, session.csrf
+        )
 
     def forget(self) -> None:
-        """Tokens or users changed: look every token up again."""
+        """Tokens, sessions or users changed: look every one up again."""
         self._known.clear()
+        self._sessions.clear()
+
+
+async def _remembered(
+    cache: Cache, secret: str, look_up: Callable[[str], Caller], what: str
+) -> Caller:
+    """`look_up(secret)`, remembered for CACHE_SECONDS; 401 once what it names has expired."""
+    now = time.monotonic()
+    known = cache.get(secret)
+    if known is None or known[0] < now:
+        caller = await run_in_threadpool(look_up, secret)
+        if len(cache) >= CACHE_ENTRIES:
+            cache.clear()
+        cache[secret] = (now + CACHE_SECONDS, caller)
+    else:
+        caller = known[1]
+    if caller.expires_at is not None and caller.expires_at <= utcnow():
+        advice = ": sign in again" if what == "session" else ""
+        raise unauthorized(f"the {what} expired at {caller.expires_at.isoformat()}{advice}")
+    return caller
+
+
+def _check(user: User, token: Token) -> None:
+    """401 if the token is revoked or expired, or its user disabled."""
+    if token.revoked_at is not None:
+        raise unauthorized(f"the token was revoked at {token.revoked_at.isoformat()}")
+    if token.expires_at is not None and token.expires_at <= utcnow():
+        raise unauthorized(f"the token expired at {token.expires_at.isoformat()}")
+    if user.disabled_at is not None:
+        raise unauthorized(f"the user {user.name} is disabled")
 
 
 def foreign_origin(request: Request) -> str | None:
@@ -125,16 +204,19 @@ def foreign_origin(request: Request) -> str | None:
     return None
 
 
-def cross_site(request: Request) -> str | None:
-    """Why a cookie-authenticated request may have been forged by another site, or None."""
+def cross_site(request: Request, csrf: str | None) -> str | None:
+    """Why a request signed in by a session whose CSRF token is `csrf` may have been forged by
+    another site, or None."""
     if request.method in SAFE_METHODS:
         return None
     if refusal := foreign_origin(request):
         return refusal
-    if request.headers.get(CSRF_HEADER) != "1":
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not csrf or not hmac.compare_digest(sent.encode(), csrf.encode()):
         return (
             f"a {request.method} signed in by the session cookie must carry the header "
-            f"'{CSRF_HEADER}: 1' (the dashboard sends it), or use 'Authorization: Bearer <token>'"
+            f"{CSRF_HEADER} with that session's CSRF token (the dashboard's pages send it), "
+            "or use 'Authorization: Bearer <token>'"
         )
     return None
 
@@ -157,21 +239,29 @@ def _bearer(header: str | None) -> str:
 
 def admin_token(settings: Settings, accounts: Accounts) -> str:
     """Register the admin's token (TRICKLAB_ADMIN_TOKEN, else the token file, made on the
-    first start) and say, as Jupyter does, how to use it."""
+    first start) and say, as Jupyter does, how to use it. Registering it revokes the admin's
+    token from the other source or an earlier value (accounts.register_admin_token)."""
     url = f"http://{_reachable(settings.host)}:{settings.port}/v1/me"
+    variable, file = ADMIN_TOKEN_SOURCES
     if settings.admin_token is not None:
-        accounts.register_admin_token(
-            settings.admin_token.get_secret_value(), "TRICKLAB_ADMIN_TOKEN"
-        )
+        token = accounts.register_admin_token(settings.admin_token.get_secret_value(), variable)
+        if token.revoked_at is not None:
+            log.error(
+                "TRICKLAB_ADMIN_TOKEN holds a token that was revoked at %s: set a new value",
+                token.revoked_at.isoformat(),
+            )
         log.info(
             "the admin's token is TRICKLAB_ADMIN_TOKEN; try: "
             'curl -H "Authorization: Bearer $TRICKLAB_ADMIN_TOKEN" %s',
             url,
         )
-        return "TRICKLAB_ADMIN_TOKEN"
+        return variable
     path = settings.token_file
     secret = _token_file(path)
-    accounts.register_admin_token(secret, "admin-token file")
+    if accounts.register_admin_token(secret, file).revoked_at is not None:
+        # Revoked (by TRICKLAB_ADMIN_TOKEN, or by hand): the file gets a new token, as on the
+        # first start.
+        accounts.register_admin_token(_renew_token_file(path, secret), file)
     log.info(
         'the admin\'s token is in %s; try: curl -H "Authorization: Bearer $(cat %s)" %s',
         path,
@@ -179,6 +269,24 @@ def admin_token(settings: Settings, accounts: Accounts) -> str:
         url,
     )
     return str(path)
+
+
+def _renew_token_file(path: Path, revoked: str) -> str:
+    """Replace the revoked token in `path` with a new one (mode 0600) and return it; several
+    API processes doing so at once agree on one: the first replaces it, the others read it."""
+    with os.fdopen(os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        current = path.read_text().strip()
+        if current != revoked:
+            return current
+        secret = new_secret()
+        fresh = path.with_name(f".{path.name}.new")
+        descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secret + "\n")
+        os.replace(fresh, path)
+    log.warning("the admin's token in %s was revoked: a new one replaces it there", path)
+    return secret
 
 
 def _token_file(path: Path) -> str:

@@ -2,10 +2,12 @@
 
 Pages are server-rendered (Jinja2) and refreshed in parts by htmx; the charts are uPlot; all
 three are vendored under service/dashboard/static, so nothing comes from a CDN. The browser
-signs in with an API token, kept in an HttpOnly, SameSite=Strict cookie that service.auth.Gate
-accepts in place of the Authorization header; what the pages change goes through the API's own
-routes (or, for the predictions shown with their pixels, the serving layer), under its owner
-rules.
+signs in with an API token, which opens a server-side session: its HttpOnly, SameSite=Strict
+cookie names the session (never the token), service.auth.Gate accepts it in place of the
+Authorization header, and each page carries the session's CSRF token, which htmx and
+dashboard.js send with every state-changing request. What the pages change goes through the
+API's own routes (or, for the predictions shown with their pixels, the serving layer), under
+its owner rules.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def page(request: Request, name: str, caller: Caller | None, code: int = 200, **
             "caller": caller,
             "auth": app_state(request.app).gate.enabled,
             "csrf_header": CSRF_HEADER,
+            "csrf_token": caller.csrf if caller is not None and caller.csrf else "",
             **context,
         },
         status_code=code,
@@ -109,16 +112,19 @@ def home(request: Request, caller: Viewer) -> Response:
 async def sign_in(
     request: Request, gate: GateDep, token: Annotated[str, Form(max_length=512)]
 ) -> Response:
+    """Open a session with the API token; the cookie holds only the session's secret."""
     if refusal := foreign_origin(request):
         raise HTTPException(403, refusal)
     try:
-        await gate.identify(token.strip())
+        secret, caller = await gate.sign_in(token.strip())
     except HTTPException as error:
         return page(request, "signin.html", None, code=401, error=error.detail)
+    assert caller.expires_at is not None  # a session always ends
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        token.strip(),
+        secret,
+        max_age=max(0, round((caller.expires_at - utcnow()).total_seconds())),
         httponly=True,
         samesite="strict",
         path="/",
@@ -128,11 +134,26 @@ async def sign_in(
 
 
 @router.post("/signout")
-async def sign_out(request: Request) -> Response:
-    if refusal := cross_site(request):
-        raise HTTPException(403, refusal)
+async def sign_out(request: Request, gate: GateDep) -> Response:
+    """Revoke the session (its cookie, even copied, no longer works) and clear the cookie."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        try:
+            caller: Caller | None = await gate.session(secret)
+        except HTTPException:
+            caller = None  # already over: only the cookie is left to clear
+        if caller is not None:
+            if refusal := cross_site(request, caller.csrf):
+                raise HTTPException(403, refusal)
+            await gate.sign_out(secret)
     response = Response(status_code=204, headers={"HX-Redirect": "/"})
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -289,6 +310,39 @@ def png_data_url(pixels: np.ndarray) -> str:
 # -- studies, comparisons, forms ------------------------------------------------------
 
 
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page(request: Request, caller: Viewer) -> Response:
+    if caller is None:
+        return sign_in_first(request)
+    return page(request, "studies.html", caller)
+
+
+@router.get("/ui/studies", response_class=HTMLResponse)
+def studies_table(
+    request: Request, caller: Viewer, reads: ReadsDep, after: PagePosition
+) -> Response:
+    """The studies table, newest first, a page at a time, with each study's progress."""
+    if caller is None:
+        return Response(status_code=204, headers={"HX-Redirect": "/"})
+    found, total = reads.list_studies(PAGE + 1, 0, None if caller.admin else caller.name, after)
+    studies = found[:PAGE]
+    statuses = reads.statuses([job_id for study in studies for job_id in study.job_ids])
+    summaries = [
+        StudySummary.of(study, [statuses[job_id] for job_id in study.job_ids]) for study in studies
+    ]
+    return page(
+        request,
+        "studies_table.html",
+        caller,
+        studies=summaries,
+        total=total,
+        older=next_link(request, found, PAGE),
+        first=after is None,
+        # Only the first page refreshes itself: it is where new and running studies are.
+        active=after is None and any(s.status in ("queued", "running") for s in summaries),
+    )
+
+
 @router.get("/studies/{study_id}", response_class=HTMLResponse)
 def study_page(
     request: Request, caller: Viewer, studies: StudiesDep, reads: ReadsDep, study_id: str
@@ -383,4 +437,11 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
+def study_label(study_id: str, name: str | None) -> str:
+    """What a study is called on the pages: its name, or, without one, its short id, so that
+    its links and title are never empty."""
+    return name or study_id[:8]
+
+
 templates.env.filters["when"] = when
+templates.env.globals["study_label"] = study_label

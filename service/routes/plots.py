@@ -64,7 +64,8 @@ def _image_route(
 def study_plot(
     study: StudyDep, name: plots.PlotName, reads: ReadsDep, fmt: FormatQuery = "png"
 ) -> Response:
-    return _image(name, study_report(reads, study), f"Study {study.name!r}", fmt)
+    title = f"Study {study.name!r}" if study.name else f"Study {study.id[:8]}"  # as the pages
+    return _image(name, study_report(reads, study), title, fmt)
 
 
 @_image_route(

@@ -85,8 +85,9 @@ def get_user(user_id: UserId, accounts: AccountsDep, _: AdminDep) -> UserRead:
 def update_user(
     user_id: UserId, update: UserUpdate, accounts: AccountsDep, admin: AdminDep, gate: GateDep
 ) -> UserRead:
-    """Change a user's role or quota, or disable them (their tokens stop working) or enable
-    them again."""
+    """Change a user's role or quota, or disable them (their tokens stop working, and their
+    dashboard sessions are revoked) or enable them again (their tokens work again; a revoked
+    session stays revoked)."""
     changes = update.model_dump(exclude_unset=True)
     for field in ("role", "disabled"):
         if field in changes and changes[field] is None:

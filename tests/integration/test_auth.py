@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from service.app import create_app
+from service.auth import SESSION_COOKIE
 from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY
 from tests.support.images import encode
@@ -430,6 +431,42 @@ def test_a_changed_admin_token_setting_replaces_the_old_token(tmp_path, data_dir
         refused = client.get("/v1/me", headers={"Authorization": f"Bearer {old}"})
         assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
     assert not (tmp_path / "admin-token").exists()  # the setting is the token: no file
+
+
+def test_switching_the_admin_token_between_the_variable_and_the_file_ends_the_old_one(
+    tmp_path, data_dir
+):
+    """Each start with another source of the admin's token (TRICKLAB_ADMIN_TOKEN, or the
+    file when it is unset) revokes the one before, and the dashboard sessions it opened."""
+    variable, other = "tl_" + "v" * 40, "tl_" + "w" * 40
+    token_file = tmp_path / "admin-token"
+
+    def start(admin_token: str | None) -> TestClient:
+        return TestClient(create_app(settings_in(tmp_path, data_dir, admin_token=admin_token)))
+
+    def works(client: TestClient, secret: str) -> bool:
+        answer = client.get("/v1/me", headers={"Authorization": f"Bearer {secret}"})
+        assert answer.status_code in (200, 401) and ("revoked" in answer.text) != answer.is_success
+        return answer.is_success
+
+    with start(variable) as client:
+        assert works(client, variable)
+        signed_in = client.post("/signin", data={"token": variable}, follow_redirects=False)
+        session = {"Cookie": f"{SESSION_COOKIE}={signed_in.cookies[SESSION_COOKIE]}"}
+        assert client.get("/v1/me", headers=session).status_code == 200
+    with start(None) as client:  # the variable unset: a token file, and the variable's ends
+        from_file = token_file.read_text().strip()
+        assert works(client, from_file) and not works(client, variable)
+        ended = client.get("/v1/me", headers=session)
+        assert ended.status_code == 401 and "session ended" in ended.json()["detail"]
+    with start(other) as client:  # the variable again, another value: the file's ends
+        assert works(client, other) and not works(client, from_file)
+        assert not works(client, variable)  # a revoked token is never revived
+    with start(None) as client:  # the file's token was revoked: a new one replaces it
+        renewed = token_file.read_text().strip()
+        assert renewed != from_file and token_file.stat().st_mode & 0o777 == 0o600
+        assert works(client, renewed)
+        assert not any(works(client, s) for s in (variable, other, from_file))
 
 
 def test_a_short_admin_token_is_refused(tmp_path, data_dir):

@@ -1,19 +1,28 @@
-"""The dashboard over HTTP: sign-in sets a safe session cookie, the cookie reads what the token
-reads, and a state-changing request signed in by the cookie alone (a cross-site form) is
-refused; bearer clients are unaffected."""
+"""The dashboard over HTTP: signing in opens a server-side session whose cookie holds no
+token; the cookie reads what the token reads; a state-changing request signed in by the cookie
+needs the session's own CSRF token (a cross-site form has none); signing out, disabling the
+user, revoking the token or the session's expiry ends it; bearer clients are unaffected."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from core.config import Settings
-from service.auth import CSRF_HEADER, SESSION_COOKIE
-from tests.support.auth import ADMIN_TOKEN
+from service.auth import CACHE_SECONDS, CSRF_HEADER, SESSION_COOKIE
+from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
+from tests.support.cluster import wait_for
 from tests.support.data import TINY
+from tests.support.inprocess import settings_in
+
+ORIGIN = "http://127.0.0.1:8000"
 
 
 @pytest.fixture
@@ -21,17 +30,41 @@ def browser(settings: Settings) -> Iterator[TestClient]:
     """A client without the Authorization header, as a browser is."""
     from service.app import create_app
 
-    with TestClient(create_app(settings), base_url="http://127.0.0.1:8000") as test_client:
+    with TestClient(create_app(settings), base_url=ORIGIN) as test_client:
         yield test_client
 
 
-def sign_in(browser: TestClient) -> None:
-    answer = browser.post("/signin", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+def another_browser(browser: TestClient, cookie: str | None = None) -> TestClient:
+    """A second browser on the same app, holding `cookie` (a copied session cookie) if given."""
+    other = TestClient(browser.app, base_url=ORIGIN)
+    if cookie is not None:
+        other.cookies.set(SESSION_COOKIE, cookie)
+    return other
+
+
+def admin_of(browser: TestClient) -> TestClient:
+    """A bearer client of the admin's on the browser's own app (the same API process)."""
+    return TestClient(browser.app, base_url=ORIGIN, headers=ADMIN_HEADERS)
+
+
+def sign_in(browser: TestClient, token: str = ADMIN_TOKEN) -> dict[str, str]:
+    """Sign in with the token; the session's CSRF header, as its pages carry it."""
+    answer = browser.post("/signin", data={"token": token}, follow_redirects=False)
     assert answer.status_code == 303, answer.text
     cookie = answer.headers["set-cookie"]
-    assert f"{SESSION_COOKIE}=" in cookie
+    assert f"{SESSION_COOKIE}=" in cookie and token not in cookie
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "Max-Age=43200" in cookie  # TRICKLAB_SESSION_HOURS, 12 by default
     assert "Secure" not in cookie  # plain http here; https gets Secure
+    return csrf_of(browser)
+
+
+def csrf_of(browser: TestClient) -> dict[str, str]:
+    """The CSRF header the signed-in page gives htmx and dashboard.js."""
+    page = browser.get("/").text
+    headers = json.loads(re.search(r"<body hx-headers='([^']*)'", page).group(1))
+    assert headers[CSRF_HEADER]
+    return headers
 
 
 def test_a_visitor_without_a_session_sees_the_sign_in_form(browser):
@@ -46,6 +79,25 @@ def test_a_wrong_token_is_refused_with_the_reason(browser):
     assert SESSION_COOKIE not in browser.cookies
 
 
+def test_the_cookie_names_a_hashed_session_and_never_holds_the_token(browser):
+    sign_in(browser)
+    cookie = browser.cookies[SESSION_COOKIE]
+    assert cookie != ADMIN_TOKEN and len(cookie) >= 43  # 32 random bytes
+    with browser.app.state.tricklab.store.engine.connect() as connection:
+        rows = connection.execute(text("SELECT * FROM sessions")).all()
+    assert len(rows) == 1 and cookie not in str(rows)
+    assert hashlib.sha256(cookie.encode()).hexdigest() in str(rows)
+    # The session's secret is no API token, and an API token is no session.
+    as_bearer = browser.get("/v1/me", headers={"Authorization": f"Bearer {cookie}"})
+    assert as_bearer.status_code == 401
+    with another_browser(browser, ADMIN_TOKEN) as old_style:  # a cookie that held the token
+        assert old_style.get("/v1/me").status_code == 401
+        assert 'name="token"' in old_style.get("/").text
+    a_second = another_browser(browser)
+    sign_in(a_second)
+    assert a_second.cookies[SESSION_COOKIE] != cookie  # each sign-in a session of its own
+
+
 def test_the_session_cookie_reads_the_api_and_the_pages(browser):
     sign_in(browser)
     assert browser.get("/v1/me").json()["name"] == "admin"
@@ -53,18 +105,21 @@ def test_the_session_cookie_reads_the_api_and_the_pages(browser):
     assert browser.get("/ui/jobs").status_code == 200
 
 
-def test_a_post_signed_in_by_the_cookie_alone_is_refused(browser):
-    sign_in(browser)
+def test_a_post_signed_in_by_the_cookie_needs_the_sessions_own_csrf_token(browser, client):
+    csrf = sign_in(browser)
     refused = browser.post("/v1/jobs", json=TINY)
     assert refused.status_code == 403 and CSRF_HEADER in refused.json()["detail"]
+    assert browser.post("/v1/jobs", json=TINY, headers={CSRF_HEADER: "1"}).status_code == 403
+    other = another_browser(browser)
+    others_csrf = sign_in(other)  # the same user, another session
+    assert others_csrf != csrf
+    assert browser.post("/v1/jobs", json=TINY, headers=others_csrf).status_code == 403
     foreign = browser.post(
-        "/v1/jobs", json=TINY, headers={CSRF_HEADER: "1", "Origin": "https://evil.example"}
+        "/v1/jobs", json=TINY, headers={**csrf, "Origin": "https://evil.example"}
     )
     assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
     assert browser.get("/v1/jobs").json()["total"] == 0
-    accepted = browser.post(
-        "/v1/jobs", json=TINY, headers={CSRF_HEADER: "1", "Origin": "http://127.0.0.1:8000"}
-    )
+    accepted = browser.post("/v1/jobs", json=TINY, headers={**csrf, "Origin": ORIGIN})
     assert accepted.status_code == 201
     assert accepted.json()["id"] in browser.get("/ui/jobs").text
 
@@ -73,18 +128,88 @@ def test_bearer_clients_need_no_csrf_header(client):
     assert client.post("/v1/jobs", json=TINY).status_code == 201
 
 
-def test_sign_out_clears_the_cookie(browser):
-    sign_in(browser)
-    assert browser.post("/signout").status_code == 403  # cross-site sign-out refused too
-    out = browser.post("/signout", headers={CSRF_HEADER: "1"})
+def test_over_https_the_cookie_is_secure(settings):
+    from service.app import create_app
+
+    with TestClient(create_app(settings), base_url="https://127.0.0.1:8443") as browser:
+        answer = browser.post("/signin", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+        assert answer.status_code == 303 and "Secure" in answer.headers["set-cookie"]
+        assert browser.get("/v1/me").json()["name"] == "admin"
+        out = browser.post("/signout", headers=csrf_of(browser))
+        assert out.status_code == 204 and "Secure" in out.headers["set-cookie"]
+
+
+def test_signing_out_revokes_the_session_so_a_copied_cookie_stops_working(browser):
+    csrf = sign_in(browser)
+    copied = browser.cookies[SESSION_COOKIE]
+    thief = another_browser(browser, copied)
+    assert thief.get("/v1/me").status_code == 200  # a copy works while the session lasts
+    assert browser.post("/signout").status_code == 403  # cross-site sign-out refused
+    assert browser.post("/signout", headers={CSRF_HEADER: "1"}).status_code == 403
+    out = browser.post("/signout", headers=csrf)
     assert out.status_code == 204 and out.headers["HX-Redirect"] == "/"
+    assert f'{SESSION_COOKIE}=""' in out.headers["set-cookie"]
+    assert "Max-Age=0" in out.headers["set-cookie"]
     assert 'name="token"' in browser.get("/").text
+    replayed = thief.get("/v1/me")
+    assert replayed.status_code == 401 and "session ended" in replayed.json()["detail"]
+    assert 'name="token"' in thief.get("/").text
+    assert thief.get("/new", follow_redirects=False).headers["location"] == "/"
+    assert thief.post("/v1/jobs", json=TINY, headers=csrf).status_code == 401
+
+
+def test_disabling_a_user_ends_their_sessions_at_once_and_for_good(browser):
+    admin = admin_of(browser)
+    bob = admin.post("/v1/users", json={"name": "bob", "role": "user"}).json()
+    sign_in(browser, bob["token"])
+    assert browser.get("/v1/me").json()["name"] == "bob"
+    assert admin.patch(f"/v1/users/{bob['id']}", json={"disabled": True}).status_code == 200
+    refused = browser.get("/v1/me")
+    assert refused.status_code == 401 and "session ended" in refused.json()["detail"]
+    assert 'name="token"' in browser.get("/").text
+    assert admin.patch(f"/v1/users/{bob['id']}", json={"disabled": False}).status_code == 200
+    assert browser.get("/v1/me").status_code == 401  # enabled again: the session stays ended
+    out = browser.post("/signout")  # an ended session's cookie is cleared without a CSRF token
+    assert out.status_code == 204 and "Max-Age=0" in out.headers["set-cookie"]
+    sign_in(browser, bob["token"])  # a new one works
+    assert browser.get("/v1/me").json()["name"] == "bob"
+
+
+def test_revoking_the_token_through_another_api_process_ends_its_sessions(browser, client):
+    bob = client.post("/v1/users", json={"name": "bob", "role": "user"}).json()
+    sign_in(browser, bob["token"])
+    assert browser.get("/v1/me").status_code == 200  # now this process remembers the session
+    # `client` is another API process on the same database: the browser's forgets within
+    # the gate's CACHE_SECONDS.
+    assert client.delete(f"/v1/users/{bob['id']}/tokens/{bob['token_id']}").status_code == 200
+    refused = wait_for(
+        lambda: (answer := browser.get("/v1/me")).status_code == 401 and answer,
+        CACHE_SECONDS + 2,
+        "the session to end",
+    )
+    assert "revoked" in refused.json()["detail"]
+
+
+def test_an_expired_session_is_refused(tmp_path, data_dir):
+    from service.app import create_app
+
+    settings = settings_in(tmp_path, data_dir, session_hours=1.5 / 3600)  # 1.5 s
+    with TestClient(create_app(settings), base_url=ORIGIN) as browser:
+        answer = browser.post("/signin", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+        assert "Max-Age=1;" in answer.headers["set-cookie"]
+        assert browser.get("/v1/me").status_code == 200
+        time.sleep(1.6)
+        # A browser would have dropped the cookie by now; one that kept it is refused.
+        browser.cookies.set(SESSION_COOKIE, answer.cookies[SESSION_COOKIE])
+        refused = browser.get("/v1/me")
+        assert refused.status_code == 401 and "session expired" in refused.json()["detail"]
+        assert 'name="token"' in browser.get("/").text
 
 
 def test_another_users_job_is_404_on_its_page(browser, client):
     job = client.post("/v1/jobs", json=TINY).json()
     user = client.post("/v1/users", json={"name": "bob", "role": "user"}).json()
-    browser.post("/signin", data={"token": user["token"]})
+    sign_in(browser, user["token"])
     assert browser.get(f"/jobs/{job['id']}").status_code == 404
     assert job["id"] not in browser.get("/ui/jobs").text
 
@@ -146,3 +271,66 @@ def test_the_jobs_table_pages_to_older_jobs(browser, client):
     assert second.count("<tr data-job=") == 1 and jobs[0]["id"] in second
     assert "Newest jobs" in second and "Older jobs" not in second
     assert 'hx-trigger="every 2s"' not in second
+
+
+def test_the_studies_page_lists_studies_and_an_unnamed_one_by_its_short_id(browser, client):
+    sign_in(browser)
+    assert '<a href="/studies">Studies</a>' in browser.get("/").text  # in the navigation
+    study = {"base": TINY, "tricks": ["dropout"], "repeats": 1}  # 2 jobs
+    named = client.post("/v1/studies", json={**study, "name": "drops"}).json()
+    unnamed = client.post("/v1/studies", json=study).json()
+    short = unnamed["id"][:8]
+    page = browser.get("/studies")
+    assert page.status_code == 200 and 'hx-get="/ui/studies"' in page.text
+    table = browser.get("/ui/studies").text
+    assert table.index(f'data-study="{unnamed["id"]}"') < table.index(f'data-study="{named["id"]}"')
+    assert f'<a href="/studies/{named["id"]}">drops</a>' in table
+    assert f'<a href="/studies/{unnamed["id"]}">{short}</a>' in table  # never an empty link
+    assert table.count('<span class="status queued">queued</span>') == 2
+    assert table.count("0/2 ended · queued 2") == 2 and "2 shown of 2" in table
+    assert 'hx-trigger="every 3s"' in table  # it follows studies that wait or run
+    # Wherever a study's name shows, an unnamed one shows its short id instead.
+    study_page = browser.get(f"/studies/{unnamed['id']}").text
+    assert f"<title>Study {short} · tricklab</title>" in study_page
+    assert f"<h1>Study: {short}</h1>" in study_page
+    link = f'<a href="/studies/{unnamed["id"]}">{short}</a>'
+    assert browser.get("/ui/jobs").text.count(link) == 2
+    assert link in browser.get(f"/jobs/{study_jobs(unnamed)[0]}").text
+
+    client.post(f"/v1/studies/{unnamed['id']}/cancel")
+    table = browser.get("/ui/studies").text
+    assert '<span class="status cancelled">cancelled</span>' in table
+    assert "2/2 ended · cancelled 2" in table
+
+
+def test_the_studies_table_shows_ones_own_a_page_at_a_time(browser, client):
+    sign_in(browser)
+    user = client.post("/v1/users", json={"name": "bob", "role": "user"}).json()
+    bob = TestClient(browser.app, headers={"Authorization": f"Bearer {user['token']}"})
+    study = {"base": TINY, "tricks": ["dropout"], "repeats": 1}
+    admins = [client.post("/v1/studies", json=study).json()["id"] for _ in range(100)]
+    bobs = bob.post("/v1/studies", json=study).json()["id"]
+    first = browser.get("/ui/studies").text  # the admin sees everyone's
+    assert first.count("<tr data-study=") == 100 and admins[0] not in first and bobs in first
+    assert "100 shown of 101" in first
+    older = re.search(r'hx-get="(/ui/studies\?cursor=[^"]+)"', first).group(1)
+    second = browser.get(older).text
+    assert second.count("<tr data-study=") == 1 and admins[0] in second
+    assert "Newest studies" in second and "Older studies" not in second
+    assert 'hx-trigger="every 3s"' not in second  # only the newest page refreshes itself
+    own = bob.get("/ui/studies").text
+    assert own.count("<tr data-study=") == 1 and bobs in own and "1 shown of 1" in own
+
+
+def test_a_session_ends_no_later_than_its_token(tmp_path, data_dir):
+    from service.app import create_app
+
+    settings = settings_in(tmp_path, data_dir, session_hours=48)
+    with TestClient(create_app(settings), base_url=ORIGIN) as browser:
+        admin = admin_of(browser)
+        day = admin.post("/v1/me/tokens", json={"name": "a day", "expires_in_days": 1}).json()
+        answer = browser.post("/signin", data={"token": day["token"]}, follow_redirects=False)
+        age = int(re.search(r"Max-Age=(\d+)", answer.headers["set-cookie"]).group(1))
+        assert 86_390 <= age <= 86_400  # the token's day, not the session's 48 hours
+        answer = browser.post("/signin", data={"token": ADMIN_TOKEN}, follow_redirects=False)
+        assert "Max-Age=172800" in answer.headers["set-cookie"]

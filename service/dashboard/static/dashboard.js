@@ -1,7 +1,8 @@
 // The dashboard's own script: live learning curves (EventSource + uPlot), dropping files to
 // predict, and the new job/study form posting JSON to the API. No build step.
 "use strict";
-const CSRF = {"X-Tricklab-CSRF": "1"};
+// The session's CSRF token, as the page carries it for htmx.
+const CSRF = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
 const fmt = (x) => (x === null || x === undefined ? "" : Number(x).toPrecision(4));
 
 function chart(el, label, names) {
@@ -134,6 +135,10 @@ function newForm(form) {
 document.addEventListener("DOMContentLoaded", () => {
   const box = document.getElementById("curves");
   if (box) curves(box);
+  // Once cancelled, the page shows the job as it now is. (Not hx-on: an attribute's script
+  // needs eval, which the Content-Security-Policy forbids.)
+  const cancel = document.getElementById("cancel");
+  if (cancel) cancel.addEventListener("htmx:afterRequest", () => location.reload());
   const predict = document.getElementById("predict");
   if (predict) dropFiles(predict);
   const form = document.getElementById("new-form");
