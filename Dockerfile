@@ -39,12 +39,15 @@ RUN pip install --no-cache-dir --no-deps . \
  && pip check
 
 # An unprivileged user owning /var/lib/tricklab, the state to keep on a volume shared by the
-# API and the workers (a new named volume mounted there starts with this ownership).
-# /datasets is where the dataset folder is mounted read-only: the image holds no datasets.
+# API and the workers (a new named volume mounted there starts with this ownership and mode).
+# /var/lib/tricklab-metrics holds the scraper's token alone, on a volume of its own that
+# tricklab's group (Prometheus, in compose) may read. /datasets is where the dataset folder is
+# mounted read-only: the image holds no datasets.
 RUN groupadd --gid 10001 tricklab \
  && useradd --create-home --no-log-init --uid 10001 --gid 10001 tricklab \
- && mkdir -p /var/lib/tricklab/artifacts /datasets \
- && chown -R tricklab:tricklab /var/lib/tricklab
+ && mkdir -p /var/lib/tricklab/artifacts /var/lib/tricklab-metrics /datasets \
+ && chown -R tricklab:tricklab /var/lib/tricklab /var/lib/tricklab-metrics \
+ && chmod 0750 /var/lib/tricklab-metrics
 USER 10001:10001
 
 # Matplotlib's font cache (for the plots), built once here, not at every container's start.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +14,7 @@ from service.deps import MetricsDep, StoreDep, get_caller, no_unknown_query
 from service.errors import errors
 from service.schemas import Health, TrickCatalogue
 
+log = logging.getLogger("tricklab.service")
 router = APIRouter(dependencies=[Depends(no_unknown_query)])
 
 
@@ -46,15 +49,22 @@ def healthz() -> Health:
     tags=["health"],
     response_model=Health,
     response_model_exclude_none=True,
-    responses={503: {"description": "The database does not answer.", "model": Health}},
+    responses={
+        503: {
+            "description": "The database does not answer (why: in the API's log).",
+            "model": Health,
+        }
+    },
 )
 def readyz(store: StoreDep) -> Health | JSONResponse:
-    """The database answers."""
+    """The database answers. Open to anyone, so a failure says no more than that: its reason
+    (a host name, a user, a path) goes to the log alone."""
     try:
         store.ping()
     except Exception as error:
-        unready = Health(status="unavailable", detail=str(error))
-        return JSONResponse(unready.model_dump(), status_code=503)
+        log.warning("not ready: the database does not answer: %s", error)
+        unready = Health(status="unavailable")
+        return JSONResponse(unready.model_dump(exclude_none=True), status_code=503)
     return Health(status="ready")
 
 
@@ -72,6 +82,7 @@ def readyz(store: StoreDep) -> Health | JSONResponse:
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics of this API process: requests by route and status, latencies,
     prediction batches, the model cache, jobs by status, open event streams. They name no job
-    or user, so any user's token may scrape them (see docs/operations.md)."""
+    or user, so any user's token may scrape them, and so may the token of
+    TRICKLAB_METRICS_TOKEN_FILE, which reads nothing else (see docs/operations.md)."""
     body = await run_in_threadpool(generate_latest, metrics.registry)  # jobs by status: a query
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import shlex
 import shutil
@@ -17,6 +19,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from core.config import Settings
+from service import metrics_token
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -89,7 +92,7 @@ def services(compose: dict) -> dict:
 
 
 def test_the_api_and_the_worker_run_from_one_image_built_once(services):
-    assert set(services) == {"api", "worker", "postgres", "prometheus"}
+    assert set(services) == {"api", "worker", "proxy", "postgres", "prometheus"}
     assert services["api"]["image"] == services["worker"]["image"] == "tricklab:latest"
     assert services["api"]["build"] == "."
     assert "build" not in services["worker"]
@@ -113,9 +116,9 @@ def test_both_processes_share_one_named_volume_and_read_the_datasets_read_only(c
         assert any(mount.endswith(":/datasets:ro") for mount in service["volumes"])
 
 
-def test_the_api_is_published_and_healthy_only_when_readyz_answers(services):
+def test_the_api_is_published_on_loopback_and_healthy_only_when_readyz_answers(services):
     api = services["api"]
-    assert api["ports"] == ["8000:8000"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]  # from elsewhere: through the proxy
     assert api["healthcheck"]["test"][0] == "CMD"
     assert "http://127.0.0.1:8000/readyz" in " ".join(api["healthcheck"]["test"])
 
@@ -394,19 +397,28 @@ def test_the_api_keeps_authentication_on_and_takes_the_admin_token_from_the_host
         assert settings.token_file == Path(STATE, "admin-token")
 
 
-def test_the_monitoring_profile_scrapes_the_api_with_a_token_and_every_worker(services):
+def test_the_monitoring_profile_scrapes_the_api_with_a_token_of_its_own_and_every_worker(
+    compose, services, monkeypatch
+):
     prometheus = services["prometheus"]
     assert prometheus["profiles"] == ["monitoring"]
     assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", prometheus["image"])
     mounts = {volume.split(":")[1]: volume for volume in prometheus["volumes"]}
     config_file = ROOT / mounts["/etc/prometheus/prometheus.yml"].split(":")[0]
-    assert mounts["/tricklab"] == "tricklab-state:/tricklab:ro"  # where the token is
     config = yaml.safe_load(config_file.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     api = jobs["tricklab-api"]
-    token_file = api["authorization"]["credentials_file"]
-    assert token_file == "/tricklab/" + Path(image_env()["TRICKLAB_ADMIN_TOKEN_FILE"]).name
-    assert image_env()["TRICKLAB_ADMIN_TOKEN_FILE"].startswith("/var/lib/tricklab/")
+    # The scraper's token, never the admin's: the file the API makes, in a volume of its own
+    # that Prometheus mounts read-only, and nothing else of tricklab's.
+    token_file = Path(environment(services["api"])["TRICKLAB_METRICS_TOKEN_FILE"] or "")
+    volume = f"tricklab-metrics:{token_file.parent}"
+    assert volume in services["api"]["volumes"] and "tricklab-metrics" in compose["volumes"]
+    assert mounts["/tricklab-metrics"] == "tricklab-metrics:/tricklab-metrics:ro"
+    assert api["authorization"]["credentials_file"] == f"/tricklab-metrics/{token_file.name}"
+    assert not any(mount.startswith("tricklab-state:") for mount in prometheus["volumes"])
+    for key, value in {**image_env(), **environment(services["api"])}.items():
+        monkeypatch.setenv(key, interpolate(str(value), {}))
+    assert Settings(_env_file=None).metrics_token_file == token_file  # type: ignore[call-arg]
     assert (
         api["static_configs"] == [{"targets": ["api:8000"]}] and api["metrics_path"] == "/metrics"
     )
@@ -414,3 +426,138 @@ def test_the_monitoring_profile_scrapes_the_api_with_a_token_and_every_worker(se
     host, port = environment(services["worker"])["TRICKLAB_WORKER_METRICS"].split(":")
     assert (workers["names"], workers["port"], host) == (["worker"], int(port), "0.0.0.0")
     assert prometheus["ports"] == ["127.0.0.1:9090:9090"]  # Prometheus has no login
+
+
+def test_prometheus_runs_unprivileged_in_the_group_that_may_read_the_token(services):
+    """Prometheus runs as the image's own user (nobody, owner of its data folder), with
+    tricklab's group: the API makes the token file group-readable (0640) in a folder the image
+    gives to tricklab with mode 0750."""
+    uid, gid = services["prometheus"]["user"].split(":")
+    assert int(uid) not in (0,) and uid != "root"
+    assert re.search(r"groupadd --gid (\d+) tricklab", DOCKERFILE.read_text()).group(1) == gid
+    token_folder = str(
+        Path(environment(services["api"])["TRICKLAB_METRICS_TOKEN_FILE"] or "").parent
+    )
+    (run,) = [args for args in instruction("RUN") if "groupadd" in args]
+    assert "mkdir -p" in run and token_folder in run
+    assert re.search(rf"chown -R tricklab:tricklab [^&]*{re.escape(token_folder)}", run)
+    assert f"chmod 0750 {token_folder}" in run
+    assert metrics_token.MODE == 0o640
+
+
+# -- TLS: the proxy in front --------------------------------------------------------------
+
+CADDY = shutil.which("caddy")
+CADDYFILE = ROOT / "deploy" / "Caddyfile"
+
+
+def published(service: dict) -> list[tuple[str, str, str]]:
+    """(host address, host port, container port) of each of a service's short-form ports; the
+    address is "" where the port is published on every interface."""
+    found = []
+    for entry in map(str, service.get("ports", [])):
+        rest, _, container = entry.rpartition(":")
+        if rest.startswith("${") or ":" not in rest:  # no address: every interface
+            address, host_port = "", rest
+        else:
+            address, _, host_port = rest.rpartition(":")
+        found.append((address, host_port, container))
+    return found
+
+
+def test_nothing_is_published_in_clear_but_on_loopback(services):
+    for name, service in services.items():
+        for address, host_port, container in published(service):
+            if name == "proxy":  # TLS alone on it: the Caddyfile serves no plain HTTP
+                assert (address, host_port, container) == ("", "${TRICKLAB_HTTPS_PORT:-443}", "443")
+            else:
+                assert address == "127.0.0.1", f"{name} publishes {host_port} beyond loopback"
+    assert published(services["proxy"]) and published(services["api"])
+
+
+def test_the_api_believes_forwarded_headers_from_the_proxy_alone(compose, services, monkeypatch):
+    proxy, api = services["proxy"], services["api"]
+    assert re.fullmatch(r"caddy:2\.\d+\.\d+-alpine", proxy["image"])
+    assert proxy["restart"] == "unless-stopped"
+    assert proxy["depends_on"]["api"] == {"condition": "service_healthy"}
+    assert "./deploy/Caddyfile:/etc/caddy/Caddyfile:ro" in proxy["volumes"]
+    # A network of the two alone, with a fixed range: the proxy's address is its own.
+    (subnet,) = [pool["subnet"] for pool in compose["networks"]["edge"]["ipam"]["config"]]
+    network = ipaddress.ip_network(subnet)
+    address = ipaddress.ip_address(proxy["networks"]["edge"]["ipv4_address"])
+    assert address in network and address != next(network.hosts())  # not the gateway's
+    on_edge = {name for name, service in services.items() if "edge" in service.get("networks", [])}
+    assert on_edge == {"proxy", "api"} and list(proxy["networks"]) == ["edge"]
+    assert api["networks"] == ["default", "edge"]  # the database and Prometheus on default
+    # The API trusts that address and nothing more, as the settings read it.
+    for key, value in {**image_env(), **environment(api)}.items():
+        monkeypatch.setenv(key, interpolate(str(value), {}))
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.forwarded_allow_ips == str(address)
+    assert settings.hsts_seconds > 0
+    assert environment(proxy)["API_ADDRESS"] == f"api:{settings.port}"
+
+
+def interpolate(value: str, host: dict[str, str]) -> str:
+    """`value` as compose renders it on a host whose variables are `host` (${VAR},
+    ${VAR:-default}; an empty variable takes the default)."""
+
+    def one(match: re.Match[str]) -> str:
+        name, operator, default = match.groups()
+        assert operator in (None, ":-"), f"not rendered here: {match.group(0)}"
+        return host.get(name) or (default or "")
+
+    return INTERPOLATION.sub(one, value)
+
+
+def caddy_config(proxy: dict, host: dict[str, str], tmp_path: Path) -> dict:
+    """The JSON config Caddy runs, adapted by Caddy itself from deploy/Caddyfile with the proxy
+    service's environment as compose renders it on a host with the variables `host`."""
+    if CADDY is None:
+        pytest.skip("no caddy here: `apt-get install caddy` (.ci/run installs it)")
+    env = {key: interpolate(str(value), host) for key, value in environment(proxy).items()}
+    result = subprocess.run(
+        [CADDY, "adapt", "--config", CADDYFILE, "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_the_caddyfile_serves_the_site_over_tls_in_front_of_the_api(services, tmp_path):
+    config = caddy_config(services["proxy"], {}, tmp_path)
+    (server,) = config["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":443"] and server["protocols"] == ["h1", "h2"]
+    assert server["automatic_https"] == {"disable_redirects": True}  # nothing on port 80
+    assert server["read_header_timeout"] == 10 * 10**9  # as TRICKLAB_HEADER_TIMEOUT_SECONDS
+    assert server["max_header_bytes"] == Settings.model_fields["max_header_bytes"].default
+    (route,) = server["routes"]
+    assert route["match"] == [{"host": ["localhost"]}]
+    (upstream,) = route["handle"][0]["routes"][0]["handle"][0]["upstreams"]
+    assert upstream == {"dial": "api:8000"}
+    # Caddy's local CA, whose root it never installs anywhere; no admin endpoint.
+    (policy,) = config["apps"]["tls"]["automation"]["policies"]
+    assert policy == {"subjects": ["localhost"], "issuers": [{"module": "internal"}]}
+    assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
+    assert config["admin"] == {"disabled": True}
+
+
+def test_a_real_domain_gets_a_public_acme_certificate(services, tmp_path):
+    host = {"TRICKLAB_DOMAIN": "tricklab.example.org", "TRICKLAB_TLS": "ops@example.org"}
+    config = caddy_config(services["proxy"], host, tmp_path)
+    (server,) = config["apps"]["http"]["servers"].values()
+    assert server["routes"][0]["match"] == [{"host": ["tricklab.example.org"]}]
+    (policy,) = config["apps"]["tls"]["automation"]["policies"]
+    assert policy["subjects"] == ["tricklab.example.org"]
+    assert {issuer["module"] for issuer in policy["issuers"]} >= {"acme"}
+    assert {issuer["email"] for issuer in policy["issuers"]} == {"ops@example.org"}
+
+
+def test_the_caddyfile_is_as_caddy_formats_it():
+    if CADDY is None:
+        pytest.skip("no caddy here: `apt-get install caddy` (.ci/run installs it)")
+    result = subprocess.run([CADDY, "fmt", CADDYFILE], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == CADDYFILE.read_text()
