@@ -47,7 +47,9 @@ def parse_form(body: bytes, content_type: str, max_parts: int) -> list[Part]:
     sections = (b"\r\n" + body).split(b"\r\n--" + boundary)
     if len(sections) < 2 or not sections[-1].startswith(b"--"):
         raise FormError(
-            f"the multipart body does not end with its closing boundary --{boundary.decode()}--"
+            # The header arrived as latin-1 (HTTP's own), so it decodes back whatever its bytes.
+            "the multipart body does not end with its closing boundary "
+            f"--{boundary.decode('latin-1')}--"
         )
     parts = sections[1:-1]  # what precedes the first boundary is a preamble, to be ignored
     if len(parts) > max_parts:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio.to_thread
 import keras
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 import core.layers  # noqa: F401  # registers tricklab's layers, which saved models name
 from core.images import ImageError, PixelBudget, convert, decode_plain_png, open_image, scale
@@ -34,7 +35,7 @@ from jobqueue.store import JobStore
 from service import batching
 from service.batching import Batcher
 from service.inference import Forward, numpy_forward
-from service.schemas import ID_PATTERN, EncodedImage
+from service.schemas import ID_PATTERN
 
 if TYPE_CHECKING:  # a type only: importing it would bring the HTTP stack (its middleware)
     from service.metrics import ApiMetrics
@@ -48,6 +49,10 @@ INLINE_BATCH = 32
 PROBE_IMAGES = 64
 # A full queue drains within a few forward passes: a second is long enough to wait.
 RETRY_AFTER_SECONDS = 1
+# How long a model in memory is served without a look at its job's row: another API process,
+# or the retention command, may have deleted its files meanwhile. One read of one row per model
+# this often, as the gate re-reads a token.
+RECHECK_SECONDS = 5.0
 _ID = re.compile(ID_PATTERN)
 
 
@@ -202,10 +207,11 @@ class Predictor:
         self.metrics = metrics
         self._models: OrderedDict[str, ServedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Task[ServedModel]] = {}
+        self._checked_until: dict[str, float] = {}  # monotonic time, by job id
 
     def loaded(self, job_id: str) -> ServedModel | None:
         """The job's model if it is in memory. Only a succeeded job's model is ever loaded,
-        and a succeeded job never changes, so a hit needs no database read."""
+        and a succeeded job changes only when its files are deleted (see `due`)."""
         model = self._models.get(job_id)
         if model is not None:
             self._models.move_to_end(job_id)
@@ -216,6 +222,17 @@ class Predictor:
     def forget(self, job_id: str) -> None:
         """Drop the job's model from memory (its files were deleted)."""
         self._models.pop(job_id, None)
+        self._checked_until.pop(job_id, None)
+
+    def due(self, job_id: str) -> bool:
+        """Whether the job's row is due for another look (RECHECK_SECONDS since the last);
+        if so, the next look is due RECHECK_SECONDS from now, so that one request looks while
+        the others are served."""
+        now = time.monotonic()
+        if now < self._checked_until.get(job_id, 0.0):
+            return False
+        self._checked_until[job_id] = now + RECHECK_SECONDS
+        return True
 
     async def load(self, job: Job) -> ServedModel:
         """A succeeded job's model, loaded (checksum checked) unless it is in memory already.
@@ -250,8 +267,9 @@ class Predictor:
             job.owner,
         )
         self._models[job.id] = loaded
+        self._checked_until[job.id] = time.monotonic() + RECHECK_SECONDS
         if len(self._models) > self.cache_size:
-            self._models.popitem(last=False)
+            self.forget(next(iter(self._models)))
         return loaded
 
     def _read_model(self, job: Job) -> tuple[Forward, str]:
@@ -308,8 +326,21 @@ class Serving:
             raise MalformedId(job_id)
         model = self.models.loaded(job_id)
         if model is not None and viewer.may_see(model.owner):
+            if self.models.due(job_id):
+                await self._still_servable(job_id, viewer)
             return model
         return await self.models.load(await self.job(job_id, viewer))
+
+    async def _still_servable(self, job_id: str, viewer: Viewer) -> None:
+        """Gone (the model forgotten) once another process has deleted the job's files. A
+        database that does not answer leaves the model served from memory, as before."""
+        try:
+            await self.job(job_id, viewer)
+        except ServingError:
+            self.models.forget(job_id)
+            raise
+        except SQLAlchemyError as error:
+            log.warning("job=%s could not re-read its row, serving from memory: %s", job_id, error)
 
     async def job(self, job_id: str, viewer: Viewer) -> Job:
         """The job whose model the viewer asks for, its model not loaded: MalformedId,
@@ -342,15 +373,15 @@ class Serving:
         except ImageError as error:
             raise BadInput(what, str(error)) from None
 
-    async def instances(self, instances: Sequence[EncodedImage | list[list[float]]]) -> np.ndarray:
-        """A predict request's JSON instances (pixel arrays, used as they are, or image files
-        in base64) → (n, 28, 28) pixels."""
+    async def instances(self, instances: Sequence[np.ndarray | bytes]) -> np.ndarray:
+        """A predict request's JSON instances as service.bodies reads them (pixel arrays, used
+        as they are, or the bytes of image files sent in base64) → (n, 28, 28) pixels."""
         budget = self.budget()
         return np.stack(
             [
-                await self.decode(instance.b64, budget, f"instances[{number}].b64")
-                if isinstance(instance, EncodedImage)
-                else np.asarray(instance, dtype=np.float32)
+                await self.decode(instance, budget, f"instances[{number}].b64")
+                if isinstance(instance, bytes)
+                else instance
                 for number, instance in enumerate(instances)
             ]
         )

@@ -56,10 +56,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     text = header_length.strip()
     if not (text.isascii() and text.isdigit()):
         raise TensorError(f"{HEADER_LENGTH} must be a byte count, not {header_length!r}")
-    length = int(text)
+    # A count of more digits than the body's size is out of range (and int() refuses thousands).
+    digits = text.lstrip("0") or "0"
+    length = int(digits) if len(digits) <= len(str(len(body))) else len(body) + 1
     if length == 0 or length > len(body):
+        shown = text if len(text) <= 24 else f"{text[:20]}… ({len(text)} digits)"
         raise TensorError(
-            f"{HEADER_LENGTH} is {length}, but the body has {len(body)} bytes: it must give the "
+            f"{HEADER_LENGTH} is {shown}, but the body has {len(body)} bytes: it must give the "
             "length of the JSON object at the start of the body"
         )
     return body[:length], memoryview(body)[length:]
@@ -110,7 +113,10 @@ def from_json(data: Any, datatype: str, shape: Sequence[int], what: str) -> np.n
     kinds = _JSON_KINDS[dtype.kind]
     if values.dtype.kind not in kinds and values.size:  # [] is float64 to numpy
         expected = {"b": "true or false", "iu": "integers", "iuf": "numbers"}[kinds]
-        raise TensorError(f"{what}: data must hold {expected} for {datatype}")
+        within = ""
+        if dtype.kind in "iu":  # numpy keeps integers beyond 64 bits as objects
+            within = f", within {np.iinfo(dtype).min}–{np.iinfo(dtype).max}"
+        raise TensorError(f"{what}: data must hold {expected} for {datatype}{within}")
     count = math.prod(shape)
     if values.size != count:
         raise TensorError(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
 from core.config import Settings
 from core.images import SIDE
+from service import bodies
 from service.deps import (
     ID_PATTERN,
     ArtifactsDep,
@@ -192,18 +189,13 @@ async def _from_files(request: Request, serving: Serving, max_files: int) -> np.
 
 async def _from_json(body: bytes, serving: Serving, max_instances: int) -> np.ndarray:
     try:
-        document: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HTTPException(400, f"the body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
-    instances = document.get("instances") if isinstance(document, dict) else None
-    if isinstance(instances, list) and len(instances) > max_instances:
-        raise HTTPException(400, f"{len(instances)} instances; at most {max_instances} per request")
-    try:
-        request = PredictInstances.model_validate(document)
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors()]
-        ) from None
-    return await serving.instances(request.instances)
+        instances = await bodies.read(
+            bodies.predict_instances, body, max_instances, json_bytes=len(body)
+        )
+    except bodies.BodyError as error:
+        raise HTTPException(400, str(error)) from None
+    except bodies.Invalid as error:
+        raise RequestValidationError(error.errors) from None
+    except bodies.ParserLost as error:
+        raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
+    return await serving.instances(instances)

@@ -13,8 +13,8 @@ so this router must be included after any other that serves /v2 paths.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,13 +22,14 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from core.images import SIDE
 from jobqueue.models import Job
+from service import bodies
 from service.auth import Caller
+from service.bodies import INPUT, INPUT_DATATYPES, LABELS, OUTPUTS, PROBABILITIES
 from service.deps import (
     CallerDep,
     ResolvedCaller,
@@ -45,31 +46,17 @@ from service.schemas import (
     InferenceModelReady,
     InferenceReady,
     InferenceRequest,
-    InferenceRequestInput,
     InferenceResponse,
     InferenceServerMetadata,
     InferenceTensorMetadata,
 )
 from service.serving import MalformedId, ServedModel, Serving, ServingError, class_names
 from service.state import app_state
-from service.tensors import (
-    HEADER_LENGTH,
-    Output,
-    TensorError,
-    cut,
-    encode_response,
-    from_bytes,
-    split_body,
-)
-from service.tensors import from_json as tensor_from_json
+from service.tensors import HEADER_LENGTH, Output, TensorError, encode_response
 
 VERSION = "1"  # a job trains one model: its only version
 PLATFORM = "keras_keras"  # <project>_<format>: a Keras model in a .keras file
 EXTENSIONS = ["binary_tensor_data"]
-INPUT = "images"
-INPUT_DATATYPES = ("UINT8", "FP32")
-PROBABILITIES, LABELS = "probabilities", "labels"
-OUTPUTS = {PROBABILITIES: "FP32", LABELS: "INT64"}
 BATCH_HEADER = "Tricklab-Batch-Size"  # as /v1/jobs/{id}/predict answers
 
 
@@ -231,12 +218,21 @@ async def infer(request: Request, caller: ResolvedCaller) -> Response:
             "the body uncompressed",
         )
     body = await request.body()
+    json_length = request.headers.get(HEADER_LENGTH)
     try:
-        wanted, pixels = _read_request(
-            body, request.headers.get(HEADER_LENGTH), state.settings.max_predict_instances
+        wanted, pixels = await bodies.read(
+            bodies.infer_request,
+            body,
+            json_length,
+            state.settings.max_predict_instances,
+            json_bytes=bodies.json_size(len(body), json_length),
         )
     except TensorError as error:
         raise HTTPException(400, str(error)) from None
+    except bodies.Invalid as error:
+        raise HTTPException(400, _validation_message(error.errors)) from None
+    except bodies.ParserLost as error:
+        raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
     try:
         result = await model.classify(pixels)
     except ServingError as error:
@@ -266,126 +262,6 @@ async def infer(request: Request, caller: ResolvedCaller) -> Response:
     return Response(content, media_type="application/octet-stream", headers=headers)
 
 
-@dataclass(frozen=True, slots=True)
-class _Wanted:
-    """What a request asks for: its id, and each output wanted with whether it is binary."""
-
-    id: str | None
-    outputs: list[tuple[str, bool]]
-
-
-def _read_request(
-    body: bytes, header_length: str | None, max_images: int
-) -> tuple[_Wanted, np.ndarray]:
-    """The request's outputs and its images, [N, 28, 28] on the 0–255 scale; raises
-    TensorError naming what is wrong."""
-    header, binary = split_body(body, header_length)
-    request = _parsed(header, body, header_length)
-    if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
-        names = ", ".join(repr(i.name) for i in request.inputs) or "none"
-        raise TensorError(f"the model takes one input, {INPUT!r}; the request gives {names}")
-    pixels = _images(request.inputs[0], binary, max_images)
-    return _Wanted(request.id, _outputs(request)), pixels
-
-
-def _parsed(header: bytes, body: bytes, header_length: str | None) -> InferenceRequest:
-    """The request's JSON, validated; TensorError naming what is wrong with it."""
-    try:
-        return InferenceRequest.model_validate_json(header)
-    except ValidationError as error:
-        problems = error.errors()
-        if problems[0]["type"] == "json_invalid":
-            reason = problems[0]["msg"].removeprefix("Invalid JSON: ")
-            hint = ""
-            if header_length is not None:
-                hint = f" ({HEADER_LENGTH} says the JSON is its first {len(header)} bytes)"
-            elif b"binary_data_size" in body:
-                hint = f" (binary tensor data needs the {HEADER_LENGTH} header)"
-            raise TensorError(f"the request is not valid JSON: {reason}{hint}") from None
-        raise TensorError(_validation_message(problems)) from None
-
-
-def _images(tensor: InferenceRequestInput, binary: memoryview, max_images: int) -> np.ndarray:
-    """The input tensor as the model takes it, [N, 28, 28] pixels, 0–255: from its JSON data
-    or from its bytes in `binary`, the body after the JSON."""
-    what = f"input {INPUT!r}"
-    if tensor.datatype not in INPUT_DATATYPES:
-        raise TensorError(
-            f"{what}: datatype {tensor.datatype!r}; the model takes {' or '.join(INPUT_DATATYPES)} "
-            "pixels, 0–255"
-        )
-    shape = tensor.shape
-    if len(shape) != 3 or shape[1:] != [SIDE, SIDE] or shape[0] < 1:
-        raise TensorError(
-            f"{what}: shape {shape}; the model takes [N, {SIDE}, {SIDE}]: N ≥ 1 images of "
-            f"{SIDE}×{SIDE} pixels"
-        )
-    if shape[0] > max_images:
-        raise TensorError(
-            f"{what}: {shape[0]} images; at most {max_images} per request "
-            "(TRICKLAB_MAX_PREDICT_INSTANCES)"
-        )
-    parameters = tensor.parameters or {}
-    if "shared_memory_region" in parameters:
-        raise TensorError(f"{what}: shared memory is not supported; send the data in the body")
-    size = parameters.get("binary_data_size")
-    if size is not None and (type(size) is not int or size < 0):
-        raise TensorError(f"{what}: binary_data_size must be a byte count, not {size!r}")
-    if (size is None) == (tensor.data is None):
-        raise TensorError(
-            f"{what}: give either data (JSON) or parameters.binary_data_size (the bytes after "
-            f"the JSON), not {'both' if size is not None else 'neither'}"
-        )
-    if size is None:
-        (_,) = cut(binary, [None])  # no bytes may follow the JSON
-        pixels = tensor_from_json(tensor.data, tensor.datatype, shape, what)
-    else:
-        (chunk,) = cut(binary, [size])
-        assert chunk is not None
-        pixels = from_bytes(chunk, tensor.datatype, shape, what)
-    if pixels.dtype.kind == "f" and not (
-        np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 255
-    ):
-        raise TensorError(f"{what}: FP32 pixels must be finite numbers within 0–255")
-    return pixels
-
-
-def _outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
-    """Each output asked for (all, in order, if none is named), and whether it is binary."""
-    binary_default = _flag(request.parameters, "binary_data_output", "the request") is True
-    if not request.outputs:
-        return [(name, binary_default) for name in OUTPUTS]
-    wanted: list[tuple[str, bool]] = []
-    for output in request.outputs:
-        what = f"output {output.name!r}"
-        if output.name not in OUTPUTS:
-            raise TensorError(
-                f"the model has no output {output.name!r}; its outputs are "
-                f"{', '.join(map(repr, OUTPUTS))}"
-            )
-        if any(name == output.name for name, _ in wanted):
-            raise TensorError(f"{what} is asked for twice")
-        parameters = output.parameters or {}
-        if "classification" in parameters:
-            raise TensorError(
-                f"{what}: the classification extension is not supported; ask for {LABELS!r} "
-                f"(the most probable class) and {PROBABILITIES!r}"
-            )
-        if "shared_memory_region" in parameters:
-            raise TensorError(f"{what}: shared memory is not supported")
-        binary = _flag(parameters, "binary_data", what)
-        wanted.append((output.name, binary_default if binary is None else binary))
-    return wanted
-
-
-def _flag(parameters: dict[str, Any] | None, name: str, where: str) -> bool | None:
-    """A boolean parameter: None when it is not given."""
-    value = (parameters or {}).get(name)
-    if value is not None and not isinstance(value, bool):
-        raise TensorError(f"{where}: {name} must be true or false, not {value!r}")
-    return value
-
-
 # ---- health and metadata -------------------------------------------------------------------
 
 
@@ -411,7 +287,9 @@ def ready(store: StoreDep) -> InferenceReady:
     try:
         store.ping()
     except Exception as error:
-        raise HTTPException(503, f"the database does not answer: {error}") from None
+        # Open to anyone: the reason (a host, a user, a path) goes to the log alone.
+        logging.getLogger("tricklab.service").warning("not ready: %s", error)
+        raise HTTPException(503, "the database does not answer") from None
     return InferenceReady(ready=True)
 
 

@@ -6,6 +6,8 @@ operation: the same requests on every run, in bounded time."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
 import shutil
 import tempfile
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 
 from core.spec import JobSpec
 from jobqueue.db import init_db, make_engine
@@ -78,3 +81,71 @@ def test_every_operation_keeps_the_contract(case: schemathesis.Case, succeeded_j
     ):
         case.path_parameters["job_id"] = succeeded_job
     case.call_and_validate(headers=ADMIN_HEADERS)
+
+
+# JSON values that break parsers in their own ways: numbers beyond int()'s digits, beyond
+# float, beyond 64 bits; what JSON has no number for; nesting too deep or never closed.
+HOSTILE = [
+    "9" * 5000,
+    "-" + "9" * 5000,
+    "0." + "1" * 5000,
+    "1e400",
+    "-1e400",
+    "1e-400",
+    str(2**64),
+    str(-(2**63) - 1),
+    str(2**1000),
+    "NaN",
+    "-Infinity",
+    "true",
+    "null",
+    '"\\ud800"',
+    '"\\u0000"',
+    "{}",
+    "[" * 900 + "]" * 900,
+    "[" * 100_000,
+]
+PIXELS = json.dumps([[0] * 28] * 28)
+TENSOR = '{"name": "images", "datatype": %s, "shape": %s, "data": %s, "parameters": %s}'
+# Each a body with one hole for a hostile value: for /v1/…/predict, then for /v2/…/infer.
+V1_BODIES = [
+    '{"instances": [%s]}',
+    '{"instances": [' + PIXELS[:-2] + ", %s]]]}",
+    '{"instances": [{"b64": %s}]}',
+    '{"instances": [' + PIXELS + '], "extra": %s}',
+    '{"instances": %s}',
+    "%s",
+]
+V2_BODIES = [
+    '{"inputs": [' + TENSOR % ('"UINT8"', "[1, 28, 28]", PIXELS[:-2] + ", %s]]", "{}") + "]}",
+    '{"inputs": [' + TENSOR % ('"FP32"', "[1, 28, 28]", PIXELS[:-2] + ", %s]]", "{}") + "]}",
+    '{"inputs": [' + TENSOR % ('"UINT8"', "[%s, 28, 28]", PIXELS, "{}") + "]}",
+    '{"inputs": [' + TENSOR % ("%s", "[1, 28, 28]", PIXELS, "{}") + "]}",
+    '{"inputs": [' + TENSOR % ('"UINT8"', "[1, 28, 28]", "null", '{"binary_data_size": %s}') + "]}",
+    '{"id": %s, "inputs": []}',
+    '{"inputs": [], "parameters": {"binary_data_output": %s}}',
+    "%s",
+]
+
+
+def test_hostile_json_gets_a_4xx_from_both_prediction_doors(succeeded_job: str) -> None:
+    doors = [
+        (f"/v1/jobs/{succeeded_job}/predict", V1_BODIES, "detail"),
+        (f"/v2/models/{succeeded_job}/infer", V2_BODIES, "error"),
+    ]
+    with TestClient(create_app(SETTINGS), headers=ADMIN_HEADERS) as client:
+        for path, bodies, error in doors:
+            for body, value in itertools.product(bodies, HOSTILE):
+                content = (body % value).encode("utf-8", "surrogatepass")
+                response = client.post(
+                    path, content=content, headers={"content-type": "application/json"}
+                )
+                assert 400 <= response.status_code < 500, (body, value[:20], response.text)
+                assert response.json()[error], (body, value[:20])
+        # The binary extension's length header, as long as a number can be written.
+        for length in ("9" * 5000, "0" * 5000 + "3", str(2**64), "-1", "1e3", "0x10"):
+            response = client.post(
+                doors[1][0], content=b"{}", headers={"inference-header-content-length": length}
+            )
+            assert response.status_code == 400, (length[:20], response.text)
+            assert "Inference-Header-Content-Length" in response.json()["error"]

@@ -17,6 +17,7 @@ from jobqueue.reads import Reads
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
+from service import bodies
 from service.app import create_app
 from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, tiny_images
@@ -248,6 +249,14 @@ def raw(data: bytes) -> dict:
             400,
             "nested too deeply",
         ),
+        (
+            lambda: {
+                "content": b'{"instances": [[[' + b"9" * 5000 + b"]]]}",
+                "headers": {"content-type": "application/json"},
+            },
+            400,
+            "a number of more than 4300 digits; pixels are numbers within 0–255",
+        ),
         (lambda: {"json": {"instances": ["abc"]}}, 422, "instances[0]: an instance is a 28×28"),
         (
             lambda: {"json": {"instances": [{"b64": "@@@"}]}},
@@ -352,3 +361,32 @@ def test_garbage_of_every_kind_gets_a_4xx_never_a_500(trained):
             response = client.post(url, **request)
             assert response.status_code < 500, (trial, request, response.text)
             assert response.status_code == 200 or response.json()["detail"]
+
+
+def long_floats(images: np.ndarray) -> list:
+    """Pixels as JSON numbers of many digits: a few images make a body of tens of KiB."""
+    return (images + 0.123456789012345).tolist()
+
+
+def test_json_over_the_inline_size_is_read_in_a_worker_process_alike(trained, monkeypatch):
+    client, job_id, _ = trained
+    pixels = long_floats(np.concatenate([IMAGES, IMAGES[:1]]))  # 5 images: the fixture's most
+    wrong = json.loads(json.dumps(pixels))
+    wrong[4][27][27] = 256
+    tensor = {"name": "images", "datatype": "FP32", "shape": [5, 28, 28], "data": pixels}
+    requests = [
+        (f"/v1/jobs/{job_id}/predict", {"instances": pixels}, 200),
+        (f"/v1/jobs/{job_id}/predict", {"instances": wrong}, 422),
+        (f"/v2/models/{job_id}/infer", {"inputs": [tensor]}, 200),
+        (f"/v2/models/{job_id}/infer", {"inputs": [{**tensor, "shape": [5, 28, "x"]}]}, 400),
+    ]
+    for path, document, status in requests:
+        body = json.dumps(document).encode()
+        assert bodies.OFFLOAD_BYTES < len(body) < LIMIT
+        post = {"content": body, "headers": {"content-type": "application/json"}}
+        offloaded = client.post(path, **post)
+        with monkeypatch.context() as inline:
+            inline.setattr(bodies, "OFFLOAD_BYTES", LIMIT)
+            at_once = client.post(path, **post)
+        assert offloaded.status_code == status, offloaded.text
+        assert (offloaded.status_code, offloaded.json()) == (at_once.status_code, at_once.json())
