@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from analysis.stats import Estimate, estimate, paired
+from analysis.stats import MIN_REPEATS, Estimate, estimate, paired
 from analysis.studies import trick_label, variant_name
 from core.results import EpochRow, JobResult
 from core.spec import JobSpec
@@ -99,7 +99,7 @@ class EffectPair(BaseModel):
 
 
 Verdict = Literal[
-    "helps", "hurts", "no detectable difference", "not enough repeats", "not compared"
+    "helps", "hurts", "no detectable difference", "not enough repeats", "no spread", "not compared"
 ]
 
 
@@ -114,8 +114,16 @@ class EffectRead(BaseModel):
         description="Mean difference (with − without) over seeds, as a fraction, and its 95% "
         "interval."
     )
-    p_value: float | None = Field(description="Two-sided paired t test.")
-    verdict: Verdict
+    p_value: float | None = Field(
+        description="Two-sided paired t test; null with fewer than 2 seeds or no spread."
+    )
+    verdict: Verdict = Field(
+        description="helps or hurts: the whole interval is above or below 0, over at least 3 "
+        "seeds whose differences vary; no detectable difference: it straddles 0; not enough "
+        "repeats: fewer than 3 seeds; no spread: 3 or more seeds with the same difference on "
+        "every one, which gives no interval to judge by; not compared: no two variants differ "
+        "by this trick alone."
+    )
     summary: str = Field(description="The verdict in plain words, with the numbers.")
 
 
@@ -379,17 +387,31 @@ def _summary(label: str, verdict: str | None, difference: Estimate | None) -> st
     if verdict is None:
         return f"{label}: no two variants differ by this trick alone, so it is not compared"
     if difference is None or difference.low is None or difference.high is None:
-        return f"{label}: not enough repeats to compare (at least 2 matched seeds are needed)"
-    points = (
-        f"{difference.mean * 100:+.2f} points of test accuracy "
-        f"(95% CI {difference.low * 100:+.2f} to {difference.high * 100:+.2f}, "
+        seeds = difference.n if difference else 0
+        return (
+            f"{label}: not enough repeats to compare ({seeds} matched "
+            f"{'seed' if seeds == 1 else 'seeds'}; {MIN_REPEATS} are needed)"
+        )
+    points = f"{difference.mean * 100:+.2f} points of test accuracy"
+    interval = (
+        f"{points} (95% CI {difference.low * 100:+.2f} to {difference.high * 100:+.2f}, "
         f"{difference.n} seeds)"
     )
     if verdict == "helps":
-        return f"{label} helps: {points}"
+        return f"{label} helps: {interval}"
     if verdict == "hurts":
-        return f"{label} hurts: {points}"
-    return f"{label}: no detectable difference at {difference.n} repeats: {points}"
+        return f"{label} hurts: {interval}"
+    if verdict == "not enough repeats":
+        return (
+            f"{label}: not enough repeats to judge ({MIN_REPEATS} matched seeds are needed): "
+            f"{interval}"
+        )
+    if verdict == "no spread":
+        return (
+            f"{label}: no spread: identical differences on every seed, {points} on each of "
+            f"{difference.n} seeds, which leave no interval to judge an effect by"
+        )
+    return f"{label}: no detectable difference at {difference.n} repeats: {interval}"
 
 
 VARIANT_COLUMNS = (

@@ -30,7 +30,10 @@ def test_the_api_and_a_worker_serve_metrics_that_move_as_a_job_trains(tmp_path, 
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     database = f"sqlite:///{tmp_path / 'tricklab.db'}"
-    with Cluster(tmp_path, data_dir, database, WORKER_METRICS=f"127.0.0.1:{port}") as cluster:
+    # A heartbeat every 0.1 s: a job of 3 epochs, model saved, lasts several of them.
+    with Cluster(
+        tmp_path, data_dir, database, WORKER_METRICS=f"127.0.0.1:{port}", HEARTBEAT_SECONDS="0.1"
+    ) as cluster:
         cluster.start_api()
         job = cluster.client.post("/v1/jobs", json={**TINY, "epochs": 3}).json()
         with cluster.client.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
@@ -47,7 +50,10 @@ def test_the_api_and_a_worker_serve_metrics_that_move_as_a_job_trains(tmp_path, 
         worker = samples(httpx.get(worker_metrics).text)
         assert worker["tricklab_worker_epochs_total"] == 3
         assert worker["tricklab_worker_job_duration_seconds_count{outcome=succeeded}"] == 1
-        assert worker["tricklab_worker_lease_renewals_total"] >= 0
+        # Renewed while it trained, by a heartbeat every 0.1 s at most, and never lost.
+        held = worker["tricklab_worker_job_duration_seconds_sum{outcome=succeeded}"]
+        assert 1 <= worker["tricklab_worker_lease_renewals_total"] <= held / 0.1
+        assert worker["tricklab_worker_leases_lost_total"] == 0
         assert any(name.startswith("tricklab_worker_device_info{") for name in worker)
         api = samples(cluster.client.get("/metrics").text)
         assert api["tricklab_jobs{status=succeeded}"] == 1

@@ -107,13 +107,14 @@ def test_each_trick_is_compared_with_the_base_seed_by_seed(finished):
         assert (difference["low"], difference["high"]) == pytest.approx(
             (interval.low, interval.high)
         )
-        # Equal differences on every seed: no spread, so no p-value (scipy says nan).
-        p_value = None if np.isnan(expected.pvalue) else pytest.approx(expected.pvalue)
+        # Equal differences on every seed (up to the rounding of the subtraction): no spread,
+        # so no p-value (scipy says nan, or a p-value of that rounding).
+        no_spread = np.ptp(np.subtract(with_, without)) < 1e-9
+        p_value = None if no_spread else pytest.approx(expected.pvalue)
         assert effect["p_value"] == p_value
-        helps, hurts = difference["low"] > 0, difference["high"] < 0
-        verdict = "helps" if helps else "hurts" if hurts else "no detectable difference"
-        assert effect["verdict"] == verdict
-        assert effect["summary"].startswith(trick)
+        # Two seeds: an interval, but no verdict, whatever it shows.
+        assert effect["verdict"] == "not enough repeats"
+        assert effect["summary"].startswith(f"{trick}: not enough repeats to judge")
 
 
 def test_the_report_comes_as_csv_too(finished):

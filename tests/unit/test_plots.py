@@ -21,12 +21,13 @@ EPOCHS = 6
 
 
 def trained(tricks, seed, validation=True):
-    """A succeeded job and its epoch rows; dropout lowers the loss a little, seeds add noise."""
+    """A succeeded job and its epoch rows; dropout lowers the loss a little, by a different
+    amount on each seed (a verdict needs a spread), and seeds add noise."""
     spec = JobSpec.model_validate({"tricks": tricks, "seed": seed, "epochs": EPOCHS})
     job_id = f"{'-'.join(tricks) or 'base'}-{seed}"
     rows = []
     for epoch in range(1, EPOCHS + 1):
-        loss = 1 / epoch - 0.02 * len(tricks) + 0.01 * seed
+        loss = 1 / epoch - 0.02 * len(tricks) * (1 + 0.1 * seed) + 0.01 * seed
         rows.append(
             EpochMetrics(
                 job_id=job_id,
@@ -88,6 +89,27 @@ def test_each_study_plot_as_svg_names_what_it_shows(name, shows):
     for words in ["Study 'tiny'", *shows]:
         assert words in text
     assert plots.render(name, study_report(), "Study 'tiny'", "svg") == image
+
+
+@pytest.mark.parametrize(
+    ("seeds", "spread", "verdict"),
+    [(3, 0.1, "helps"), (2, 0.1, "not enough repeats"), (3, 0.0, "no spread")],
+)
+def test_the_effects_plot_colours_only_a_verdict_of_helps_or_hurts(seeds, spread, verdict):
+    runs = []
+    for tricks in ([], ["dropout"]):
+        for seed in range(seeds):
+            job, rows = trained(tricks, seed)
+            # dropout adds 1 point, plus `spread` of a point more on each later seed
+            accuracy = 0.85 + len(tricks) * 0.01 * (1 + spread * seed) + 0.01 * seed
+            job.result = job.result.model_copy(update={"test_accuracy": accuracy})
+            runs.append((job, rows))
+    data = report(job_variants([job for job, _ in runs], {job.id: rows for job, rows in runs}))
+    assert data.effects[0].verdict == verdict
+    image = plots.render("effects", data, "S", "svg").decode()
+    assert f"{verdict} (n={seeds})" in svg_text(image.encode())
+    helps = plots.VERDICT_COLOURS["helps"]
+    assert (helps in image) == (verdict == "helps")
 
 
 def test_a_job_plot_draws_its_epochs_so_far_without_bands():

@@ -89,6 +89,32 @@ def test_only_seeds_with_both_runs_finished_are_compared():
     assert dropout.difference.n == 2
 
 
+@pytest.mark.parametrize(
+    ("seeds", "spread", "verdict", "says"),
+    [
+        (3, 0.002, "helps", "dropout helps: +1.20 points of test accuracy (95% CI +0.70 to"),
+        # Two seeds whose interval lies above 0, but on one degree of freedom.
+        (2, 0.0005, "not enough repeats", "dropout: not enough repeats to judge (3 matched"),
+        (1, 0.002, "not enough repeats", "dropout: not enough repeats to compare (1 matched seed;"),
+        (3, 0.0, "no spread", "dropout: no spread: identical differences on every seed, +1.00"),
+        (4, 0.0, "no spread", "+1.00 points of test accuracy on each of 4 seeds"),
+    ],
+)
+def test_a_verdict_needs_three_seeds_whose_differences_vary(seeds, spread, verdict, says):
+    # dropout adds 1 point, and `spread` more on each later seed; the seeds' own noise is larger
+    jobs = [
+        job(t, s, 0.8 + [0.0, 0.03, -0.02, 0.01][s] + len(t) * (0.01 + spread * s))
+        for s in range(seeds)
+        for t in ([], ["dropout"])
+    ]
+    data = report(job_variants(jobs, {}))
+    (effect,) = data.effects
+    assert effect.verdict == verdict
+    assert says in effect.summary
+    (row,) = csv.DictReader(io.StringIO(effects_csv(data), newline=""))
+    assert row["verdict"] == verdict and row["seeds"] == str(seeds)
+
+
 def test_variant_statistics_use_succeeded_runs_only():
     failed = job([], 2, 0.0)
     failed.status, failed.result = JobStatus.FAILED, None
