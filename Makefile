@@ -32,33 +32,13 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED) ## create .venv and install tricklab with its dev tools
 
-# Never half up: when the API or the worker ends, the other is stopped (SIGTERM: the worker
-# finishes its epoch and hands its job back) and `make up` fails, saying which one ended. Ctrl-C
-# reaches both processes from the terminal, so the shell only waits for them then (a second
-# signal would stop the worker mid-epoch). Background jobs of a script ignore SIGINT; each
-# process gets it back, or one still starting would miss Ctrl-C. `wait -n -p` needs bash 5.1.
+# Never half up, and Ctrl-C a clean stop: scripts/up.sh supervises the API and the worker (when
+# one ends, it stops the other and fails, saying which); on a terminal it runs as the
+# foreground job of its own (scripts/foreground.py), so that Ctrl-C reaches it and its two
+# processes but not make, which then ends as it did: 0 once both have stopped.
 up: $(RUNTIME) ## initialise the database, serve the API and run one worker (Ctrl-C stops both)
 	@$(PY) -m jobqueue.db
-	@if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501)); then \
-	  echo "make up: needs bash 5.1 or newer, this is $$BASH_VERSION" >&2; exit 2; \
-	fi; \
-	stopping=; \
-	trap 'stopping=130' INT; \
-	trap 'stopping=143; kill -TERM $$api $$worker 2>/dev/null' TERM; \
-	(trap - INT QUIT; exec $(PY) -m service) & api=$$!; \
-	(trap - INT QUIT; exec $(PY) -m worker) & worker=$$!; \
-	ended=; \
-	while [[ -z $$ended ]]; do wait -n -p ended $$api $$worker; status=$$?; done; \
-	if [[ $$ended == "$$api" ]]; then name=api other=worker left=$$worker; \
-	else name=worker other=api left=$$api; fi; \
-	if [[ -z $$stopping ]]; then \
-	  how="exit status $$status"; \
-	  ((status > 128)) && how="killed by SIG$$(kill -l $$((status - 128)))"; \
-	  echo "make up: the $$name ended ($$how); stopping the $$other" >&2; \
-	  kill -TERM $$left 2>/dev/null; \
-	fi; \
-	while kill -0 $$left 2>/dev/null; do wait $$left; done; \
-	exit $${stopping:-$$((status ? status : 1))}
+	@$(PY) scripts/foreground.py $(SHELL) scripts/up.sh $(PY)
 
 worker: $(RUNTIME) ## run one more worker against the same configuration
 	$(PY) -m worker

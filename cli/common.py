@@ -24,7 +24,7 @@ EXIT_CODES = f"""**Exit status**
 * {JOB_FAILED}: the job or study waited for (--wait, watch) failed or was cancelled
 * {USAGE}: a usage error, or a request the API refused (it says which field and why)
 * {UNREACHABLE}: the server is unreachable, or it does not accept the token
-* {NOT_FOUND}: no such job or study (or not yours)
+* {NOT_FOUND}: no such job or study (or not yours), or a short id naming none or several
 """
 
 
@@ -53,7 +53,15 @@ OutputOption = Annotated[
         show_default=False,
     ),
 ]
-JobId = Annotated[str, typer.Argument(metavar="JOB", help="A job's id.", show_default=False)]
+JobId = Annotated[
+    str,
+    typer.Argument(
+        metavar="JOB",
+        help="A job's id, or its first 4 or more hex digits (the 8 that tables show) when no "
+        "other job of yours starts with them.",
+        show_default=False,
+    ),
+]
 SaveOption = Annotated[
     Path | None,
     typer.Option(

@@ -29,6 +29,7 @@ from cli.common import (
     sub_app,
     watch_to_end,
 )
+from cli.ids import resolve_id
 from cli.spec import job_spec
 from cli.watch import watch_job
 
@@ -118,7 +119,8 @@ def jobs_list(
 @jobs.command("show")
 def jobs_show(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
     """A job: its status, spec, progress, result or error."""
-    emit(api(ctx).get(f"/v1/jobs/{job}"), output, show.job)
+    client = api(ctx)
+    emit(client.get(f"/v1/jobs/{resolve_id(client, 'job', job)}"), output, show.job)
 
 
 @jobs.command("metrics")
@@ -129,7 +131,10 @@ def jobs_metrics(
     output: OutputOption = None,
 ) -> None:
     """A job's metrics, one row per finished epoch."""
-    answer = api(ctx).get(f"/v1/jobs/{job}/metrics", since_epoch=since_epoch)
+    client = api(ctx)
+    answer = client.get(
+        f"/v1/jobs/{resolve_id(client, 'job', job)}/metrics", since_epoch=since_epoch
+    )
     emit(answer, output, show.metrics)
 
 
@@ -137,16 +142,20 @@ def jobs_metrics(
 def jobs_watch(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
     """Follow a job until it ends: a progress bar on a terminal, else one line per epoch.
     Exits 0 if it succeeded, 1 if it failed or was cancelled."""
-    watch_to_end(watch_job, api(ctx), job, output)
+    client = api(ctx)
+    watch_to_end(watch_job, client, resolve_id(client, "job", job), output)
 
 
 @jobs.command("cancel")
 def jobs_cancel(ctx: typer.Context, job: JobId, output: OutputOption = None) -> None:
     """Cancel a queued or running job (a running one stops within an epoch)."""
-    emit(api(ctx).post(f"/v1/jobs/{job}/cancel"), output, show.job)
+    client = api(ctx)
+    emit(client.post(f"/v1/jobs/{resolve_id(client, 'job', job)}/cancel"), output, show.job)
 
 
 @jobs.command("download")
 def jobs_download(ctx: typer.Context, job: JobId, save_to: SaveOption = None) -> None:
     """Download a succeeded job's model, a Keras 3 `.keras` file that plain Keras loads."""
-    api(ctx).download(f"/v1/jobs/{job}/model", save_to or Path(f"tricklab-{job}.keras"))
+    client = api(ctx)
+    job = resolve_id(client, "job", job)
+    client.download(f"/v1/jobs/{job}/model", save_to or Path(f"tricklab-{job}.keras"))

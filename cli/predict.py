@@ -9,6 +9,7 @@ import typer
 
 from cli import show
 from cli.common import JobId, OutputOption, api, emit
+from cli.ids import resolve_id
 
 
 def predict(
@@ -29,5 +30,6 @@ def predict(
     uploads = [
         ("file", (path.name, path.read_bytes(), "application/octet-stream")) for path in files
     ]
-    answer = api(ctx).post(f"/v1/jobs/{job}/predict", files=uploads)
+    client = api(ctx)
+    answer = client.post(f"/v1/jobs/{resolve_id(client, 'job', job)}/predict", files=uploads)
     emit(answer, output, lambda a: show.predictions([str(f) for f in files], a))

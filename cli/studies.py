@@ -31,6 +31,7 @@ from cli.common import (
     sub_app,
     watch_to_end,
 )
+from cli.ids import resolve_id
 from cli.spec import job_spec, parse_trick
 from cli.watch import watch_study
 
@@ -47,7 +48,15 @@ class ImageFormat(StrEnum):
     svg = "svg"
 
 
-StudyId = Annotated[str, typer.Argument(metavar="STUDY", help="A study's id.", show_default=False)]
+StudyId = Annotated[
+    str,
+    typer.Argument(
+        metavar="STUDY",
+        help="A study's id, or its first 4 or more hex digits (the 8 that tables show) when "
+        "no other study of yours starts with them.",
+        show_default=False,
+    ),
+]
 
 
 StudyFileOption = Annotated[
@@ -169,13 +178,15 @@ def studies_list(
 @studies.command("show")
 def studies_show(ctx: typer.Context, study: StudyId, output: OutputOption = None) -> None:
     """A study: status, progress, and its report so far."""
-    emit(api(ctx).get(f"/v1/studies/{study}"), output, show.study)
+    client = api(ctx)
+    emit(client.get(f"/v1/studies/{resolve_id(client, 'study', study)}"), output, show.study)
 
 
 @studies.command("watch")
 def studies_watch(ctx: typer.Context, study: StudyId, output: OutputOption = None) -> None:
     """Follow a study until all its jobs have ended. Exits 0 if they all succeeded, else 1."""
-    watch_to_end(watch_study, api(ctx), study, output)
+    client = api(ctx)
+    watch_to_end(watch_study, client, resolve_id(client, "study", study), output)
 
 
 @studies.command("report")
@@ -191,6 +202,7 @@ def studies_report(
     """The study's report: per variant, means and 95% intervals over seeds; per trick, its
     paired effect on test accuracy and a verdict. Finished runs only."""
     client = api(ctx)
+    study = resolve_id(client, "study", study)
     if csv is not None:
         text = client.request(
             "GET", f"/v1/studies/{study}/report.csv", params={"table": csv.value}
@@ -217,5 +229,7 @@ def studies_plot(
 ) -> None:
     """Save a plot of the study's report: its learning curves, final accuracies,
     generalisation gaps or trick effects."""
+    client = api(ctx)
+    study = resolve_id(client, "study", study)
     target = save_to or Path(f"study-{study}-{name}.{format.value}")
-    api(ctx).download(f"/v1/studies/{study}/plots/{name}", target, format=format.value)
+    client.download(f"/v1/studies/{study}/plots/{name}", target, format=format.value)

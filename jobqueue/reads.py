@@ -31,11 +31,15 @@ class Reads(Verbs):
         owner: str | None = None,
         trick: str | None = None,
         after: Position | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[Sequence[Job], int | None]:
         """A page of jobs, newest first (after `after`, the last of the page before), and the
         number of jobs matching the filters (None: any status, any owner, with or without
-        any trick), from job_counts; None when filtering by trick, which nothing counts."""
+        any trick), from job_counts; None when filtering by trick, which nothing counts.
+        `id_prefix` keeps the jobs whose id starts with it, counted by reading them: few do."""
         query = select(Job)
+        if id_prefix is not None:
+            query = query.where(*_starting_with(Job, id_prefix))
         if status is not None:
             query = query.where(Job.status == status)
         if owner is not None:
@@ -46,6 +50,9 @@ class Reads(Verbs):
             page = session.scalars(_page(query, Job, limit, offset, after)).all()
         if trick is not None:
             return page, None
+        if id_prefix is not None:
+            with self._read() as session:
+                return page, session.scalar(select(func.count()).select_from(query.subquery()))
         counts = self.counts.by_status(owner)
         return page, counts.get(status, 0) if status else sum(counts.values())
 
@@ -55,14 +62,19 @@ class Reads(Verbs):
         offset: int = 0,
         owner: str | None = None,
         after: Position | None = None,
+        id_prefix: str | None = None,
     ) -> tuple[Sequence[Study], int]:
         """A page of studies, newest first (after `after`), and how many there are (None: any
-        owner's), counted in an index: there are far fewer studies than jobs."""
+        owner's; `id_prefix`: only those whose id starts with it), counted in an index: there
+        are far fewer studies than jobs."""
         query = select(Study)
         count = select(func.count()).select_from(Study)
         if owner is not None:
             query = query.where(Study.owner == owner)
             count = count.where(Study.owner == owner)
+        if id_prefix is not None:
+            query = query.where(*_starting_with(Study, id_prefix))
+            count = count.where(*_starting_with(Study, id_prefix))
         with self._read() as session:
             total = session.scalar(count) or 0
             page = session.scalars(_page(query, Study, limit, offset, after)).all()
@@ -127,6 +139,13 @@ class Reads(Verbs):
         with self._read() as session:
             rows = session.execute(select(Job.id, Job.status).where(Job.id.in_(job_ids)))
             return {job_id: status for job_id, status in rows}
+
+
+def _starting_with(model: type[Job | Study], id_prefix: str) -> tuple[Any, ...]:
+    """The ids that start with `id_prefix` (hex digits) as a range of the primary key, which
+    its index finds: every such id sorts from the prefix itself up to the prefix followed by
+    "g", the character after "f"."""
+    return (model.id >= id_prefix, model.id < id_prefix + "g")
 
 
 def _page(

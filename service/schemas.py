@@ -7,6 +7,7 @@ import binascii
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
+from fastapi import Query
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -31,6 +32,17 @@ from jobqueue.states import JobStatus
 
 # Ids are uuid4 hex: anything else names nothing, and is refused before the database is asked.
 ID_PATTERN = "^[0-9a-f]{32}$"
+# The start of an id, as the dashboard and narrow tables show it (8 digits) or shorter: at least
+# 4, as git asks of a short commit id, so that one names a handful of items, not a page.
+ID_PREFIX_PATTERN = "^[0-9a-f]{4,32}$"
+IdPrefix = Annotated[
+    str | None,
+    Query(
+        pattern=ID_PREFIX_PATTERN,
+        description="Only those whose id starts with these 4 to 32 lowercase hex digits (a "
+        "short id, as the dashboard shows it, names the items it starts).",
+    ),
+]
 # A body of bytes (a file), as OpenAPI 3.1 describes one.
 BINARY = {"type": "string", "format": "binary"}
 

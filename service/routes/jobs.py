@@ -36,7 +36,15 @@ from service.deps import (
     no_unknown_query,
 )
 from service.errors import BODY, errors, refused
-from service.schemas import BINARY, JobBatch, JobBatchRead, JobList, JobRead, MetricsRead
+from service.schemas import (
+    BINARY,
+    IdPrefix,
+    JobBatch,
+    JobBatchRead,
+    JobList,
+    JobRead,
+    MetricsRead,
+)
 
 log = logging.getLogger("tricklab.service")
 router = APIRouter(
@@ -143,13 +151,14 @@ def list_jobs(
     after: PagePosition,
     status: JobStatus | None = None,
     trick: Annotated[TrickName | None, Query(description="Only the jobs that use it.")] = None,
+    id_prefix: IdPrefix = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> JobList:
-    """Your jobs, newest first, optionally only those with one status or using one trick. An
-    admin sees everyone's, or one user's with `owner`. Page on with the `next` link: it costs
-    the same however deep."""
-    jobs, total = reads.list_jobs(status, limit + 1, offset, owner, trick, after)
+    """Your jobs, newest first, optionally only those with one status, using one trick, or
+    whose id starts with `id_prefix` (what a short id names). An admin sees everyone's, or one
+    user's with `owner`. Page on with the `next` link: it costs the same however deep."""
+    jobs, total = reads.list_jobs(status, limit + 1, offset, owner, trick, after, id_prefix)
     return JobList(
         jobs=[JobRead.of(j, caller.admin) for j in jobs[:limit]],
         total=total,

@@ -40,7 +40,7 @@ from service.deps import (
     study_runs,
 )
 from service.errors import BODY, errors, refused
-from service.schemas import ReportRead, StudyList, StudyRead, StudySummary
+from service.schemas import IdPrefix, ReportRead, StudyList, StudyRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
 router = APIRouter(tags=["studies"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
@@ -113,12 +113,14 @@ def list_studies(
     reads: ReadsDep,
     owner: ListedOwner,
     after: PagePosition,
+    id_prefix: IdPrefix = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> StudyList:
-    """Your studies, newest first, with their status and progress. An admin sees everyone's,
-    or one user's with `owner`. Page on with the `next` link."""
-    found, total = reads.list_studies(limit + 1, offset, owner, after)
+    """Your studies, newest first, with their status and progress, optionally only those whose
+    id starts with `id_prefix` (what a short id names). An admin sees everyone's, or one
+    user's with `owner`. Page on with the `next` link."""
+    found, total = reads.list_studies(limit + 1, offset, owner, after, id_prefix)
     studies = found[:limit]
     statuses = reads.statuses([job_id for study in studies for job_id in study.job_ids])
     return StudyList(

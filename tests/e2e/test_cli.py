@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from core.spec import DATASET_CLASSES
+from core.spec import DATASET_CLASSES, JobSpec
 from tests.support.auth import ADMIN_TOKEN
 from tests.support.cluster import Cluster, serving, wait_for
 from tests.support.data import TINY, tiny_images
+from tests.support.ids import chosen_ids
 from tests.support.images import encode
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +163,66 @@ def test_submit_wait_follows_a_tiny_job_prints_its_id_and_exits_0(stack, files):
     assert target.read_bytes() == stack.client.get(f"/v1/jobs/{job_id}/model").content
 
 
+def test_every_job_command_takes_the_short_id_that_tables_show(stack, files, tmp_path):
+    submitted = tricklab(stack, "jobs", "submit", "-f", str(files / "tiny.json"), "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    short = job_id[:8]
+    for command, path in [
+        (("jobs", "show", short), f"/v1/jobs/{job_id}"),
+        (("jobs", "metrics", short), f"/v1/jobs/{job_id}/metrics"),
+        (("jobs", "watch", short), f"/v1/jobs/{job_id}"),
+    ]:
+        printed = tricklab(stack, *command, "-o", "json")
+        assert printed.returncode == 0, (command, printed.stderr)
+        assert json.loads(printed.stdout) == stack.client.get(path).json(), command
+    predicted = tricklab(stack, "predict", short, str(files / "0.png"), "-o", "json")
+    assert predicted.returncode == 0 and json.loads(predicted.stdout)["job_id"] == job_id
+    downloaded = tricklab(stack, "jobs", "download", job_id[:4], cwd=tmp_path)
+    assert downloaded.returncode == 0, downloaded.stderr
+    assert (tmp_path / f"tricklab-{job_id}.keras").read_bytes() == (
+        stack.client.get(f"/v1/jobs/{job_id}/model").content
+    )
+    queued = tricklab(stack, "jobs", "submit", "-f", str(files / "tiny.json"), "--epochs", "1000")
+    cancelled = tricklab(stack, "jobs", "cancel", queued.stdout.strip()[:8], "-o", "json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
+
+
+def test_a_short_id_that_names_none_or_several_of_yours_exits_4_saying_why(stack, files):
+    shared = "abcdef01"
+    mine, also_mine, bobs = shared + "0" * 24, shared + "1" * 24, shared + "2" * 24
+    bob = stack.client.post("/v1/users", json={"name": "bob-cli", "role": "user"}).json()
+    spec = JobSpec.model_validate(TINY)
+    with chosen_ids(mine, also_mine, bobs):
+        for owner in ("admin", "admin", "bob-cli"):
+            stack.store.cancel(stack.store.enqueue(spec, owner)[0].id)
+
+    several = tricklab(stack, "jobs", "show", shared)  # the admin sees everyone's jobs
+    assert several.returncode == 4 and several.stdout == ""
+    assert f"'{shared}' is ambiguous: 3 jobs of yours have ids starting with it" in several.stderr
+    assert all(f"{job_id} cancelled" in several.stderr for job_id in (mine, also_mine, bobs))
+    assert tricklab(stack, "jobs", "cancel", mine[:9], "-o", "json").returncode == 0
+
+    # Bob's prefix names his own job alone: the admin's that start the same stay unseen.
+    as_bob = {"TRICKLAB_TOKEN": bob["token"]}
+    his = tricklab(stack, "jobs", "show", shared, "-o", "json", **as_bob)
+    assert his.returncode == 0 and json.loads(his.stdout)["id"] == bobs, his.stderr
+    unseen = tricklab(stack, "jobs", "watch", mine[:12], **as_bob)
+    assert unseen.returncode == 4 and mine not in unseen.stderr
+    assert f"no job of yours has an id starting with '{mine[:12]}'" in unseen.stderr
+
+    image = str(files / "0.png")
+    for command in (("jobs", "show"), ("studies", "report"), ("predict",)):
+        for given, reason in (
+            ("fffffffe", "has an id starting with 'fffffffe'"),
+            ("abc", "an id is 32 hex digits"),
+            ("not-an-id", "an id is 32 hex digits"),
+        ):
+            args = (*command, given, image) if command == ("predict",) else (*command, given)
+            missing = tricklab(stack, *args)
+            assert missing.returncode == 4 and reason in missing.stderr, (args, missing.stderr)
+
+
 def test_a_job_cancelled_while_watched_exits_1(stack, files):
     submitted = tricklab(
         stack, "jobs", "submit", "-f", str(files / "tiny.json"), "--epochs", "1000"
@@ -270,6 +331,16 @@ def test_a_study_is_created_followed_and_reported(stack, files, tmp_path):
     assert plot.returncode == 0 and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     listed = tricklab(stack, "studies", "list", "-o", "json")
     assert json.loads(listed.stdout) == stack.client.get("/v1/studies").json()
+    # The 8 digits the dashboard and narrow tables show name the study in every command.
+    short = study_id[:8]
+    shown = tricklab(stack, "studies", "show", short, "-o", "json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["id"] == study_id, shown.stderr
+    watched = tricklab(stack, "studies", "watch", short.upper())  # as people may copy it
+    assert watched.returncode == 0 and f"study {study_id} succeeded" in watched.stdout
+    csv = tricklab(stack, "studies", "report", short, "--csv", "effects")
+    assert csv.stdout == api_csv.text
+    plot = tricklab(stack, "studies", "plot", short, "gap", cwd=tmp_path)
+    assert plot.returncode == 0 and (tmp_path / f"study-{study_id}-gap.png").exists()
 
 
 def watching(stack: Cluster, job_id: str, *options: str) -> subprocess.Popen[str]:

@@ -468,7 +468,7 @@ def test_an_unknown_query_parameter_is_named_not_ignored(client):
     response = client.get("/v1/jobs?statsu=running")
     assert response.status_code == 422
     assert response.json()["detail"][0]["msg"] == (
-        "statsu: unknown query parameter 'statsu'; this route takes status, trick, limit, offset, owner, cursor"
+        "statsu: unknown query parameter 'statsu'; this route takes status, trick, id_prefix, limit, offset, owner, cursor"
     )
     predict = client.post(f"/v1/jobs/{UNKNOWN}/predict?fast=1", json={"instances": []})
     assert predict.status_code == 422 and "this route takes none" in predict.text

@@ -17,6 +17,7 @@ from cli import show
 from cli.client import Api, Failure, describe_issue, error_message, exit_code
 from cli.config import Connection, normalise_url, resolve, save_login
 from cli.events import Event, follow, parse
+from cli.ids import resolve_id
 from cli.spec import FlagError, job_spec, parse_hidden_units, parse_trick, parse_value
 from cli.watch import watch_job
 from core.spec import TRICKS, JobSpec
@@ -323,6 +324,48 @@ def test_a_server_that_is_down_at_first_is_an_error_at_once():
     with pytest.raises(Failure) as failed:
         list(follow(api, "/v1/jobs/x/events", sleep=lambda _: pytest.fail("retried")))
     assert failed.value.code == 3 and "cannot reach" in failed.value.message
+
+
+# ---- short ids ------------------------------------------------------------------------------
+
+
+def test_a_whole_id_is_used_as_it_is_and_a_prefix_asks_the_list_for_the_callers_own():
+    asked: list[httpx.URL] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url)
+        return httpx.Response(200, json={"jobs": [{"id": "abcd" + "0" * 28}], "total": 1})
+
+    api = Api(Connection("http://api", "t", "test"), transport=httpx.MockTransport(handle))
+    assert resolve_id(api, "job", "F" * 32) == "f" * 32 and asked == []
+    assert resolve_id(api, "job", " ABCD ") == "abcd" + "0" * 28
+    (url,) = asked
+    assert url.path == "/v1/jobs" and url.params["id_prefix"] == "abcd"
+
+
+def test_an_ambiguous_prefix_lists_the_first_candidates_and_counts_the_rest():
+    studies = [
+        {"id": f"beef{n:028x}", "status": "running", "name": "", "created_at": "2026-01-02"}
+        for n in range(10)
+    ]
+    studies[0]["name"] = "two tricks"
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["limit"] == "10"
+        return httpx.Response(200, json={"studies": studies, "total": 12})
+
+    api = Api(Connection("http://api", "t", "test"), transport=httpx.MockTransport(handle))
+    with pytest.raises(Failure) as failed:
+        resolve_id(api, "study", "beef")
+    lines = failed.value.message.splitlines()
+    assert failed.value.code == 4
+    assert (
+        lines[0]
+        == "'beef' is ambiguous: 12 studies of yours have ids starting with it; give more of the id:"
+    )
+    assert lines[1] == f"  {studies[0]['id']} running 'two tricks' created 2026-01-02"
+    assert lines[2] == f"  {studies[1]['id']} running created 2026-01-02"
+    assert lines[-1] == "  … and 2 more" and len(lines) == 12
 
 
 # ---- where the server and token come from --------------------------------------------------

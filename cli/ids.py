@@ -1,0 +1,58 @@
+"""Short ids: a job's or study's id given by its first hex digits, as git takes a commit's,
+resolved to the one full id it starts. The server lists the caller's own items whose id starts
+so (`id_prefix`), so a prefix never reveals another owner's ids."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from cli.client import NOT_FOUND, Api, Failure
+
+FULL_ID = re.compile(r"[0-9a-f]{32}")
+# As the API's id_prefix: 4 digits at least, as git asks of a short commit id.
+MIN_PREFIX = 4
+PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},32}}")
+# How many candidates an ambiguous prefix lists.
+CANDIDATES = 10
+
+Noun = Literal["job", "study"]
+LISTS = {"job": ("/v1/jobs", "jobs"), "study": ("/v1/studies", "studies")}
+
+
+def resolve_id(client: Api, noun: Noun, given: str) -> str:
+    """The full id that `given` names: itself when whole (the server then says whether it
+    exists), else the one id of the caller's that starts with it. Exit 4, saying why, when it
+    names none or several."""
+    text = given.strip().lower()
+    if FULL_ID.fullmatch(text):
+        return text
+    if not PREFIX.fullmatch(text):
+        raise Failure(
+            f"no {noun} {given!r}: an id is 32 hex digits (0-9, a-f), and its first "
+            f"{MIN_PREFIX} or more name it when no other {noun} of yours starts with them",
+            NOT_FOUND,
+        )
+    path, key = LISTS[noun]
+    listing = client.get(path, id_prefix=text, limit=CANDIDATES)
+    found: list[dict[str, Any]] = listing[key]
+    if len(found) == 1:
+        return str(found[0]["id"])
+    if not found:
+        raise Failure(f"no {noun} of yours has an id starting with {text!r}", NOT_FOUND)
+    total = listing.get("total") or len(found)
+    lines = [f"  {candidate_line(noun, item)}" for item in found]
+    if total > len(found):
+        lines.append(f"  … and {total - len(found)} more")
+    raise Failure(
+        f"{text!r} is ambiguous: {total} {'jobs' if noun == 'job' else 'studies'} of yours "
+        "have ids starting with it; give more of the id:\n" + "\n".join(lines),
+        NOT_FOUND,
+    )
+
+
+def candidate_line(noun: Noun, item: dict[str, Any]) -> str:
+    """One of the items a prefix names: its id, status, when it was made, and a study's name."""
+    name = f" {item['name']!r}" if noun == "study" and item.get("name") else ""
+    created = str(item.get("created_at", ""))[:19].replace("T", " ")  # to the second
+    return f"{item['id']} {item['status']}{name} created {created}"
