@@ -10,12 +10,13 @@ request, the least of five batches of REQUESTS, so that a preempted batch does n
 
 What it does:
 
-1. Trains the base MLP for one epoch on the genuine Fashion-MNIST with the worker's own loop,
-   into a database and artifact store in a temporary folder.
-2. Checks out REV (`--against`, default HEAD: what the uncommitted change costs; a clean tree
-   against HEAD shows the noise) as a git worktree beside them.
+1. Checks out REV (`--against`, default HEAD: what the uncommitted change costs; a clean tree
+   against HEAD shows the noise) as a git worktree in a temporary folder.
+2. For each tree, trains the base MLP for one epoch on the genuine Fashion-MNIST with that
+   tree's worker loop, into a database and artifact store of its own (so each has the schema
+   its code expects).
 3. ROUNDS times, for v1 and v2, measures this tree and REV's tree, each in a fresh process on
-   the same database and model, the one going first moving along from round to round.
+   its own database and model, the one going first moving along from round to round.
 4. Prints each figure and the ratio this tree / REV per round, as the median with min and max:
    above 1, this tree spends more per request.
 
@@ -60,9 +61,7 @@ def compare(args: argparse.Namespace) -> None:
 
     took = Took("bench/percall.py")
     with tempfile.TemporaryDirectory(prefix="tricklab-percall-") as tmp:
-        root = Path(tmp)
-        job = trained(root, data_dir())
-        before = root / "before"
+        before = Path(tmp) / "before"
         subprocess.run(
             ["git", "worktree", "add", "--detach", str(before), args.against],
             cwd=ROOT,
@@ -70,12 +69,14 @@ def compare(args: argparse.Namespace) -> None:
             capture_output=True,
         )
         trees = {"this tree": ROOT, args.against: before}
+        roots = {name: Path(tmp) / f"data-{number}" for number, name in enumerate(trees)}
         try:
+            jobs = {name: trained(trees[name], roots[name], data_dir()) for name in trees}
             figures: dict[tuple[str, str], list[float]] = {}
             for door in ("v1", "v2"):
                 for number in range(args.rounds):
                     for name in order(list(trees), number):
-                        cpu = measured(trees[name], root, job, door, args.requests)
+                        cpu = measured(trees[name], roots[name], jobs[name], door, args.requests)
                         figures.setdefault((door, name), []).append(cpu)
                         print(f"  {door} round {number + 1}: {name:<10} {cpu:7.1f} µs", flush=True)
         finally:
@@ -103,22 +104,42 @@ def environment(root: Path) -> dict[str, str]:
     }
 
 
-def trained(root: Path, data: Path) -> str:
-    """One epoch of the base MLP, trained by the worker's loop in this process: its job id."""
-    from core.spec import JobSpec
-    from jobqueue.artifacts import ArtifactStore
-    from jobqueue.db import init_db, make_engine
-    from jobqueue.models import ADMIN
-    from jobqueue.store import JobStore
-    from worker.loop import Worker
+# Run by each tree's own code, so that its database has the schema that code expects.
+TRAIN = """
+import sys
+from pathlib import Path
+from core.spec import JobSpec
+from jobqueue.artifacts import ArtifactStore
+from jobqueue.db import init_db, make_engine
+from jobqueue.models import ADMIN
+from jobqueue.store import JobStore
+from worker.loop import Worker
 
-    engine = make_engine(environment(root)["TRICKLAB_DATABASE_URL"])
-    init_db(engine)
-    store = JobStore(engine)
-    job, _ = store.enqueue(JobSpec(epochs=1), ADMIN)
-    Worker(store, ArtifactStore(root / "artifacts"), data).run_one()
-    engine.dispose()
-    return job.id
+root, data = Path(sys.argv[1]), Path(sys.argv[2])
+engine = make_engine(f"sqlite:///{root / 'tricklab.db'}")
+init_db(engine)
+store = JobStore(engine)
+job, _ = store.enqueue(JobSpec(epochs=1), ADMIN)
+Worker(store, ArtifactStore(root / "artifacts"), data).run_one()
+print(job.id)
+"""
+
+
+def trained(tree: Path, root: Path, data: Path) -> str:
+    """One epoch of the base MLP, trained by the worker's loop of `tree` into a database and
+    artifact store of its own under `root`: its job id."""
+    root.mkdir()
+    env = {**environment(root), "PYTHONPATH": str(tree)}
+    done = subprocess.run(
+        [sys.executable, "-c", TRAIN, str(root), str(data)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(f"bench: training with {tree} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.split()[-1]
 
 
 def measured(tree: Path, root: Path, job: str, door: str, requests: int) -> float:
