@@ -89,7 +89,9 @@ async def resolve_caller(request: Request) -> Caller:
     without a valid token. The prediction routes take it as it is: they declare the scheme in
     their documents themselves, and their hot path skips the scheme's own parse of the header.
     The admission middleware has usually found it already, before the body was read."""
-    found: Caller | None = request.scope.get(CALLER)
+    found: Caller | HTTPException | None = request.scope.get(CALLER)
+    if isinstance(found, HTTPException):
+        raise found
     if found is not None:
         return found
     return await app_state(request.app).gate.caller(request)

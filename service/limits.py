@@ -13,6 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Routes that take images keep the large limit; every other route takes small JSON documents.
 # Decided by path, because this middleware runs before routing.
 IMAGE_ROUTE_ENDINGS = ("/predict", "/infer")
+# A request's own body deadline, in seconds, set in its scope by an outer middleware (the
+# admission gives callers signed in as no one a short one); otherwise `body_timeout`.
+BODY_TIMEOUT = "tricklab.body_timeout"
 
 
 class BodyLimits:
@@ -62,9 +65,9 @@ class BodyLimits:
             key = "error" if scope["path"].startswith("/v2/") else "detail"
             await JSONResponse({key: refusal.detail}, refusal.status_code)(scope, receive, send)
             return
-        deadline = None
-        if self.body_timeout is not None:
-            deadline = asyncio.get_running_loop().time() + self.body_timeout
+        deadline, timeout = None, scope.get(BODY_TIMEOUT, self.body_timeout)
+        if timeout is not None:
+            deadline = asyncio.get_running_loop().time() + timeout
         held = 0  # bytes of this body received so far, all charged to the budget
         complete = False
 
@@ -77,7 +80,7 @@ class BodyLimits:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise self._too_slow() from None
+                raise self._too_slow(timeout) from None
             if message["type"] != "http.request":
                 return message
             size = len(message.get("body", b""))
@@ -104,13 +107,16 @@ class BodyLimits:
             headers={"Retry-After": "1"},
         )
 
-    def _too_slow(self) -> HTTPException:
+    def _too_slow(self, timeout: float) -> HTTPException:
         # Left open, the connection would stay with this slow client (and count against
         # TRICKLAB_MAX_CONCURRENT_REQUESTS) while uvicorn drains the rest of its body.
+        setting = "TRICKLAB_BODY_TIMEOUT_SECONDS"
+        if timeout != self.body_timeout:
+            setting = "the deadline for requests without a token"
         return HTTPException(
             408,
-            f"the request body did not arrive within {self.body_timeout:g} seconds "
-            "(TRICKLAB_BODY_TIMEOUT_SECONDS); send it faster, or in smaller requests",
+            f"the request body did not arrive within {timeout:g} seconds "
+            f"({setting}); send it faster, or in smaller requests",
             headers={"Connection": "close"},
         )
 

@@ -2,7 +2,7 @@
 
 uvicorn closes a keep-alive connection that stays idle between requests, but sets no time
 limit on a request's headers: a client that opens a connection and sends nothing, or half a
-header line, holds it (and one of TRICKLAB_MAX_CONCURRENT_REQUESTS) for as long as it likes,
+header line, holds it (and one of TRICKLAB_MAX_CONNECTIONS) for as long as it likes,
 and a few hundred such clients turn everyone else away. This subclass closes a connection
 whose request headers are not complete `header_timeout` seconds after the connection opened,
 or after the first byte of a later request on a kept-alive connection. Nor does the parser
@@ -25,7 +25,8 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     max_header_bytes = 64 * 2**10
 
     _header_timer: asyncio.TimerHandle | None = None
-    _header_bytes = 0  # received since the request began, while its headers are incomplete
+    _in_headers = True  # what arrives now is a request's line and headers
+    _header_bytes = 0  # of them, so far
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -34,29 +35,37 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # Counted after parsing, so that a chunk that completes the headers (and may carry
-        # some body) is not held against them; a chunk is at most the transport's read size.
-        if self._header_timer is not None and not self.transport.is_closing():
-            self._header_bytes += len(data)
+        # Counted before the parser holds them, up to the end of the headers when it is in
+        # this read (what follows is body).
+        if self._in_headers:
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4
             if self._header_bytes > self.max_header_bytes:
                 self._headers_too_large()
+                return
+        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # A request pipelined behind one in progress: counted from its next read on.
+        self._in_headers = True
         if self._header_timer is None:  # a later request on a kept-alive connection
             self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
+        self._in_headers, self._header_bytes = False, 0
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_headers = True  # what comes next on this connection is a new request
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:
-        self._header_bytes = 0
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
 
     def _cancel_header_timer(self) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse
 
 from service.deps import (
@@ -22,6 +24,7 @@ from service.errors import errors
 from service.events import Allowed, job_events, study_events
 from service.state import app_state
 
+log = logging.getLogger("tricklab.service")
 router = APIRouter(tags=["events"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
 # Proxies buffer a response unless told not to, which would hold events back.
 NO_BUFFERING = {"X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
@@ -37,6 +40,8 @@ def still_allowed(request: Request) -> Allowed:
             await gate.caller(request)
         except HTTPException:
             return False
+        except SQLAlchemyError:  # a database hiccup ends no stream: asked again soon
+            log.warning("events: checking a stream's caller failed", exc_info=True)
         return True
 
     return allowed

@@ -153,10 +153,12 @@ def answered(hostile: dict[str, list[socket.socket]]) -> dict[str, Counter[int]]
     return statuses
 
 
-def test_headers_beyond_the_limit_get_431_and_the_connection_closes(site: Site) -> None:
+@pytest.mark.parametrize("ending", [b"", b"\r\n\r\n"], ids=["unfinished", "complete"])
+def test_headers_beyond_the_limit_get_431_and_the_connection_closes(site: Site, ending) -> None:
     with connect(site.cluster.url) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Large: ")
-        sock.sendall(b"a" * 70 * 2**10)  # past the 64 KiB default, and no end of line
+        # Past the 64 KiB default: never finished, or finished within one read of the server.
+        large = b"X-Large: " + b"a" * 70 * 2**10 + ending
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + large)
         status, headers, body = read_response(sock)
         assert status == 431
         assert headers["connection"] == "close"
@@ -195,46 +197,93 @@ def test_a_stream_ends_when_its_user_is_disabled_or_its_token_revoked(site: Site
     assert client.get(f"/v1/jobs/{job_id}/events").status_code == 401
 
 
-def test_beyond_the_limit_of_requests_in_progress_only_the_probes_answer(
+class Held:
+    """Requests that announce a body and never send it: each holds a slot while it lasts."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sockets: list[tuple[socket.socket, bytes]] = []
+
+    def add(self, request: bytes, count: int) -> None:
+        for _ in range(count):
+            sock = connect(self.url)
+            sock.sendall(request)
+            self.sockets.append((sock, request))
+
+    def settle(self) -> None:
+        """Until every one is in progress: one refused while the API was busy goes again."""
+        while True:
+            time.sleep(1)  # nothing else is sent meanwhile: long enough to be taken in
+            ready, _, _ = select.select([sock for sock, _ in self.sockets], [], [], 0)
+            if not ready:
+                return
+            for index, (sock, request) in enumerate(self.sockets):
+                if sock in ready:
+                    sock.close()
+                    self.sockets[index] = (connect(self.url), request)
+                    self.sockets[index][0].sendall(request)
+
+    def close(self) -> None:
+        for sock, _ in self.sockets:
+            sock.close()
+        self.sockets.clear()
+
+
+def test_the_last_slots_are_kept_for_callers_with_few_and_the_probes_always_answer(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    settings = {"MAX_CONCURRENT_REQUESTS": "4", "MAX_REQUESTS_PER_USER": "2"}
+    settings = {"MAX_CONCURRENT_REQUESTS": "16", "MAX_REQUESTS_PER_USER": "12"}
     with Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}", **settings) as small:
         small.start_api()
         site = Site(small)
-        grace = site.user("grace")
-        for name in ("erin", "frank"):  # two users, two bodies each that never come
-            site.user(name)
-        bodies = [
-            head("POST", "/v1/jobs", 100, "application/json", authorization=f"Bearer {token}")
-            for token in (site.tokens["erin"], site.tokens["frank"])
-            for _ in range(2)
-        ]
-        held = [connect(small.url) for _ in bodies]
+        clients = {name: site.user(name) for name in ("erin", "frank", "grace", "heidi")}
+        slow = {
+            name: head("POST", "/v1/jobs", 100, "application/json", authorization=f"Bearer {token}")
+            for name, token in site.tokens.items()
+        }
+        held = Held(small.url)
         try:
-            for sock, body in zip(held, bodies, strict=True):
-                sock.sendall(body)
-
-            def full() -> bool:
-                """Whether all four are held; one that came in while grace's request was in
-                progress was refused, and goes again."""
-                for index, sock in enumerate(held):
-                    ready, _, _ = select.select([sock], [], [], 0)
-                    if ready:
-                        sock.close()
-                        held[index] = connect(small.url)
-                        held[index].sendall(bodies[index])
-                        return False
-                return grace.get("/v1/me").status_code == 503
-
-            wait_for(full, 30, "four requests in progress")
-            refused = grace.get("/v1/me")
-            assert refused.status_code == 503
+            held.add(slow["erin"], 8)
+            held.add(slow["frank"], 4)
+            held.settle()  # 12 in progress: the last quarter of 16 begins
+            refused = clients["erin"].get("/v1/me")  # she holds 8, FEW
+            assert refused.status_code == 429, refused.text
+            assert "last slots" in refused.json()["detail"]
             assert refused.headers["retry-after"] == "1"
-            assert "TRICKLAB_MAX_CONCURRENT_REQUESTS" in refused.json()["detail"]
+            assert clients["grace"].get("/v1/me").status_code == 200  # she holds none
+
+            held.add(slow["frank"], 3)  # 7: still fewer than FEW
+            held.add(slow["grace"], 1)
+            held.settle()  # 16 in progress: the limit
+            busy = clients["heidi"].get("/v1/me")
+            assert busy.status_code == 503, busy.text
+            assert "TRICKLAB_MAX_CONCURRENT_REQUESTS" in busy.json()["detail"]
             assert small.client.get("/healthz").status_code == 200
             assert small.client.get("/readyz").status_code == 200
         finally:
-            for sock in held:
-                sock.close()
-        wait_for(lambda: grace.get("/v1/me").is_success, 30, "the slots to free")
+            held.close()
+        wait_for(lambda: clients["heidi"].get("/v1/me").is_success, 30, "the slots to free")
+
+
+def test_callers_without_a_token_share_an_eighth_and_get_five_seconds_for_a_body(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    settings = {"MAX_CONCURRENT_REQUESTS": "16"}  # an eighth: 2
+    with Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}", **settings) as small:
+        small.start_api()
+        held = Held(small.url)
+        form = "application/x-www-form-urlencoded"
+        try:
+            held.add(head("POST", "/signin", 100, form, authorization=None), 2)
+            held.settle()
+            page = httpx.get(f"{small.url}/", timeout=30)  # the sign-in page: no token
+            assert page.status_code == 429, page.text
+            assert "signed in as no one" in page.json()["detail"]
+            assert small.client.get("/v1/me").status_code == 200  # a token: not theirs to fill
+            for sock, _ in held.sockets:
+                status, _, body = read_response(sock)  # within 5 s of its headers
+                assert status == 408
+                assert "the deadline for requests without a token" in json.loads(body)["detail"]
+        finally:
+            held.close()
+        assert httpx.get(f"{small.url}/", timeout=30).status_code == 200
