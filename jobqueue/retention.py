@@ -10,14 +10,24 @@ archive is written, synced and read back under a hidden name first; then one sho
 transaction claims the batch's jobs (a compare-and-set on `metrics_archived_at`, the jobs
 locked), deletes exactly the rows archived, and publishes the archive under a name no other
 file has. A run that finds a job of its batch already taken by another rolls back and drops
-its copy; one that fails anywhere before the commit leaves the rows where they were."""
+its copy; one that fails anywhere before the commit leaves the rows where they were.
+
+A batch whose rows change between its archive and its transaction is chosen again with a
+fresh read; a job whose rows change under it a second time keeps them (it is logged and
+left for a later run), so that it never holds back the jobs after it. Each run starts by
+deleting the hidden copies that runs stopped before publishing left behind, once they are
+older than STALE_COPY_SECONDS."""
 
 from __future__ import annotations
 
 import argparse
 import gzip
 import json
+import logging
+import os
+import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +36,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from jobqueue.artifacts import ArtifactStore
@@ -36,10 +47,33 @@ from jobqueue.store import JobStore
 
 METRIC_COLUMNS = tuple(EpochMetrics.__table__.columns.keys())  # job_id and epoch first
 
+log = logging.getLogger("tricklab.retention")
+
+# A run's hidden copy lives from its write to the end of its batch's transaction: a read-back,
+# then one short transaction that waits at most for SQLite's busy timeout (30 s by default)
+# or for another run's short transaction (PostgreSQL ends one left idle after 30 s). An hour
+# is far beyond that, and beyond the clocks of hosts sharing the store disagreeing. Even a
+# copy deleted too early loses nothing: its run cannot publish it, rolls back, and the rows
+# stay in the database.
+STALE_COPY_SECONDS = 3600.0
+
+# A run's hidden copy (.metrics-*) and write_atomic's temporary file for it, which a run
+# killed while writing leaves (.<12 hex digits>..metrics-*).
+HIDDEN_COPY = re.compile(r"\.(?:[0-9a-f]{12}\.\.)?metrics-[^/]+\.jsonl\.gz")
+
 
 class ArchiveError(RuntimeError):
     """An archive could not be written or did not read back as written, or the rows changed
     under it: nothing was removed, and the rows stay in the database."""
+
+
+class RowsChanged(ArchiveError):
+    """The epoch rows of these jobs are not those archived: added, deleted or rewritten
+    between the archive's read and the transaction."""
+
+    def __init__(self, message: str, jobs: frozenset[str]) -> None:
+        super().__init__(message)
+        self.jobs = jobs
 
 
 class Taken(Exception):
@@ -85,7 +119,10 @@ class Pending:
         return pending
 
     def publish(self) -> Path:
-        self.published = self.artifacts.link(self.hidden, self.name)
+        try:
+            self.published = self.artifacts.link(self.hidden, self.name)
+        except OSError as error:  # its copy gone (removed as stale), or the store failing
+            raise ArchiveError(f"could not publish {self.name}: {error}") from error
         return self.published
 
     def withdraw(self) -> None:
@@ -110,23 +147,47 @@ def _write_text(path: Path, text: str) -> None:
         archive.write(text)
 
 
+def remove_stale_copies(artifacts: ArtifactStore, now: float | None = None) -> int:
+    """Delete the hidden copies in archive/ last written more than STALE_COPY_SECONDS before
+    `now` (the epoch's seconds): left by runs stopped before publishing them, their rows are
+    in the database or in a published archive. Returns how many went."""
+    cutoff = (time.time() if now is None else now) - STALE_COPY_SECONDS
+    try:
+        entries = list(os.scandir(artifacts.path("archive")))
+    except (FileNotFoundError, NotADirectoryError):  # nothing archived yet, or in the way
+        return 0
+    removed = 0
+    for entry in entries:
+        if not HIDDEN_COPY.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:  # another run removed it first
+            continue
+        except OSError as error:  # housekeeping: the run's own writes report a broken store
+            log.warning("retention: could not remove the stale copy %s: %s", entry.path, error)
+    return removed
+
+
 class Retention(Verbs):
     """The policy's own queries: which ended jobs still keep what, their epoch rows, and the
     removal of an archived batch."""
 
-    def ended_before(self, moment: datetime, keeping: str, limit: int = 500) -> list[str]:
+    def ended_before(
+        self, moment: datetime, keeping: str, limit: int = 500, passing: Sequence[str] = ()
+    ) -> list[str]:
         """Up to `limit` jobs, oldest ending first, that ended before `moment` and still keep
-        their "metrics" or their "files" (`keeping`)."""
+        their "metrics" or their "files" (`keeping`), other than those `passing`."""
         kept = Job.metrics_archived_at if keeping == "metrics" else Job.artifacts_deleted_at
+        query = select(Job.id).where(
+            Job.finished_at < moment, Job.status.in_(TERMINAL), kept.is_(None)
+        )
+        if passing:
+            query = query.where(Job.id.not_in(passing))
         with self._read() as session:
-            return list(
-                session.scalars(
-                    select(Job.id)
-                    .where(Job.finished_at < moment, Job.status.in_(TERMINAL), kept.is_(None))
-                    .order_by(Job.finished_at)
-                    .limit(limit)
-                )
-            )
+            return list(session.scalars(query.order_by(Job.finished_at).limit(limit)))
 
     def metrics_of(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         """These jobs' epoch rows, every column, in the jobs' order then by epoch."""
@@ -141,7 +202,7 @@ class Retention(Verbs):
         self, job_ids: Sequence[str], rows: list[dict[str, Any]], archive: Pending | None
     ) -> Path | None:
         """In one transaction: claim the jobs (each still ended and not archived, else Taken),
-        delete their epoch rows if they are exactly `rows` (else ArchiveError), and publish
+        delete their epoch rows if they are exactly `rows` (else RowsChanged), and publish
         the archive that holds them. Any failure before the commit rolls back and withdraws
         the archive; the rows stay. A commit that fails leaves the archive published (it may
         have committed): its rows may then be archived again, never lost."""
@@ -174,16 +235,23 @@ class Retention(Verbs):
 
     @staticmethod
     def _delete(session: Session, job_ids: Sequence[str], rows: list[dict[str, Any]]) -> None:
-        archived = {(row["job_id"], row["epoch"]) for row in rows}
-        keys = select(EpochMetrics.job_id, EpochMetrics.epoch)
+        # Compared as archived (JSON), every column: a row rewritten in place counts as
+        # changed, and a NaN equals itself.
+        archived = {(row["job_id"], row["epoch"]): json.dumps(row) for row in rows}
+        columns = [getattr(EpochMetrics, column) for column in METRIC_COLUMNS]
+        found = session.execute(select(*columns).where(EpochMetrics.job_id.in_(job_ids)))
         held = {
-            (job, epoch)
-            for job, epoch in session.execute(keys.where(EpochMetrics.job_id.in_(job_ids)))
+            (row[0], row[1]): json.dumps(dict(zip(METRIC_COLUMNS, row, strict=True)))
+            for row in found
         }
-        if held != archived:
-            raise ArchiveError(
-                f"the epoch rows changed under their archive ({len(held)} held, "
-                f"{len(archived)} archived): nothing removed"
+        changed = {
+            key[0] for key in held.keys() | archived.keys() if held.get(key) != archived.get(key)
+        }
+        if changed:
+            raise RowsChanged(
+                f"the epoch rows of {jobs(sorted(changed))} changed under their archive "
+                f"({len(held)} held, {len(archived)} archived): nothing removed",
+                frozenset(changed),
             )
         removed = cast(
             CursorResult[Any],
@@ -193,7 +261,9 @@ class Retention(Verbs):
             ),
         ).rowcount
         if removed != len(archived):  # unreachable while the jobs are locked; a last guard
-            raise ArchiveError(f"{removed} rows to delete against {len(archived)} archived")
+            raise RowsChanged(
+                f"{removed} rows to delete against {len(archived)} archived", frozenset(job_ids)
+            )
 
 
 @dataclass
@@ -210,7 +280,8 @@ def archive_batch(
     retention: Retention, artifacts: ArtifactStore, job_ids: list[str]
 ) -> Batch | None:
     """Archive these ended jobs' epoch rows and remove them from the database; None when
-    another run took one of the jobs first (nothing done: choose the batch again)."""
+    another run took one of the jobs first (nothing done: choose the batch again). Raises
+    RowsChanged, having done nothing, when some of the rows changed meanwhile."""
     rows = retention.metrics_of(job_ids)
     pending = Pending.write(artifacts, rows) if rows else None
     try:
@@ -232,16 +303,26 @@ class Removed:
     archives: list[Path] = field(default_factory=list)
     file_jobs: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    kept_jobs: list[str] = field(default_factory=list)  # rows changed under two archives
+    stale_copies: int = 0
 
     def __str__(self) -> str:
-        return (
+        said = (
             f"archived and removed {self.metric_rows} epoch rows of {jobs(self.metrics_jobs)} "
             f"({', '.join(map(str, self.archives)) or 'no archive written'}); deleted the "
             f"files of {jobs(self.file_jobs)}, {self.bytes_freed / 2**20:.1f} MiB"
         )
+        if self.kept_jobs:
+            said += (
+                f"; kept the epoch rows of {jobs(self.kept_jobs)}, which changed while being "
+                f"archived: {', '.join(self.kept_jobs)}"
+            )
+        if self.stale_copies:
+            said += f"; removed {self.stale_copies} hidden copies left by stopped runs"
+        return said
 
 
-def jobs(ids: list[str]) -> str:
+def jobs(ids: Sequence[str]) -> str:
     return "1 job" if len(ids) == 1 else f"{len(ids)} jobs"
 
 
@@ -256,30 +337,62 @@ def apply(
     """Apply the policy to everything that ended more than the given days before `now` (None:
     that kind is kept forever), `batch` jobs a transaction and an archive."""
     now = now or utcnow()
-    removed = Removed()
-    retention = Retention(store.engine)
+    removed = Removed(stale_copies=remove_stale_copies(artifacts))
+    if removed.stale_copies:
+        log.info("retention: removed %d stale hidden copies", removed.stale_copies)
     if metrics_days is not None:
-        moment = now - timedelta(days=metrics_days)
-        while ids := retention.ended_before(moment, "metrics", batch):
-            if (done := archive_batch(retention, artifacts, ids)) is None:
-                continue  # another run archived some of these: they are no longer chosen
-            removed.metrics_jobs += done.job_ids
-            removed.metric_rows += done.rows
-            if done.archive is not None:
-                removed.archives.append(done.archive)
+        archive_metrics(
+            Retention(store.engine), artifacts, now - timedelta(days=metrics_days), batch, removed
+        )
     if files_days is not None:
-        moment = now - timedelta(days=files_days)
-        while ids := retention.ended_before(moment, "files", batch):
-            for job_id in ids:
-                if store.delete_artifacts(job_id) is None:
-                    continue
-                folder = artifacts.path(f"jobs/{job_id}")
-                removed.bytes_freed += sum(
-                    f.stat().st_size for f in folder.rglob("*") if f.is_file()
-                )
-                artifacts.remove_job(job_id)
-                removed.file_jobs.append(job_id)
+        delete_files(store, artifacts, now - timedelta(days=files_days), batch, removed)
     return removed
+
+
+def archive_metrics(
+    retention: Retention, artifacts: ArtifactStore, moment: datetime, batch: int, removed: Removed
+) -> None:
+    """Archive the metrics of every job that ended before `moment`, batch by batch. A batch
+    whose rows changed is chosen again, freshly read; a job whose rows changed twice keeps
+    them (logged), so that it holds back no other."""
+    changed_once: set[str] = set()
+    while ids := retention.ended_before(moment, "metrics", batch, removed.kept_jobs):
+        try:
+            done = archive_batch(retention, artifacts, ids)
+        except RowsChanged as error:
+            again = sorted(error.jobs & changed_once)
+            changed_once |= error.jobs
+            if again:
+                log.warning(
+                    "retention: kept the epoch rows of %s, which changed under two archives; "
+                    "a later run tries again: %s (%s)",
+                    jobs(again),
+                    ", ".join(again),
+                    error,
+                )
+                removed.kept_jobs += again
+            continue
+        if done is None:
+            continue  # another run archived some of these: they are no longer chosen
+        removed.metrics_jobs += done.job_ids
+        removed.metric_rows += done.rows
+        if done.archive is not None:
+            removed.archives.append(done.archive)
+
+
+def delete_files(
+    store: JobStore, artifacts: ArtifactStore, moment: datetime, batch: int, removed: Removed
+) -> None:
+    """Delete the checkpoints and models of every job that ended before `moment`."""
+    retention = Retention(store.engine)
+    while ids := retention.ended_before(moment, "files", batch):
+        for job_id in ids:
+            if store.delete_artifacts(job_id) is None:
+                continue
+            folder = artifacts.path(f"jobs/{job_id}")
+            removed.bytes_freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            artifacts.remove_job(job_id)
+            removed.file_jobs.append(job_id)
 
 
 def main() -> None:
@@ -288,16 +401,21 @@ def main() -> None:
     from jobqueue.db import make_engine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--metrics-days", type=float, help="default: TRICKLAB_RETAIN_METRICS_DAYS")
-    parser.add_argument("--files-days", type=float, help="default: TRICKLAB_RETAIN_ARTIFACTS_DAYS")
+    parser.add_argument(
+        "--metrics-days", type=days, help="default: TRICKLAB_RETAIN_METRICS_DAYS (0: all ended)"
+    )
+    parser.add_argument(
+        "--files-days", type=days, help="default: TRICKLAB_RETAIN_ARTIFACTS_DAYS (0: all ended)"
+    )
     parser.add_argument(
         "--batch", type=positive_int, default=500, help="jobs a transaction and an archive (500)"
     )
     args = parser.parse_args()
     settings = load_settings()
     setup_logging(settings.log_level)
-    metrics_days = args.metrics_days or settings.retain_metrics_days
-    files_days = args.files_days or settings.retain_artifacts_days
+    # 0 is a limit (everything ended), not "unset".
+    metrics_days = settings.retain_metrics_days if args.metrics_days is None else args.metrics_days
+    files_days = settings.retain_artifacts_days if args.files_days is None else args.files_days
     if metrics_days is None and files_days is None:
         raise SystemExit(
             "tricklab: no retention policy: set TRICKLAB_RETAIN_METRICS_DAYS or "
@@ -310,7 +428,23 @@ def main() -> None:
         )
     except ArchiveError as error:
         raise SystemExit(f"tricklab: retention stopped: {error}") from None
+    except SQLAlchemyError as error:  # e.g. SQLite locked past its busy timeout
+        cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SystemExit(
+            f"tricklab: retention stopped: the database failed: {cause}; the batch being "
+            "archived kept its rows"
+        ) from None
     print(removed)
+
+
+MAX_DAYS = 100_000  # far past any history, and within what a date can go back
+
+
+def days(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= MAX_DAYS:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_DAYS} days, not {value}")
+    return number
 
 
 def positive_int(value: str) -> int:

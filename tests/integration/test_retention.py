@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.engine import make_url
 
 from bench.queueing import prefill
 from jobqueue import retention
 from jobqueue.artifacts import ArtifactStore
-from jobqueue.db import make_engine
+from jobqueue.db import WRITE, make_engine
 from jobqueue.models import EpochMetrics, Job, utcnow
 from jobqueue.store import JobStore
 from tests.support.auth import ADMIN_HEADERS
@@ -397,3 +398,211 @@ def test_an_archive_never_replaces_a_file(tmp_path):
         store.link("archive/a.jsonl.gz", "archive/a.jsonl.gz")
     assert (tmp_path / "archive" / "a.jsonl.gz").read_text() == "first"
     assert [path.name for path in (tmp_path / "archive").iterdir()] == ["a.jsonl.gz"]
+
+
+def test_a_run_removes_the_stale_hidden_copies_that_stopped_runs_left(
+    database_url, engine, tmp_path
+):
+    """Hidden copies (and half-written temporary files) older than an hour, which runs stopped
+    before publishing left, are deleted when the command starts; a fresh one (a live run's),
+    the published archives and files of other names are left alone."""
+    folder = tmp_path / "artifacts" / "archive"
+    folder.mkdir(parents=True)
+    stale = [".metrics-20260101T000000Z-0123456789abcdef.jsonl.gz"]
+    stale.append(".0a1b2c3d4e5f..metrics-20260101T000001Z-fedcba9876543210.jsonl.gz")
+    fresh = ".metrics-20260101T000002Z-00112233445566ff.jsonl.gz"
+    others = [".notes", "metrics-20260101T000003Z-aabbccddeeff0011.jsonl.gz"]
+    two_hours_ago = time.time() - 7200
+    for name in [*stale, fresh, *others]:
+        (folder / name).write_bytes(gzip.compress(b""))
+        if name != fresh:
+            os.utime(folder / name, (two_hours_ago, two_hours_ago))
+    argv, env = command(database_url, tmp_path / "artifacts", "--batch", "100")
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "; removed 2 hidden copies left by stopped runs" in done.stdout, done.stdout
+    names = {path.name for path in folder.iterdir()}
+    assert not names & set(stale)
+    assert {fresh, *others} <= names
+    assert hidden_files(tmp_path / "artifacts") == sorted([".notes", fresh])
+
+
+def inserting_after_write(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, job_id: str, change: Any, times: int
+) -> list[int]:
+    """Have every archive written of `job_id`'s rows (the first `times` of them) followed by
+    `change(connection, n)`, as a worker still writing the job's epochs would: the rows then
+    change between the archive and its transaction. Returns the count of changes made."""
+    write, made = retention.Pending.write, [0]
+    writer = make_engine(database_url)
+
+    def write_then_change(store: ArtifactStore, rows: list[dict[str, Any]]) -> retention.Pending:
+        pending = write(store, rows)
+        if made[0] < times and any(row["job_id"] == job_id for row in rows):
+            made[0] += 1
+            with writer.begin() as connection:
+                change(connection, made[0])
+        return pending
+
+    monkeypatch.setattr(retention.Pending, "write", staticmethod(write_then_change))
+    return made
+
+
+def oldest_job(engine: Engine) -> str:
+    with engine.connect() as connection:
+        return str(
+            connection.scalar(
+                select(Job.id).where(Job.finished_at.is_not(None)).order_by(Job.finished_at)
+            )
+        )
+
+
+def test_rows_changed_once_are_archived_from_a_fresh_read(
+    database_url, engine, tmp_path, monkeypatch
+):
+    """One epoch row of the oldest job is rewritten after its batch's archive was written: the
+    batch is chosen again and archived as the rows then are; the stale archive is dropped."""
+    job_id = oldest_job(engine)
+
+    def rewrite(connection: Any, _n: int) -> None:
+        connection.execute(
+            update(EpochMetrics)
+            .where(EpochMetrics.job_id == job_id, EpochMetrics.epoch == 1)
+            .values(train_loss=123.5)
+        )
+
+    made = inserting_after_write(monkeypatch, database_url, job_id, rewrite, times=1)
+    artifacts = tmp_path / "artifacts"
+    removed = run_policy(database_url, artifacts, 50)
+    assert made == [1] and removed.kept_jobs == []
+    after = database_rows(engine)
+    assert after == {} and unarchived_jobs(engine) == 0
+    rows = archived_rows(artifacts)
+    assert [row["train_loss"] for row in rows if (row["job_id"], row["epoch"]) == (job_id, 1)] == [
+        123.5
+    ]
+    assert len(rows) == len({(row["job_id"], row["epoch"]) for row in rows}) == removed.metric_rows
+    assert hidden_files(artifacts) == []
+
+
+def test_a_job_whose_rows_keep_changing_holds_back_no_other(
+    database_url, engine, tmp_path, monkeypatch, caplog
+):
+    """The oldest job gains an epoch row after every archive of its rows: it keeps all its rows
+    (said and logged), every other job of its batch and after is archived, and once its rows
+    stop changing the next command archives them."""
+    before = database_rows(engine)
+    job_id = oldest_job(engine)
+    template = next(row for key, row in before.items() if key[0] == job_id)
+
+    def add_epoch(connection: Any, n: int) -> None:
+        connection.execute(insert(EpochMetrics).values({**template, "epoch": 100 + n}))
+
+    made = inserting_after_write(monkeypatch, database_url, job_id, add_epoch, times=1000)
+    artifacts = tmp_path / "artifacts"
+    removed = run_policy(database_url, artifacts, 50)
+    assert made == [2]  # the first archive, then one from a fresh read
+    assert removed.kept_jobs == [job_id]
+    assert f"kept the epoch rows of 1 job, which changed while being archived: {job_id}" in str(
+        removed
+    )
+    kept = {key: row for key, row in before.items() if key[0] == job_id}
+    assert_archived_once(artifacts, {k: v for k, v in before.items() if k[0] != job_id})
+    after = database_rows(engine)
+    assert {key: row for key, row in after.items() if key[1] < 100} == kept
+    assert sorted(key[1] for key in after if key[1] >= 100) == [101, 102]
+    assert unarchived_jobs(engine) == 1 and hidden_files(artifacts) == []
+    warned = [r.getMessage() for r in caplog.records if r.name == "tricklab.retention"]
+    assert len(warned) == 1 and warned[0].startswith(
+        f"retention: kept the epoch rows of 1 job, which changed under two archives; a later "
+        f"run tries again: {job_id} ("
+    )
+
+    monkeypatch.undo()
+    argv, env = command(database_url, artifacts)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"archived and removed {len(after)} epoch rows of 1 job ")
+    assert database_rows(engine) == {} and unarchived_jobs(engine) == 0
+
+
+def test_zero_days_is_a_limit_not_unset(database_url, engine, tmp_path):
+    """`--metrics-days 0` and `--files-days 0` take every ended job, even where the settings
+    name other limits; a negative or endless limit is refused, naming what is allowed."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    env = {
+        **os.environ,
+        "TRICKLAB_DATABASE_URL": database_url,
+        "TRICKLAB_ARTIFACTS_DIR": str(artifacts),
+        "TRICKLAB_RETAIN_METRICS_DAYS": "40",  # older than the whole history
+        "TRICKLAB_RETAIN_ARTIFACTS_DAYS": "40",
+    }
+    base = [sys.executable, "-m", "jobqueue.retention"]
+    for bad in ("-1", "inf"):
+        refused = subprocess.run(
+            [*base, "--metrics-days", bad], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2
+        assert f"must be from 0 to 100000 days, not {bad}" in refused.stderr
+    assert database_rows(engine) == before
+
+    argv = [*base, "--metrics-days", "0", "--files-days", "0"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert reported(done.stdout)[0] == len(before)
+    assert f"deleted the files of {HISTORY} jobs" in done.stdout
+    assert_archived_once(artifacts, before)
+    assert database_rows(engine) == {} and unarchived_jobs(engine) == 0
+
+
+def test_a_database_error_stops_the_command_with_one_line(database_url, engine, tmp_path):
+    """The jobs are locked by another session past the command's patience (SQLite's busy
+    timeout; PostgreSQL's lock_timeout): the command says so in one line, exit status 1, and
+    every row stays, with no archive or hidden copy left."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    argv, env = command(database_url, artifacts)
+    env["TRICKLAB_BUSY_TIMEOUT_MS"] = "300"
+    if engine.dialect.name == "postgresql":
+        url = make_url(database_url)
+        options = f"{url.query['options']} -c lock_timeout=300"
+        env["TRICKLAB_DATABASE_URL"] = url.update_query_dict({"options": options}).render_as_string(
+            hide_password=False
+        )
+    # SQLite's write lock (taken at BEGIN), or PostgreSQL's lock on the jobs: reads still go.
+    with engine.connect().execution_options(**WRITE) as holder:
+        if engine.dialect.name == "postgresql":
+            holder.exec_driver_sql("LOCK TABLE jobs IN EXCLUSIVE MODE")
+        else:
+            holder.exec_driver_sql("SELECT 1")
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        holder.rollback()
+    assert done.returncode == 1, done.stdout
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("tricklab: retention stopped: the database failed: ")
+    assert ("database is locked" in done.stderr) or ("lock timeout" in done.stderr), done.stderr
+    assert done.stderr.rstrip().endswith("the batch being archived kept its rows")
+    assert database_rows(engine) == before and unarchived_jobs(engine) == HISTORY
+    assert archives(artifacts) == [] and hidden_files(artifacts) == []
+
+
+def test_a_copy_removed_before_its_publishing_loses_nothing(
+    database_url, engine, tmp_path, monkeypatch
+):
+    """A run's hidden copy is deleted before its batch's transaction (as a stale copy would
+    be): the run cannot publish it, stops with an ArchiveError, and every row stays."""
+    before = database_rows(engine)
+    artifacts = tmp_path / "artifacts"
+    write = retention.Pending.write
+
+    def write_then_lose(store: ArtifactStore, rows: list[dict[str, Any]]) -> retention.Pending:
+        pending = write(store, rows)
+        store.path(pending.hidden).unlink()
+        return pending
+
+    monkeypatch.setattr(retention.Pending, "write", staticmethod(write_then_lose))
+    with pytest.raises(retention.ArchiveError, match=r"^could not publish archive/metrics-"):
+        run_policy(database_url, artifacts, 50)
+    assert database_rows(engine) == before and unarchived_jobs(engine) == HISTORY
+    assert list((artifacts / "archive").iterdir()) == []
