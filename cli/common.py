@@ -58,7 +58,7 @@ JobId = Annotated[
     typer.Argument(
         metavar="JOB",
         help="A job's id, or its first 4 or more hex digits (the 8 that tables show) when no "
-        "other job of yours starts with them.",
+        "other job you can see starts with them.",
         show_default=False,
     ),
 ]

@@ -1,6 +1,8 @@
 """Short ids: a job's or study's id given by its first hex digits, as git takes a commit's,
-resolved to the one full id it starts. The server lists the caller's own items whose id starts
-so (`id_prefix`), so a prefix never reveals another owner's ids."""
+resolved to the one full id it starts. The server lists the items the caller can see whose id
+starts so (`id_prefix`): a user's own, an admin's everyone's, so a prefix never reveals another
+owner's ids to a user. Its messages say "you can see", true of either role, as the CLI does not
+ask which the caller has."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ LISTS = {"job": ("/v1/jobs", "jobs"), "study": ("/v1/studies", "studies")}
 
 def resolve_id(client: Api, noun: Noun, given: str) -> str:
     """The full id that `given` names: itself when whole (the server then says whether it
-    exists), else the one id of the caller's that starts with it. Exit 4, saying why, when it
+    exists), else the one id the caller can see that starts with it. Exit 4, saying why, when it
     names none or several."""
     text = given.strip().lower()
     if FULL_ID.fullmatch(text):
@@ -30,7 +32,7 @@ def resolve_id(client: Api, noun: Noun, given: str) -> str:
     if not PREFIX.fullmatch(text):
         raise Failure(
             f"no {noun} {given!r}: an id is 32 hex digits (0-9, a-f), and its first "
-            f"{MIN_PREFIX} or more name it when no other {noun} of yours starts with them",
+            f"{MIN_PREFIX} or more name it when no other {noun} you can see starts with them",
             NOT_FOUND,
         )
     path, key = LISTS[noun]
@@ -39,14 +41,14 @@ def resolve_id(client: Api, noun: Noun, given: str) -> str:
     if len(found) == 1:
         return str(found[0]["id"])
     if not found:
-        raise Failure(f"no {noun} of yours has an id starting with {text!r}", NOT_FOUND)
+        raise Failure(f"no {noun} you can see has an id starting with {text!r}", NOT_FOUND)
     total = listing.get("total") or len(found)
     lines = [f"  {candidate_line(noun, item)}" for item in found]
     if total > len(found):
         lines.append(f"  … and {total - len(found)} more")
     raise Failure(
-        f"{text!r} is ambiguous: {total} {'jobs' if noun == 'job' else 'studies'} of yours "
-        "have ids starting with it; give more of the id:\n" + "\n".join(lines),
+        f"{text!r} is ambiguous: {total} {'jobs' if noun == 'job' else 'studies'} you can "
+        "see have ids starting with it; give more of the id:\n" + "\n".join(lines),
         NOT_FOUND,
     )
 

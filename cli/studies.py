@@ -53,7 +53,7 @@ StudyId = Annotated[
     typer.Argument(
         metavar="STUDY",
         help="A study's id, or its first 4 or more hex digits (the 8 that tables show) when "
-        "no other study of yours starts with them.",
+        "no other study you can see starts with them.",
         show_default=False,
     ),
 ]

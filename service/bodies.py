@@ -21,6 +21,7 @@ import anyio.to_process
 import numpy as np
 from anyio import BrokenWorkerProcess, CapacityLimiter
 from anyio.lowlevel import RunVar
+from fastapi import HTTPException
 from pydantic import ValidationError
 
 from core.images import SIDE
@@ -75,6 +76,26 @@ async def read(function: Callable[..., T], body: bytes, *args: Any, json_bytes: 
         return await anyio.to_process.run_sync(function, body, *args, limiter=limiter)
     except BrokenWorkerProcess:
         raise ParserLost("the process reading the body was lost; send it again") from None
+
+
+async def read_or_refuse(
+    function: Callable[..., T],
+    body: bytes,
+    *args: Any,
+    json_bytes: int,
+    invalid: Callable[[list[dict[str, Any]]], Exception],
+) -> T:
+    """`read`, its refusals raised as HTTP errors: BodyError or TensorError a 400 with its
+    message, ParserLost a 503 to retry a second later, and Invalid whatever `invalid` makes of
+    its errors, as each door answers a broken schema in its own shape."""
+    try:
+        return await read(function, body, *args, json_bytes=json_bytes)
+    except (BodyError, TensorError) as error:
+        raise HTTPException(400, str(error)) from None
+    except Invalid as error:
+        raise invalid(error.errors) from None
+    except ParserLost as error:
+        raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
 
 
 def json_size(body_bytes: int, header_length: str | None) -> int:

@@ -339,7 +339,6 @@ class ModelMetadata(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok", "ready", "unavailable"]
-    detail: str | None = Field(None, description="Why the service is not ready.")
 
 
 class TrickInfo(BaseModel):

@@ -34,6 +34,7 @@ from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from service import batching
 from service.batching import Batcher
+from service.freshness import CACHE_SECONDS
 from service.inference import Forward, numpy_forward
 from service.schemas import ID_PATTERN
 
@@ -52,7 +53,7 @@ RETRY_AFTER_SECONDS = 1
 # How long a model in memory is served without a look at its job's row: another API process,
 # or the retention command, may have deleted its files meanwhile. One read of one row per model
 # this often, as the gate re-reads a token.
-RECHECK_SECONDS = 5.0
+RECHECK_SECONDS = CACHE_SECONDS
 _ID = re.compile(ID_PATTERN)
 
 

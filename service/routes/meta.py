@@ -36,7 +36,6 @@ def list_tricks() -> TrickCatalogue:
     name="healthz",
     tags=["health"],
     response_model=Health,
-    response_model_exclude_none=True,
 )
 def healthz() -> Health:
     """The process is up."""
@@ -48,7 +47,6 @@ def healthz() -> Health:
     name="readyz",
     tags=["health"],
     response_model=Health,
-    response_model_exclude_none=True,
     responses={
         503: {
             "description": "The database does not answer (why: in the API's log).",
@@ -63,8 +61,7 @@ def readyz(store: StoreDep) -> Health | JSONResponse:
         store.ping()
     except Exception as error:
         log.warning("not ready: the database does not answer: %s", error)
-        unready = Health(status="unavailable")
-        return JSONResponse(unready.model_dump(exclude_none=True), status_code=503)
+        return JSONResponse(Health(status="unavailable").model_dump(), status_code=503)
     return Health(status="ready")
 
 

@@ -188,14 +188,11 @@ async def _from_files(request: Request, serving: Serving, max_files: int) -> np.
 
 
 async def _from_json(body: bytes, serving: Serving, max_instances: int) -> np.ndarray:
-    try:
-        instances = await bodies.read(
-            bodies.predict_instances, body, max_instances, json_bytes=len(body)
-        )
-    except bodies.BodyError as error:
-        raise HTTPException(400, str(error)) from None
-    except bodies.Invalid as error:
-        raise RequestValidationError(error.errors) from None
-    except bodies.ParserLost as error:
-        raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
+    instances = await bodies.read_or_refuse(
+        bodies.predict_instances,
+        body,
+        max_instances,
+        json_bytes=len(body),
+        invalid=RequestValidationError,
+    )
     return await serving.instances(instances)

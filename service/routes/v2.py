@@ -52,7 +52,7 @@ from service.schemas import (
 )
 from service.serving import MalformedId, ServedModel, Serving, ServingError, class_names
 from service.state import app_state
-from service.tensors import HEADER_LENGTH, Output, TensorError, encode_response
+from service.tensors import HEADER_LENGTH, Output, encode_response
 
 VERSION = "1"  # a job trains one model: its only version
 PLATFORM = "keras_keras"  # <project>_<format>: a Keras model in a .keras file
@@ -219,20 +219,14 @@ async def infer(request: Request, caller: ResolvedCaller) -> Response:
         )
     body = await request.body()
     json_length = request.headers.get(HEADER_LENGTH)
-    try:
-        wanted, pixels = await bodies.read(
-            bodies.infer_request,
-            body,
-            json_length,
-            state.settings.max_predict_instances,
-            json_bytes=bodies.json_size(len(body), json_length),
-        )
-    except TensorError as error:
-        raise HTTPException(400, str(error)) from None
-    except bodies.Invalid as error:
-        raise HTTPException(400, _validation_message(error.errors)) from None
-    except bodies.ParserLost as error:
-        raise HTTPException(503, str(error), {"Retry-After": "1"}) from None
+    wanted, pixels = await bodies.read_or_refuse(
+        bodies.infer_request,
+        body,
+        json_length,
+        state.settings.max_predict_instances,
+        json_bytes=bodies.json_size(len(body), json_length),
+        invalid=lambda errors: HTTPException(400, _validation_message(errors)),
+    )
     try:
         result = await model.classify(pixels)
     except ServingError as error:

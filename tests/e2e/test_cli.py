@@ -188,7 +188,7 @@ def test_every_job_command_takes_the_short_id_that_tables_show(stack, files, tmp
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["status"] == "cancelled"
 
 
-def test_a_short_id_that_names_none_or_several_of_yours_exits_4_saying_why(stack, files):
+def test_a_short_id_that_names_none_or_several_it_can_see_exits_4_saying_why(stack, files):
     shared = "abcdef01"
     mine, also_mine, bobs = shared + "0" * 24, shared + "1" * 24, shared + "2" * 24
     bob = stack.client.post("/v1/users", json={"name": "bob-cli", "role": "user"}).json()
@@ -199,7 +199,9 @@ def test_a_short_id_that_names_none_or_several_of_yours_exits_4_saying_why(stack
 
     several = tricklab(stack, "jobs", "show", shared)  # the admin sees everyone's jobs
     assert several.returncode == 4 and several.stdout == ""
-    assert f"'{shared}' is ambiguous: 3 jobs of yours have ids starting with it" in several.stderr
+    assert (
+        f"'{shared}' is ambiguous: 3 jobs you can see have ids starting with it" in several.stderr
+    )
     assert all(f"{job_id} cancelled" in several.stderr for job_id in (mine, also_mine, bobs))
     assert tricklab(stack, "jobs", "cancel", mine[:9], "-o", "json").returncode == 0
 
@@ -209,7 +211,7 @@ def test_a_short_id_that_names_none_or_several_of_yours_exits_4_saying_why(stack
     assert his.returncode == 0 and json.loads(his.stdout)["id"] == bobs, his.stderr
     unseen = tricklab(stack, "jobs", "watch", mine[:12], **as_bob)
     assert unseen.returncode == 4 and mine not in unseen.stderr
-    assert f"no job of yours has an id starting with '{mine[:12]}'" in unseen.stderr
+    assert f"no job you can see has an id starting with '{mine[:12]}'" in unseen.stderr
 
     image = str(files / "0.png")
     for command in (("jobs", "show"), ("studies", "report"), ("predict",)):

@@ -21,6 +21,7 @@ from service import bodies
 from service.app import create_app
 from tests.support.auth import ADMIN_HEADERS
 from tests.support.data import TINY, tiny_images
+from tests.support.dying_parser import die
 from tests.support.images import encode, png_declaring
 from tests.support.inprocess import drain_queue, settings_in
 
@@ -390,3 +391,27 @@ def test_json_over_the_inline_size_is_read_in_a_worker_process_alike(trained, mo
             at_once = client.post(path, **post)
         assert offloaded.status_code == status, offloaded.text
         assert (offloaded.status_code, offloaded.json()) == (at_once.status_code, at_once.json())
+
+
+def test_a_body_whose_parsing_process_dies_is_a_503_to_retry_in_each_doors_shape(
+    trained, monkeypatch
+):
+    client, job_id, _ = trained
+    pixels = long_floats(np.concatenate([IMAGES, IMAGES[:1]]))  # 5: over OFFLOAD_BYTES
+    tensor = {"name": "images", "datatype": "FP32", "shape": [5, 28, 28], "data": pixels}
+    doors = [
+        (f"/v1/jobs/{job_id}/predict", {"instances": pixels}, "detail"),
+        (f"/v2/models/{job_id}/infer", {"inputs": [tensor]}, "error"),
+    ]
+    json_type = {"content-type": "application/json"}
+    for path, document, key in doors:
+        body = json.dumps(document).encode()
+        assert bodies.OFFLOAD_BYTES < len(body) < LIMIT
+        with monkeypatch.context() as dying:
+            dying.setattr(bodies, "predict_instances", die)
+            dying.setattr(bodies, "infer_request", die)
+            lost = client.post(path, content=body, headers=json_type)
+        assert (lost.status_code, lost.headers["retry-after"]) == (503, "1"), lost.text
+        assert lost.json() == {key: "the process reading the body was lost; send it again"}
+        # Sent again, it is read by a fresh worker process.
+        assert client.post(path, content=body, headers=json_type).status_code == 200

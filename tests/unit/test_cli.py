@@ -361,7 +361,7 @@ def test_an_ambiguous_prefix_lists_the_first_candidates_and_counts_the_rest():
     assert failed.value.code == 4
     assert (
         lines[0]
-        == "'beef' is ambiguous: 12 studies of yours have ids starting with it; give more of the id:"
+        == "'beef' is ambiguous: 12 studies you can see have ids starting with it; give more of the id:"
     )
     assert lines[1] == f"  {studies[0]['id']} running 'two tricks' created 2026-01-02"
     assert lines[2] == f"  {studies[1]['id']} running created 2026-01-02"
