@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.logs import native_noise_dropped
+from core.native_noise import native_noise_dropped
 
 
 def load_backend() -> None:

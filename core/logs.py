@@ -3,21 +3,11 @@
 A message may carry text that users wrote (a name, a spec, an exception's message), so every
 record is kept on its own line: control characters in the message are escaped, and a
 traceback follows on indented lines, escaped the same way. Any line that starts in column 0
-then starts a record, and no message can forge one.
-
-TensorFlow's native code writes to standard error itself as it loads; on a machine without a
-GPU, what it writes there is held and written out without the lines that only say so."""
+then starts a record, and no message can forge one."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import sys
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 TRACEBACK_INDENT = "  "
@@ -69,45 +59,3 @@ def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter(FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-
-
-# What TensorFlow's native code writes to standard error as it loads and looks for CUDA, on a
-# machine without an NVIDIA GPU: information (absl's INFO lines, written before absl is set
-# up, which TF_CPP_MIN_LOG_LEVEL does not reach), the wrapped tail of one of them, and CUDA
-# failing to start, which is no failure where there is no GPU. Warnings and every other error
-# stay.
-NATIVE_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
-    r"|I\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] "
-    r"|E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "
-    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler"
-)
-
-
-def gpu_present(devices: Path = Path("/dev")) -> bool:
-    """Whether this machine shows an NVIDIA GPU (its driver's device files)."""
-    return any(devices.glob("nvidia[0-9]*"))
-
-
-@contextlib.contextmanager
-def native_noise_dropped() -> Iterator[None]:
-    """Standard error, file descriptor and all, held while the block runs, then written out
-    without the lines of NATIVE_NOISE: only on a machine without an NVIDIA GPU, and only when
-    TF_CPP_MIN_LOG_LEVEL is not set (whoever sets it chooses what TensorFlow shows)."""
-    if gpu_present() or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        yield
-        return
-    sys.stderr.flush()
-    original = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(original, 2)
-            os.close(original)
-            held.seek(0)
-            lines = held.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not NATIVE_NOISE.match(line)))
-            sys.stderr.flush()

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from types import FrameType
+from typing import NoReturn
 
 
 def holds_terminal() -> bool:
@@ -28,17 +29,40 @@ def holds_terminal() -> bool:
         return False
 
 
+def execute(command: list[str]) -> NoReturn:
+    """Replace this process with the command, with the signal dispositions a command expects
+    (as subprocess gives them): Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays
+    ignored through exec, so a pipeline's writer would not end when its reader did."""
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    os.execvp(command[0], command)
+
+
+def become_command(ready: int, go: int, command: list[str]) -> NoReturn:
+    """The forked child: once the parent has given its group the terminal, the command."""
+    try:
+        os.close(go)
+        # Anything but the parent's byte (end of file: it died, or failed to hand over the
+        # terminal) leaves a group no one owns, which Ctrl-C could not reach: nothing starts.
+        if os.read(ready, 1) != b"x":
+            os._exit(1)
+        os.close(ready)
+        signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # inherited through exec
+        execute(command)
+    except OSError as error:
+        print(f"foreground.py: {command[0]}: {error.strerror}", file=sys.stderr)
+    finally:
+        # Never back into the parent's code, whatever happened (an interrupt too).
+        os._exit(127)
+
+
 def run_in_foreground(command: list[str]) -> int:
     """Fork the command into a group of its own, give it the terminal, wait for it, take the
     terminal back; its exit status (128 + N when signal N ended it)."""
     ready, go = os.pipe()
     child = os.fork()
-    if child == 0:  # the command: once it has the terminal
-        os.close(go)
-        os.read(ready, 1)
-        os.close(ready)
-        signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # inherited through exec
-        os.execvp(command[0], command)
+    if child == 0:
+        become_command(ready, go, command)
     os.close(ready)
     os.setpgid(child, child)
     # A group that is not the foreground may take the terminal back only with SIGTTOU ignored.
@@ -71,7 +95,7 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/foreground.py COMMAND [ARG…]", file=sys.stderr)
         return 2
     if not holds_terminal():
-        os.execvp(argv[0], argv)
+        execute(argv)
     return run_in_foreground(argv)
 
 

@@ -1,5 +1,6 @@
 """Starting the service for real: `python -m service` on a port that is taken, and `make up`,
-which must never leave one of its two processes running without the other."""
+which must never leave one of its two processes running without the other, with
+scripts/foreground.py, which makes its supervisor the terminal's foreground job."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import stat
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from core.logs import NATIVE_NOISE
+from core.native_noise import NATIVE_NOISE
 from tests.support.cluster import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +114,21 @@ class Up:
         assert self.controller is not None
         os.write(self.controller, b"\x03")
 
+    def ctrl_z(self) -> None:
+        """Type Ctrl-Z: it sends SIGTSTP to the terminal's foreground process group."""
+        assert self.controller is not None
+        os.write(self.controller, b"\x1a")
+
+    def stopped(self) -> list[str]:
+        """The command lines of the processes in make's session that a signal has stopped."""
+        found = []
+        for pid, command in self.members().items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                # The state is the field after the parenthesised command name.
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    found.append(command)
+        return found
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
@@ -129,6 +146,15 @@ class Up:
                         found[int(entry.name)] = command.decode(errors="replace")
             except (FileNotFoundError, ProcessLookupError):
                 continue  # gone meanwhile
+        return found
+
+    def left_behind(self, grace: float = 5.0) -> dict[int, str]:
+        """The members still there after a moment's grace: a process that dies while loading
+        TensorFlow leaves the filter of its standard error to pass on its last lines, and the
+        filter ends just after it. A process truly left behind is still there."""
+        deadline = time.monotonic() + grace
+        while (found := self.members()) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return found
 
     def wait_until_serving(self) -> None:
@@ -177,7 +203,7 @@ def test_make_up_stops_the_worker_and_fails_when_the_api_cannot_start(up, taken_
     output = run.output()
     assert f"cannot listen on 127.0.0.1:{taken_port}: address already in use" in output
     assert "make up: the api ended (exit status 1); stopping the worker" in output
-    assert run.members() == {}  # the worker is gone, not training on unseen
+    assert run.left_behind() == {}  # the worker is gone, not training on unseen
 
 
 def test_make_up_stops_the_api_and_fails_when_the_worker_dies(up):
@@ -189,7 +215,7 @@ def test_make_up_stops_the_api_and_fails_when_the_worker_dies(up):
     os.kill(worker, signal.SIGKILL)
     assert run.wait() != 0
     assert "make up: the worker ended (killed by SIGKILL); stopping the api" in run.output()
-    assert run.members() == {}
+    assert run.left_behind() == {}
 
 
 def test_make_up_says_where_the_admin_token_is_and_how_to_use_it(up):
@@ -209,16 +235,20 @@ def test_make_up_says_where_the_admin_token_is_and_how_to_use_it(up):
     assert (me["name"], me["role"]) == ("admin", "admin")
 
 
-def test_ctrl_c_on_a_terminal_stops_both_cleanly_and_make_succeeds(up):
+def test_ctrl_z_on_a_terminal_is_ignored_and_ctrl_c_stops_both_cleanly_and_make_succeeds(up):
     run = up(free_port(), terminal=True)
     run.wait_until_serving()
+    run.ctrl_z()
+    time.sleep(1)  # the terminal signals at once: time for a stop to show, were there one
+    assert run.stopped() == []
+    assert httpx.get(f"http://127.0.0.1:{run.port}/readyz").status_code == 200
     run.ctrl_c()
     assert run.wait() == 0
     output = run.output()
     assert "make: ***" not in output and " ended (" not in output  # no complaint at all
     assert "signal=SIGINT: stopping after the current epoch" in output
     assert " stopped" in output and "Finished server process" in output
-    assert run.members() == {}
+    assert run.left_behind() == {}
     # Neither process's start looked like a failure: no line of TensorFlow's about CUDA.
     noise = [line for line in output.splitlines() if NATIVE_NOISE.match(line)]
     assert noise == [] and "cuInit" not in output and "absl" not in output
@@ -235,7 +265,7 @@ def test_ctrl_c_off_a_terminal_stops_both_and_make_says_nothing(up):
     assert "make: ***" not in output and " ended (" not in output
     assert "signal=SIGINT: stopping after the current epoch" in output
     assert " stopped" in output and "Finished server process" in output
-    assert run.members() == {}
+    assert run.left_behind() == {}
 
 
 def test_make_up_stopped_by_sigterm_stops_both_and_fails(up):
@@ -246,7 +276,7 @@ def test_make_up_stopped_by_sigterm_stops_both_and_fails(up):
     output = run.output()
     assert "signal=SIGTERM: stopping after the current epoch" in output
     assert " stopped" in output and "Finished server process" in output
-    assert run.members() == {}
+    assert run.left_behind() == {}
 
 
 @pytest.mark.parametrize("target", ["up", "worker"])
@@ -265,3 +295,61 @@ def test_running_installs_what_running_needs_and_no_dev_tools(tmp_path, target):
     assert installs == [
         f"{fresh}/bin/python -m pip install --progress-bar on --editable '.[postgres]'"
     ]
+
+
+def terminal_session(command: list[str], terminal: bool) -> subprocess.CompletedProcess[str]:
+    """The command run as a shell runs a job: in a session of its own whose controlling
+    terminal, a pseudo-terminal, is its standard input, or off a terminal."""
+    controller, stdin = pty.openpty() if terminal else (None, subprocess.DEVNULL)
+    try:
+        return subprocess.run(
+            command,
+            cwd=ROOT,
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            start_new_session=True,
+            preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if terminal else None,
+            timeout=60,
+        )
+    finally:
+        if controller is not None:
+            os.close(controller)
+            os.close(stdin)
+
+
+def ignored_signals(status: str) -> set[int]:
+    """The signals a process ignores, from its /proc/PID/status."""
+    (mask,) = (line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return {number for number in range(1, 65) if int(mask, 16) >> (number - 1) & 1}
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["on a terminal", "off a terminal"])
+def test_the_command_gets_sigpipe_and_sigxfsz_as_commands_expect(terminal):
+    foreground = [sys.executable, "scripts/foreground.py"]
+    done = terminal_session([*foreground, "cat", "/proc/self/status"], terminal)
+    assert done.returncode == 0, done.stderr
+    ignored = ignored_signals(done.stdout)
+    assert signal.SIGPIPE not in ignored and signal.SIGXFSZ not in ignored
+    # Ctrl-Z, which only a terminal sends, is ignored on one.
+    assert (signal.SIGTSTP in ignored) is terminal
+
+    # A writer into a closed pipe ends as commands do there, silently.
+    done = terminal_session(["bash", "-c", f"{' '.join(foreground)} yes | head -n1"], terminal)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "y\n", "")
+
+
+def test_nothing_starts_when_the_terminal_cannot_be_handed_over(tmp_path):
+    started = tmp_path / "started"
+    handing_over = f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location("foreground", "scripts/foreground.py")
+foreground = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(foreground)
+foreground.run_in_foreground(["touch", {str(started)!r}])
+"""
+    # Standard input is no terminal, so handing it over fails and the parent ends; the output
+    # pipes end only once its child has too, whatever it did.
+    done = terminal_session([sys.executable, "-c", handing_over], terminal=False)
+    assert "OSError" in done.stderr and done.returncode == 1
+    assert not started.exists()

@@ -1,17 +1,23 @@
 """TensorFlow's start-up lines on a machine without a GPU: what its native code writes to
-standard error while the backend loads is written out without the lines that only say there
-is no GPU, and with everything else, in order."""
+standard error while the backend loads is passed on as it is written, without the lines that
+only say there is no GPU, and with everything else, in order; the last lines before the
+process dies in the block (a fatal check's abort, a crash, a kill) are not lost."""
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from core.logs import NATIVE_NOISE, gpu_present
+from core.native_noise import NATIVE_NOISE, gpu_present
+
+ROOT = Path(__file__).resolve().parents[2]
+no_gpu = pytest.mark.skipif(gpu_present(), reason="on a machine with a GPU nothing is filtered")
 
 # As TensorFlow 2.21 writes them on a CPU machine (the first two lines twice: two of its
 # libraries log through absl of their own).
@@ -41,7 +47,7 @@ KEPT = [
 
 WRITER = """
 import os, sys
-from core.logs import native_noise_dropped
+from core.native_noise import native_noise_dropped
 lines = sys.argv[1:]
 print("before", file=sys.stderr, flush=True)
 try:
@@ -62,17 +68,91 @@ def written(lines: list[str], **env: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         env={**base, **env},
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
         timeout=60,
     )
 
 
-@pytest.mark.skipif(gpu_present(), reason="on a machine with a GPU nothing is dropped")
+@no_gpu
 def test_the_no_gpu_lines_are_dropped_and_the_rest_kept_in_order():
     mixed = [NOISE[0], KEPT[0], *NOISE[1:4], KEPT[1], NOISE[4], KEPT[2], NOISE[5], *KEPT[3:]]
     done = written(mixed)
     assert done.returncode == 3  # what the block raised goes on, after its output
     assert done.stderr.splitlines() == ["before", *KEPT, "from python", "after"]
+
+
+# A fatal check as TensorFlow's native code fails one: its line, then the process's end.
+DYING = """
+import os, signal, sys
+from core.native_noise import native_noise_dropped
+print("before", file=sys.stderr, flush=True)
+with native_noise_dropped():
+    os.write(2, "\\n".join(sys.argv[1:]).encode())
+    %s
+print("never", file=sys.stderr, flush=True)
+"""
+
+
+@no_gpu
+@pytest.mark.parametrize(
+    ("death", "signum"),
+    [
+        ("os.abort()", signal.SIGABRT),
+        ("os.kill(os.getpid(), signal.SIGSEGV)", signal.SIGSEGV),
+        ("os.kill(os.getpid(), signal.SIGKILL)", signal.SIGKILL),  # as the OOM killer does
+    ],
+)
+def test_what_was_written_before_the_process_died_in_the_block_is_seen(death, signum):
+    last = "without its line break"
+    done = subprocess.run(
+        [sys.executable, "-c", DYING % death, NOISE[1], KEPT[2], NOISE[2], last],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == -signum
+    assert done.stderr == f"before\n{KEPT[2]}\n{last}"
+
+
+# Waits in the block, as a slow load does, until standard input ends or Ctrl-C.
+WAITING = """
+import os, sys
+from core.native_noise import native_noise_dropped
+with native_noise_dropped():
+    os.write(2, "\\n".join(sys.argv[1:]).encode() + b"\\n")
+    try:
+        sys.stdin.read()
+    except KeyboardInterrupt:
+        os.write(2, b"interrupted\\n")
+        raise SystemExit(130)
+"""
+
+
+def next_line(stream: subprocess.Popen[bytes], seconds: float = 30) -> bytes:
+    assert stream.stderr is not None
+    readable, _, _ = select.select([stream.stderr], [], [], seconds)
+    assert readable, "nothing came in time"
+    return stream.stderr.readline()
+
+
+@no_gpu
+def test_lines_are_seen_as_they_are_written_and_ctrl_c_does_not_silence_them():
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", WAITING, NOISE[1], KEPT[0]],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        start_new_session=True,  # a process group to send Ctrl-C's SIGINT to, as a terminal does
+    )
+    try:
+        assert next_line(waiting) == KEPT[0].encode() + b"\n"  # while the block still runs
+        os.killpg(waiting.pid, signal.SIGINT)
+        assert next_line(waiting) == b"interrupted\n"
+        assert waiting.wait(60) == 130
+    finally:
+        waiting.kill()
+        waiting.wait()
 
 
 def test_whoever_sets_tf_cpp_min_log_level_sees_all_that_tensorflow_lets_through():
