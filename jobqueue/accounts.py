@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,9 +23,15 @@ from jobqueue.models import ADMIN, BrowserSession, Token, User, utcnow
 ROLES = ("user", "admin")
 # Secret scanners (and people) recognise a tricklab token by its prefix.
 TOKEN_PREFIX = "tl_"
-# Where the API finds the admin's token at start-up, each the name of the token registered from
-# it. Whichever it finds is the admin's only such token: the others are revoked.
+# Where the API finds the admin's token at start-up, each the name (and the startup_source) of
+# the token registered from it. Whichever it finds is the admin's only such token: the others
+# registered from these sources are revoked; a token merely named so through the API is not.
 ADMIN_TOKEN_SOURCES = ("TRICKLAB_ADMIN_TOKEN", "admin-token file")
+# A user's live dashboard sessions: opening one more revokes the oldest beyond this. A user's
+# ended (revoked or expired) ones are kept as many, to say why a cookie no longer works, and
+# every one ended more than SESSION_GRACE ago is deleted.
+SESSIONS_PER_USER = 20
+SESSION_GRACE = timedelta(days=1)
 
 
 def digest(secret: str) -> str:
@@ -38,6 +44,10 @@ def new_secret() -> str:
 
 class NameTaken(Exception):
     """A user with that name exists (names are never reused: they own jobs)."""
+
+
+class NotTheAdmins(Exception):
+    """A start-up source holds the token of a user other than the admin."""
 
 
 class LastAdmin(Exception):
@@ -174,24 +184,31 @@ class Accounts(Verbs):
         return (found[0], found[1]) if found else None
 
     def register_admin_token(self, secret: str, source: str) -> Token:
-        """Make `secret` a token of the admin user named `ADMIN`, from `source` (one of
-        ADMIN_TOKEN_SOURCES), and revoke every other token registered from those sources, with
-        the sessions opened by them: a new value, or a switch between the variable and the
+        """Make `secret` a token of the admin user named `ADMIN`, registered from `source` (one
+        of ADMIN_TOKEN_SOURCES), and revoke every other token registered from those sources,
+        with the sessions opened by them: a new value, or a switch between the variable and the
         file, ends the old token. A secret already registered stays as it is; a revoked one
-        stays revoked, and then nothing else changes (the caller makes a new one)."""
+        stays revoked, and then nothing else changes (the caller makes a new one). NotTheAdmins
+        if the secret is another user's token: nothing changes."""
         try:
             with self._write.begin() as session:
+                admin = session.scalars(select(User).where(User.name == ADMIN)).one()
                 token = _by_secret(session, secret)
+                if token is not None and token.user_id != admin.id:
+                    raise NotTheAdmins(
+                        f"{source} holds the token of another user, not {ADMIN!r}'s: give the "
+                        f"admin a token of its own there (e.g. openssl rand -hex 32)"
+                    )
                 if token is not None and token.revoked_at is not None:
                     return token
-                admin = session.scalars(select(User).where(User.name == ADMIN)).one()
                 if token is None:
                     token = _token(admin.id, source, secret, None)
                     session.add(token)
-                    session.flush()
+                token.startup_source = source
+                session.flush()
                 old = select(Token.id).where(
                     Token.user_id == admin.id,
-                    Token.name.in_(ADMIN_TOKEN_SOURCES),
+                    Token.startup_source.is_not(None),
                     Token.id != token.id,
                     Token.revoked_at.is_(None),
                 )
@@ -211,10 +228,13 @@ class Accounts(Verbs):
     # -- dashboard sessions -------------------------------------------------------------------
 
     def open_session(
-        self, user_id: str, token: Token, lifetime: timedelta
-    ) -> tuple[BrowserSession, str]:
+        self, user_id: str, token: Token, lifetime: timedelta, replacing: str | None = None
+    ) -> tuple[BrowserSession, str, int]:
         """A new session of the user, signed in with `token`, lasting `lifetime` (at most until
-        the token expires): (session, the secret that names it). Sessions long expired go."""
+        the token expires): (session, the secret that names it, how many of the user's other
+        sessions ended for it). The session whose secret is `replacing` (the one the browser
+        signed in with before) is revoked, and so are the user's oldest live ones beyond
+        SESSIONS_PER_USER (see _prune)."""
         now = utcnow()
         expires = now + lifetime
         if token.expires_at is not None:
@@ -230,9 +250,12 @@ class Accounts(Verbs):
             expires_at=expires,
         )
         with self._write.begin() as session:
-            session.execute(delete(BrowserSession).where(BrowserSession.expires_at < now))
+            ended = 0
+            if replacing:
+                ended = _end_sessions(session, BrowserSession.sha256 == digest(replacing))
+            ended += _prune(session, user_id, now)
             session.add(row)
-        return row, secret
+        return row, secret, ended
 
     def session(self, secret: str) -> tuple[User, Token, BrowserSession] | None:
         """The user, token and session this secret names, whether or not all are still valid."""
@@ -260,6 +283,29 @@ def _end_sessions(session: Session, which: Any) -> int:
         execution_options={"synchronize_session": False},
     )
     return int(getattr(ended, "rowcount", 0))
+
+
+def _prune(session: Session, user_id: str, now: datetime) -> int:
+    """Before the user opens a session: revoke their oldest live ones beyond
+    SESSIONS_PER_USER - 1, delete their ended ones beyond SESSIONS_PER_USER, and everyone's
+    ended more than SESSION_GRACE ago. So a token's holder, signing in without end, keeps a
+    bounded number of rows; each query goes through an index (user, expiry, revocation). How
+    many of the user's live sessions it revoked."""
+    mine = select(BrowserSession.id).where(BrowserSession.user_id == user_id)
+    newest_first = (BrowserSession.created_at.desc(), BrowserSession.id.desc())
+    live = mine.where(BrowserSession.revoked_at.is_(None), BrowserSession.expires_at > now)
+    surplus = session.scalars(live.order_by(*newest_first).offset(SESSIONS_PER_USER - 1)).all()
+    revoked = _end_sessions(session, BrowserSession.id.in_(surplus)) if surplus else 0
+    ended = mine.where(
+        or_(BrowserSession.revoked_at.is_not(None), BrowserSession.expires_at <= now)
+    )
+    stale = session.scalars(ended.order_by(*newest_first).offset(SESSIONS_PER_USER)).all()
+    if stale:
+        session.execute(delete(BrowserSession).where(BrowserSession.id.in_(stale)))
+    cutoff = now - SESSION_GRACE
+    session.execute(delete(BrowserSession).where(BrowserSession.expires_at < cutoff))
+    session.execute(delete(BrowserSession).where(BrowserSession.revoked_at < cutoff))
+    return revoked
 
 
 def _by_secret(session: Session, secret: str) -> Token | None:

@@ -112,6 +112,9 @@ class Token(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Which of the admin's start-up sources (accounts.ADMIN_TOKEN_SOURCES) registered it; null
+    # for a token issued through the API, whatever its name: only these are replaced at start.
+    startup_source: Mapped[str | None] = mapped_column(String(32))
 
 
 class BrowserSession(Base):
@@ -129,8 +132,8 @@ class BrowserSession(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
-    expires_at: Mapped[datetime] = mapped_column(index=True)  # expired ones are deleted
-    revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime] = mapped_column(index=True)  # deleted after a grace
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)  # deleted after a grace
 
 
 class Job(Base):

@@ -13,25 +13,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.to_thread
 from fastapi import HTTPException, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.config import Settings, is_loopback
-from jobqueue.accounts import ADMIN_TOKEN_SOURCES, Accounts, new_secret
+from core.files import secret_file
+from jobqueue.accounts import ADMIN_TOKEN_SOURCES, Accounts, NotTheAdmins, new_secret
 from jobqueue.models import ADMIN, Token, User, utcnow
+from service.freshness import CACHE_SECONDS
 from service.metrics_token import MetricsToken
 
 log = logging.getLogger("tricklab.service")
-# A token's or session's answer is remembered this long, so that the hot predict path reads no
-# database. A token or session revoked or a user disabled through another API process stops
-# working within it (at once through this one).
-CACHE_SECONDS = 5.0
+# A token's or session's answer, the caller or the 401, is remembered for CACHE_SECONDS, so
+# that the hot predict path reads no database, and a client repeating a wrong token costs one
+# query. A token or session revoked or a user disabled through another API process stops working
+# within it (at once through this one). Each kind of answer keeps at most CACHE_ENTRIES, the
+# oldest going first.
 CACHE_ENTRIES = 10_000
+# Threads that look up tokens and sessions at once: their own, so that a flood of unknown ones
+# waits here and never takes the thread pool that every synchronous route runs in.
+LOOKUP_THREADS = 8
 # The dashboard's session: signing in with an API token opens a server-side session, and the
 # cookie (HttpOnly, SameSite=Strict) holds only the random secret that names it, never the
 # token. A state-changing request that the cookie alone authenticates must also carry
@@ -73,7 +80,62 @@ def unauthorized(message: str, error: str = "invalid_token") -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": challenge})
 
 
-Cache = dict[str, tuple[float, Caller]]
+class Remembered:
+    """One kind of lookup (a token's, a session's) and its answers, each remembered for
+    CACHE_SECONDS: the callers found, and apart from them the 401s, so that a flood of
+    unknown secrets cannot push the known ones out."""
+
+    def __init__(self, look_up: Callable[[str], Caller], what: str, threads: Threads) -> None:
+        self.look_up, self.what, self.threads = look_up, what, threads
+        self.found: dict[str, tuple[float, Caller]] = {}
+        self.refused: dict[str, tuple[float, HTTPException]] = {}
+
+    async def __call__(self, secret: str) -> Caller:
+        """The caller `secret` names; 401 if none, or once what it names has expired."""
+        caller = _fresh(self.found, secret) or await self._look_up(secret)
+        if caller.expires_at is not None and caller.expires_at <= utcnow():
+            advice = ": sign in again" if self.what == "session" else ""
+            raise unauthorized(
+                f"the {self.what} expired at {caller.expires_at.isoformat()}{advice}"
+            )
+        return caller
+
+    async def _look_up(self, secret: str) -> Caller:
+        if refusal := _fresh(self.refused, secret):
+            raise HTTPException(refusal.status_code, refusal.detail, refusal.headers)
+        try:
+            caller: Caller = await self.threads.run(self.look_up, secret)
+        except HTTPException as error:
+            if error.status_code == 401:
+                _remember(self.refused, secret, error)
+            raise
+        _remember(self.found, secret, caller)
+        return caller
+
+    def forget_user(self, user_id: str) -> None:
+        """Look every secret of the user's up again."""
+        for secret in [s for s, (_, caller) in self.found.items() if caller.user_id == user_id]:
+            del self.found[secret]
+
+    def forget(self, secret: str | None = None) -> None:
+        """Look `secret` (None: every one) up again."""
+        for answers in (self.found, self.refused):
+            if secret is None:
+                answers.clear()
+            else:
+                answers.pop(secret, None)
+
+
+class Threads:
+    """The threads that read and write tokens and sessions, LOOKUP_THREADS at most at once."""
+
+    def __init__(self) -> None:
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._limiter is None:  # made in the event loop that uses it
+            self._limiter = anyio.CapacityLimiter(LOOKUP_THREADS)
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
 
 class Gate:
@@ -83,8 +145,9 @@ class Gate:
         self.accounts = accounts
         self.enabled = settings.auth == "on"
         self.session_lifetime = timedelta(hours=settings.session_hours)
-        self._known: Cache = {}  # by token
-        self._sessions: Cache = {}  # by session secret
+        self._threads = Threads()
+        self._tokens = Remembered(self._identify, "token", self._threads)
+        self._sessions = Remembered(self._session, "session", self._threads)
         self._everyone: Caller | None = None
         # The scraper's token (service.metrics_token): made at start, for Prometheus to read.
         path = settings.metrics_token_file
@@ -103,32 +166,42 @@ class Gate:
         header = request.headers.get("authorization")
         cookie = request.cookies.get(SESSION_COOKIE)
         if header is None and cookie:
-            if request.method not in SAFE_METHODS and (refusal := foreign_origin(request)):
+            # A state-changing request that only the cookie signs in may have been sent by
+            # another site's page: its Origin is checked before the session is looked up, and
+            # the session's own CSRF token after.
+            forged = request.method not in SAFE_METHODS
+            if forged and (refusal := foreign_origin(request)):
                 raise HTTPException(403, refusal)
             caller = await self.session(cookie)
-            if refusal := cross_site(request, caller.csrf):
+            if forged and (refusal := missing_csrf(request, caller.csrf)):
                 raise HTTPException(403, refusal)
             return caller
         return await self.identify(_bearer(header))
 
     async def identify(self, secret: str) -> Caller:
         """The Caller a token names; 401 if it is unknown, expired or revoked."""
-        return await _remembered(self._known, secret, self._identify, "token")
+        return await self._tokens(secret)
 
     async def session(self, secret: str) -> Caller:
         """The Caller a session's secret names; 401 if it is unknown, expired or revoked, or
         the token it was opened with is."""
-        return await _remembered(self._sessions, secret, self._session, "session")
+        return await self._sessions(secret)
 
-    async def sign_in(self, token: str) -> tuple[str, Caller]:
+    async def sign_in(self, token: str, replacing: str | None = None) -> tuple[str, Caller]:
         """Open a dashboard session with an API token (401 if the token is not valid): the
-        session's secret, for the cookie, and its Caller."""
-        return await run_in_threadpool(self._sign_in, token)
+        session's secret, for the cookie, and its Caller. The session named `replacing` (the
+        browser's cookie before) is revoked: it stops working at once in this process."""
+        cookie, caller, ended = await self._threads.run(self._sign_in, token, replacing)
+        if ended:  # the browser's own, or the user's oldest: whichever they are, they stop now
+            self._sessions.forget_user(caller.user_id)
+            if replacing:
+                self._sessions.forget(replacing)  # it may have been another user's
+        return cookie, caller
 
     async def sign_out(self, secret: str) -> None:
         """Revoke the session the secret names: it stops working at once in this process."""
-        await run_in_threadpool(self.accounts.end_session, secret)
-        self._sessions.pop(secret, None)
+        await self._threads.run(self.accounts.end_session, secret)
+        self._sessions.forget(secret)
 
     def _identify(self, secret: str) -> Caller:
         user, token = self._valid(secret)
@@ -153,37 +226,35 @@ class Gate:
         quota = user.quota_active_jobs
         return Caller(user.id, user.name, user.role, quota, session.expires_at, session.csrf)
 
-    def _sign_in(self, secret: str) -> tuple[str, Caller]:
+    def _sign_in(self, secret: str, replacing: str | None) -> tuple[str, Caller, int]:
         user, token = self._valid(secret)
-        session, cookie = self.accounts.open_session(user.id, token, self.session_lifetime)
-        quota = user.quota_active_jobs
-        return cookie, Caller(
-            user.id, user.name, user.role, quota, session.expires_at, session.csrf
+        session, cookie, ended = self.accounts.open_session(
+            user.id, token, self.session_lifetime, replacing
         )
+        quota = user.quota_active_jobs
+        caller = Caller(user.id, user.name, user.role, quota, session.expires_at, session.csrf)
+        return cookie, caller, ended
 
     def forget(self) -> None:
         """Tokens, sessions or users changed: look every one up again."""
-        self._known.clear()
-        self._sessions.clear()
+        self._tokens.forget()
+        self._sessions.forget()
 
 
-async def _remembered(
-    cache: Cache, secret: str, look_up: Callable[[str], Caller], what: str
-) -> Caller:
-    """`look_up(secret)`, remembered for CACHE_SECONDS; 401 once what it names has expired."""
-    now = time.monotonic()
-    known = cache.get(secret)
-    if known is None or known[0] < now:
-        caller = await run_in_threadpool(look_up, secret)
-        if len(cache) >= CACHE_ENTRIES:
-            cache.clear()
-        cache[secret] = (now + CACHE_SECONDS, caller)
-    else:
-        caller = known[1]
-    if caller.expires_at is not None and caller.expires_at <= utcnow():
-        advice = ": sign in again" if what == "session" else ""
-        raise unauthorized(f"the {what} expired at {caller.expires_at.isoformat()}{advice}")
-    return caller
+Answer = TypeVar("Answer")
+
+
+def _fresh(answers: dict[str, tuple[float, Answer]], secret: str) -> Answer | None:
+    """The answer remembered for `secret`, unless there is none or it is too old."""
+    known = answers.get(secret)
+    return known[1] if known is not None and known[0] >= time.monotonic() else None
+
+
+def _remember(answers: dict[str, tuple[float, Answer]], secret: str, answer: Answer) -> None:
+    answers.pop(secret, None)  # to the end: the oldest go first
+    while len(answers) >= CACHE_ENTRIES:
+        del answers[next(iter(answers))]
+    answers[secret] = (time.monotonic() + CACHE_SECONDS, answer)
 
 
 def _check(user: User, token: Token) -> None:
@@ -204,13 +275,9 @@ def foreign_origin(request: Request) -> str | None:
     return None
 
 
-def cross_site(request: Request, csrf: str | None) -> str | None:
-    """Why a request signed in by a session whose CSRF token is `csrf` may have been forged by
-    another site, or None."""
-    if request.method in SAFE_METHODS:
-        return None
-    if refusal := foreign_origin(request):
-        return refusal
+def missing_csrf(request: Request, csrf: str | None) -> str | None:
+    """Why a state-changing request signed in by a session whose CSRF token is `csrf` may have
+    been forged by another site, or None."""
     sent = request.headers.get(CSRF_HEADER, "")
     if not csrf or not hmac.compare_digest(sent.encode(), csrf.encode()):
         return (
@@ -242,6 +309,13 @@ def admin_token(settings: Settings, accounts: Accounts) -> str:
     first start) and say, as Jupyter does, how to use it. Registering it revokes the admin's
     token from the other source or an earlier value (accounts.register_admin_token)."""
     url = f"http://{_reachable(settings.host)}:{settings.port}/v1/me"
+    try:
+        return _admin_token(settings, accounts, url)
+    except NotTheAdmins as error:  # the start stops, saying which source, never the token
+        raise RuntimeError(str(error)) from None
+
+
+def _admin_token(settings: Settings, accounts: Accounts, url: str) -> str:
     variable, file = ADMIN_TOKEN_SOURCES
     if settings.admin_token is not None:
         token = accounts.register_admin_token(settings.admin_token.get_secret_value(), variable)
@@ -257,7 +331,8 @@ def admin_token(settings: Settings, accounts: Accounts) -> str:
         )
         return variable
     path = settings.token_file
-    secret = _token_file(path)
+    # Made (mode 0600) on the first start; as short a token as the variable may hold is refused.
+    secret, _ = secret_file(path, new_secret, min_length=32, setting="TRICKLAB_ADMIN_TOKEN_FILE")
     if accounts.register_admin_token(secret, file).revoked_at is not None:
         # Revoked (by TRICKLAB_ADMIN_TOKEN, or by hand): the file gets a new token, as on the
         # first start.
@@ -286,27 +361,6 @@ def _renew_token_file(path: Path, revoked: str) -> str:
             file.write(secret + "\n")
         os.replace(fresh, path)
     log.warning("the admin's token in %s was revoked: a new one replaces it there", path)
-    return secret
-
-
-def _token_file(path: Path) -> str:
-    """The token in `path`, written there (mode 0600) if the file does not exist; several
-    API processes starting at once agree on one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            log.warning("%s can be read by other users of this machine: chmod 600 it", path)
-        for _ in range(50):  # another process may have just created it
-            secret = path.read_text().strip()
-            if secret:
-                return secret
-            time.sleep(0.1)
-        raise RuntimeError(f"{path} is empty: delete it, and a new token is made") from None
-    secret = new_secret()
-    with os.fdopen(descriptor, "w") as file:
-        file.write(secret + "\n")
     return secret
 
 

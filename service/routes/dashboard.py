@@ -33,7 +33,7 @@ from core.spec import TRICKS, JobSpec, trick_catalogue
 from jobqueue.models import Job, trick_names, utcnow
 from jobqueue.states import ACTIVE, JobStatus
 from jobqueue.store import JobStore
-from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, cross_site, foreign_origin
+from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, foreign_origin
 from service.deps import (
     ID_PATTERN,
     GateDep,
@@ -112,11 +112,12 @@ def home(request: Request, caller: Viewer) -> Response:
 async def sign_in(
     request: Request, gate: GateDep, token: Annotated[str, Form(max_length=512)]
 ) -> Response:
-    """Open a session with the API token; the cookie holds only the session's secret."""
+    """Open a session with the API token; the cookie holds only the session's secret. The
+    session the browser's cookie named before is revoked: a cookie copied from it stops too."""
     if refusal := foreign_origin(request):
         raise HTTPException(403, refusal)
     try:
-        secret, caller = await gate.sign_in(token.strip())
+        secret, caller = await gate.sign_in(token.strip(), request.cookies.get(SESSION_COOKIE))
     except HTTPException as error:
         return page(request, "signin.html", None, code=401, error=error.detail)
     assert caller.expires_at is not None  # a session always ends
@@ -135,16 +136,17 @@ async def sign_in(
 
 @router.post("/signout")
 async def sign_out(request: Request, gate: GateDep) -> Response:
-    """Revoke the session (its cookie, even copied, no longer works) and clear the cookie."""
+    """Revoke the session (its cookie, even copied, no longer works) and clear the cookie. The
+    gate signs the request in as every other (its Origin and CSRF token checked); one whose
+    session is already over only has its cookie cleared."""
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
         try:
-            caller: Caller | None = await gate.session(secret)
-        except HTTPException:
-            caller = None  # already over: only the cookie is left to clear
-        if caller is not None:
-            if refusal := cross_site(request, caller.csrf):
-                raise HTTPException(403, refusal)
+            await resolve_caller(request)
+        except HTTPException as refusal:
+            if refusal.status_code != 401:
+                raise
+        else:
             await gate.sign_out(secret)
     response = Response(status_code=204, headers={"HX-Redirect": "/"})
     response.delete_cookie(

@@ -4,19 +4,25 @@ matrix generated from the app's own route table."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from jobqueue.accounts import Accounts
+from jobqueue.db import init_db, make_engine
+from service import auth
 from service.app import create_app
-from service.auth import SESSION_COOKIE
-from tests.support.auth import ADMIN_HEADERS
+from service.auth import LOOKUP_THREADS, SESSION_COOKIE, Gate
+from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
 from tests.support.data import TINY
 from tests.support.images import encode
 from tests.support.inprocess import settings_in
@@ -469,6 +475,142 @@ def test_switching_the_admin_token_between_the_variable_and_the_file_ends_the_ol
         assert not any(works(client, s) for s in (variable, other, from_file))
 
 
+def test_another_users_token_as_the_admins_stops_the_start_and_locks_no_one_out(tmp_path, data_dir):
+    """TRICKLAB_ADMIN_TOKEN set to a user's token: the API refuses to start, naming the
+    problem and never the token, and revokes nothing: the admin's token and the user's work."""
+    admin_secret = "tl_" + "a" * 40
+    with TestClient(create_app(settings_in(tmp_path, data_dir, admin_token=admin_secret))) as c:
+        answer = c.post(
+            "/v1/users",
+            json={"name": "alice", "role": "user"},
+            headers={"Authorization": f"Bearer {admin_secret}"},
+        )
+        alices = answer.json()["token"]
+    refused = pytest.raises(RuntimeError, match="TRICKLAB_ADMIN_TOKEN holds the token of another")
+    with (
+        refused as error,
+        TestClient(create_app(settings_in(tmp_path, data_dir, admin_token=alices))),
+    ):
+        pass
+    assert alices not in str(error.value) and "\n" not in str(error.value)
+    with TestClient(create_app(settings_in(tmp_path, data_dir, admin_token=admin_secret))) as c:
+        for secret, name in ((admin_secret, "admin"), (alices, "alice")):
+            me = c.get("/v1/me", headers={"Authorization": f"Bearer {secret}"})
+            assert me.status_code == 200 and me.json()["name"] == name
+
+
+def test_a_token_merely_named_after_a_start_up_source_outlives_a_restart(tmp_path, data_dir):
+    """Only tokens registered from TRICKLAB_ADMIN_TOKEN or the token file are replaced at start,
+    not one an admin issued and named so."""
+    admin_secret = "tl_" + "a" * 40
+    admin = {"Authorization": f"Bearer {admin_secret}"}
+
+    def start() -> TestClient:
+        return TestClient(create_app(settings_in(tmp_path, data_dir, admin_token=admin_secret)))
+
+    issued = {}
+    with start() as client:
+        admin_id = client.get("/v1/me", headers=admin).json()["id"]
+        for name in ("TRICKLAB_ADMIN_TOKEN", "admin-token file"):
+            answer = client.post(f"/v1/users/{admin_id}/tokens", json={"name": name}, headers=admin)
+            assert answer.status_code == 201, answer.text
+            issued[name] = answer.json()["token"]
+    with start() as client:
+        for secret in (admin_secret, *issued.values()):
+            me = client.get("/v1/me", headers={"Authorization": f"Bearer {secret}"})
+            assert me.status_code == 200, me.text
+
+
 def test_a_short_admin_token_is_refused(tmp_path, data_dir):
     with pytest.raises(ValidationError, match="at least 32 characters"):
         settings_in(tmp_path, data_dir, admin_token="secret")
+
+
+# ---- looking tokens up -------------------------------------------------------------------
+
+
+class CountingAccounts(Accounts):
+    """The accounts on the test's database, counting token lookups and holding each until
+    `release` is set."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__(engine)
+        self.calls = self.inside = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+
+    def identify(self, secret: str) -> Any:
+        with self.lock:
+            self.calls += 1
+            self.inside += 1
+        try:
+            self.release.wait(60)
+            return super().identify(secret)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+@pytest.fixture
+def counting(settings) -> CountingAccounts:
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    accounts = CountingAccounts(engine)
+    auth.admin_token(settings, accounts)  # as the API's start does
+    return accounts
+
+
+async def refused(gate: Gate, secret: str) -> None:
+    with pytest.raises(HTTPException) as error:
+        await gate.identify(secret)
+    assert error.value.status_code == 401 and "unknown token" in error.value.detail
+
+
+def test_a_flood_of_unknown_tokens_holds_only_the_gates_own_threads(settings, counting):
+    """Unknown tokens are looked up LOOKUP_THREADS at a time, in threads of their own: the
+    thread pool that synchronous routes run in stays free; and each 401 is remembered."""
+    gate = Gate(counting, settings)
+    flood = [f"tl_unknown-{i}" for i in range(60)]  # more than the default pool's 40 threads
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for secret in flood:
+                group.start_soon(refused, gate, secret)
+            with anyio.fail_after(30):
+                while counting.inside < LOOKUP_THREADS:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.5)  # time for more to start, were they allowed to
+            assert counting.inside == LOOKUP_THREADS
+            with anyio.fail_after(30):  # a synchronous route's thread is there at once
+                assert await anyio.to_thread.run_sync(lambda: "free") == "free"
+            counting.release.set()
+        assert counting.calls == len(flood)
+        for secret in flood:  # remembered: no second lookup
+            await refused(gate, secret)
+        assert counting.calls == len(flood)
+        assert (await gate.identify(ADMIN_TOKEN)).name == "admin"
+        assert counting.calls == len(flood) + 1
+
+    anyio.run(main)
+
+
+def test_remembered_refusals_are_bounded_and_never_push_out_known_tokens(
+    settings, counting, monkeypatch
+):
+    monkeypatch.setattr(auth, "CACHE_ENTRIES", 4)
+    counting.release.set()
+    gate = Gate(counting, settings)
+
+    async def main() -> None:
+        assert (await gate.identify(ADMIN_TOKEN)).name == "admin"
+        for i in range(6):
+            await refused(gate, f"tl_unknown-{i}")
+        assert counting.calls == 7
+        for i in range(2, 6):  # the newest four are remembered
+            await refused(gate, f"tl_unknown-{i}")
+        assert (await gate.identify(ADMIN_TOKEN)).name == "admin"  # and so is the known one
+        assert counting.calls == 7
+        await refused(gate, "tl_unknown-0")  # the oldest went
+        assert counting.calls == 8
+
+    anyio.run(main)

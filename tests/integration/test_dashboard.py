@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from core.config import Settings
+from jobqueue.accounts import SESSION_GRACE, SESSIONS_PER_USER
+from jobqueue.models import utcnow
 from service.auth import CACHE_SECONDS, CSRF_HEADER, SESSION_COOKIE
 from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
 from tests.support.cluster import wait_for
@@ -156,6 +158,86 @@ def test_signing_out_revokes_the_session_so_a_copied_cookie_stops_working(browse
     assert 'name="token"' in thief.get("/").text
     assert thief.get("/new", follow_redirects=False).headers["location"] == "/"
     assert thief.post("/v1/jobs", json=TINY, headers=csrf).status_code == 401
+
+
+def test_the_sign_out_is_checked_as_every_request_the_cookie_signs_in(browser):
+    """The gate checks a sign-out's Origin and CSRF token as any other request's; a bearer
+    client that also holds a session's cookie signs that session out without a CSRF token."""
+    csrf = sign_in(browser)
+    foreign = browser.post("/signout", headers={**csrf, "Origin": "https://evil.example"})
+    assert foreign.status_code == 403 and "evil.example" in foreign.json()["detail"]
+    assert browser.get("/v1/me").status_code == 200
+    cookie = browser.cookies[SESSION_COOKIE]
+    with another_browser(browser, cookie) as bearer_too:
+        out = bearer_too.post("/signout", headers=ADMIN_HEADERS)
+        assert out.status_code == 204 and "Max-Age=0" in out.headers["set-cookie"]
+    ended = browser.get("/v1/me")
+    assert ended.status_code == 401 and "session ended" in ended.json()["detail"]
+
+
+def sessions_of(browser: TestClient) -> list:
+    with browser.app.state.tricklab.store.engine.connect() as connection:
+        return connection.execute(
+            text("SELECT sha256, revoked_at, expires_at FROM sessions ORDER BY created_at")
+        ).all()
+
+
+def cookie_hash(browser: TestClient) -> str:
+    return hashlib.sha256(browser.cookies[SESSION_COOKIE].encode()).hexdigest()
+
+
+def test_signing_in_again_ends_the_session_the_browser_held(browser):
+    sign_in(browser)
+    before = browser.cookies[SESSION_COOKIE]
+    thief = another_browser(browser, before)
+    assert thief.get("/v1/me").status_code == 200
+    sign_in(browser)  # the browser sends its cookie along
+    assert browser.cookies[SESSION_COOKIE] != before
+    assert browser.get("/v1/me").status_code == 200
+    replayed = thief.get("/v1/me")
+    assert replayed.status_code == 401 and "session ended" in replayed.json()["detail"]
+    live = [row for row in sessions_of(browser) if row.revoked_at is None]
+    assert [row.sha256 for row in live] == [cookie_hash(browser)]
+    failed = browser.post("/signin", data={"token": "tl_nope"})  # a failed sign-in ends nothing
+    assert failed.status_code == 401 and browser.get("/v1/me").status_code == 200
+
+
+def test_a_user_keeps_a_bounded_number_of_sessions_the_oldest_ending_first(browser):
+    first = another_browser(browser)
+    sign_in(first)
+    for _ in range(2 * SESSIONS_PER_USER + 5):  # each a new browser: no cookie to replace
+        sign_in(another_browser(browser))
+    rows = sessions_of(browser)
+    live = [row for row in rows if row.revoked_at is None]
+    assert len(live) == SESSIONS_PER_USER and len(rows) == 2 * SESSIONS_PER_USER
+    ended = first.get("/v1/me")  # the oldest went first
+    assert ended.status_code == 401 and "unknown session" in ended.json()["detail"]
+    newest = another_browser(browser)
+    sign_in(newest)
+    assert newest.get("/v1/me").status_code == 200
+
+
+def test_sessions_ended_longer_ago_than_the_grace_are_deleted_at_the_next_sign_in(browser):
+    bob = admin_of(browser).post("/v1/users", json={"name": "bob", "role": "user"}).json()
+    names = ("revoked long ago", "expired long ago", "revoked lately", "live")
+    hashes = {}
+    for name in names:
+        one = another_browser(browser)
+        sign_in(one, bob["token"])
+        hashes[name] = cookie_hash(one)
+    long_ago, lately = utcnow() - SESSION_GRACE * 2, utcnow() - SESSION_GRACE / 2
+    with browser.app.state.tricklab.store.engine.begin() as connection:
+        change = "UPDATE sessions SET {} = :at WHERE sha256 = :sha256"
+        for name, column, at in (
+            ("revoked long ago", "revoked_at", long_ago),
+            ("expired long ago", "expires_at", long_ago),
+            ("revoked lately", "revoked_at", lately),
+        ):
+            connection.execute(text(change.format(column)), {"at": at, "sha256": hashes[name]})
+    sign_in(another_browser(browser))  # the admin's sign-in deletes everyone's
+    kept = {row.sha256 for row in sessions_of(browser)}
+    assert hashes["revoked lately"] in kept and hashes["live"] in kept
+    assert not {hashes["revoked long ago"], hashes["expired long ago"]} & kept
 
 
 def test_disabling_a_user_ends_their_sessions_at_once_and_for_good(browser):
