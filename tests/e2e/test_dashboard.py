@@ -8,7 +8,6 @@ Skipped, saying why, where Chromium or its driver is missing."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import pytest
 from core.spec import DATASET_CLASSES
 from service.auth import SESSION_COOKIE
 from tests.support.auth import ADMIN_TOKEN
+from tests.support.browser import chromium
 from tests.support.cluster import Cluster, serving, wait_for
 from tests.support.data import TINY, tiny_images
 from tests.support.images import encode
 
 pytestmark = pytest.mark.e2e
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 EPOCHS = 4
 IMAGES, LABELS = tiny_images(2, seed=21)
 PHONE = (390, 844)
@@ -45,21 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, data_dir) -> Iterator[Clus
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    if not (Path(CHROMIUM).exists() and shutil.which(DRIVER)):
-        pytest.skip(f"{CHROMIUM} or {DRIVER} is missing: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,800"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    except Exception as error:  # a browser that cannot start is a skip that says why
-        pytest.skip(f"Chromium did not start: {error}")
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
+    yield from chromium("--window-size=1280,800")
 
 
 def until(driver, condition, what: str, timeout: float = 60):

@@ -4,34 +4,19 @@ or its driver is missing."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.support.browser import chromium
 from tests.support.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
-CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-    if not (Path(CHROMIUM).exists() and shutil.which(DRIVER)):
-        pytest.skip(f"{CHROMIUM} or {DRIVER} is missing: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    try:
-        driver = webdriver.Chrome(service=webdriver.ChromeService(DRIVER), options=options)
-    except Exception as error:  # a browser that cannot start is a skip that says why
-        pytest.skip(f"Chromium did not start: {error}")
-    yield driver
-    driver.quit()
+    yield from chromium()
 
 
 def test_the_swagger_ui_renders_every_operation_without_a_policy_violation(
