@@ -32,6 +32,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator
         MAX_REQUEST_BYTES=str(LIMIT),
         MAX_IN_FLIGHT_BYTES=str(IN_FLIGHT),
         PREDICT_BATCH_WINDOW_MS="20",  # wide, so that concurrent requests surely meet
+        MAX_REQUESTS_PER_USER="512",  # one client's flood: the bytes' budget turns it away
     )
     try:
         cluster.start_api()
