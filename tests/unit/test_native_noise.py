@@ -61,13 +61,18 @@ finally:
 """
 
 
+def unset_level() -> dict[str, str]:
+    """This process's environment without TF_CPP_MIN_LOG_LEVEL, which turns the filter off and
+    which importing JAX sets (the suite imports it)."""
+    return {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+
 def written(lines: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(
         [sys.executable, "-c", WRITER, *lines],
         capture_output=True,
         text=True,
-        env={**base, **env},
+        env={**unset_level(), **env},
         cwd=ROOT,
         timeout=60,
     )
@@ -108,6 +113,7 @@ def test_what_was_written_before_the_process_died_in_the_block_is_seen(death, si
         [sys.executable, "-c", DYING % death, NOISE[1], KEPT[2], NOISE[2], last],
         capture_output=True,
         text=True,
+        env=unset_level(),
         cwd=ROOT,
         timeout=60,
     )
@@ -142,6 +148,7 @@ def test_lines_are_seen_as_they_are_written_and_ctrl_c_does_not_silence_them():
         [sys.executable, "-c", WAITING, NOISE[1], KEPT[0]],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=unset_level(),
         cwd=ROOT,
         start_new_session=True,  # a process group to send Ctrl-C's SIGINT to, as a terminal does
     )
