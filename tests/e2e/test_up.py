@@ -80,6 +80,16 @@ def test_a_taken_port_is_one_line_naming_the_setting(tmp_path, data_dir, taken_p
     )
 
 
+def as_typed(terminal: bool) -> None:
+    """In the child, before make runs: as a shell starts a command typed on a terminal. SIGINT
+    is taken back from an ignoring parent (a suite run in the background ignores it, and a shell
+    that starts with it ignored cannot trap it); after setsid, the terminal on standard input
+    becomes the session's own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if terminal:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 class Up:
     """`make up` in a process group of its own (as a terminal runs it), its output in a file;
     with `terminal`, a session of its own whose controlling terminal is a pseudo-terminal,
@@ -104,8 +114,7 @@ class Up:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                # After setsid: the terminal on standard input becomes the session's own.
-                preexec_fn=(lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)) if terminal else None,
+                preexec_fn=lambda: as_typed(terminal),
             )
         if stdin is not None:
             os.close(stdin)

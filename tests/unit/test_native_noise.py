@@ -151,6 +151,8 @@ def test_lines_are_seen_as_they_are_written_and_ctrl_c_does_not_silence_them():
         env=unset_level(),
         cwd=ROOT,
         start_new_session=True,  # a process group to send Ctrl-C's SIGINT to, as a terminal does
+        # SIGINT as a terminal's shell leaves it, even when this suite runs in the background.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert next_line(waiting) == KEPT[0].encode() + b"\n"  # while the block still runs
