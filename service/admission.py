@@ -51,7 +51,7 @@ FEW = 8
 
 
 @dataclass(frozen=True)
-class Limits:
+class Shares:
     requests: int  # in progress at once, everyone's
     requests_per_caller: int
     streams_per_caller: int
@@ -60,7 +60,7 @@ class Limits:
 class Admission:
     """The ASGI middleware that identifies each request and holds it to its caller's share."""
 
-    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+    def __init__(self, app: ASGIApp, limits: Shares) -> None:
         self.app = app
         self.limits = limits
         self.requests = 0  # one event loop: no lock needed

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from core.config import Settings, get_settings
 from jobqueue import retention
 from jobqueue.sweeper import Periodic, Sweeper
-from service.admission import Admission, Limits
+from service.admission import Admission, Shares
 from service.auth import LoopbackOnly
 from service.errors import errors, method_not_allowed, validation_error
 from service.headers import SecurityHeaders, with_inline_scripts
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Identified, and held to their caller's share, before any body is read.
     app.add_middleware(
         Admission,
-        limits=Limits(
+        limits=Shares(
             requests=settings.max_concurrent_requests,
             requests_per_caller=settings.max_requests_per_user,
             streams_per_caller=settings.max_streams_per_user,
