@@ -14,7 +14,7 @@ export TRICKLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install up worker test test-fast lint bench notebook-study notebook-study-cnn chaos clean
+.PHONY: help install up worker test test-fast lint bench notebook-study notebook-study-cnn defaults chaos clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ notebook-study: $(INSTALLED) ## rerun the study notebook on the genuine data int
 
 notebook-study-cnn: $(INSTALLED) ## the same progression on the CNN into docs/notebook-study-cnn/ (preset notebook-cnn; over an hour in full on 2 cores)
 	$(PY) scripts/notebook_study.py --preset notebook-cnn $(if $(STUDY),--study '$(STUDY)') $(if $(OUT),--out $(OUT))
+
+defaults: $(INSTALLED) ## choose the trick defaults of each architecture on validation, into docs/defaults/ (about an hour on 2 cores)
+	$(PY) scripts/defaults.py $(if $(BASE),--base '$(BASE)')
 
 CHAOS_JOBS ?= 60
 CHAOS_KILLS ?= 60

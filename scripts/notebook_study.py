@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     command = f"make {OUT[args.preset]}" + (
         f" STUDY='{json.dumps(args.study)}'" if args.study else ""
     )
-    page = results_page(summary, report, stamp(command, args.workers, minutes), drawn)
+    page = results_page(
+        summary, report, stamp(command, args.workers, minutes, args.out.name), drawn
+    )
     (args.out / "results.md").write_text(page)
     print(f"wrote {args.out / 'results.md'} and {len(drawn)} plots ({minutes:.1f} minutes)")
     return 0 if summary["status"] == "succeeded" else 1
@@ -159,13 +161,18 @@ def follow(api: httpx.Client, study_id: str, alive: Callable[[], None]) -> dict[
         time.sleep(2)
 
 
-def stamp(command: str, workers: int, minutes: float) -> str:
+def stamp(command: str, workers: int, minutes: float, produced: str) -> str:
+    """Date, command, commit and time; changes under docs/`produced`, the run's own output,
+    do not count as uncommitted."""
+
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True).stdout
 
     commit = git("rev-parse", "--short=12", "HEAD").strip() or "unknown"
     changed = [
-        line for line in git("status", "--porcelain").splitlines() if "notebook-study" not in line
+        line
+        for line in git("status", "--porcelain").splitlines()
+        if f"docs/{produced}/" not in line
     ]
     if changed:
         commit += " with uncommitted changes"
