@@ -183,7 +183,8 @@ def job_variants(jobs: list[Job], metrics: dict[str, list[EpochMetrics]]) -> lis
     variants = []
     for members in groups.values():
         spec = {key: value for key, value in specs[members[0].id].items() if key != "seed"}
-        labels = tuple(trick_label(trick) for trick in spec["tricks"])
+        architecture = spec.get("architecture", "mlp")
+        labels = tuple(trick_label(trick, architecture) for trick in spec["tricks"])
         variants.append(_collect(VariantRuns(variant_name(labels), labels, spec, members), metrics))
     by_name: dict[str, list[VariantRuns]] = {}
     for variant in variants:
@@ -250,7 +251,8 @@ def job_curves(job: Job, metrics: Sequence[EpochMetrics]) -> ReportRead:
     """One job's learning curves so far, whatever its status, as a report with one variant
     (one run: no intervals), so that the study plots draw it."""
     run = Run(job.id, job.result, _rows(metrics), job.best_epoch, job.stopped_epoch)
-    labels = tuple(trick_label(trick) for trick in job.spec["tricks"])
+    architecture = job.spec.get("architecture", "mlp")
+    labels = tuple(trick_label(trick, architecture) for trick in job.spec["tricks"])
     spec = {key: value for key, value in job.spec.items() if key != "seed"}
     variant = VariantRuns(variant_name(labels), labels, spec, [job], {job.spec["seed"]: run})
     return ReportRead(variants=[_variant(variant)], effects=[])

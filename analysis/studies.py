@@ -16,12 +16,13 @@ from pydantic import Field, ValidationError, model_validator
 from core.spec import (
     MAX_SEED,
     TRICK_TYPES,
-    TRICKS,
+    Architecture,
     Integer,
     JobSpec,
     Strict,
     TrickItem,
     refuse_repeated,
+    trick_defaults,
 )
 
 Design = Literal["one_at_a_time", "leave_one_out", "cumulative", "full_factorial", "explicit"]
@@ -155,7 +156,8 @@ def expand(study: StudySpec, max_jobs: int) -> list[Variant]:
         spec = _resolve(study.base, added)
         key = spec.model_dump_json()
         if key not in variants:
-            labels = tuple(map(trick_label, added))
+            resolved = {trick.name: trick.model_dump() for trick in spec.tricks}
+            labels = tuple(trick_label(resolved[t["name"]], spec.architecture) for t in added)
             variants[key] = Variant(_name(study, labels), labels, spec)
     jobs = len(variants) * study.repeats
     if jobs > max_jobs:
@@ -168,7 +170,7 @@ def expand(study: StudySpec, max_jobs: int) -> list[Variant]:
 
 
 def _trick_lists(study: StudySpec) -> list[list[dict[str, Any]]]:
-    """Each variant's added tricks, as trick objects."""
+    """Each variant's added tricks, as trick objects with the parameters the client gave."""
     if study.design == "explicit":
         return [_dumped(tricks) for tricks in study.variants or []]
     tricks = _dumped(study.tricks)
@@ -193,18 +195,19 @@ def _resolve(base: JobSpec, added: list[dict[str, Any]]) -> JobSpec:
         raise StudyError(f"the variant with {names} is not a valid job spec: {reasons}") from None
 
 
-def trick_label(trick: dict[str, Any]) -> str:
-    """'dropout', or with the parameters that differ from the defaults: 'dropout(rate=0.2)'."""
-    defaults = TRICKS[trick["name"]]().model_dump()
+def trick_label(trick: dict[str, Any], architecture: Architecture) -> str:
+    """'dropout', or with the parameters that differ from the architecture's defaults:
+    'dropout(rate=0.2)'."""
+    defaults = trick_defaults(trick["name"], architecture)
     changed = [f"{key}={value}" for key, value in trick.items() if value != defaults[key]]
     return f"{trick['name']}({', '.join(changed)})" if changed else trick["name"]
 
 
 def _name(study: StudySpec, added: tuple[str, ...]) -> str:
     if study.design == "leave_one_out":
-        left_out = [
-            label for label in map(trick_label, _dumped(study.tricks)) if label not in added
-        ]
+        architecture = study.base.architecture
+        every = [trick_label(trick, architecture) for trick in _dumped(study.tricks)]
+        left_out = [label for label in every if label not in added]
         return f"all − {left_out[0]}" if left_out else "all"
     return variant_name(added)
 
@@ -215,4 +218,6 @@ def variant_name(labels: tuple[str, ...]) -> str:
 
 
 def _dumped(tricks: list[Any]) -> list[dict[str, Any]]:
-    return [trick.model_dump() for trick in tricks]
+    """Only the parameters the client gave: the others take the architecture's defaults when
+    the variant's spec resolves, which a class default frozen in here would override."""
+    return [{"name": trick.name, **trick.model_dump(exclude_unset=True)} for trick in tricks]

@@ -2,8 +2,9 @@
 
 A trick is written as its name (`"dropout"`) or as an object with its name and parameters
 (`{"name": "weight_decay", "l2": 0.001}`). A validated JobSpec is always fully resolved: the
-learning rate is filled in and the tricks are in catalogue order with every parameter set, so
-two specs that train the same model compare equal.
+learning rate is filled in and the tricks are in catalogue order with every parameter set (a
+parameter not given takes its architecture's default), so two specs that train the same model
+compare equal.
 """
 
 from __future__ import annotations
@@ -220,11 +221,29 @@ AnyTrick = Annotated[
 TrickT = TypeVar("TrickT", bound=Strict)
 
 Architecture = Literal["mlp", "cnn"]
+# Trick name → parameter → its default on that architecture, where it differs from the trick
+# class's own default (the notebook's, on the MLP). Chosen on validation by `make defaults`,
+# see docs/defaults/results.md.
+ARCHITECTURE_DEFAULTS: dict[Architecture, dict[str, dict[str, Any]]] = {"mlp": {}, "cnn": {}}
 # The spec fields that shape each architecture's model; null on the other architecture.
 SHAPE_FIELDS: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden_units",),
     "cnn": ("conv_filters", "kernel_size", "dense_units"),
 }
+
+
+def trick_defaults(name: str, architecture: Architecture) -> dict[str, Any]:
+    """Every parameter of the trick (and its name) at its default on the architecture."""
+    own = TRICKS[name]().model_dump()
+    return {**own, **ARCHITECTURE_DEFAULTS[architecture].get(name, {})}
+
+
+def _at_architecture_defaults(trick: TrickT, architecture: Architecture) -> TrickT:
+    """The trick with each parameter the client did not give at the architecture's default;
+    validated anew, so that every parameter is set and the resolved spec round-trips."""
+    kind = type(trick)
+    defaults = trick_defaults(kind.model_fields["name"].default, architecture)
+    return kind.model_validate({**defaults, **trick.model_dump(exclude_unset=True)})
 
 
 def _name_to_object(value: Any) -> Any:
@@ -326,6 +345,7 @@ class JobSpec(Strict):
     def _resolve(self) -> JobSpec:
         names = [trick.name for trick in self.tricks]
         refuse_repeated(names)
+        self.tricks = [_at_architecture_defaults(t, self.architecture) for t in self.tricks]
         if self.architecture == "mlp":
             self.hidden_units = self.hidden_units or [128, 32]
             dropout = self.trick(Dropout)
@@ -406,7 +426,8 @@ def refuse_repeated(names: Sequence[str]) -> None:
 
 
 def trick_catalogue() -> list[dict[str, Any]]:
-    """Every trick with its description and its parameters' JSON schema (defaults, limits)."""
+    """Every trick with its description, its parameters' JSON schema (defaults, limits) and,
+    by architecture, the defaults that differ from the schema's there."""
     catalogue = []
     for name, kind in TRICKS.items():
         schema = kind.model_json_schema()
@@ -414,5 +435,22 @@ def trick_catalogue() -> list[dict[str, Any]]:
         for parameter in parameters.values():
             parameter.pop("title", None)
         description = " ".join((kind.__doc__ or "").split())
-        catalogue.append({"name": name, "description": description, "parameters": parameters})
+        catalogue.append(
+            {
+                "name": name,
+                "description": description,
+                "parameters": parameters,
+                "architecture_defaults": _architecture_defaults(name),
+            }
+        )
     return catalogue
+
+
+def _architecture_defaults(name: str) -> dict[str, dict[str, Any]]:
+    """{"cnn": {"rate": 0.25}}: each architecture's defaults that differ from the class's."""
+    own = TRICKS[name]().model_dump()
+    differing = {
+        architecture: {k: v for k, v in trick_defaults(name, architecture).items() if v != own[k]}
+        for architecture in ARCHITECTURE_DEFAULTS
+    }
+    return {architecture: params for architecture, params in differing.items() if params}

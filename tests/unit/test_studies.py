@@ -161,8 +161,8 @@ def test_invalid_studies_are_refused_with_the_reason(fields, message):
 
 
 def test_trick_labels_name_only_the_parameters_changed():
-    assert trick_label({"name": "dropout", "rate": 0.5}) == "dropout"
-    assert trick_label({"name": "momentum", "momentum": 0.8, "nesterov": False}) == (
+    assert trick_label({"name": "dropout", "rate": 0.5}, "mlp") == "dropout"
+    assert trick_label({"name": "momentum", "momentum": 0.8, "nesterov": False}, "mlp") == (
         "momentum(momentum=0.8, nesterov=False)"
     )
 
