@@ -96,7 +96,8 @@ def jobs_list(
     status: Annotated[
         str | None,
         typer.Option(
-            help="Only jobs with this status: queued, running, succeeded, failed, cancelled."
+            help="Only jobs with this status: queued, running, paused, succeeded, failed, "
+            "cancelled."
         ),
     ] = None,
     trick: Annotated[

@@ -13,6 +13,7 @@ ENDED = ("succeeded", "failed", "cancelled")
 STATUS_STYLE = {
     "queued": "yellow",
     "running": "cyan",
+    "paused": "blue",
     "succeeded": "green",
     "failed": "red",
     "cancelled": "magenta",

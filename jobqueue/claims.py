@@ -19,7 +19,7 @@ PACK_CANDIDATES = 256
 PackKey = Callable[[dict[str, Any]], tuple[str, int] | None]
 
 _QUEUED = (
-    select(Job.id, Job.owner, Job.spec, Job.checkpoint_epoch, Job.failures)
+    select(Job.id, Job.owner, Job.spec, Job.checkpoint_epoch, Job.epoch_limit, Job.failures)
     .where(Job.status == JobStatus.QUEUED)
     .order_by(Job.created_at, Job.id)
 )
@@ -28,9 +28,10 @@ _QUEUED = (
 def pick(session: Session, size: int = 1, key: PackKey | None = None) -> list[str]:
     """In a write transaction: the oldest queued job of the owner whose turn it is, and up to
     `size - 1` more that can train beside it (fewer if `key` says fewer fit): queued jobs of
-    any owner among the next `PACK_CANDIDATES`, oldest first, with the same `key` (not None)
-    and checkpoint epoch. A job with a failed attempt is taken alone, so a job that kills its
-    worker takes no pack mates with it more than once. Marks the owner served."""
+    any owner among the next `PACK_CANDIDATES`, oldest first, with the same `key` (not None),
+    checkpoint epoch and epoch limit (a pack trains its jobs in lockstep). A job with a failed
+    attempt is taken alone, so a job that kills its worker takes no pack mates with it more
+    than once. Marks the owner served."""
     first = None
     for owner in _owners_in_turn(session):
         # PostgreSQL: a job another worker is claiming is skipped; SQLite's BEGIN IMMEDIATE
@@ -51,6 +52,7 @@ def pick(session: Session, size: int = 1, key: PackKey | None = None) -> list[st
         for row in session.execute(_QUEUED.where(Job.id != first.id).limit(PACK_CANDIDATES))
         if not row.failures
         and row.checkpoint_epoch == first.checkpoint_epoch
+        and row.epoch_limit == first.epoch_limit
         and _same_pack(key(row.spec), pack)
     ][: min(size, pack[1]) - 1]
     # Those still free (unlocked, queued): no waiting on another claim, no deadlock.

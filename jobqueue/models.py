@@ -1,5 +1,5 @@
 """The tables: users, their API tokens and dashboard sessions, jobs, their per-epoch metrics,
-and studies of jobs."""
+studies of jobs, and searches with their trials."""
 
 from __future__ import annotations
 
@@ -187,6 +187,10 @@ class Job(Base):
     study_id: Mapped[str | None] = mapped_column(String(32))  # the study it was made for
     # Set when the retention policy archived and removed its epoch metrics.
     metrics_archived_at: Mapped[datetime | None]
+    # Train up to this epoch, then pause (a search's rung) until its search resumes or ends
+    # it; null: train every epoch of the spec.
+    epoch_limit: Mapped[int | None]
+    search_id: Mapped[str | None] = mapped_column(String(32))  # the search it was made for
 
     __table_args__ = (
         # Every list and claim orders by (created_at, id): with id in the index, a page or
@@ -281,3 +285,53 @@ class Study(Base):
     def job_ids(self) -> list[str]:
         """Every job of the study, variant by variant, in seed order."""
         return [job_id for variant in self.variants for job_id in variant["jobs"]]
+
+
+class Search(Base):
+    """A search for the best spec: trials sampled by Optuna, run as ordinary jobs, stopped at
+    rungs by ASHA, then the best configurations and the base confirmed on fresh seeds."""
+
+    __tablename__ = "searches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))  # as a job's
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict[str, Any]]  # the SearchSpec, base resolved
+    # queued, searching, confirming, succeeded, failed, cancelled (search.states)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed
+    # Once confirming, in order (the base first): {"name", "trial", "params", "spec", "jobs"
+    # [ids by seed]}; the seeds are fresh, never a trial's.
+    confirmations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    seeds: Mapped[list[int] | None] = mapped_column(JSON)  # the confirmation's
+
+    __table_args__ = (
+        Index("ix_searches_created_id", "created_at", "id"),
+        Index("ix_searches_owner_created_id", "owner", "created_at", "id"),
+        Index("ix_searches_status", "status"),  # the planner's round: the searches not ended
+    )
+
+
+class Trial(Base):
+    """One configuration a search sampled, trained by one job through its rungs."""
+
+    __tablename__ = "search_trials"
+
+    search_id: Mapped[str] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # Optuna's, from 0
+    # Null when the sampled configuration is no valid job spec (state failed).
+    job_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    params: Mapped[dict[str, Any]]  # by space key, as sampled (Optuna's internal encoding)
+    # What the sampler noted on the trial when it was asked (GridSampler's grid point).
+    sampler_attrs: Mapped[dict[str, Any]]
+    # running, paused, promoted, pruned, completed, failed (search.states)
+    state: Mapped[str] = mapped_column(String(16))
+    rung: Mapped[int] = mapped_column(Integer, default=0)  # the rung it trains towards
+    # The objective at each epoch recorded so far, by epoch (as a string: JSON's keys).
+    values: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]

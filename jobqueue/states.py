@@ -8,6 +8,7 @@ from enum import StrEnum
 class JobStatus(StrEnum):
     QUEUED = "queued"  # accepted and durable, waiting for a worker
     RUNNING = "running"  # claimed by one worker, which holds its lease token
+    PAUSED = "paused"  # a search's trial at its epoch limit, checkpointed: resumed or ended
     SUCCEEDED = "succeeded"  # trained; metrics complete and the model is stored
     FAILED = "failed"  # stopped by an error, recorded with its type and message
     CANCELLED = "cancelled"  # stopped at a user's request; never resumed
@@ -17,16 +18,25 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
     JobStatus.RUNNING: frozenset(
         # back to QUEUED only when its worker stops gracefully or is lost
-        {JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+        {
+            JobStatus.QUEUED,
+            JobStatus.PAUSED,
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELLED,
+        }
     ),
+    # Its search promotes it (QUEUED, a higher limit) or ends it where it stopped (SUCCEEDED).
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
 
 TERMINAL = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
-# What a user's quota counts: the jobs that have not ended.
-ACTIVE = frozenset(TRANSITIONS) - TERMINAL
+# What a user's quota counts: the jobs waiting for a worker or training. A paused trial holds
+# no worker; its search keeps its own number of trials in flight within the quota.
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 CANCELLABLE = frozenset(s for s, targets in TRANSITIONS.items() if JobStatus.CANCELLED in targets)
 
 

@@ -1,6 +1,7 @@
 """The job lifecycle, as verbs: enqueue, claim, heartbeat, record an epoch, finish, fail,
-release, cancel. Routes and the worker never build SQL themselves; studies, accounts and
-quotas, the reads behind lists and reports, and retention have modules of their own.
+release, cancel. Routes and the worker never build SQL themselves; studies, the pauses of a
+search's trials, accounts and quotas, the reads behind lists and reports, and retention have
+modules of their own.
 
 Every state change is a compare-and-set guarded by the lifecycle table and, for a worker's
 writes, by its lease token: when it updates no row the caller has lost a race (the job was
@@ -143,7 +144,7 @@ class JobStore(Verbs):
             return session.get(Job, job_id)
 
     def cancel(self, job_id: str) -> Job | None:
-        """Cancel a queued or running job. Returns the job as it now is (its status tells
+        """Cancel a queued, running or paused job. Returns the job as it now is (its status tells
         whether the cancel took effect), or None if there is no such job. A running job's
         worker finds its lease gone at its next write and stops."""
         with self._write.begin() as session:
@@ -280,7 +281,7 @@ class JobStore(Verbs):
                 stopped_epoch=stopped_epoch,
                 model_path=model_path,
                 model_sha256=model_sha256,
-                **_unleased(),
+                **unleased(),
             )
 
     def release(self, lease: Lease) -> bool:
@@ -289,7 +290,7 @@ class JobStore(Verbs):
         it is neither failed nor counted twice."""
         with self._write.begin() as session:
             return self._touch(
-                session, lease, status=JobStatus.QUEUED, attempts=Job.attempts - 1, **_unleased()
+                session, lease, status=JobStatus.QUEUED, attempts=Job.attempts - 1, **unleased()
             )
 
     def fail(self, lease: Lease, reason: FailureReason, error: BaseException) -> JobStatus | None:
@@ -341,7 +342,7 @@ class JobStore(Verbs):
             },
         ]
         status = after_failure(reason, len(failures), job.max_attempts)
-        values: dict[str, Any] = {"status": status, "failures": failures, **_unleased()}
+        values: dict[str, Any] = {"status": status, "failures": failures, **unleased()}
         if status == JobStatus.FAILED:
             values.update(
                 finished_at=now,
@@ -358,17 +359,7 @@ class JobStore(Verbs):
         if "status" not in values:
             now = utcnow()
             values = {"lease_expires_at": now + self.lease, "heartbeat_at": now, **values}
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == lease.job_id,
-                Job.status == JobStatus.RUNNING,
-                Job.lease_token == lease.token,
-            )
-            .values(**values),
-            execution_options={"synchronize_session": False},
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return moved(session, fenced(lease).values(**values))
 
 
 def _keyed(session: Session, keys: Sequence[str | None]) -> list[Job]:
@@ -387,15 +378,30 @@ def _replay(earlier: list[Job], key: str, jobs: list[Job]) -> list[Job]:
 
 
 def cancelling(which: Any) -> Update:
-    """Cancel the jobs matching `which` that may still be cancelled (queued or running)."""
+    """Cancel the jobs matching `which` that may still be cancelled (queued, running or
+    paused)."""
     return (
         update(Job)
         .where(which, Job.status.in_(sources_of(JobStatus.CANCELLED)))
-        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **_unleased())
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), **unleased())
     )
 
 
-def _unleased() -> dict[str, Any]:
+def fenced(lease: Lease) -> Update:
+    """An update of a running job that only its lease's holder may make: it matches no row
+    once the job was cancelled or its lease taken over."""
+    return update(Job).where(
+        Job.id == lease.job_id, Job.status == JobStatus.RUNNING, Job.lease_token == lease.token
+    )
+
+
+def moved(session: Session, statement: Update) -> bool:
+    """Run a compare-and-set on one job: whether it matched (and so changed) the job."""
+    result = session.execute(statement, execution_options={"synchronize_session": False})
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def unleased() -> dict[str, Any]:
     """The values that end a claim."""
     return {"lease_token": None, "lease_expires_at": None}
 

@@ -1,6 +1,6 @@
 """The worker's loop: claim a job, or a pack of compatible jobs → (resume) → train, checkpointing
-every epoch → finish, always recording each job's outcome; a heartbeat per job keeps its lease
-alive meanwhile."""
+every epoch → finish (or pause, at a search trial's epoch limit), always recording each job's
+outcome; a heartbeat per job keeps its lease alive meanwhile."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from core.results import EpochRow
 from core.spec import JobSpec
 from jobqueue.artifacts import ArtifactStore, sha256_of
 from jobqueue.models import Job
+from jobqueue.pauses import Pauses
 from jobqueue.retry import FailureReason
 from jobqueue.states import JobStatus
 from jobqueue.store import Checkpoint, JobStore, Lease
@@ -106,8 +108,13 @@ class Worker:
         pack_size: int = 1,
         pack_memory_bytes: int = 2**30,
         max_job_seconds: float = math.inf,
+        on_search_job: Callable[[str], object] | None = None,
     ) -> None:
+        """`on_search_job(search_id)`: called once a job of a search has paused, finished,
+        failed or been cancelled, for its search to plan what comes next."""
         self.store, self.artifacts, self.data_dir = store, artifacts, data_dir
+        self.pauses = Pauses(store)
+        self.on_search_job = on_search_job
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.sweep_seconds = sweep_seconds
@@ -197,9 +204,12 @@ class Worker:
             status = self.store.fail(lease, FailureReason.INVALID_SPEC, _unreadable(error))
             metrics.FAILURES.labels(FailureReason.INVALID_SPEC.value).inc()
             log.error("job=%s has an invalid spec (%s); job now %s", job.id, error, status)
+            self._tell_search(job)
             return None
         deadline = time.monotonic() + self.max_job_seconds - job.trained_seconds
-        control = Control(time_limit=self.max_job_seconds, deadline=deadline)
+        control = Control(
+            time_limit=self.max_job_seconds, deadline=deadline, epoch_limit=job.epoch_limit
+        )
         heartbeat = Heartbeat(self.store, lease, control.lease_lost, self.heartbeat_seconds)
         heartbeat.start()
         return Held(job, lease, spec, control, heartbeat, _registered(job))
@@ -270,11 +280,11 @@ class Worker:
                     self._settle(one, error)
 
     def _settle(self, held: Held, outcome: Outcome) -> None:
-        """Record how a job's attempt ended: finished, handed back to the queue, retried or
-        failed; nothing when its lease is gone."""
+        """Record how a job's attempt ended: finished, paused, handed back to the queue,
+        retried or failed; nothing when its lease is gone."""
         job, lease = held.job, held.lease
         ended = self._finish(held, outcome) if isinstance(outcome, Trained) else outcome
-        how = "succeeded"
+        how = "paused" if isinstance(outcome, Trained) and outcome.paused else "succeeded"
         if isinstance(ended, LeaseLost):
             how = "lost"
             log.info("job=%s cancelled or taken over: stopped without writing more", job.id)
@@ -303,6 +313,18 @@ class Worker:
         metrics.JOB_SECONDS.labels(how).observe(time.monotonic() - held.began)
         held.settled = True
         held.heartbeat.stop()
+        if how != "handed_back":
+            self._tell_search(job)
+
+    def _tell_search(self, job: Job) -> None:
+        """Let the search a job belongs to plan on, now that the job has settled; whatever
+        goes wrong there is logged, and the worker goes on."""
+        if job.search_id is None or self.on_search_job is None:
+            return
+        try:
+            self.on_search_job(job.search_id)
+        except Exception:
+            log.exception("search=%s could not plan after job=%s settled", job.search_id, job.id)
 
     def _record(self, held: Held, row: EpochRow, snapshot: Snapshot) -> bool:
         """Checkpoint an epoch and store its metrics with the checkpoint; False if the lease
@@ -324,48 +346,27 @@ class Worker:
         return True
 
     def _finish(self, held: Held, trained: Trained) -> Exception | None:
-        """Store a trained job's model and result; None once it is finished, else what
-        stopped it: an error, or LeaseLost when the store no longer lets it finish."""
+        """Store a trained job's model and result: it is finished, or paused at its epoch
+        limit. None once it is, else what stopped it: an error, or LeaseLost when the store
+        no longer lets it end so."""
         job, lease = held.job, held.lease
-        model_path = self.artifacts.attempt_file(job.id, lease.token, "model.keras")
         try:
-            # Saved with standard Keras layers only: the file loads in plain Keras, and serves.
-            digest = self.artifacts.write_atomic(model_path, servable(trained.model).save)
-            self.artifacts.write_json(
-                self.artifacts.attempt_file(job.id, lease.token, "spec.json"),
-                {
-                    "job_id": job.id,
-                    "spec": job.spec,
-                    "result": trained.result.model_dump(mode="json"),
-                    "class_names": list(held.spec.class_names),
-                    "model_sha256": digest,
-                },
-            )
+            model_path, digest = _save_model(self.artifacts, held, trained)
             held.heartbeat.stop()  # before the final write: it cannot take the end for a loss
-            if not self.store.finish(
-                lease,
-                result=trained.result,
-                best_epoch=trained.best_epoch,
-                stopped_epoch=trained.stopped_epoch,
-                model_path=model_path,
-                model_sha256=digest,
-            ):
+            result, best_epoch = trained.result, trained.best_epoch
+            if trained.paused:
+                ended = self.pauses.pause(lease, result, best_epoch, model_path, digest)
+            else:
+                ended = self.store.finish(
+                    lease, result, best_epoch, trained.stopped_epoch, model_path, digest
+                )
+            if not ended:
                 for name in ("model.keras", "spec.json"):
                     self.artifacts.remove(self.artifacts.attempt_file(job.id, lease.token, name))
                 return LeaseLost()
         except Exception as error:
             return error
-        log.info(
-            "job=%s succeeded epochs=%d best_epoch=%s stopped_epoch=%s test_accuracy=%.4f "
-            "test_loss=%.4f seconds=%.1f",
-            job.id,
-            trained.result.epochs_trained,
-            trained.best_epoch,
-            trained.stopped_epoch,
-            trained.result.test_accuracy,
-            trained.result.test_loss,
-            trained.result.seconds,
-        )
+        _log_end(job.id, trained)
         return None
 
     def _resume(self, held: Held) -> Snapshot | None:
@@ -391,6 +392,41 @@ class Worker:
             return None
         log.info("job=%s resuming after epoch %d", job.id, checkpoint.epoch)
         return snapshot
+
+
+def _save_model(artifacts: ArtifactStore, held: Held, trained: Trained) -> tuple[str, str]:
+    """Save a trained job's model in its attempt's folder, with the spec and result beside it;
+    the model's path and SHA-256."""
+    job, lease = held.job, held.lease
+    path = artifacts.attempt_file(job.id, lease.token, "model.keras")
+    # Saved with standard Keras layers only: the file loads in plain Keras, and serves.
+    digest = artifacts.write_atomic(path, servable(trained.model).save)
+    artifacts.write_json(
+        artifacts.attempt_file(job.id, lease.token, "spec.json"),
+        {
+            "job_id": job.id,
+            "spec": job.spec,
+            "result": trained.result.model_dump(mode="json"),
+            "class_names": list(held.spec.class_names),
+            "model_sha256": digest,
+        },
+    )
+    return path, digest
+
+
+def _log_end(job_id: str, trained: Trained) -> None:
+    log.info(
+        "job=%s %s epochs=%d best_epoch=%s stopped_epoch=%s test_accuracy=%.4f "
+        "test_loss=%.4f seconds=%.1f",
+        job_id,
+        "paused" if trained.paused else "succeeded",
+        trained.result.epochs_trained,
+        trained.best_epoch,
+        trained.stopped_epoch,
+        trained.result.test_accuracy,
+        trained.result.test_loss,
+        trained.result.seconds,
+    )
 
 
 def _unreadable(error: ValidationError) -> ValueError:

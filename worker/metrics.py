@@ -19,9 +19,9 @@ SAMPLES_PER_SECOND = Gauge(
 )
 JOB_SECONDS = Histogram(
     "tricklab_worker_job_duration_seconds",
-    "Wall-clock time of each attempt this worker held, by how it ended: succeeded, failed, "
-    "retried (failed, to be tried again), handed_back (the worker stopped) or lost (cancelled "
-    "or taken over).",
+    "Wall-clock time of each attempt this worker held, by how it ended: succeeded, paused (a "
+    "search's trial at its epoch limit), failed, retried (failed, to be tried again), "
+    "handed_back (the worker stopped) or lost (cancelled or taken over).",
     ["outcome"],
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
 )

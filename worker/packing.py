@@ -83,13 +83,15 @@ def train_pack(
 ) -> list[Outcome]:
     """Train the branches together; for each, what `training.train` would have returned or
     raised for it alone, also passed to `ended(k, outcome)` as soon as branch k ends. They
-    must share a `pack_key` and resume from the same epoch."""
+    must share a `pack_key`, resume from the same epoch and stop at the same epoch limit."""
     started = time.perf_counter()
     keys = {pack_key(branch.spec) for branch in branches}
     if len(keys) != 1 or None in keys:
         raise ValueError("a pack's specs must share one pack_key")
     if len({branch.resume.epoch if branch.resume else 0 for branch in branches}) != 1:
         raise ValueError("a pack's branches must resume from the same epoch")
+    if len({branch.control.epoch_limit for branch in branches}) != 1:
+        raise ValueError("a pack's branches must stop at the same epoch limit")
     keras.backend.clear_session()
     data = Data.of(splits)
     runs = [Run.start(b.spec, data, b.report, b.control, b.resume, started) for b in branches]
@@ -102,7 +104,7 @@ def train_pack(
     for k, run in enumerate(runs):
         if run.stopped_epoch is not None:  # resumed where early stopping ended
             end(k, run.finish())
-    for epoch in range(runs[0].done + 1, pack.spec.epochs + 1):
+    for epoch in range(runs[0].done + 1, runs[0].last_epoch + 1):
         live = [k for k, run in enumerate(runs) if run.outcome is None]
         if not live:
             break

@@ -69,6 +69,8 @@ class Control:
     # time.monotonic() at which this attempt has used up what is left of it.
     time_limit: float = math.inf
     deadline: float = math.inf
+    # Train up to this epoch, then pause (a search's rung); None: every epoch of the spec.
+    epoch_limit: int | None = None
 
     def halt(self) -> LeaseLost | TimedOut | None:
         """Why training must stop at once, if it must: checked between chunks of steps. Once
@@ -92,6 +94,7 @@ class Trained:
     best_epoch: int | None  # epoch with the lowest validation loss (1-based)
     stopped_epoch: int | None  # epoch at which early stopping ended the run, if it did
     result: JobResult  # the final model's scores
+    paused: bool = False  # stopped at its epoch limit, before the spec's last epoch
 
 
 # How a job's attempt ended: its final model, or the exception that stopped it.
@@ -176,9 +179,16 @@ class Run:
             run.stopped_epoch = done
         return run
 
+    @property
+    def last_epoch(self) -> int:
+        """The epoch this training ends after, unless early stopping ends it first: the
+        spec's last, or its epoch limit before that."""
+        limit = self.control.epoch_limit
+        return self.spec.epochs if limit is None else min(limit, self.spec.epochs)
+
     def epochs(self) -> range:
         """The epochs left to train."""
-        last = self.done if self.stopped_epoch is not None else self.spec.epochs
+        last = self.done if self.stopped_epoch is not None else self.last_epoch
         return range(self.done + 1, last + 1)
 
     @property
@@ -236,7 +246,7 @@ class Run:
         self.done = epoch
         if stop:
             self.stopped_epoch = epoch
-        elif self.control.stop_requested.is_set() and epoch < self.spec.epochs:
+        elif self.control.stop_requested.is_set() and epoch < self.last_epoch:
             raise Interrupted
         return stop
 
@@ -245,7 +255,7 @@ class Run:
 
     def finish(self, scored: dict[str, Scores] | None = None) -> Trained:
         """The final model (early stopping's best weights) and its scores (`scored`: those
-        of each part, already computed)."""
+        of each part, already computed); at the epoch limit, the model so far, paused."""
         if self.watch.best_weights:
             self.model.set_weights(self.watch.best_weights)
         parts: dict[str, Any] = {}
@@ -253,12 +263,13 @@ class Run:
             if part_scores := (scored[part] if scored else self.scores(x, y)):
                 parts[f"{part}_loss"], parts[f"{part}_accuracy"] = part_scores
         result = JobResult(
-            epochs_trained=self.stopped_epoch or self.spec.epochs,
+            epochs_trained=self.done,
             parameters=self.model.count_params(),
             seconds=time.perf_counter() - self.started,
             **parts,
         )
-        return Trained(self.model, self.watch.best_epoch, self.stopped_epoch, result)
+        paused = self.stopped_epoch is None and self.done < self.spec.epochs
+        return Trained(self.model, self.watch.best_epoch, self.stopped_epoch, result, paused)
 
 
 # Compiling a chunk of steps with XLA costs about 0.35 s more than tracing it, and then saves

@@ -31,7 +31,7 @@ from analysis.report import report
 from analysis.studies import DESIGNS
 from core.spec import TRICKS, JobSpec, trick_catalogue
 from jobqueue.models import Job, trick_names, utcnow
-from jobqueue.states import ACTIVE, JobStatus
+from jobqueue.states import TERMINAL, JobStatus
 from jobqueue.store import JobStore
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, foreign_origin
 from service.deps import (
@@ -105,7 +105,9 @@ def sign_in_first(request: Request) -> Response:
 def home(request: Request, caller: Viewer) -> Response:
     if caller is None:
         return page(request, "signin.html", None)
-    return page(request, "jobs.html", caller, tricks=list(TRICKS))
+    return page(
+        request, "jobs.html", caller, statuses=[s.value for s in JobStatus], tricks=list(TRICKS)
+    )
 
 
 @router.post("/signin", response_class=HTMLResponse)
@@ -215,7 +217,7 @@ def jobs_table(
         older=next_link(request, found, PAGE),
         first=after is None,
         # Only the first page refreshes itself: it is where new and running jobs are.
-        active=after is None and any(job.status in ACTIVE for job in jobs),
+        active=after is None and any(job.status not in TERMINAL for job in jobs),
     )
 
 
@@ -234,7 +236,7 @@ def job_page(
         job=JobRead.of(job, caller.admin),
         study=(job.study_id, studies[job.study_id]) if job.study_id in studies else None,
         tricks=trick_names(job.spec),
-        ended=job.status not in ACTIVE,
+        ended=job.status in TERMINAL,  # a paused job has not ended: its search may resume it
     )
 
 

@@ -195,13 +195,14 @@ def get_metrics(
     responses=errors(404, 422, conflict="The job already succeeded or failed."),
 )
 def cancel_job(job: JobDep, store: StoreDep, caller: CallerDep) -> JobRead:
-    """Cancel a queued or running job (a running one stops within an epoch). Cancelling a
-    cancelled job again is harmless."""
+    """Cancel a queued, running or paused job (a running one stops within an epoch).
+    Cancelling a cancelled job again is harmless."""
     current = store.cancel(job.id) or job
     if current.status != JobStatus.CANCELLED:
         raise HTTPException(
             409,
-            f"job {job.id} already {current.status}; only queued or running jobs can be cancelled",
+            f"job {job.id} already {current.status}; only queued, running or paused jobs can be "
+            "cancelled",
         )
     log.info("job=%s cancelled by=%s", job.id, caller.name)
     return JobRead.of(current, caller.admin)

@@ -1,4 +1,5 @@
 from jobqueue.states import (
+    ACTIVE,
     CANCELLABLE,
     TERMINAL,
     TRANSITIONS,
@@ -27,10 +28,19 @@ def test_lifecycle_table():
         (JobStatus.RUNNING, JobStatus.FAILED),
         (JobStatus.RUNNING, JobStatus.CANCELLED),
         (JobStatus.RUNNING, JobStatus.QUEUED),
+        (JobStatus.RUNNING, JobStatus.PAUSED),
+        (JobStatus.PAUSED, JobStatus.QUEUED),
+        (JobStatus.PAUSED, JobStatus.SUCCEEDED),
+        (JobStatus.PAUSED, JobStatus.CANCELLED),
     }
 
 
 def test_guards_derive_from_the_table():
-    assert {JobStatus.QUEUED, JobStatus.RUNNING} == CANCELLABLE
+    assert {JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED} == CANCELLABLE
     assert sources_of(JobStatus.CANCELLED) == CANCELLABLE
     assert sources_of(JobStatus.RUNNING) == {JobStatus.QUEUED}
+
+
+def test_a_paused_job_has_not_ended_but_counts_in_no_quota():
+    assert JobStatus.PAUSED not in TERMINAL
+    assert {JobStatus.QUEUED, JobStatus.RUNNING} == ACTIVE
