@@ -33,6 +33,7 @@ COPY analysis ./analysis
 COPY cli ./cli
 COPY core ./core
 COPY jobqueue ./jobqueue
+COPY search ./search
 COPY service ./service
 COPY worker ./worker
 RUN pip install --no-cache-dir --no-deps . \

@@ -1,21 +1,22 @@
-"""The reads behind lists, reports and event streams: pages of jobs and studies, a job's
+"""The reads behind lists, reports and event streams: pages of jobs, studies and searches, a job's
 epoch metrics, and what a study's report and its followers need."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, Select, func, or_, select
 
 from jobqueue.counts import JobCounts
 from jobqueue.db import Verbs
-from jobqueue.models import EpochMetrics, Job, JobTrick, Study
+from jobqueue.models import EpochMetrics, Job, JobTrick, Search, Study
 from jobqueue.states import JobStatus
 
 # Where a page ends: the (created_at, id) of its last item; the next page starts after it.
 Position = tuple[datetime, str]
+ListedT = TypeVar("ListedT", Study, Search)
 
 
 class Reads(Verbs):
@@ -67,17 +68,39 @@ class Reads(Verbs):
         """A page of studies, newest first (after `after`), and how many there are (None: any
         owner's; `id_prefix`: only those whose id starts with it), counted in an index: there
         are far fewer studies than jobs."""
-        query = select(Study)
-        count = select(func.count()).select_from(Study)
+        return self._list(Study, limit, offset, owner, after, id_prefix)
+
+    def list_searches(
+        self,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        after: Position | None = None,
+        id_prefix: str | None = None,
+    ) -> tuple[Sequence[Search], int]:
+        """A page of searches, as `list_studies` gives studies."""
+        return self._list(Search, limit, offset, owner, after, id_prefix)
+
+    def _list(
+        self,
+        model: type[ListedT],
+        limit: int,
+        offset: int,
+        owner: str | None,
+        after: Position | None,
+        id_prefix: str | None,
+    ) -> tuple[Sequence[ListedT], int]:
+        query = select(model)
+        count = select(func.count()).select_from(model)
         if owner is not None:
-            query = query.where(Study.owner == owner)
-            count = count.where(Study.owner == owner)
+            query = query.where(model.owner == owner)
+            count = count.where(model.owner == owner)
         if id_prefix is not None:
-            query = query.where(*_starting_with(Study, id_prefix))
-            count = count.where(*_starting_with(Study, id_prefix))
+            query = query.where(*_starting_with(model, id_prefix))
+            count = count.where(*_starting_with(model, id_prefix))
         with self._read() as session:
             total = session.scalar(count) or 0
-            page = session.scalars(_page(query, Study, limit, offset, after)).all()
+            page = session.scalars(_page(query, model, limit, offset, after)).all()
         return page, total
 
     def metrics(self, job_id: str, since_epoch: int = 0) -> Sequence[EpochMetrics]:
@@ -141,7 +164,7 @@ class Reads(Verbs):
             return {job_id: status for job_id, status in rows}
 
 
-def _starting_with(model: type[Job | Study], id_prefix: str) -> tuple[Any, ...]:
+def _starting_with(model: type[Job | Study | Search], id_prefix: str) -> tuple[Any, ...]:
     """The ids that start with `id_prefix` (hex digits) as a range of the primary key, which
     its index finds: every such id sorts from the prefix itself up to the prefix followed by
     "g", the character after "f"."""
@@ -149,7 +172,11 @@ def _starting_with(model: type[Job | Study], id_prefix: str) -> tuple[Any, ...]:
 
 
 def _page(
-    query: Select[Any], model: type[Job | Study], limit: int, offset: int, after: Position | None
+    query: Select[Any],
+    model: type[Job | Study | Search],
+    limit: int,
+    offset: int,
+    after: Position | None,
 ) -> Select[Any]:
     """Newest first, from after `after`: a range of an index ending in (created_at, id),
     however deep the page."""

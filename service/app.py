@@ -25,7 +25,18 @@ from service.errors import errors, method_not_allowed, validation_error
 from service.headers import SecurityHeaders, with_inline_scripts
 from service.limits import BodyLimits
 from service.metrics import ApiMetrics, Measured
-from service.routes import dashboard, events, jobs, meta, plots, predict, studies, users, v2
+from service.routes import (
+    dashboard,
+    events,
+    jobs,
+    meta,
+    plots,
+    predict,
+    searches,
+    studies,
+    users,
+    v2,
+)
 from service.state import AppState, app_state, build_state, set_state
 
 log = logging.getLogger("tricklab.service")
@@ -88,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Routes are matched in order, about 1.7 µs a route: the two prediction routes first.
     app.include_router(predict.router, responses=errors(401))
     app.include_router(v2.router)  # the Open Inference Protocol: its own 401s and {"error"}
-    for module in (jobs, studies, plots, events, users):
+    for module in (jobs, studies, searches, plots, events, users):
         app.include_router(module.router, responses=errors(401))
     app.include_router(meta.router)  # the health probes, open to all; the tricks need a token
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -108,6 +119,10 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> Asy
     # The API sweeps too, so a lost job shows as queued even while no worker runs.
     sweeper = Sweeper(state.store, settings.sweep_seconds)
     sweeper.start()
+    # Workers advance a search as its jobs settle; this catches up after restarts and
+    # lost workers, and moves searches along while no worker runs.
+    searching = Periodic("searches", settings.sweep_seconds, state.progress.advance_all)
+    searching.start()
     retaining = Periodic("retention", settings.retention_seconds, lambda: retain(state))
     if settings.retain_metrics_days or settings.retain_artifacts_days:
         retaining.start()
@@ -120,6 +135,7 @@ async def lifespan(app: FastAPI, settings: Settings, metrics: ApiMetrics) -> Asy
     yield
     await state.watch.stop()
     sweeper.stop()
+    searching.stop()
     retaining.stop()
     state.store.engine.dispose()
 

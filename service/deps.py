@@ -25,11 +25,12 @@ from core.config import Settings
 from jobqueue.accounts import Accounts
 from jobqueue.artifacts import ArtifactStore
 from jobqueue.counts import JobCounts
-from jobqueue.models import Job, Study
+from jobqueue.models import Job, Search, Study
 from jobqueue.reads import Position, Reads
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
+from search.progress import Progress
 from service.admission import CALLER
 from service.auth import Caller, Gate
 from service.errors import http_error
@@ -46,6 +47,10 @@ async def get_store(request: Request) -> JobStore:
 
 async def get_studies(request: Request) -> Studies:
     return app_state(request.app).studies
+
+
+async def get_progress(request: Request) -> Progress:
+    return app_state(request.app).progress
 
 
 async def get_reads(request: Request) -> Reads:
@@ -114,6 +119,7 @@ async def require_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Calle
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
 StudiesDep = Annotated[Studies, Depends(get_studies)]
+ProgressDep = Annotated[Progress, Depends(get_progress)]
 ReadsDep = Annotated[Reads, Depends(get_reads)]
 CountsDep = Annotated[JobCounts, Depends(get_counts)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
@@ -130,6 +136,7 @@ MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 # A malformed id is a 422 before the database is asked.
 JobId = Annotated[str, Path(pattern=ID_PATTERN, description="A job's id, 32 hex digits.")]
 StudyId = Annotated[str, Path(pattern=ID_PATTERN, description="A study's id, 32 hex digits.")]
+SearchId = Annotated[str, Path(pattern=ID_PATTERN, description="A search's id, 32 hex digits.")]
 # The largest integer every database stores: larger epochs are 422s, not 500s.
 MAX_INT = 2**31 - 1
 # An offset makes the database step over the items it skips; deeper pages follow `next`.
@@ -179,7 +186,7 @@ def page_position(
 PagePosition = Annotated[Position | None, Depends(page_position)]
 
 
-def next_link(request: Request, items: Sequence[Job | Study], limit: int) -> str | None:
+def next_link(request: Request, items: Sequence[Job | Study | Search], limit: int) -> str | None:
     """The link to the page after this one (None: this is the last), this request's filters
     kept; `items` is the page with one item more than `limit` when there is more."""
     if len(items) <= limit:
@@ -234,6 +241,16 @@ def no_study(study_id: str) -> str:
 
 
 StudyDep = Annotated[Study, Depends(get_study)]
+
+
+def get_search(search_id: SearchId, progress: ProgressDep, caller: CallerDep) -> Search:
+    search = progress.searches.get(search_id)
+    if search is None or not caller.may_see(search.owner):
+        raise HTTPException(404, f"no search with id {search_id!r}")
+    return search
+
+
+SearchDep = Annotated[Search, Depends(get_search)]
 
 
 async def no_unknown_query(request: Request) -> None:

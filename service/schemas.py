@@ -27,8 +27,9 @@ from analysis.plots import PlotName
 from analysis.report import ReportRead, progress, study_status
 from core.results import EpochRow, JobResult
 from core.spec import JobSpec
-from jobqueue.models import EpochMetrics, Job, Study
+from jobqueue.models import EpochMetrics, Job, Search, Study
 from jobqueue.states import JobStatus
+from search.report import BestTrial
 
 # Ids are uuid4 hex: anything else names nothing, and is refused before the database is asked.
 ID_PATTERN = "^[0-9a-f]{32}$"
@@ -125,9 +126,15 @@ class JobRead(BaseModel):
     heartbeat_at: datetime | None
     epochs_done: int
     epochs_total: int | None = Field(description="None when the stored spec no longer parses.")
+    epoch_limit: int | None = Field(
+        description="A search's trial trains up to this epoch, then pauses (status paused) "
+        "until its search resumes it or ends it there; null: it trains every epoch."
+    )
     checkpoint_epoch: int | None = Field(description="A retry resumes after this epoch.")
     best_epoch: int | None = Field(description="Epoch with the lowest validation loss.")
-    stopped_epoch: int | None = Field(description="Epoch at which early stopping ended the run.")
+    stopped_epoch: int | None = Field(
+        description="Epoch at which early stopping, or the job's search, ended the run."
+    )
     result: JobResult | None
     error: JobError | None
     device: str | None = Field(description="What the job trained on, e.g. 'GPU:0 NVIDIA H200'.")
@@ -175,6 +182,7 @@ class JobRead(BaseModel):
             heartbeat_at=job.heartbeat_at,
             epochs_done=job.epochs_done,
             epochs_total=spec.epochs if isinstance(spec, JobSpec) else None,
+            epoch_limit=job.epoch_limit,
             checkpoint_epoch=job.checkpoint_epoch,
             best_epoch=job.best_epoch,
             stopped_epoch=job.stopped_epoch,
@@ -606,3 +614,74 @@ class InferenceResponse(BaseModel):
     model_version: str | None = None
     id: str | None = Field(None, description="The request's id, if it had one.")
     outputs: list[InferenceResponseOutput]
+
+
+# ---- searches ------------------------------------------------------------------------------
+
+
+class SearchLinks(BaseModel):
+    self: str
+    trials: str
+    report: str
+    cancel: str
+
+
+class SearchSummary(BaseModel):
+    id: str
+    owner: str | None = Field(description="The name of the user who created it.")
+    name: str
+    status: Literal["queued", "searching", "confirming", "succeeded", "failed", "cancelled"]
+    error: str | None = Field(description="Why it failed.")
+    created_at: datetime
+    finished_at: datetime | None
+    links: SearchLinks
+
+    @classmethod
+    def of(cls, search: Search) -> SearchSummary:
+        return cls(
+            id=search.id,
+            owner=search.owner,
+            name=search.name,
+            status=search.status,
+            error=search.error,
+            created_at=search.created_at,
+            finished_at=search.finished_at,
+            links=SearchLinks(
+                self=f"/v1/searches/{search.id}",
+                trials=f"/v1/searches/{search.id}/trials",
+                report=f"/v1/searches/{search.id}/report",
+                cancel=f"/v1/searches/{search.id}/cancel",
+            ),
+        )
+
+
+class SearchRead(SearchSummary):
+    request: dict[str, Any] = Field(description="The search as submitted, its base resolved.")
+    trials: dict[str, int] = Field(description="Its trials per state, and the total.")
+    best: BestTrial | None = Field(description="The best completed trial so far, on validation.")
+
+
+class SearchList(BaseModel):
+    searches: list[SearchSummary]
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(description="The next page (null on the last): follow it as is.")
+
+
+class TrialRead(BaseModel):
+    number: int = Field(description="From 0, in the order the sampler asked them.")
+    job_id: str | None = Field(description="Null when its configuration could not train.")
+    params: dict[str, Any] = Field(description="The sampled value of each key of the space.")
+    state: Literal["running", "paused", "promoted", "pruned", "completed", "failed", "cancelled"]
+    rung: int = Field(description="The rung it trains towards or stopped at, from 0.")
+    rung_epochs: int = Field(description="That rung's epochs.")
+    values: dict[int, float] = Field(description="The objective on validation, by epoch.")
+    error: str | None
+
+
+class TrialList(BaseModel):
+    search_id: str
+    objective: str
+    rungs: list[int] = Field(description="The epochs at which trials pause, then the last.")
+    trials: list[TrialRead]

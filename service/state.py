@@ -14,8 +14,10 @@ from jobqueue.artifacts import ArtifactStore
 from jobqueue.counts import JobCounts
 from jobqueue.db import init_db, make_engine
 from jobqueue.reads import Reads
+from jobqueue.searches import Searches
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
+from search.progress import Progress
 from service.auth import Gate, admin_token
 from service.events import Watch
 from service.metrics import ApiMetrics
@@ -29,6 +31,7 @@ class AppState:
     settings: Settings
     store: JobStore  # the job lifecycle
     studies: Studies
+    progress: Progress  # searches, advanced with this deployment's limits and quotas
     reads: Reads  # behind lists, reports and event streams
     counts: JobCounts
     accounts: Accounts
@@ -74,6 +77,7 @@ def build_state(settings: Settings, metrics: ApiMetrics) -> AppState:
         settings=settings,
         store=store,
         studies=Studies(store),
+        progress=Progress(Searches(store), settings),
         reads=reads,
         counts=reads.counts,
         accounts=accounts,

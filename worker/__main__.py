@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     load_backend()
     from jobqueue.artifacts import ArtifactStore
     from jobqueue.db import init_db, make_engine
+    from jobqueue.searches import Searches
     from jobqueue.store import JobStore
+    from search.progress import Progress
     from worker import metrics
     from worker.devices import freeze_imports
     from worker.loop import Worker
@@ -39,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or f"{socket.gethostname()}:{os.getpid()}"
     engine = make_engine(settings.database_url, settings.busy_timeout_ms, f"tricklab-worker {name}")
     init_db(engine)
+    store = JobStore(engine, settings.lease_seconds, settings.max_attempts)
+    progress = Progress(Searches(store), settings)
     # Not named `worker`: that is this package, and `worker.run` its training core.
     loop = Worker(
-        JobStore(engine, settings.lease_seconds, settings.max_attempts),
+        store,
         ArtifactStore(settings.artifacts_dir),
         settings.data_dir,
         poll_seconds=settings.poll_seconds,
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         pack_size=settings.pack_size,
         pack_memory_bytes=settings.max_pack_memory_bytes,
         max_job_seconds=settings.max_job_seconds,
+        # A search goes on the moment one of its jobs settles, not at the API's next round.
+        on_search_job=progress.advance,
     )
     metrics.serve(settings.worker_metrics)
     freeze_imports()  # after Worker() loaded the backend

@@ -94,7 +94,7 @@ def test_list_newest_first_with_status_filter_and_pages(client):
     bad = client.get("/v1/jobs", params={"status": "done"})
     assert (
         bad.status_code == 422
-        and "'queued', 'running', 'succeeded'" in bad.json()["detail"][0]["msg"]
+        and "'queued', 'running', 'paused', 'succeeded'" in bad.json()["detail"][0]["msg"]
     )
     assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
@@ -303,6 +303,12 @@ OPERATIONS = {
     ("/v1/tricks", "get"): "tricks-list",
     ("/v1/jobs/{job_id}/events", "get"): "jobs-events",
     ("/v1/studies/{study_id}/events", "get"): "studies-events",
+    ("/v1/searches", "post"): "searches-create",
+    ("/v1/searches", "get"): "searches-list",
+    ("/v1/searches/{search_id}", "get"): "searches-get",
+    ("/v1/searches/{search_id}/trials", "get"): "searches-trials",
+    ("/v1/searches/{search_id}/report", "get"): "searches-report",
+    ("/v1/searches/{search_id}/cancel", "post"): "searches-cancel",
     ("/v1/users", "post"): "users-create",
     ("/v1/users", "get"): "users-list",
     ("/v1/users/{user_id}", "get"): "users-get",

@@ -28,6 +28,11 @@ from tests.support.images import encode
 from tests.support.inprocess import settings_in
 
 STUDY = {"base": TINY, "tricks": ["dropout"], "repeats": 1}
+SEARCH = {
+    "base": TINY,
+    "space": {"learning_rate": {"type": "log_uniform", "low": 0.001, "high": 0.1}},
+    "max_trials": 1,
+}
 
 
 @dataclass
@@ -306,6 +311,8 @@ RULES = {
     "jobs-list": "any",
     "studies-create": "any",
     "studies-list": "any",
+    "searches-create": "any",
+    "searches-list": "any",
     "jobs-get": "owner",
     "jobs-metrics": "owner",
     "jobs-cancel": "owner",
@@ -319,6 +326,10 @@ RULES = {
     "studies-report-csv": "owner",
     "studies-cancel": "owner",
     "studies-plot": "owner",
+    "searches-get": "owner",
+    "searches-trials": "owner",
+    "searches-report": "owner",
+    "searches-cancel": "owner",
     "compare": "owner",
     "compare-csv": "owner",
     "compare-plot": "owner",
@@ -342,6 +353,7 @@ BODIES: dict[str, Any] = {
     "jobs-submit": {"json": TINY},
     "jobs-submit-batch": {"json": {"jobs": [TINY]}},
     "studies-create": {"json": STUDY},
+    "searches-create": {"json": SEARCH},
     "users-update": {"json": {"quota_active_jobs": 50}},
     "users-tokens-create": {"json": {"name": "matrix"}},
     "me-tokens-create": {"json": {"name": "matrix"}},
@@ -367,10 +379,17 @@ def test_every_route_answers_each_kind_of_caller_as_its_rule_says(app_client, al
     assert {name for name, _, _ in routes} == set(RULES), "give every route a rule in RULES"
     job = submit(app_client, alice)["id"]
     study = app_client.post("/v1/studies", json=STUDY, headers=alice.headers).json()["id"]
+    search = app_client.post("/v1/searches", json=SEARCH, headers=alice.headers).json()["id"]
     spare = app_client.post(
         f"/v1/users/{alice.id}/tokens", json={"name": "spare"}, headers=ADMIN_HEADERS
     ).json()["id"]
-    values = {"job_id": job, "study_id": study, "user_id": alice.id, "token_id": spare}
+    values = {
+        "job_id": job,
+        "study_id": study,
+        "search_id": search,
+        "user_id": alice.id,
+        "token_id": spare,
+    }
     callers = {
         "anonymous": {},
         "owner": alice.headers,
@@ -380,7 +399,14 @@ def test_every_route_answers_each_kind_of_caller_as_its_rule_says(app_client, al
     # State-changing routes late, so that the others meet the job still queued; the event
     # streams last, once the job and study have ended, so that they end at once too (an
     # in-process client would wait for an endless stream to end).
-    late = ("jobs-cancel", "jobs-delete", "studies-cancel", "jobs-events", "studies-events")
+    late = (
+        "jobs-cancel",
+        "jobs-delete",
+        "studies-cancel",
+        "searches-cancel",
+        "jobs-events",
+        "studies-events",
+    )
     routes.sort(key=lambda route: late.index(route[0]) + 1 if route[0] in late else 0)
     failures = []
     for name, method, template in routes:

@@ -1,0 +1,1 @@
+"""Hyperparameter searches: what a search varies, and the bridge to Optuna's maths."""

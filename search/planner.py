@@ -1,0 +1,353 @@
+"""What a search does next, decided from what its jobs have done: a pure function of the
+search's stored state (jobqueue.searches loads it and applies the plan in one transaction).
+
+Optuna does the maths and nothing else. For every decision a fresh in-memory Optuna study is
+rebuilt from the stored trials: its sampler asks for new configurations (seeded by the trial's
+number, so the same history always asks the same), and its successive-halving pruner says
+whether a trial paused at a rung is among the best 1/η there, i.e. promoted. ASHA's pause and
+promotion, the jobs and the queue stay tricklab's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState as OptunaState
+
+from core.spec import JobSpec
+from jobqueue.states import JobStatus
+from search import space
+from search.spec import SearchSpec
+from search.states import FINAL, IN_FLIGHT, SearchStatus, TrialState
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the planner reads of one of the search's jobs."""
+
+    status: JobStatus
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None  # early stopping ended it there
+    error: str | None = None
+    values: dict[int, float] = field(default_factory=dict)  # the objective by epoch
+
+
+@dataclass
+class TrialView:
+    """A trial as stored; the planner updates state, rung and values in place."""
+
+    number: int
+    params: dict[str, Any]  # Optuna's, by space key
+    sampler_attrs: dict[str, Any]
+    state: TrialState
+    rung: int = 0  # the index of the rung it trains towards, or stopped at
+    values: dict[int, float] = field(default_factory=dict)
+    job_id: str | None = None
+    error: str | None = None
+    new: bool = False  # asked in this plan: the trial row and its job are to be stored
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to queue: a new trial's (`trial`), or a confirmation's (`confirmation`, an index
+    into the confirmations)."""
+
+    spec: JobSpec
+    epoch_limit: int | None = None
+    trial: int | None = None
+    confirmation: int | None = None
+
+
+@dataclass
+class Plan:
+    status: SearchStatus
+    error: str | None = None
+    jobs: list[NewJob] = field(default_factory=list)
+    promote: dict[str, int | None] = field(default_factory=dict)  # job → its new epoch limit
+    end: list[str] = field(default_factory=list)  # paused jobs to end where they stopped
+    confirmations: list[dict[str, Any]] | None = None
+    seeds: list[int] | None = None
+
+
+@dataclass
+class SearchView:
+    spec: SearchSpec
+    status: SearchStatus
+    trials: list[TrialView]
+    jobs: dict[str, JobView]  # every job of the search, by id
+    headroom: int  # jobs the owner's quota still admits
+    confirmations: list[dict[str, Any]] | None = None
+    seeds: list[int] | None = None
+
+
+# Why a configuration cannot train here (a cost limit), or None.
+Check = Callable[[JobSpec], str | None]
+
+
+def plan(search: SearchView, check: Check) -> Plan:
+    """The next moves of a search that has not ended."""
+    result = Plan(search.status, confirmations=search.confirmations, seeds=search.seeds)
+    for trial in search.trials:
+        _observe(search, trial)
+    if result.status == SearchStatus.QUEUED and any(
+        job.status != JobStatus.QUEUED for job in search.jobs.values()
+    ):
+        result.status = SearchStatus.SEARCHING
+    slots = min(search.headroom, search.spec.max_concurrent_trials - _in_flight(search))
+    if result.status in (SearchStatus.QUEUED, SearchStatus.SEARCHING):
+        slots -= _promote(search, result, slots)
+        _ask(search, result, slots, check)
+        if _in_flight(search) == 0 and not result.promote and not _may_ask(search):
+            _end_search_phase(search, result)
+    if result.status == SearchStatus.CONFIRMING:
+        _confirm(search, result, slots)
+    return result
+
+
+def _observe(search: SearchView, trial: TrialView) -> None:
+    """The trial's state and values as its job now stands."""
+    if trial.state in FINAL or trial.job_id is None:
+        return
+    job = search.jobs[trial.job_id]
+    trial.values = {**trial.values, **job.values}
+    if job.status == JobStatus.PAUSED:
+        trial.state = TrialState.PAUSED
+    elif job.status == JobStatus.SUCCEEDED:
+        trial.state = TrialState.COMPLETED
+    elif job.status == JobStatus.FAILED:
+        trial.state, trial.error = TrialState.FAILED, job.error
+    elif job.status == JobStatus.CANCELLED:
+        trial.state = TrialState.CANCELLED
+
+
+def _in_flight(search: SearchView) -> int:
+    return sum(trial.state in IN_FLIGHT for trial in search.trials)
+
+
+def _promote(search: SearchView, result: Plan, slots: int) -> int:
+    """Promote the paused trials the pruner lets through, the highest rungs first: ASHA
+    resumes a promising trial before it starts a new one. Returns how many."""
+    rungs = search.spec.rungs()
+    paused = [trial for trial in search.trials if trial.state == TrialState.PAUSED]
+    paused.sort(key=lambda t: (-t.rung, _sign(search.spec) * -t.values[rungs[t.rung]]))
+    promoted = 0
+    for trial in paused:
+        if promoted == slots:
+            break
+        study = _study(search, evaluating=trial.number)
+        if study.pruner.prune(study, study.trials[trial.number]):
+            continue  # not among the best 1/η of its rung: it waits
+        assert trial.job_id is not None
+        trial.state, trial.rung = TrialState.PROMOTED, trial.rung + 1
+        result.promote[trial.job_id] = _limit(rungs, trial.rung)
+        promoted += 1
+    return promoted
+
+
+def _ask(search: SearchView, result: Plan, slots: int, check: Check) -> None:
+    """Sample new trials into the free slots; a configuration that cannot train is a failed
+    trial, and the next one is asked."""
+    spec = search.spec
+    distributions = space.distributions(spec)
+    while slots > 0 and _may_ask(search):
+        number = len(search.trials)
+        study = _study(search)
+        study.sampler = space.sampler(spec, number)
+        asked = study.ask(distributions)
+        trial = TrialView(
+            number,
+            asked.params,
+            {k: v for k, v in study.trials[-1].system_attrs.items() if not _rung_attr(k)},
+            TrialState.RUNNING,
+            new=True,
+        )
+        search.trials.append(trial)
+        try:
+            job_spec = space.trial_spec(spec.base, asked.params)
+        except ValueError as error:
+            trial.state, trial.error = TrialState.FAILED, str(error)
+            continue
+        if refused := check(job_spec):
+            trial.state, trial.error = TrialState.FAILED, refused
+            continue
+        result.jobs.append(NewJob(job_spec, _limit(spec.rungs(), 0), trial=number))
+        slots -= 1
+
+
+def _may_ask(search: SearchView) -> bool:
+    return len(search.trials) < search.spec.trial_limit
+
+
+def _end_search_phase(search: SearchView, result: Plan) -> None:
+    """Nothing trains and nothing more may start: the paused trials are pruned where they
+    stopped, and the best configurations go to confirmation."""
+    for trial in search.trials:
+        if trial.state == TrialState.PAUSED:
+            assert trial.job_id is not None
+            trial.state = TrialState.PRUNED
+            result.end.append(trial.job_id)
+    chosen = _best(search)
+    if not chosen:
+        result.status = SearchStatus.FAILED
+        result.error = "no trial completed, so there is nothing to confirm; see the trials"
+        return
+    base = search.spec.base
+    result.seeds = search.spec.confirmation_seeds
+    result.confirmations = [_confirmation("base", None, {}, base)] + [
+        _confirmation(
+            f"trial {trial.number}",
+            trial.number,
+            space.decoded(trial.params),
+            space.trial_spec(base, trial.params),
+        )
+        for trial in chosen
+    ]
+    result.status = SearchStatus.CONFIRMING
+
+
+def ranked(search: SearchView) -> list[TrialView]:
+    """The completed trials, best first by their objective on validation."""
+    completed = [t for t in search.trials if t.state == TrialState.COMPLETED]
+    completed = [t for t in completed if not math.isnan(final_value(search, t))]
+    return sorted(completed, key=lambda t: _sign(search.spec) * -final_value(search, t))
+
+
+def _best(search: SearchView) -> list[TrialView]:
+    """The best completed trials by their objective, at most `confirm.top`, each a distinct
+    configuration that is not the base's."""
+    seen = {_key(search.spec.base)}
+    chosen = []
+    for trial in ranked(search):
+        key = _key(space.trial_spec(search.spec.base, trial.params))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(trial)
+    return chosen[: search.spec.confirm.top]
+
+
+def _confirmation(
+    name: str, trial: int | None, params: dict[str, Any], spec: JobSpec
+) -> dict[str, Any]:
+    return {"name": name, "trial": trial, "params": params, "spec": spec.template(), "jobs": []}
+
+
+def _key(spec: JobSpec) -> str:
+    return spec.model_copy(update={"seed": 0}).model_dump_json()
+
+
+def _confirm(search: SearchView, result: Plan, slots: int) -> None:
+    """Queue the confirmation's jobs, seed by seed, as slots free; once all have ended, the
+    search has too."""
+    assert result.confirmations is not None and result.seeds is not None
+    queued = {job.confirmation for job in result.jobs}
+    for index, seed in enumerate(result.seeds):
+        for number, confirmation in enumerate(result.confirmations):
+            if len(confirmation["jobs"]) > index or slots <= 0:
+                continue
+            if number in queued:  # one job a confirmation a plan: its list grows in order
+                continue
+            document = {**confirmation["spec"], "seed": seed}
+            result.jobs.append(NewJob(JobSpec.model_validate(document), confirmation=number))
+            queued.add(number)
+            slots -= 1
+    ids = [job_id for c in result.confirmations for job_id in c["jobs"]]
+    complete = all(len(c["jobs"]) == len(result.seeds) for c in result.confirmations)
+    statuses = [search.jobs[job_id].status for job_id in ids if job_id in search.jobs]
+    if complete and not result.jobs and all(s in _ENDED_JOB for s in statuses):
+        failed = sum(status != JobStatus.SUCCEEDED for status in statuses)
+        if failed:
+            result.status = SearchStatus.FAILED
+            result.error = f"{failed} of the confirmation's {len(ids)} jobs did not succeed"
+        else:
+            result.status = SearchStatus.SUCCEEDED
+
+
+_ENDED_JOB = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def final_value(search: SearchView | SearchSpec, trial: TrialView) -> float:
+    """A completed trial's objective: at its best epoch when early stopping restored it,
+    else at its last epoch."""
+    if not trial.values:
+        return math.nan
+    job = search.jobs.get(trial.job_id or "") if isinstance(search, SearchView) else None
+    if job is not None and job.stopped_epoch is not None and job.best_epoch in trial.values:
+        return trial.values[job.best_epoch]
+    return trial.values[max(trial.values)]
+
+
+def _sign(spec: SearchSpec) -> int:
+    return 1 if space.direction(spec) == "maximize" else -1
+
+
+def _limit(rungs: list[int], rung: int) -> int | None:
+    """The epoch limit of a job training towards this rung; None for the last: all epochs."""
+    return rungs[rung] if rung < len(rungs) - 1 else None
+
+
+def _rung_attr(key: str) -> bool:
+    return key.startswith("completed_rung_")
+
+
+def _study(search: SearchView, evaluating: int | None = None) -> optuna.Study:
+    """The search so far as a fresh in-memory Optuna study. `evaluating`: a paused trial to
+    put to the pruner, added running with its values up to its rung and without its verdict
+    there, so that the pruner compares it with every other trial that reached that rung."""
+    spec = search.spec
+    study = optuna.create_study(
+        direction=space.direction(spec), sampler=space.sampler(spec, 0), pruner=space.pruner(spec)
+    )
+    distributions = space.distributions(spec)
+    rungs = spec.rungs()
+    now = datetime.now()
+    for trial in search.trials:
+        evaluated = trial.number == evaluating
+        values = trial.values
+        if evaluated:
+            values = {e: v for e, v in values.items() if e <= rungs[trial.rung]}
+        passed = trial.rung + (trial.state in (TrialState.PAUSED, TrialState.PRUNED))
+        if trial.state == TrialState.COMPLETED:
+            passed = len(rungs) - 1
+        if evaluated:
+            passed = trial.rung
+        attrs = {
+            f"completed_rung_{k}": values[rungs[k]]
+            for k in range(min(passed, len(rungs) - 1))
+            if rungs[k] in values
+        }
+        state = _optuna_state(trial.state, evaluated)
+        value = final_value(search, trial) if state == OptunaState.COMPLETE else None
+        if value is not None and math.isnan(value):
+            state, value = OptunaState.FAIL, None
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=trial.number,
+                trial_id=trial.number,
+                state=state,
+                value=value,
+                values=None,
+                datetime_start=now,
+                datetime_complete=now if state.is_finished() else None,
+                params=trial.params,
+                distributions={k: distributions[k] for k in trial.params},
+                user_attrs={},
+                system_attrs={**trial.sampler_attrs, **attrs},
+                intermediate_values=values,
+            )
+        )
+    return study
+
+
+def _optuna_state(state: TrialState, evaluated: bool) -> OptunaState:
+    if evaluated or state in IN_FLIGHT:
+        return OptunaState.RUNNING
+    if state == TrialState.COMPLETED:
+        return OptunaState.COMPLETE
+    if state in (TrialState.PAUSED, TrialState.PRUNED):
+        return OptunaState.PRUNED  # the sampler learns from where it stopped
+    return OptunaState.FAIL
