@@ -99,6 +99,7 @@ def plan(search: SearchView, check: Check) -> Plan:
     ):
         result.status = SearchStatus.SEARCHING
     slots = min(search.headroom, search.spec.max_concurrent_trials - _in_flight(search))
+    slots -= _confirming(search)
     if result.status in (SearchStatus.QUEUED, SearchStatus.SEARCHING):
         slots -= _promote(search, result, slots)
         _ask(search, result, slots, check)
@@ -129,19 +130,31 @@ def _in_flight(search: SearchView) -> int:
     return sum(trial.state in IN_FLIGHT for trial in search.trials)
 
 
+def _confirming(search: SearchView) -> int:
+    """The confirmation's jobs queued or training: they share max_concurrent_trials."""
+    ids = [job_id for c in search.confirmations or [] for job_id in c["jobs"]]
+    return sum(search.jobs[job_id].status not in _ENDED_JOB for job_id in ids)
+
+
 def _promote(search: SearchView, result: Plan, slots: int) -> int:
     """Promote the paused trials the pruner lets through, the highest rungs first: ASHA
     resumes a promising trial before it starts a new one. Returns how many."""
     rungs = search.spec.rungs()
     paused = [trial for trial in search.trials if trial.state == TrialState.PAUSED]
     paused.sort(key=lambda t: (-t.rung, _sign(search.spec) * -t.values[rungs[t.rung]]))
+    # The pruner's bar at a rung is the same for every trial paused there: once one fails
+    # it, the worse ones below it would too.
+    blocked: set[int] = set()
     promoted = 0
     for trial in paused:
         if promoted == slots:
             break
+        if trial.rung in blocked:
+            continue
         study = _study(search, evaluating=trial.number)
         if study.pruner.prune(study, study.trials[trial.number]):
-            continue  # not among the best 1/η of its rung: it waits
+            blocked.add(trial.rung)  # not among the best 1/η of its rung: it waits
+            continue
         assert trial.job_id is not None
         trial.state, trial.rung = TrialState.PROMOTED, trial.rung + 1
         result.promote[trial.job_id] = _limit(rungs, trial.rung)

@@ -125,3 +125,17 @@ def test_the_confirmation_ends_when_its_jobs_have():
     search.jobs["d"] = JobView(JobStatus.FAILED)
     failed = plan(search, never)
     assert failed.status == SearchStatus.FAILED and "1 of the confirmation's 4" in failed.error
+
+
+def test_the_confirmation_keeps_within_the_concurrent_trials():
+    search = search_of(status=SearchStatus.CONFIRMING)
+    search.seeds = [1, 2, 3]
+    spec = SPEC.base.template()
+    search.confirmations = [
+        {"name": "base", "trial": None, "params": {}, "spec": spec, "jobs": ["a"]},
+        {"name": "trial 0", "trial": 0, "params": {}, "spec": spec, "jobs": ["c"]},
+    ]
+    search.jobs = {"a": JobView(JobStatus.RUNNING), "c": JobView(JobStatus.QUEUED)}
+    assert plan(search, never).jobs == []  # both of max_concurrent_trials' 2 slots are taken
+    search.jobs["a"] = JobView(JobStatus.SUCCEEDED)
+    assert [(j.confirmation, j.spec.seed) for j in plan(search, never).jobs] == [(0, 2)]
