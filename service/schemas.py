@@ -355,6 +355,11 @@ class TrickInfo(BaseModel):
     parameters: dict[str, dict[str, Any]] = Field(
         description="JSON schema of each parameter: type, default, limits, description."
     )
+    architecture_defaults: dict[str, dict[str, Any]] = Field(
+        description="By architecture, the parameters whose default there differs from the "
+        'schema\'s (empty: none), e.g. {"cnn": {"rate": 0.25}}. A parameter a job '
+        "does not give takes its architecture's default."
+    )
 
 
 class TrickCatalogue(BaseModel):
