@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import numpy as np
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
@@ -29,15 +31,19 @@ from starlette.datastructures import UploadFile
 
 from analysis.report import report
 from analysis.studies import DESIGNS
-from core.spec import TRICKS, JobSpec, trick_catalogue
-from jobqueue.models import Job, trick_names, utcnow
+from core.spec import TRICKS, Architecture, JobSpec, trick_catalogue
+from jobqueue.models import Job, Trial, trick_names, utcnow
 from jobqueue.states import TERMINAL, JobStatus
 from jobqueue.store import JobStore
+from search.space import decoded
+from search.spec import SearchSpec
+from search.states import ENDED
 from service.auth import CSRF_HEADER, SESSION_COOKIE, Caller, foreign_origin
 from service.deps import (
     ID_PATTERN,
     GateDep,
     PagePosition,
+    ProgressDep,
     ReadsDep,
     ResolvedCaller,
     ServingDep,
@@ -46,9 +52,11 @@ from service.deps import (
     StudiesDep,
     compared_variants,
     get_job,
+    get_search,
     get_study,
     next_link,
     resolve_caller,
+    search_read,
     study_runs,
 )
 from service.errors import v1_error
@@ -371,6 +379,83 @@ def study_page(
     )
 
 
+# -- searches -------------------------------------------------------------------------
+
+
+@router.get("/searches", response_class=HTMLResponse)
+def searches_page(request: Request, caller: Viewer) -> Response:
+    if caller is None:
+        return sign_in_first(request)
+    return page(request, "searches.html", caller)
+
+
+@router.get("/ui/searches", response_class=HTMLResponse)
+def searches_table(
+    request: Request, caller: Viewer, reads: ReadsDep, progress: ProgressDep, after: PagePosition
+) -> Response:
+    """The searches table, newest first, a page at a time, with each one's trials per state
+    and best objective so far, as GET /v1/searches/{id} gives them."""
+    if caller is None:
+        return Response(status_code=204, headers={"HX-Redirect": "/"})
+    found, total = reads.list_searches(PAGE + 1, 0, None if caller.admin else caller.name, after)
+    searches = [search_read(progress, search) for search in found[:PAGE]]
+    return page(
+        request,
+        "searches_table.html",
+        caller,
+        searches=searches,
+        total=total,
+        older=next_link(request, found, PAGE),
+        first=after is None,
+        # Only the first page refreshes itself: it is where new and running searches are.
+        active=after is None and any(search.status not in ENDED for search in searches),
+    )
+
+
+@router.get("/searches/{search_id}", response_class=HTMLResponse)
+def search_page(
+    request: Request, caller: Viewer, progress: ProgressDep, search_id: str
+) -> Response:
+    """The search: its status and best trial so far, every trial with its sampled values, and
+    the plots of the space, the best so far and the rungs once a trial has a value to draw."""
+    if caller is None:
+        return sign_in_first(request)
+    if not re.fullmatch(ID_PATTERN, search_id):
+        raise HTTPException(404, f"no search with id {search_id!r}")
+    search = get_search(search_id, progress, caller)
+    jobs = progress.searches.jobs(search.id)
+    spec = SearchSpec.model_validate(search.request)
+    rungs = spec.rungs()
+    rows = [trial_row(trial, jobs, rungs) for trial in progress.searches.trials(search.id)]
+    return page(
+        request,
+        "search.html",
+        caller,
+        search=search_read(progress, search, jobs),
+        spec=spec,
+        rungs=rungs,
+        rows=rows,
+        ended=search.status in ENDED,
+        plots=f"/v1/searches/{search.id}/plots",
+        # As the plot routes draw: once a trial has a value (before, they answer 409).
+        drawn=any(row["last"] is not None and math.isfinite(row["last"]) for row in rows),
+    )
+
+
+def trial_row(trial: Trial, jobs: dict[str, Job], rungs: Sequence[int]) -> dict[str, Any]:
+    """One line of the trials table: the values sampled (as people read them), the epochs its
+    job trained, and the objective at the last epoch the search has recorded."""
+    values = {int(epoch): value for epoch, value in trial.values.items()}
+    job = jobs.get(trial.job_id) if trial.job_id else None
+    return {
+        "trial": trial,
+        "params": decoded(trial.params),
+        "rung_epochs": rungs[min(trial.rung, len(rungs) - 1)],
+        "epochs": job.epochs_done if job else None,
+        "last": values[max(values)] if values else None,
+    }
+
+
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(
     request: Request,
@@ -403,10 +488,7 @@ def new_page(request: Request, caller: Viewer) -> Response:
         "new.html",
         caller,
         spec_fields=[form_field(name, schema) for name, schema in spec.items() if name != "tricks"],
-        catalogue=[
-            {**trick, "fields": [form_field(n, s) for n, s in trick["parameters"].items()]}
-            for trick in trick_catalogue()
-        ],
+        catalogue=[{**trick, "fields": trick_fields(trick)} for trick in trick_catalogue()],
         designs=DESIGNS,
     )
 
@@ -415,8 +497,9 @@ BOUNDS = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusiv
 
 
 def form_field(name: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """How to ask for one JSON schema property in a form: its input kind, default, options
-    and limits, in words. A nullable property may be left empty (the API's default)."""
+    """How to ask for one JSON schema property in a form: its input kind, default (as typed),
+    options and limits, in words. The form sends only what the user changed: an empty input
+    leaves the API's default, which it shows as a placeholder."""
     kinds = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
     main = kinds[0] if kinds else schema
     items = main.get("items", {})
@@ -431,10 +514,42 @@ def form_field(name: str, schema: dict[str, Any]) -> dict[str, Any]:
         "description": schema.get("description", ""),
         "kind": "select" if "enum" in main else kind.get(str(main.get("type")), "text"),
         "options": main.get("enum", []),
-        "default": ", ".join(map(str, default)) if isinstance(default, list) else default,
+        "default": as_typed(default),
         "optional": "anyOf" in schema,
         "bounds": ", ".join(bounds),
     }
+
+
+def trick_fields(trick: dict[str, Any]) -> list[dict[str, Any]]:
+    """A catalogue trick's parameters as form fields, each with its default on every
+    architecture (`defaults`; `default`: the default architecture's): a parameter left
+    empty takes the default of the architecture the job is for, so the form shows the one
+    of the architecture chosen, and the others where they differ."""
+    fields = []
+    for name, schema in trick["parameters"].items():
+        field = form_field(name, schema)
+        field["defaults"] = {
+            architecture: as_typed(
+                trick["architecture_defaults"]
+                .get(architecture, {})
+                .get(name, schema.get("default"))
+            )
+            for architecture in get_args(Architecture)
+        }
+        field["default"] = field["defaults"][JobSpec.model_fields["architecture"].default]
+        fields.append(field)
+    return fields
+
+
+def as_typed(value: Any) -> str | None:
+    """A default as one would type it into the form: 0.5, true, 128, 32."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def when(value: datetime | None) -> str:
@@ -447,5 +562,11 @@ def study_label(study_id: str, name: str | None) -> str:
     return name or study_id[:8]
 
 
+def param_value(value: Any) -> str:
+    """A sampled value as the trials table shows it: a float to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else as_typed(value) or ""
+
+
 templates.env.filters["when"] = when
+templates.env.filters["param"] = param_value
 templates.env.globals["study_label"] = study_label

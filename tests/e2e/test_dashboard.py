@@ -1,13 +1,15 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium, against
 real API and worker processes. Sign in, submit a job from the form (after reading its errors
-beside the fields), watch its curve grow, classify test images by upload; open a study and
-read its verdicts, compare jobs, all at a phone's width too; sign out, which ends the session
-that a copy of the cookie named. Every page visited is saved as a screenshot and checked for
+beside the fields; only the fields changed are sent), watch its curve grow, classify test
+images by upload; open a study and read its verdicts, compare jobs, all at a phone's width too;
+follow a search to its end, its trials and plots; sign out, which ends the session that a copy
+of the cookie named. Every page visited is saved as a screenshot and checked for
 unlabelled controls, sideways scrolling and severe console errors.
 Skipped, saying why, where Chromium or its driver is missing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,23 @@ return [...document.querySelectorAll("input:not([type=hidden]), select, textarea
                  && !(e.tagName === "BUTTON" && e.textContent.trim()))
   .map((e) => e.outerHTML.slice(0, 120));
 """
+
+# Keeps the body of the page's next POST where the page it leads to can read it.
+SENT = """
+const send = window.fetch;
+window.fetch = (url, init) => { sessionStorage.setItem("sent", init.body); return send(url, init); };
+"""
+# Two trials that pause at 1 epoch, the better one promoted to 2, then the best and the base
+# confirmed on 2 fresh seeds each.
+SEARCH = {
+    "name": "tiny search",
+    "base": {**TINY, "epochs": 2},
+    "space": {"learning_rate": {"type": "log_uniform", "low": 0.001, "high": 0.1}},
+    "sampler": "random",
+    "max_trials": 2,
+    "scheduler": {"type": "asha", "min_epochs": 1, "eta": 2},
+    "confirm": {"top": 1, "repeats": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -108,9 +127,22 @@ def test_submit_from_the_form_watch_it_learn_and_classify_test_images(cluster, b
         ("p-dropout-rate", "0.2"),
     ):
         fill(field_id, value)
+    driver.execute_script(SENT)
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     until(driver, lambda d: "/jobs/" in d.current_url, "the new job's page")
     job_id = driver.current_url.rsplit("/", 1)[1]
+    # Only what was changed went out (the selects always choose): the API gives the rest its
+    # defaults, a trick's parameters those of the job's architecture.
+    sent = json.loads(driver.execute_script("return sessionStorage.getItem('sent')"))
+    assert sent == {
+        "dataset": "fashion_mnist",
+        "architecture": "mlp",
+        "epochs": EPOCHS,
+        "learning_rate": TINY["learning_rate"],
+        "validation_size": 100,
+        "hidden_units": [32, 16],
+        "tricks": [{"name": "dropout", "rate": 0.2}],
+    }
     spec = cluster.client.get(f"/v1/jobs/{job_id}").json()["spec"]
     assert (spec["epochs"], spec["hidden_units"], spec["tricks"]) == (
         EPOCHS,
@@ -206,6 +238,43 @@ def test_a_study_shows_its_verdicts_and_finished_jobs_compare_at_a_phones_width(
     assert len(variants) == 1 and "2" in variants[0].text  # one variant, its two runs
     looks_right(driver, tmp_path, "compare-phone")
     driver.set_window_size(1280, 800)
+
+
+def test_a_search_shows_its_trials_and_plots_until_it_ends(cluster, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    search = cluster.client.post("/v1/searches", json=SEARCH).json()
+    sign_in(driver, cluster.url)
+    driver.find_element(By.LINK_TEXT, "Searches").click()
+    until(driver, lambda d: d.find_elements(By.LINK_TEXT, "tiny search"), "the list")[0].click()
+    until(driver, lambda d: f"/searches/{search['id']}" in d.current_url, "the search's page")
+    # The page refreshes itself until the search has ended, then stops, with its plots.
+    until(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#search:not([hx-trigger])"),
+        "the search to end",
+        180,
+    )
+    assert driver.find_element(By.CSS_SELECTOR, "h1 .status").text == "succeeded"
+    rows = driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr")
+    trials = cluster.client.get(f"/v1/searches/{search['id']}/trials").json()["trials"]
+    assert [row.get_attribute("data-trial") for row in rows] == [
+        str(trial["number"]) for trial in trials
+    ]
+    states = [row.get_attribute("data-state") for row in rows]
+    assert "completed" in states and set(states) <= {"completed", "pruned"}, states
+    plots = driver.find_elements(By.CSS_SELECTOR, "img.plot")
+    assert len(plots) == 3
+    for plot in plots:
+        until(
+            driver,
+            lambda d, plot=plot: d.execute_script("return arguments[0].naturalWidth", plot),
+            "a plot",
+        )
+    looks_right(driver, tmp_path, "search")
+    rows[0].find_element(By.CSS_SELECTOR, "td:last-child a").click()
+    until(driver, lambda d: f"/jobs/{trials[0]['job_id']}" in d.current_url, "the trial's job")
 
 
 def test_signing_out_ends_the_session_that_the_cookie_named(cluster, browser):

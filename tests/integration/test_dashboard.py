@@ -13,11 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlalchemy.orm import Session
 
 from core.config import Settings
+from core.spec import ARCHITECTURE_DEFAULTS
 from jobqueue.accounts import SESSION_GRACE, SESSIONS_PER_USER
-from jobqueue.models import utcnow
+from jobqueue.models import Trial, utcnow
 from service.auth import CACHE_SECONDS, CSRF_HEADER, SESSION_COOKIE
 from tests.support.auth import ADMIN_HEADERS, ADMIN_TOKEN
 from tests.support.cluster import wait_for
@@ -416,3 +418,136 @@ def test_a_session_ends_no_later_than_its_token(tmp_path, data_dir):
         assert 86_390 <= age <= 86_400  # the token's day, not the session's 48 hours
         answer = browser.post("/signin", data={"token": ADMIN_TOKEN}, follow_redirects=False)
         assert "Max-Age=172800" in answer.headers["set-cookie"]
+
+
+# A search of 2 trials at once, 4 in all, on TINY; no job of it trains here.
+SEARCH = {
+    "name": "tiny random",
+    "base": {**TINY, "epochs": 3},
+    "space": {
+        "learning_rate": {"type": "log_uniform", "low": 0.001, "high": 0.1},
+        "hidden_units": {"type": "choice", "values": [[32, 16], [8]]},
+    },
+    "sampler": "random",
+    "max_trials": 4,
+    "max_concurrent_trials": 2,
+    "scheduler": {"type": "asha", "min_epochs": 1, "eta": 3},
+    "confirm": {"top": 1, "repeats": 2},
+}
+
+
+def trials_recorded(browser: TestClient, search_id: str, rows: dict[int, dict]) -> None:
+    """Set trials' state and validation objective by epoch, as the search's advances record
+    them from their jobs' metrics."""
+    with Session(browser.app.state.tricklab.store.engine) as session, session.begin():
+        for number, values in rows.items():
+            session.execute(
+                update(Trial)
+                .where(Trial.search_id == search_id, Trial.number == number)
+                .values(**values)
+            )
+
+
+def test_the_searches_page_lists_searches_with_their_trials_and_best_so_far(browser, client):
+    sign_in(browser)
+    assert '<a href="/searches">Searches</a>' in browser.get("/").text  # in the navigation
+    search = client.post("/v1/searches", json=SEARCH).json()
+    page = browser.get("/searches")
+    assert page.status_code == 200 and 'hx-get="/ui/searches"' in page.text
+    table = browser.get("/ui/searches").text
+    assert f'<a href="/searches/{search["id"]}">tiny random</a>' in table
+    assert f'<span class="status {search["status"]}">' in table
+    assert "2 · running 2" in table and "1 shown of 1" in table
+    assert 'hx-trigger="every 3s"' in table  # it follows searches that have not ended
+
+    client.post(f"/v1/searches/{search['id']}/cancel")
+    trials_recorded(browser, search["id"], {0: {"state": "completed", "values": {"3": 0.75}}})
+    table = browser.get("/ui/searches").text
+    assert '<span class="status cancelled">cancelled</span>' in table
+    assert "2 · completed 1 · cancelled 1" in table
+    assert "0.7500 <small>val_accuracy, trial 0</small>" in table
+    assert 'hx-trigger="every 3s"' not in table
+
+
+def test_the_search_page_shows_its_trials_values_and_plots_and_cancels(browser, client):
+    csrf = sign_in(browser)
+    search = client.post("/v1/searches", json=SEARCH).json()
+    trials = client.get(f"/v1/searches/{search['id']}/trials").json()["trials"]
+    url = f"/searches/{search['id']}"
+    page = browser.get(url).text
+    assert f'<h1>Search: tiny random <span class="status {search["status"]}">' in page
+    assert 'hx-trigger="every 3s"' in page and 'id="cancel"' in page  # live until it ends
+    assert "No trial has completed yet." in page and "<img" not in page  # nothing drawn yet
+    plots = f"/v1/searches/{search['id']}/plots"
+    assert browser.get(f"{plots}/parallel?format=svg").status_code == 409
+    header = re.search(r"<thead>(.*?)</thead>", page, re.S).group(1)
+    assert [cell for cell in re.findall(r'<th scope="col">([^<]*)</th>', header)] == [
+        "Trial",
+        "State",
+        "Rung (epochs)",
+        "Epochs",
+        "learning_rate",
+        "hidden_units",
+        "val_accuracy at the last epoch",
+        "Job",
+    ]
+    for trial in trials:
+        row = re.search(rf'<tr data-trial="{trial["number"]}".*?</tr>', page, re.S).group(0)
+        job = trial["job_id"]
+        assert f'<a href="/jobs/{job}">{job[:8]}</a>' in row and "0 (1)" in row
+        assert f"{trial['params']['learning_rate']:.4g}" in row
+        assert ", ".join(map(str, trial["params"]["hidden_units"])) in row
+
+    # The page's cancel posts to the API with the session's CSRF token, as htmx does.
+    assert browser.post(f"/v1/searches/{search['id']}/cancel").status_code == 403
+    assert browser.post(f"/v1/searches/{search['id']}/cancel", headers=csrf).status_code == 200
+    trials_recorded(
+        browser,
+        search["id"],
+        {
+            0: {"state": "completed", "values": {"1": 0.5, "3": 0.75}},
+            1: {"state": "pruned", "values": {"1": 0.25}},
+        },
+    )
+    page = browser.get(url).text
+    assert 'hx-trigger="every 3s"' not in page and 'id="cancel"' not in page
+    assert "Trial 0: val_accuracy <strong>0.7500</strong> on validation" in page
+    first, second = (
+        re.search(rf'<tr data-trial="{n}".*?</tr>', page, re.S).group(0) for n in (0, 1)
+    )
+    assert "<td>0.7500</td>" in first and "<td>0.2500</td>" in second
+    for name in ("parallel", "best", "rungs"):  # drawn by the API, the session's cookie its key
+        assert f'<img class="plot" src="{plots}/{name}?format=svg"' in page
+        image = browser.get(f"{plots}/{name}?format=svg")
+        assert image.status_code == 200 and image.headers["content-type"] == "image/svg+xml"
+
+
+def test_another_users_search_is_404_on_its_page_and_absent_from_their_list(browser, client):
+    search = client.post("/v1/searches", json=SEARCH).json()
+    user = client.post("/v1/users", json={"name": "bob", "role": "user"}).json()
+    sign_in(browser, user["token"])
+    missing = browser.get(f"/searches/{search['id']}")
+    assert missing.status_code == 404 and search["id"] in missing.text
+    assert browser.get("/searches/not-an-id").status_code == 404
+    assert search["id"] not in browser.get("/ui/searches").text
+
+
+def test_the_form_starts_empty_and_shows_each_default_of_the_chosen_architecture(
+    browser, monkeypatch
+):
+    """Every input starts empty, its default its placeholder, so that the form sends only what
+    the user changed: a trick parameter left alone then takes the default of the job's own
+    architecture (dashboard.js shows the chosen one's from data-defaults)."""
+    monkeypatch.setitem(ARCHITECTURE_DEFAULTS["cnn"], "dropout", {"rate": 0.25})
+    sign_in(browser)
+    form = browser.get("/new").text
+    rate = re.search(r'<input id="p-dropout-rate"[^>]*>', form, re.S).group(0)
+    assert 'value=""' in rate and 'placeholder="0.5"' in rate
+    assert """data-defaults='{"cnn": "0.25", "mlp": "0.5"}'""" in rate
+    assert "Default by architecture: mlp 0.5, cnn 0.25." in form
+    momentum = re.search(r'<input id="p-momentum-momentum"[^>]*>', form, re.S).group(0)
+    assert 'value=""' in momentum and 'placeholder="0.9"' in momentum
+    spatial = re.search(r'<select id="p-dropout-spatial".*?</select>', form, re.S).group(0)
+    assert '<option value="">default (false)</option>' in spatial and "selected" not in spatial
+    epochs = re.search(r'<input id="f-epochs"[^>]*>', form, re.S).group(0)
+    assert 'value=""' in epochs and 'placeholder="10"' in epochs

@@ -1,5 +1,6 @@
 // The dashboard's own script: live learning curves (EventSource + uPlot), dropping files to
-// predict, and the new job/study form posting JSON to the API. No build step.
+// predict, and the new job/study form posting JSON to the API (only the fields changed). No
+// build step.
 "use strict";
 // The session's CSRF token, as the page carries it for htmx.
 const CSRF = JSON.parse(document.body.getAttribute("hx-headers") || "{}");
@@ -66,12 +67,13 @@ function dropFiles(form) {
   });
 }
 
-// An input's value as the API takes it, or undefined to leave the API's default. What does
-// not parse as a number is sent as typed, so that the API's 422 names it.
+// An input's value as the API takes it, or undefined to leave the API's default: an empty
+// input, or a boolean left at "default". What does not parse as a number is sent as typed, so
+// that the API's 422 names it.
 function valueOf(input) {
-  if (input.dataset.kind === "boolean") return input.checked;
   const v = input.value.trim();
   if (v === "") return undefined;
+  if (input.dataset.kind === "boolean") return v === "true";
   const number = (x) => (x !== "" && Number.isFinite(Number(x)) ? Number(x) : x);
   if (input.dataset.kind === "number") return number(v);
   if (input.dataset.kind === "list") return v.split(/[\s,]+/).filter(Boolean).map(number);
@@ -96,11 +98,27 @@ function errorKey(field, prefix, tricks) {
   return field.replace(/\[\d+\]$/, "");
 }
 
+// Show each trick parameter's default on the chosen architecture: what the API gives a
+// parameter the form leaves empty.
+function architectureDefaults(form) {
+  const architecture = form.querySelector("[data-field=architecture]");
+  const show = () => {
+    for (const input of form.querySelectorAll("[data-defaults]")) {
+      const value = JSON.parse(input.dataset.defaults)[architecture.value];
+      if (input.tagName === "SELECT") input.options[0].textContent = "default (" + value + ")";
+      else input.placeholder = value;
+    }
+  };
+  architecture.addEventListener("change", show);
+  show();
+}
+
 function newForm(form) {
   const kind = () => form.querySelector("input[name=kind]:checked").value;
   const toggle = () => form.classList.toggle("study", kind() === "study");
   form.querySelectorAll("input[name=kind]").forEach((r) => r.addEventListener("change", toggle));
   toggle();
+  architectureDefaults(form);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     form.querySelectorAll("[data-error-for], #e-form").forEach((e) => { e.textContent = ""; });
@@ -135,10 +153,12 @@ function newForm(form) {
 document.addEventListener("DOMContentLoaded", () => {
   const box = document.getElementById("curves");
   if (box) curves(box);
-  // Once cancelled, the page shows the job as it now is. (Not hx-on: an attribute's script
-  // needs eval, which the Content-Security-Policy forbids.)
-  const cancel = document.getElementById("cancel");
-  if (cancel) cancel.addEventListener("htmx:afterRequest", () => location.reload());
+  // Once cancelled, the page shows the job or search as it now is. Listened for on the body,
+  // as htmx's events bubble there, because a live page swaps its button for a new one. (Not
+  // hx-on: an attribute's script needs eval, which the Content-Security-Policy forbids.)
+  document.body.addEventListener("htmx:afterRequest", (event) => {
+    if (event.target.id === "cancel") location.reload();
+  });
   const predict = document.getElementById("predict");
   if (predict) dropFiles(predict);
   const form = document.getElementById("new-form");
