@@ -71,7 +71,11 @@ class NothingToPlot(Exception):
 
 def render(name: PlotName, data: ReportRead, title: str, fmt: Format = "png") -> bytes:
     """The named plot of a report as an image file."""
-    figure = draw(name, data, title)
+    return image(draw(name, data, title), fmt)
+
+
+def image(figure: Figure, fmt: Format) -> bytes:
+    """A figure as an image file."""
     out = io.BytesIO()
     # No creation date in the file: the same report always gives the same bytes.
     metadata = {"Date": None} if fmt == "svg" else {}
@@ -124,7 +128,7 @@ def _accuracy(data: ReportRead, title: str) -> Figure:
     variants = [v for v in _with_runs(data) if v.final_test_accuracy]
     if not variants:
         raise NothingToPlot("no finished run has a test accuracy yet")
-    figure, axes = _interval_rows([_label(v.name, VARIANT_INCHES) for v in variants])
+    figure, axes = _interval_rows([label(v.name, VARIANT_INCHES) for v in variants])
     for row, (variant, colour) in enumerate(_coloured(variants)):
         accuracy = variant.final_test_accuracy
         assert accuracy is not None
@@ -149,7 +153,7 @@ def _effects(data: ReportRead, title: str) -> Figure:
             "no trick is compared yet: it needs two variants that differ by that trick alone, "
             "with runs of the same seeds finished"
         )
-    figure, axes = _interval_rows([_label(e.trick, TRICK_INCHES) for e in effects])
+    figure, axes = _interval_rows([label(e.trick, TRICK_INCHES) for e in effects])
     for row, effect in enumerate(effects):
         colour = VERDICT_COLOURS.get(effect.verdict, NEUTRAL)
         assert effect.difference is not None
@@ -175,7 +179,12 @@ DRAW: dict[str, Callable[[ReportRead, str], Figure]] = {
 def draw(name: PlotName, data: ReportRead, title: str) -> Figure:
     """The named plot of a report as a figure. The title may hold text that users write: it is
     drawn as written, on at most TITLE_LINES lines of its own above the plot's description."""
-    return DRAW[name](data, _lines(title, TITLE_CHARACTERS, TITLE_LINES))
+    return DRAW[name](data, heading(title))
+
+
+def heading(title: str) -> str:
+    """A title that users may write, as drawn: on at most TITLE_LINES lines (see `_lines`)."""
+    return _lines(title, TITLE_CHARACTERS, TITLE_LINES)
 
 
 def _with_runs(data: ReportRead) -> list[VariantReport]:
@@ -200,8 +209,8 @@ def _band(axes: Axes, variant: VariantReport, key: str, colour: Any) -> bool:
         return False
     epochs = variant.curves.epoch
     marker = "o" if len(epochs) == 1 else None  # one point draws no line
-    label = _label(variant.name, VARIANT_INCHES)
-    axes.plot(epochs, mean, color=colour, label=label, marker=marker, linewidth=1.6)
+    name = label(variant.name, VARIANT_INCHES)
+    axes.plot(epochs, mean, color=colour, label=name, marker=marker, linewidth=1.6)
     # An interval past what the metric can reach (accuracy over 100%, a negative loss) says
     # only that the runs are few: draw it to the reachable range.
     floor, ceiling = RANGES[key]
@@ -300,9 +309,9 @@ def _lines(text: str, width: int, count: int) -> str:
     return "\n".join(_fit(line, FIGURE_INCHES, size) for line in lines)
 
 
-def _label(name: str, inches: float) -> str:
-    """A variant's or trick's name as a row label or a legend entry: printable, on one line,
-    cut off with an ellipsis where it is wider than `inches`."""
+def label(name: str, inches: float) -> str:
+    """A name (a variant's, a trick's, a search's choice) as a row label, a legend entry or a
+    tick label: printable, on one line, cut off with an ellipsis where wider than `inches`."""
     return _fit(name.translate(_DRAWABLE), inches, matplotlib.rcParams["ytick.labelsize"])
 
 

@@ -447,7 +447,7 @@ def variants_csv(data: ReportRead) -> str:
             row += [value.mean, value.low, value.high] if value else [None] * 3
         row.append(" ".join(str(e) if e else "none" for e in variant.stopped_epochs))
         rows.append(row)
-    return _csv(header, rows)
+    return csv_table(header, rows)
 
 
 def effects_csv(data: ReportRead) -> str:
@@ -475,7 +475,7 @@ def effects_csv(data: ReportRead) -> str:
                 "; ".join(f"{p.without} → {p.with_}" for p in effect.pairs),
             ]
         )
-    return _csv(header, rows)
+    return csv_table(header, rows)
 
 
 # A spreadsheet opening a CSV file takes a cell that starts with one of these for a formula
@@ -484,7 +484,7 @@ def effects_csv(data: ReportRead) -> str:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
+def csv_table(header: list[str], rows: list[list[Any]]) -> str:
     """A CSV table in which no text cell starts a formula: every text cell goes through the
     rule, so text that users write (and names built from it) cannot. Numbers are written as
     numbers, negative ones included: to a spreadsheet they are numbers, not formulas."""

@@ -5,7 +5,7 @@ else: `-o json` prints the API's own objects, unchanged; a command that creates 
 prints just its id when its output is not a terminal; the exit status says how it went.
 
 This module only assembles the app: each noun's commands live in their own module (jobs,
-studies, predict, tricks, login), and what they share in cli/common.py."""
+studies, searches, predict, tricks, login), and what they share in cli/common.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from cli.common import EXIT_CODES, Session
 from cli.jobs import jobs
 from cli.login import login
 from cli.predict import predict
+from cli.searches import searches
 from cli.studies import studies
 from cli.tricks import tricks
 
@@ -46,6 +47,7 @@ app = typer.Typer(
 )
 app.add_typer(jobs, name="jobs")
 app.add_typer(studies, name="studies")
+app.add_typer(searches, name="search")
 app.command("predict")(predict)
 app.command("tricks")(tricks)
 app.command("login")(login)

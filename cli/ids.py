@@ -1,8 +1,8 @@
-"""Short ids: a job's or study's id given by its first hex digits, as git takes a commit's,
-resolved to the one full id it starts. The server lists the items the caller can see whose id
-starts so (`id_prefix`): a user's own, an admin's everyone's, so a prefix never reveals another
-owner's ids to a user. Its messages say "you can see", true of either role, as the CLI does not
-ask which the caller has."""
+"""Short ids: a job's, study's or search's id given by its first hex digits, as git takes a
+commit's, resolved to the one full id it starts. The server lists the items the caller can see
+whose id starts so (`id_prefix`): a user's own, an admin's everyone's, so a prefix never reveals
+another owner's ids to a user. Its messages say "you can see", true of either role, as the CLI
+does not ask which the caller has."""
 
 from __future__ import annotations
 
@@ -18,8 +18,13 @@ PREFIX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},32}}")
 # How many candidates an ambiguous prefix lists.
 CANDIDATES = 10
 
-Noun = Literal["job", "study"]
-LISTS = {"job": ("/v1/jobs", "jobs"), "study": ("/v1/studies", "studies")}
+Noun = Literal["job", "study", "search"]
+# Each noun's list route, and its key in the list's answer (the noun's plural).
+LISTS = {
+    "job": ("/v1/jobs", "jobs"),
+    "study": ("/v1/studies", "studies"),
+    "search": ("/v1/searches", "searches"),
+}
 
 
 def resolve_id(client: Api, noun: Noun, given: str) -> str:
@@ -47,14 +52,15 @@ def resolve_id(client: Api, noun: Noun, given: str) -> str:
     if total > len(found):
         lines.append(f"  … and {total - len(found)} more")
     raise Failure(
-        f"{text!r} is ambiguous: {total} {'jobs' if noun == 'job' else 'studies'} you can "
-        "see have ids starting with it; give more of the id:\n" + "\n".join(lines),
+        f"{text!r} is ambiguous: {total} {key} you can see have ids starting with it; give "
+        "more of the id:\n" + "\n".join(lines),
         NOT_FOUND,
     )
 
 
 def candidate_line(noun: Noun, item: dict[str, Any]) -> str:
-    """One of the items a prefix names: its id, status, when it was made, and a study's name."""
-    name = f" {item['name']!r}" if noun == "study" and item.get("name") else ""
+    """One of the items a prefix names: its id, status, when it was made, and a study's or
+    search's name."""
+    name = f" {item['name']!r}" if noun != "job" and item.get("name") else ""
     created = str(item.get("created_at", ""))[:19].replace("T", " ")  # to the second
     return f"{item['id']} {item['status']}{name} created {created}"

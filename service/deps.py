@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import pathlib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Path, Query, Request, Security, params
+from fastapi import Depends, HTTPException, Path, Query, Request, Response, Security, params
 from fastapi.dependencies.utils import get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -30,13 +31,15 @@ from jobqueue.reads import Position, Reads
 from jobqueue.states import JobStatus
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
-from search.progress import Progress
+from search.progress import Progress, best_trial
+from search.space import decoded
+from search.spec import SearchSpec
 from service.admission import CALLER
 from service.auth import Caller, Gate
 from service.errors import http_error
 from service.events import Watch
 from service.metrics import ApiMetrics
-from service.schemas import ID_PATTERN
+from service.schemas import ID_PATTERN, SearchRead, SearchSummary, TrialList, TrialRead
 from service.serving import NotFound, Serving, ServingError, servable, visible_job
 from service.state import app_state
 
@@ -251,6 +254,55 @@ def get_search(search_id: SearchId, progress: ProgressDep, caller: CallerDep) ->
 
 
 SearchDep = Annotated[Search, Depends(get_search)]
+
+
+def search_read(
+    progress: Progress, search: Search, jobs: dict[str, Job] | None = None
+) -> SearchRead:
+    """The search as its routes and its event stream show it: its trials per state and in all,
+    and the best trial so far on validation. `jobs`: its jobs by id, when already read."""
+    trials = progress.searches.trials(search.id)
+    jobs = progress.searches.jobs(search.id) if jobs is None else jobs
+    states = Counter(trial.state for trial in trials)
+    return SearchRead(
+        **SearchSummary.of(search).model_dump(),
+        request=search.request,
+        trials={**states, "total": len(trials)},
+        best=best_trial(search, trials, jobs),
+    )
+
+
+def search_trials(progress: Progress, search: Search) -> TrialList:
+    """The trials as the API answers them: what the JSON, the CSV and the plots show."""
+    spec = SearchSpec.model_validate(search.request)
+    rungs = spec.rungs()
+    return TrialList(
+        search_id=search.id,
+        objective=spec.objective,
+        rungs=rungs,
+        trials=[
+            TrialRead(
+                number=trial.number,
+                job_id=trial.job_id,
+                params=decoded(trial.params),
+                state=trial.state,
+                rung=trial.rung,
+                rung_epochs=rungs[min(trial.rung, len(rungs) - 1)],
+                values={int(epoch): value for epoch, value in trial.values.items()},
+                error=trial.error,
+            )
+            for trial in progress.searches.trials(search.id)
+        ],
+    )
+
+
+def csv_response(text: str, filename: str) -> Response:
+    """A CSV table as a download."""
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 async def no_unknown_query(request: Request) -> None:

@@ -1,4 +1,5 @@
-"""Server-Sent Events: a job's status and epochs, a study's progress, as they happen.
+"""Server-Sent Events: a job's status and epochs, a study's or a search's progress, as they
+happen.
 
 Workers write to the database, never to the API, and there may be several API processes, so
 a stream follows the database. One `Watch` per API process asks it, every
@@ -20,11 +21,12 @@ from starlette.concurrency import run_in_threadpool
 
 from jobqueue.models import Job, Study
 from jobqueue.reads import Reads
-from jobqueue.states import TERMINAL
+from jobqueue.states import TERMINAL, JobStatus
 from jobqueue.store import JobStore
 from jobqueue.studies import Studies
+from search.states import ENDED
 from service.auth import CACHE_SECONDS
-from service.schemas import EpochRead, JobRead, StudySummary
+from service.schemas import EpochRead, JobRead, SearchRead, StudySummary
 
 log = logging.getLogger("tricklab.service")
 # A stream re-reads this often even without news: a safety net, should a change slip past
@@ -37,6 +39,8 @@ RETRY_MS = 2000
 RECHECK_SECONDS = CACHE_SECONDS
 
 Allowed = Callable[[], Awaitable[bool]]  # whether the stream's caller may still follow it
+# A search as it stands (as GET /v1/searches/{id} shows it), and the status of each of its jobs.
+LookSearch = Callable[[], tuple[SearchRead, dict[str, JobStatus]]]
 
 
 class Watch:
@@ -147,11 +151,45 @@ async def study_events(
                 return
 
 
-async def _next_move(moved: asyncio.Event, allowed: Allowed) -> bool:
-    """Wait until a followed job moves, or REREAD_SECONDS pass; False, at once, when the caller
-    may no longer follow the stream."""
+async def search_events(
+    look: LookSearch, watch: Watch, allowed: Allowed
+) -> AsyncIterator[ServerSentEvent]:
+    """`progress` with the search at first and whenever its trials or jobs move; `end` with it
+    once it has ended. The jobs it adds are followed as they come. The stream closes without
+    `end` once its caller may no longer follow it."""
+    read, jobs = await run_in_threadpool(look)
+    shown: SearchRead | None = None
+    # A search advances in a transaction of its own right after one of its jobs settles, and
+    # the sweep advances it too: news that no followed job announces. After news the stream
+    # looks again soon, then less and less often while nothing changes.
+    soon = watch.interval
+    while True:
+        followed = set(jobs)
+        with watch.follow(list(followed)) as moved:
+            while True:
+                if read != shown:
+                    yield _event("progress", read, retry=RETRY_MS if shown is None else None)
+                    shown = read
+                if read.status in ENDED:
+                    yield _event("end", read)
+                    return
+                if set(jobs) != followed:
+                    break  # follow the jobs it added too
+                if not await _next_move(moved, allowed, soon):
+                    return
+                moved.clear()
+                before = (read, jobs)
+                read, jobs = await run_in_threadpool(look)
+                soon = watch.interval if (read, jobs) != before else min(2 * soon, REREAD_SECONDS)
+
+
+async def _next_move(
+    moved: asyncio.Event, allowed: Allowed, within: float = REREAD_SECONDS
+) -> bool:
+    """Wait until a followed job moves, or `within` seconds pass; False, at once, when the
+    caller may no longer follow the stream."""
     loop = asyncio.get_running_loop()
-    until = loop.time() + REREAD_SECONDS
+    until = loop.time() + within
     while await allowed():
         left = until - loop.time()
         if moved.is_set() or left <= 0:

@@ -29,6 +29,7 @@ from core.results import EpochRow, JobResult
 from core.spec import JobSpec
 from jobqueue.models import EpochMetrics, Job, Search, Study
 from jobqueue.states import JobStatus
+from search.plots import PlotName as SearchPlotName
 from search.report import BestTrial
 
 # Ids are uuid4 hex: anything else names nothing, and is refused before the database is asked.
@@ -627,8 +628,11 @@ class InferenceResponse(BaseModel):
 class SearchLinks(BaseModel):
     self: str
     trials: str
+    trials_csv: str
     report: str
+    report_csv: str
     cancel: str
+    plots: dict[str, str] = Field(description="PNG by default; add ?format=svg for SVG.")
 
 
 class SearchSummary(BaseModel):
@@ -654,8 +658,14 @@ class SearchSummary(BaseModel):
             links=SearchLinks(
                 self=f"/v1/searches/{search.id}",
                 trials=f"/v1/searches/{search.id}/trials",
+                trials_csv=f"/v1/searches/{search.id}/trials.csv",
                 report=f"/v1/searches/{search.id}/report",
+                report_csv=f"/v1/searches/{search.id}/report.csv",
                 cancel=f"/v1/searches/{search.id}/cancel",
+                plots={
+                    name: f"/v1/searches/{search.id}/plots/{name}"
+                    for name in get_args(SearchPlotName)
+                },
             ),
         )
 

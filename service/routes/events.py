@@ -1,4 +1,4 @@
-"""Follow a job or a study live, as Server-Sent Events (`text/event-stream`)."""
+"""Follow a job, a study or a search live, as Server-Sent Events (`text/event-stream`)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,24 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette import EventSourceResponse
 
+from jobqueue.states import JobStatus
 from service.deps import (
     MAX_INT,
     CallerDep,
     JobDep,
+    ProgressDep,
+    SearchDep,
     StoreDep,
     StudiesDep,
     StudyDep,
     WatchDep,
     get_caller,
     no_unknown_query,
+    search_read,
 )
 from service.errors import errors
-from service.events import Allowed, job_events, study_events
+from service.events import Allowed, job_events, search_events, study_events
+from service.schemas import SearchRead
 from service.state import app_state
 
 log = logging.getLogger("tricklab.service")
@@ -126,4 +131,32 @@ async def follow_study(
 ) -> EventSourceResponse:
     """A study's progress as it happens, until it ends."""
     events = study_events(study, studies, watch, still_allowed(request))
+    return EventSourceResponse(events, headers=NO_BUFFERING)
+
+
+@router.get(
+    "/v1/searches/{search_id}/events",
+    name="searches-events",
+    response_class=EventSourceResponse,
+    responses=_stream(
+        "`event: progress` with the search (as GET /v1/searches/{search_id}: status, trials "
+        "per state and in all, the best trial so far on validation), at first and whenever "
+        "its trials or jobs move; `event: end` with it once the search has ended, then the "
+        "stream closes.",
+        "progress",
+        "end",
+    ),
+)
+async def follow_search(
+    request: Request, search: SearchDep, progress: ProgressDep, watch: WatchDep
+) -> EventSourceResponse:
+    """A search's progress as it happens, until it ends."""
+
+    def look() -> tuple[SearchRead, dict[str, JobStatus]]:
+        current = progress.searches.get(search.id) or search
+        jobs = progress.searches.jobs(search.id)
+        statuses = {job_id: job.status for job_id, job in jobs.items()}
+        return search_read(progress, current, jobs), statuses
+
+    events = search_events(look, watch, still_allowed(request))
     return EventSourceResponse(events, headers=NO_BUFFERING)

@@ -1,27 +1,33 @@
 """Plots as PNG or SVG (`?format=svg`): a study's, any succeeded jobs' (the compare report),
-and one job's learning curves so far, whatever its status.
+one job's learning curves so far, whatever its status, and a search's trials.
 
 The routes are plain `def`: drawing takes tens to hundreds of milliseconds of CPU, which
 FastAPI then spends in a worker thread instead of the event loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 
 from analysis import plots
 from analysis.report import ReportRead, job_curves, report
+from search import plots as search_plots
+from search.spec import SearchSpec
 from service.deps import (
     UNFINISHED,
     CallerDep,
     JobDep,
     JobIds,
+    ProgressDep,
     ReadsDep,
+    SearchDep,
     StudyDep,
     compared_variants,
     get_caller,
     no_unknown_query,
+    search_trials,
     study_report,
 )
 from service.errors import errors
@@ -92,9 +98,31 @@ def job_plot(
     return _image(name, data, f"Job {job.id} ({data.variants[0].name}, {job.status})", fmt)
 
 
+@_image_route(
+    "/v1/searches/{search_id}/plots/{name}",
+    "searches-plot",
+    errors(404, 422, conflict="Nothing to draw yet: no trial has a value."),
+    f"A plot of the search's trials so far. {search_plots.NAMES}",
+)
+def search_plot(
+    search: SearchDep,
+    progress: ProgressDep,
+    name: search_plots.PlotName,
+    fmt: FormatQuery = "png",
+) -> Response:
+    spec = SearchSpec.model_validate(search.request)
+    title = f"Search {search.name!r}" if search.name else f"Search {search.id[:8]}"
+    trials = search_trials(progress, search).trials
+    return _drawn(lambda: search_plots.render(name, spec, trials, title, fmt), fmt)
+
+
 def _image(name: plots.PlotName, data: ReportRead, title: str, fmt: plots.Format) -> Response:
+    return _drawn(lambda: plots.render(name, data, title, fmt), fmt)
+
+
+def _drawn(draw: Callable[[], bytes], fmt: plots.Format) -> Response:
     try:
-        image = plots.render(name, data, title, fmt)
+        image = draw()
     except plots.NothingToPlot as reason:
         raise HTTPException(409, f"nothing to plot yet: {reason}") from None
     return Response(image, media_type=plots.MEDIA_TYPES[fmt])

@@ -1,18 +1,20 @@
 """Searches: sample configurations with Optuna, stop the weak ones at ASHA's rungs, then confirm
-the best on fresh seeds. Create, list, read, follow the trials, read the report, cancel."""
+the best on fresh seeds. Create, list, read, follow the trials, read the report, cancel; the
+trials and the report as CSV (their plots are with the others, in service/routes/plots.py)."""
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from analysis.report import csv_table
 from core.cost import refusals
-from jobqueue.models import Search
-from search.progress import best_trial, search_report
-from search.report import SearchReport
-from search.space import decoded
+from search import plots as search_plots
+from search.progress import search_report
+from search.report import Interval, SearchReport
 from search.spec import SearchSpec
 from service.deps import (
     CallerDep,
@@ -24,9 +26,12 @@ from service.deps import (
     ReadsDep,
     SearchDep,
     SettingsDep,
+    csv_response,
     get_caller,
     next_link,
     no_unknown_query,
+    search_read,
+    search_trials,
 )
 from service.errors import BODY, errors, refused
 from service.schemas import (
@@ -35,11 +40,11 @@ from service.schemas import (
     SearchRead,
     SearchSummary,
     TrialList,
-    TrialRead,
 )
 
 log = logging.getLogger("tricklab.service")
 router = APIRouter(tags=["searches"], dependencies=[Depends(get_caller), Depends(no_unknown_query)])
+CSV = {"content": {"text/csv": {"schema": {"type": "string"}}}}
 
 
 @router.post(
@@ -63,10 +68,13 @@ def create_search(
         raise refused(found, within=("base",))
     name = search.name or f"search {search.sampler}"
     row = progress.searches.create(caller.name, name, search.model_dump(mode="json"))
-    row = progress.advance(row.id) or row
+    try:
+        row = progress.advance(row.id) or row
+    except Exception:  # stored all the same: the API's next round of searches tries again
+        log.warning("search=%s: its first trials could not be asked", row.id, exc_info=True)
     log.info("search=%s created owner=%s", row.id, caller.name)
     response.headers["Location"] = f"/v1/searches/{row.id}"
-    return _read(progress, row)
+    return search_read(progress, row)
 
 
 @router.get(
@@ -101,7 +109,7 @@ def list_searches(
 )
 def get_search(search: SearchDep, progress: ProgressDep) -> SearchRead:
     """The search: status, its trials per state, and the best trial so far on validation."""
-    return _read(progress, search)
+    return search_read(progress, search)
 
 
 @router.get(
@@ -112,26 +120,38 @@ def get_search(search: SearchDep, progress: ProgressDep) -> SearchRead:
 )
 def get_trials(search: SearchDep, progress: ProgressDep) -> TrialList:
     """Every trial: its sampled parameters, state, rung and validation objective by epoch."""
-    spec = SearchSpec.model_validate(search.request)
-    rungs = spec.rungs()
-    return TrialList(
-        search_id=search.id,
-        objective=spec.objective,
-        rungs=rungs,
-        trials=[
-            TrialRead(
-                number=trial.number,
-                job_id=trial.job_id,
-                params=decoded(trial.params),
-                state=trial.state,
-                rung=trial.rung,
-                rung_epochs=rungs[min(trial.rung, len(rungs) - 1)],
-                values={int(epoch): value for epoch, value in trial.values.items()},
-                error=trial.error,
-            )
-            for trial in progress.searches.trials(search.id)
-        ],
-    )
+    return search_trials(progress, search)
+
+
+@router.get(
+    "/v1/searches/{search_id}/trials.csv",
+    name="searches-trials-csv",
+    response_class=Response,
+    responses={200: CSV, **errors(404, 422)},
+)
+def get_trials_csv(search: SearchDep, progress: ProgressDep) -> Response:
+    """The trials as CSV, one row per trial: its number, state, rung and that rung's epochs,
+    the epochs it trained so far, its job, its value of each key of the space (lists and true
+    or false as JSON), its validation objective at the last epoch it trained, and its error."""
+    trials = search_trials(progress, search)
+    keys = list(SearchSpec.model_validate(search.request).space)
+    header = ["number", "state", "rung", "rung_epochs", "epochs", "job_id", *keys]
+    rows = [
+        [
+            trial.number,
+            trial.state,
+            trial.rung,
+            trial.rung_epochs,
+            max(trial.values, default=0),
+            trial.job_id,
+            *_params(trial.params, keys),
+            search_plots.last(trial) if trial.values else None,
+            trial.error,
+        ]
+        for trial in trials.trials
+    ]
+    table = csv_table([*header, trials.objective, "error"], rows)
+    return csv_response(table, f"search-{search.id}-trials.csv")
 
 
 @router.get(
@@ -148,6 +168,38 @@ def get_report(search: SearchDep, progress: ProgressDep, reads: ReadsDep) -> Sea
     return search_report(progress.searches, reads, search)
 
 
+@router.get(
+    "/v1/searches/{search_id}/report.csv",
+    name="searches-report-csv",
+    response_class=Response,
+    responses={200: CSV, **errors(404, 422)},
+)
+def get_report_csv(search: SearchDep, progress: ProgressDep, reads: ReadsDep) -> Response:
+    """The confirmation as CSV, one row per configuration (the base first): its trial, its
+    value of each key of the space, its test accuracy on the fresh seeds, and its effect, the
+    paired difference in test accuracy from the base, with its p-value and verdict."""
+    found = search_report(progress.searches, reads, search)
+    keys = list(SearchSpec.model_validate(search.request).space)
+    header = ["name", "trial", *keys]
+    header += [f"test_accuracy_{part}" for part in ("mean", "low", "high", "n")]
+    header += [f"effect_{part}" for part in ("mean", "low", "high", "n", "p_value", "verdict")]
+    rows = []
+    for confirmed in found.confirmed:
+        effect = next((e for e in confirmed.effects if e.against == "base"), None)
+        rows.append(
+            [
+                confirmed.name,
+                confirmed.trial,
+                *_params(confirmed.params, keys),
+                *_interval(confirmed.test_accuracy),
+                *_interval(effect.difference if effect else None),
+                effect.p_value if effect else None,
+                effect.verdict if effect else None,
+            ]
+        )
+    return csv_response(csv_table(header, rows), f"search-{search.id}-report.csv")
+
+
 @router.post(
     "/v1/searches/{search_id}/cancel",
     name="searches-cancel",
@@ -159,15 +211,17 @@ def cancel_search(search: SearchDep, progress: ProgressDep) -> SearchRead:
     search stays as it ended."""
     search = progress.searches.cancel(search.id) or search
     log.info("search=%s cancelled", search.id)
-    return _read(progress, search)
+    return search_read(progress, search)
 
 
-def _read(progress: ProgressDep, search: Search) -> SearchRead:
-    trials = progress.searches.trials(search.id)
-    states = Counter(trial.state for trial in trials)
-    return SearchRead(
-        **SearchSummary.of(search).model_dump(),
-        request=search.request,
-        trials={**states, "total": len(trials)},
-        best=best_trial(search, trials, progress.searches.jobs(search.id)),
-    )
+def _params(params: dict[str, Any], keys: list[str]) -> list[Any]:
+    """A configuration's value of each key as CSV cells: lists, true and false as JSON; empty
+    where it has none (the base's)."""
+    return [
+        json.dumps(params[key]) if isinstance(params.get(key), list | bool) else params.get(key)
+        for key in keys
+    ]
+
+
+def _interval(found: Interval | None) -> list[Any]:
+    return [found.mean, found.low, found.high, found.n] if found else [None] * 4

@@ -33,6 +33,7 @@ from service.deps import (
     StudiesDep,
     StudyDep,
     compared_variants,
+    csv_response,
     get_caller,
     next_link,
     no_unknown_query,
@@ -166,7 +167,9 @@ def get_study_report(study: StudyDep, reads: ReadsDep) -> ReportRead:
 )
 def get_study_report_csv(study: StudyDep, reads: ReadsDep, table: Table = "variants") -> Response:
     """The report as CSV: one row per variant, or one per trick (`table=effects`)."""
-    return _csv(CSV_TABLES[table](study_report(reads, study)), f"study-{study.id}-{table}.csv")
+    return csv_response(
+        CSV_TABLES[table](study_report(reads, study)), f"study-{study.id}-{table}.csv"
+    )
 
 
 @router.post(
@@ -205,7 +208,7 @@ def compare_csv(
 ) -> Response:
     """The comparison as CSV: one row per variant, or one per trick (`table=effects`)."""
     variants = compared_variants(reads, jobs, caller)
-    return _csv(CSV_TABLES[table](report(variants)), f"compare-{table}.csv")
+    return csv_response(CSV_TABLES[table](report(variants)), f"compare-{table}.csv")
 
 
 def _read(reads: Reads, study: Study) -> StudyRead:
@@ -215,12 +218,4 @@ def _read(reads: Reads, study: Study) -> StudyRead:
         **summary.model_dump(),
         request=study.request,
         report=report(variants),
-    )
-
-
-def _csv(text: str, filename: str) -> Response:
-    return Response(
-        text,
-        media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

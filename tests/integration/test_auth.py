@@ -329,12 +329,16 @@ RULES = {
     "searches-get": "owner",
     "searches-trials": "owner",
     "searches-report": "owner",
+    "searches-trials-csv": "owner",
+    "searches-report-csv": "owner",
+    "searches-plot": "owner",
     "searches-cancel": "owner",
     "compare": "owner",
     "compare-csv": "owner",
     "compare-plot": "owner",
     "jobs-events": "owner",
     "studies-events": "owner",
+    "searches-events": "owner",
     "users-create": "admin",
     "users-list": "admin",
     "users-get": "admin",
@@ -397,7 +401,7 @@ def test_every_route_answers_each_kind_of_caller_as_its_rule_says(app_client, al
         "admin": ADMIN_HEADERS,
     }
     # State-changing routes late, so that the others meet the job still queued; the event
-    # streams last, once the job and study have ended, so that they end at once too (an
+    # streams last, once the job, study and search have ended, so that they end at once too (an
     # in-process client would wait for an endless stream to end).
     late = (
         "jobs-cancel",
@@ -406,6 +410,7 @@ def test_every_route_answers_each_kind_of_caller_as_its_rule_says(app_client, al
         "searches-cancel",
         "jobs-events",
         "studies-events",
+        "searches-events",
     )
     routes.sort(key=lambda route: late.index(route[0]) + 1 if route[0] in late else 0)
     failures = []
