@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from notebook_study import ROOT, follow, stack, stamp
+from notebook_study import ROOT, commit_of, follow, stack, stamp
 
 OUT = ROOT / "docs" / "defaults"
 # The parameters whose best value depends on the layers they act on, and the candidates.
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the genuine data: --data-dir or TRICKLAB_DATA_DIR (make sets it)")
     architectures = args.architecture or ["mlp", "cnn"]
 
-    started = time.monotonic()
+    started, commit = time.monotonic(), commit_of(args.out.name)
     tables = []
     with (
         tempfile.TemporaryDirectory(prefix="defaults-") as state,
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     command = "make defaults" + (f" BASE='{json.dumps(args.base)}'" if args.base else "")
     args.out.mkdir(parents=True, exist_ok=True)
-    page = results_page(tables, stamp(command, 1, minutes, args.out.name), args.base)
+    page = results_page(tables, stamp(command, 1, minutes, commit), args.base)
     (args.out / "results.md").write_text(page)
     print(f"wrote {args.out / 'results.md'} ({minutes:.1f} minutes)")
     return 0

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is None:
         parser.error("the genuine data: --data-dir or TRICKLAB_DATA_DIR (make sets it)")
 
-    started = time.monotonic()
+    started, commit = time.monotonic(), commit_of(args.out.name)
     with (
         tempfile.TemporaryDirectory(prefix="notebook-study-") as state,
         stack(Path(state), args.data_dir, args.workers) as (api, alive),
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     command = f"make {OUT[args.preset]}" + (
         f" STUDY='{json.dumps(args.study)}'" if args.study else ""
     )
-    page = results_page(
-        summary, report, stamp(command, args.workers, minutes, args.out.name), drawn
-    )
+    page = results_page(summary, report, stamp(command, args.workers, minutes, commit), drawn)
     (args.out / "results.md").write_text(page)
     print(f"wrote {args.out / 'results.md'} and {len(drawn)} plots ({minutes:.1f} minutes)")
     return 0 if summary["status"] == "succeeded" else 1
@@ -161,9 +159,9 @@ def follow(api: httpx.Client, study_id: str, alive: Callable[[], None]) -> dict[
         time.sleep(2)
 
 
-def stamp(command: str, workers: int, minutes: float, produced: str) -> str:
-    """Date, command, commit and time; changes under docs/`produced`, the run's own output,
-    do not count as uncommitted."""
+def commit_of(produced: str) -> str:
+    """The commit the run's processes start from, taken before they start: the tree may change
+    while they run. Changes under docs/`produced`, the run's own output, do not count."""
 
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True).stdout
@@ -174,8 +172,11 @@ def stamp(command: str, workers: int, minutes: float, produced: str) -> str:
         for line in git("status", "--porcelain").splitlines()
         if f"docs/{produced}/" not in line
     ]
-    if changed:
-        commit += " with uncommitted changes"
+    return commit + (" with uncommitted changes" if changed else "")
+
+
+def stamp(command: str, workers: int, minutes: float, commit: str) -> str:
+    """Date, command, commit (`commit_of`, at the start) and time."""
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     return (
         f"Produced on {today} by `{command}` at commit {commit}, {workers} worker(s), "
