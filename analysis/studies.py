@@ -34,7 +34,14 @@ DESIGNS: dict[str, str] = {
     "explicit": "the trick lists given in `variants`",
 }
 # The study notebook's progression: its five classifiers, then its momentum optimizer.
-NOTEBOOK_TRICKS = ("dropout", "weight_decay", "early_stopping", "batch_norm", "momentum")
+# The notebook's tricks with its parameters where tricklab's defaults differ.
+NOTEBOOK_TRICKS: tuple[dict[str, Any], ...] = (
+    {"name": "dropout", "rate": 0.5},
+    {"name": "weight_decay", "l2": 0.01},
+    {"name": "early_stopping"},
+    {"name": "batch_norm"},
+    {"name": "momentum"},
+)
 NOTEBOOK_EPOCHS = 20
 # Each preset's base: the same progression on the notebook's MLP, or on the default CNN, which
 # learns in fewer epochs and costs about 100 times more a step.
@@ -56,7 +63,8 @@ class StudySpec(Strict):
     preset: Literal["notebook", "notebook-cnn"] | None = Field(
         None,
         description="notebook: the study notebook's progression base → +dropout → "
-        "+weight_decay → +early_stopping → +batch_norm → +momentum, 20 epochs, batch 32. "
+        "+weight_decay → +early_stopping → +batch_norm → +momentum with the notebook's "
+        "dropout rate 0.5 and L2 0.01, 20 epochs, batch 32. "
         "notebook-cnn: the same progression on the default CNN (architecture cnn), 10 epochs, "
         "batch 32. Fields given beside it (repeats, base, ...) override the preset's; a base "
         "given beside it overrides the preset's base field by field.",
@@ -88,7 +96,8 @@ class StudySpec(Strict):
             and data["preset"] in PRESETS
         ):
             name = data["preset"]
-            preset = {"name": name, "tricks": list(NOTEBOOK_TRICKS), "design": "cumulative"}
+            tricks = [dict(trick) for trick in NOTEBOOK_TRICKS]
+            preset = {"name": name, "tricks": tricks, "design": "cumulative"}
             study = {**preset, **data}
             base = data.get("base", {})
             if isinstance(base, dict):  # the architecture stays unless the base names another

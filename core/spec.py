@@ -85,7 +85,13 @@ class Dropout(Strict):
     conv block (after its pooling) and after each dense layer of the head."""
 
     name: Literal["dropout"] = "dropout"
-    rate: Number = Field(0.5, gt=0, lt=1, description="Fraction of units dropped (notebook: 0.5).")
+    rate: Number = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Fraction of units dropped (notebook: 0.5; the default is chosen on "
+        "validation).",
+    )
     spatial: StrictBool = Field(
         False,
         description="CNN only: after a conv block, drop whole feature maps (every position "
@@ -102,7 +108,11 @@ class WeightDecay(Strict):
 
     name: Literal["weight_decay"] = "weight_decay"
     l2: Number = Field(
-        0.01, gt=0, le=1, description="Penalty factor: l2 * sum(w²) (notebook: 0.01)."
+        0.001,
+        gt=0,
+        le=1,
+        description="Penalty factor: l2 * sum(w²) (notebook: 0.01; the default is chosen on "
+        "validation).",
     )
 
 
@@ -222,8 +232,9 @@ TrickT = TypeVar("TrickT", bound=Strict)
 
 Architecture = Literal["mlp", "cnn"]
 # Trick name → parameter → its default on that architecture, where it differs from the trick
-# class's own default (the notebook's, on the MLP). Chosen on validation by `make defaults`,
-# see docs/defaults/results.md.
+# class's own. The defaults that may depend on the layers (dropout's rate, weight decay's l2)
+# are chosen per architecture on validation by `make defaults` (docs/defaults/results.md);
+# where both architectures chose the same value, it is the class's default.
 ARCHITECTURE_DEFAULTS: dict[Architecture, dict[str, dict[str, Any]]] = {"mlp": {}, "cnn": {}}
 # The spec fields that shape each architecture's model; null on the other architecture.
 SHAPE_FIELDS: dict[str, tuple[str, ...]] = {

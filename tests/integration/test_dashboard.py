@@ -542,9 +542,9 @@ def test_the_form_starts_empty_and_shows_each_default_of_the_chosen_architecture
     sign_in(browser)
     form = browser.get("/new").text
     rate = re.search(r'<input id="p-dropout-rate"[^>]*>', form, re.S).group(0)
-    assert 'value=""' in rate and 'placeholder="0.5"' in rate
-    assert """data-defaults='{"cnn": "0.25", "mlp": "0.5"}'""" in rate
-    assert "Default by architecture: mlp 0.5, cnn 0.25." in form
+    assert 'value=""' in rate and 'placeholder="0.1"' in rate
+    assert """data-defaults='{"cnn": "0.25", "mlp": "0.1"}'""" in rate
+    assert "Default by architecture: mlp 0.1, cnn 0.25." in form
     momentum = re.search(r'<input id="p-momentum-momentum"[^>]*>', form, re.S).group(0)
     assert 'value=""' in momentum and 'placeholder="0.9"' in momentum
     spatial = re.search(r'<select id="p-dropout-spatial".*?</select>', form, re.S).group(0)

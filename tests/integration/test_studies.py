@@ -21,7 +21,7 @@ BASE = {**TINY, "learning_rate": 0.0005, "hidden_units": [4]}
 STUDY = {
     "name": "tiny",
     "base": BASE,
-    "tricks": ["dropout", {"name": "weight_decay", "l2": 0.001}],
+    "tricks": ["dropout", {"name": "weight_decay", "l2": 0.01}],
     "design": "one_at_a_time",
     "repeats": 2,
 }
@@ -42,7 +42,7 @@ def finished(tmp_path_factory, data_dir):
 
 def test_a_study_queues_one_job_per_variant_and_seed(finished):
     client, created = finished
-    assert created["variants"] == ["base", "base + dropout", "base + weight_decay(l2=0.001)"]
+    assert created["variants"] == ["base", "base + dropout", "base + weight_decay(l2=0.01)"]
     assert created["seeds"] == [0, 1]
     assert created["progress"]["total"] == 6
     specs = {}
@@ -95,7 +95,7 @@ def test_each_trick_is_compared_with_the_base_seed_by_seed(finished):
         ]
 
     effects = {effect["trick"]: effect for effect in report["effects"]}
-    assert list(effects) == ["dropout", "weight_decay(l2=0.001)"]
+    assert list(effects) == ["dropout", "weight_decay(l2=0.01)"]
     for trick, effect in effects.items():
         variant = f"base + {trick}"
         assert effect["pairs"] == [{"without": "base", "with": variant}]

@@ -50,12 +50,12 @@ def test_a_parameter_not_given_takes_the_architecture_default(cnn_dropout):
     assert rate({"architecture": "cnn", "tricks": [{"name": "dropout", "spatial": True}]}) == (
         CNN_RATE
     )
-    assert rate({"architecture": "mlp", "tricks": ["dropout"]}) == 0.5
+    assert rate({"architecture": "mlp", "tricks": ["dropout"]}) == 0.1
     assert trick_defaults("dropout", "cnn") == {"name": "dropout", "rate": 0.25, "spatial": False}
 
 
 def test_a_parameter_given_is_kept_even_at_the_class_default(cnn_dropout):
-    assert rate({"architecture": "cnn", "tricks": [{"name": "dropout", "rate": 0.5}]}) == 0.5
+    assert rate({"architecture": "cnn", "tricks": [{"name": "dropout", "rate": 0.1}]}) == 0.1
 
 
 def test_a_resolved_spec_round_trips(cnn_dropout):
@@ -69,7 +69,7 @@ def test_a_resolved_spec_round_trips(cnn_dropout):
 def test_the_catalogue_shows_the_defaults_that_differ_by_architecture(cnn_dropout):
     catalogue = {entry["name"]: entry for entry in trick_catalogue()}
     assert catalogue["dropout"]["architecture_defaults"] == {"cnn": {"rate": CNN_RATE}}
-    assert catalogue["dropout"]["parameters"]["rate"]["default"] == 0.5
+    assert catalogue["dropout"]["parameters"]["rate"]["default"] == 0.1
     assert catalogue["weight_decay"]["architecture_defaults"] == {}
 
 
@@ -79,14 +79,14 @@ def test_study_variants_take_and_label_by_the_architecture_defaults(cnn_dropout)
         design="explicit",
         variants=[
             ["dropout"],
-            [{"name": "dropout", "rate": 0.5}],
+            [{"name": "dropout", "rate": 0.1}],
             [{"name": "dropout", "rate": 0.25}],
         ],
     )
     variants = expand(study, 100)
     assert [(v.name, v.tricks, v.spec.tricks[0].rate) for v in variants] == [
         ("base + dropout", ("dropout",), CNN_RATE),
-        ("base + dropout(rate=0.5)", ("dropout(rate=0.5)",), 0.5),
+        ("base + dropout(rate=0.1)", ("dropout(rate=0.1)",), 0.1),
     ]  # the explicit 0.25 is the cnn's default: the first variant
     (_, bare) = expand(StudySpec(base={"architecture": "cnn"}, tricks=["dropout"]), 100)
     assert (bare.name, bare.spec.tricks[0].rate) == ("base + dropout", CNN_RATE)
@@ -98,11 +98,11 @@ def test_leave_one_out_names_the_trick_left_out_by_the_architecture_defaults(cnn
     study = StudySpec(
         base={"architecture": "cnn"},
         design="leave_one_out",
-        tricks=[{"name": "dropout", "rate": 0.5}, "weight_decay"],
+        tricks=[{"name": "dropout", "rate": 0.1}, "weight_decay"],
     )
     assert [v.name for v in expand(study, 100)] == [
         "all",
-        "all − dropout(rate=0.5)",
+        "all − dropout(rate=0.1)",
         "all − weight_decay",
     ]
 
@@ -114,13 +114,13 @@ def test_labels_of_stored_jobs_compare_with_their_architecture(cnn_dropout):
 
     jobs = [
         stored(["dropout"], architecture="cnn"),
-        stored([{"name": "dropout", "rate": 0.5}], architecture="cnn", seed=1),
+        stored([{"name": "dropout", "rate": 0.1}], architecture="cnn", seed=1),
         stored(["dropout"]),
     ]
     assert [v.tricks for v in job_variants(jobs, {})] == [
         ("dropout",),
-        ("dropout(rate=0.5)",),
+        ("dropout(rate=0.1)",),
         ("dropout",),
     ]
-    assert job_curves(jobs[1], []).variants[0].name == "base + dropout(rate=0.5)"
+    assert job_curves(jobs[1], []).variants[0].name == "base + dropout(rate=0.1)"
     assert trick_label({"name": "dropout", "rate": CNN_RATE}, "mlp") == "dropout(rate=0.25)"

@@ -447,7 +447,7 @@ def test_the_catalogue_table_names_every_trick(capsys):
     Console(width=200).print(show.tricks({"tricks": trick_catalogue()}))
     printed = capsys.readouterr().out
     assert all(name in printed for name in TRICKS)
-    assert "rate=0.5 (0 < rate < 1)" in printed and "nesterov=true" in printed
+    assert "rate=0.1 (0 < rate < 1)" in printed and "nesterov=true" in printed
 
 
 def test_a_cnn_job_shows_its_architecture_and_shape_and_the_flag_sets_it(capsys):

@@ -58,8 +58,8 @@ def test_a_spec_stored_before_architectures_reads_as_the_mlp():
 def test_trick_names_resolve_to_their_defaults():
     spec = JobSpec.model_validate({"tricks": list(TRICKS)})
     assert spec.model_dump()["tricks"] == [
-        {"name": "dropout", "rate": 0.5, "spatial": False},
-        {"name": "weight_decay", "l2": 0.01},
+        {"name": "dropout", "rate": 0.1, "spatial": False},
+        {"name": "weight_decay", "l2": 0.001},
         {"name": "batch_norm", "momentum": 0.99},
         {"name": "early_stopping", "patience": 3, "min_delta": 0.0},
         {"name": "momentum", "momentum": 0.9, "nesterov": True},
@@ -71,7 +71,7 @@ def test_trick_names_resolve_to_their_defaults():
 
 def test_resolved_specs_are_canonical():
     one = JobSpec.model_validate({"tricks": ["weight_decay", {"name": "dropout"}]})
-    two = JobSpec.model_validate({"tricks": [{"name": "dropout", "rate": 0.5}, "weight_decay"]})
+    two = JobSpec.model_validate({"tricks": [{"name": "dropout", "rate": 0.1}, "weight_decay"]})
     assert one == two
     assert JobSpec.model_validate(one.model_dump()) == one  # resolving is idempotent
 
@@ -192,6 +192,6 @@ def test_catalogue_lists_every_trick_with_defaults_and_limits():
         for parameter in entry["parameters"].values():
             assert "default" in parameter and parameter["description"]
     rate = catalogue["dropout"]["parameters"]["rate"]
-    assert (rate["default"], rate["exclusiveMinimum"], rate["exclusiveMaximum"]) == (0.5, 0, 1)
+    assert (rate["default"], rate["exclusiveMinimum"], rate["exclusiveMaximum"]) == (0.1, 0, 1)
     assert catalogue["early_stopping"]["parameters"]["patience"]["default"] == 3
     assert catalogue["momentum"]["parameters"]["nesterov"]["default"] is True

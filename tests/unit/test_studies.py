@@ -56,7 +56,7 @@ def test_explicit_variants_that_resolve_alike_are_one():
         variants=[
             [],
             ["dropout"],
-            [{"name": "dropout", "rate": 0.5}],  # the default rate: the same spec
+            [{"name": "dropout", "rate": 0.1}],  # the default rate: the same spec
             [{"name": "dropout", "rate": 0.2}],
             ["momentum", "dropout"],
             ["dropout", "momentum"],
@@ -103,7 +103,7 @@ def test_the_notebook_preset_is_its_progression_over_20_epochs():
         3,
     )
     assert names("cumulative", study.tricks)[-1] == (
-        "base + dropout + weight_decay + early_stopping + batch_norm + momentum"
+        "base + dropout(rate=0.5) + weight_decay(l2=0.01) + early_stopping + batch_norm + momentum"
     )
     assert StudySpec(preset="notebook", repeats=5, base={"epochs": 4}).base.epochs == 4
 
@@ -161,7 +161,7 @@ def test_invalid_studies_are_refused_with_the_reason(fields, message):
 
 
 def test_trick_labels_name_only_the_parameters_changed():
-    assert trick_label({"name": "dropout", "rate": 0.5}, "mlp") == "dropout"
+    assert trick_label({"name": "dropout", "rate": 0.1}, "mlp") == "dropout"
     assert trick_label({"name": "momentum", "momentum": 0.8, "nesterov": False}, "mlp") == (
         "momentum(momentum=0.8, nesterov=False)"
     )
