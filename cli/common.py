@@ -20,11 +20,12 @@ from cli.spec import FlagError, parse_hidden_units, parse_trick, read_json_file
 
 EXIT_CODES = f"""**Exit status**
 
-* {OK}: done; the job or study succeeded
-* {JOB_FAILED}: the job or study waited for (--wait, watch) failed or was cancelled
+* {OK}: done; the job, study or search succeeded
+* {JOB_FAILED}: the job, study or search waited for (--wait, watch) failed or was cancelled
 * {USAGE}: a usage error, or a request the API refused (it says which field and why)
 * {UNREACHABLE}: the server is unreachable, or it does not accept the token
-* {NOT_FOUND}: no such job or study (or not yours), or a short id naming none or several
+* {NOT_FOUND}: no such job, study or search (or not yours), or a short id naming none or
+  several
 """
 
 
