@@ -37,9 +37,11 @@ SEARCH = {
 }
 
 
-@pytest.fixture
-def stack(tmp_path: Path, data_dir: Path) -> Iterator[Cluster]:
-    with Cluster(tmp_path, data_dir, f"sqlite:///{tmp_path / 'tricklab.db'}", **FAST_LEASES) as c:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Cluster]:
+    """One API and one worker for the module: each test's searches are its own."""
+    root = tmp_path_factory.mktemp("searches")
+    with Cluster(root, data_dir, f"sqlite:///{root / 'tricklab.db'}", **FAST_LEASES) as c:
         c.start_api()
         c.start_worker("worker")
         yield c
@@ -115,7 +117,7 @@ def test_asha_pauses_promotes_and_confirms_on_fresh_seeds_through_restarts(stack
 
 def test_cancelling_a_search_cancels_its_trials_paused_ones_included(stack):
     client = stack.client
-    slow = {**SEARCH, "base": {**SEARCH["base"], "epochs": 200}, "max_trials": 20}
+    slow = {**SEARCH, "base": {**SEARCH["base"], "epochs": 30}, "max_trials": 20}
     slow["scheduler"] = {"type": "asha", "min_epochs": 1, "eta": 3}
     search = client.post("/v1/searches", json=slow).json()
 
@@ -154,3 +156,4 @@ def test_searches_are_their_owners_and_bad_ones_are_named(stack):
     assert client.get(f"/v1/searches/{created['id']}", headers=bea).status_code == 404
     assert client.get("/v1/searches", headers=bea).json()["total"] == 0
     assert client.get("/v1/searches").json()["searches"][0]["id"] == created["id"]
+    client.post(f"/v1/searches/{created['id']}/cancel")  # the module's worker is shared
