@@ -202,6 +202,7 @@ class Job(Base):
         Index("ix_jobs_owner_status_created_id", "owner", "status", "created_at", "id"),
         Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),  # retention: the jobs that ended long ago
+        Index("ix_jobs_search", "search_id"),  # a search's jobs, at its every advance
     )
 
 

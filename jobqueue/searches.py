@@ -16,6 +16,7 @@ from jobqueue import counts
 from jobqueue.db import Verbs
 from jobqueue.models import EpochMetrics, Job, Search, Trial, User, utcnow
 from jobqueue.pauses import ending, promoting
+from jobqueue.states import JobStatus
 from jobqueue.store import JobStore, cancelling, moved, with_tricks
 
 # A search's statuses once it has ended (search.states.ENDED, which this module cannot import).
@@ -99,14 +100,22 @@ class Searches(Verbs):
             if search.status not in ENDED:
                 search.status, search.finished_at = "cancelled", utcnow()
                 session.execute(
-                    update(Trial)
-                    .where(Trial.search_id == search_id, Trial.state.in_(_UNFINISHED_TRIAL))
-                    .values(state="cancelled")
-                )
-                session.execute(
                     cancelling(Job.search_id == search_id),
                     execution_options={"synchronize_session": False},
                 )
+                # The search is not advanced again: each unfinished trial takes its job's end
+                # here (one may have ended unseen just before).
+                for status, state in _TRIAL_ENDS.items():
+                    ended = select(Job.id).where(Job.search_id == search_id, Job.status == status)
+                    session.execute(
+                        update(Trial)
+                        .where(
+                            Trial.search_id == search_id,
+                            Trial.state.in_(_UNFINISHED_TRIAL),
+                            Trial.job_id.in_(ended),
+                        )
+                        .values(state=state)
+                    )
         return search
 
     def advance(self, search_id: str, default_quota: int, decide: Decide) -> Search | None:
@@ -146,6 +155,11 @@ class Searches(Verbs):
 
 
 _UNFINISHED_TRIAL = ("running", "paused", "promoted")
+_TRIAL_ENDS = {
+    JobStatus.CANCELLED: "cancelled",
+    JobStatus.SUCCEEDED: "completed",
+    JobStatus.FAILED: "failed",
+}
 
 
 def _jobs_of(search_id: str) -> Any:

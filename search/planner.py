@@ -35,6 +35,7 @@ class JobView:
     stopped_epoch: int | None = None  # early stopping ended it there
     error: str | None = None
     values: dict[int, float] = field(default_factory=dict)  # the objective by epoch
+    final: float | None = None  # the objective of its saved model (early stopping's best)
 
 
 @dataclass
@@ -87,6 +88,8 @@ class SearchView:
 
 # Why a configuration cannot train here (a cost limit), or None.
 Check = Callable[[JobSpec], str | None]
+# Configurations refused in one plan before the rest are left to the next.
+MAX_REFUSED = 16
 
 
 def plan(search: SearchView, check: Check) -> Plan:
@@ -99,11 +102,12 @@ def plan(search: SearchView, check: Check) -> Plan:
     ):
         result.status = SearchStatus.SEARCHING
     slots = min(search.headroom, search.spec.max_concurrent_trials - _in_flight(search))
-    slots -= _confirming(search)
+    slots = max(0, slots - _confirming(search))  # a lowered quota may leave fewer than none
     if result.status in (SearchStatus.QUEUED, SearchStatus.SEARCHING):
-        slots -= _promote(search, result, slots)
-        _ask(search, result, slots, check)
-        if _in_flight(search) == 0 and not result.promote and not _may_ask(search):
+        promoted, waiting = _promote(search, result, slots)
+        _ask(search, result, slots - promoted, check)
+        idle = _in_flight(search) == 0 and not (promoted or waiting or _may_ask(search))
+        if idle and not _finish_one(search, result, slots):
             _end_search_phase(search, result)
     if result.status == SearchStatus.CONFIRMING:
         _confirm(search, result, slots)
@@ -136,40 +140,69 @@ def _confirming(search: SearchView) -> int:
     return sum(search.jobs[job_id].status not in _ENDED_JOB for job_id in ids)
 
 
-def _promote(search: SearchView, result: Plan, slots: int) -> int:
+def _promote(search: SearchView, result: Plan, slots: int) -> tuple[int, bool]:
     """Promote the paused trials the pruner lets through, the highest rungs first: ASHA
-    resumes a promising trial before it starts a new one. Returns how many."""
+    resumes a promising trial before it starts a new one. Returns how many, and whether one
+    more would go on but for a free slot (the search phase is then not over)."""
     rungs = search.spec.rungs()
-    paused = [trial for trial in search.trials if trial.state == TrialState.PAUSED]
-    paused.sort(key=lambda t: (-t.rung, _sign(search.spec) * -t.values[rungs[t.rung]]))
+    paused = sorted(_paused(search), key=_standing(search))
     # The pruner's bar at a rung is the same for every trial paused there: once one fails
     # it, the worse ones below it would too.
     blocked: set[int] = set()
     promoted = 0
     for trial in paused:
-        if promoted == slots:
-            break
         if trial.rung in blocked:
             continue
         study = _study(search, evaluating=trial.number)
         if study.pruner.prune(study, study.trials[trial.number]):
             blocked.add(trial.rung)  # not among the best 1/η of its rung: it waits
             continue
+        if promoted >= slots:
+            return promoted, True
         assert trial.job_id is not None
         trial.state, trial.rung = TrialState.PROMOTED, trial.rung + 1
         result.promote[trial.job_id] = _limit(rungs, trial.rung)
         promoted += 1
-    return promoted
+    return promoted, False
+
+
+def _paused(search: SearchView) -> list[TrialView]:
+    return [trial for trial in search.trials if trial.state == TrialState.PAUSED]
+
+
+def _standing(search: SearchView) -> Callable[[TrialView], tuple[int, float]]:
+    """A paused trial's place in line for promotion: the highest rung first, then the best
+    objective there."""
+    rungs, sign = search.spec.rungs(), _sign(search.spec)
+    return lambda trial: (-trial.rung, sign * -trial.values[rungs[trial.rung]])
+
+
+def _finish_one(search: SearchView, result: Plan, slots: int) -> bool:
+    """With nothing left to train or ask and no trial completed, the best paused trial of the
+    highest rung goes on regardless (fewer than η may have reached its rung), so that the
+    search has a configuration to confirm. Whether one went on, or waits for a slot."""
+    paused = _paused(search)
+    if not paused or any(t.state == TrialState.COMPLETED for t in search.trials):
+        return False
+    if slots > 0:
+        rungs = search.spec.rungs()
+        best = min(paused, key=_standing(search))
+        assert best.job_id is not None
+        best.state, best.rung = TrialState.PROMOTED, best.rung + 1
+        result.promote[best.job_id] = _limit(rungs, best.rung)
+    return True
 
 
 def _ask(search: SearchView, result: Plan, slots: int, check: Check) -> None:
     """Sample new trials into the free slots; a configuration that cannot train is a failed
-    trial, and the next one is asked."""
+    trial, and the next one is asked, up to MAX_REFUSED a plan (the rest wait for the next:
+    a plan runs inside the search's write transaction)."""
     spec = search.spec
     distributions = space.distributions(spec)
-    while slots > 0 and _may_ask(search):
+    study = _study(search)  # each asked trial joins it, running or failed
+    refused = 0
+    while slots > 0 and refused < MAX_REFUSED and _may_ask(search):
         number = len(search.trials)
-        study = _study(search)
         study.sampler = space.sampler(spec, number)
         asked = study.ask(distributions)
         trial = TrialView(
@@ -182,11 +215,13 @@ def _ask(search: SearchView, result: Plan, slots: int, check: Check) -> None:
         search.trials.append(trial)
         try:
             job_spec = space.trial_spec(spec.base, asked.params)
+            trial.error = check(job_spec)
         except ValueError as error:
-            trial.state, trial.error = TrialState.FAILED, str(error)
-            continue
-        if refused := check(job_spec):
-            trial.state, trial.error = TrialState.FAILED, refused
+            trial.error = str(error)
+        if trial.error is not None:
+            trial.state = TrialState.FAILED
+            study.tell(asked, state=OptunaState.FAIL)
+            refused += 1
             continue
         result.jobs.append(NewJob(job_spec, _limit(spec.rungs(), 0), trial=number))
         slots -= 1
@@ -283,15 +318,13 @@ def _confirm(search: SearchView, result: Plan, slots: int) -> None:
 _ENDED_JOB = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-def final_value(search: SearchView | SearchSpec, trial: TrialView) -> float:
-    """A completed trial's objective: at its best epoch when early stopping restored it,
-    else at its last epoch."""
-    if not trial.values:
-        return math.nan
-    job = search.jobs.get(trial.job_id or "") if isinstance(search, SearchView) else None
-    if job is not None and job.stopped_epoch is not None and job.best_epoch in trial.values:
-        return trial.values[job.best_epoch]
-    return trial.values[max(trial.values)]
+def final_value(search: SearchView, trial: TrialView) -> float:
+    """A completed trial's objective: its saved model's (the best epoch's weights under early
+    stopping), else at its last epoch."""
+    job = search.jobs.get(trial.job_id or "")
+    if job is not None and job.final is not None:
+        return job.final
+    return trial.values[max(trial.values)] if trial.values else math.nan
 
 
 def _sign(spec: SearchSpec) -> int:
@@ -328,6 +361,8 @@ def _study(search: SearchView, evaluating: int | None = None) -> optuna.Study:
             passed = len(rungs) - 1
         if evaluated:
             passed = trial.rung
+        elif trial.state in (TrialState.FAILED, TrialState.CANCELLED):
+            passed = 0  # a trial that cannot go on keeps no place at a rung from another
         attrs = {
             f"completed_rung_{k}": values[rungs[k]]
             for k in range(min(passed, len(rungs) - 1))

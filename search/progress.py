@@ -13,7 +13,6 @@ from core.config import Settings
 from core.cost import refusals
 from core.spec import JobSpec
 from jobqueue.models import Job, Search, Trial, utcnow
-from jobqueue.reads import Reads
 from jobqueue.searches import Loaded, Moves, Searches
 from jobqueue.store import queued
 from search.planner import JobView, Plan, SearchView, TrialView, final_value, plan, ranked
@@ -66,12 +65,10 @@ def best_trial(search: Search, trials: Sequence[Trial], jobs: dict[str, Job]) ->
     )
 
 
-def search_report(searches: Searches, reads: Reads, search: Search) -> SearchReport:
+def search_report(searches: Searches, search: Search) -> SearchReport:
     """The search's report so far, from what is stored."""
     jobs = searches.jobs(search.id)
-    ids = [job_id for c in search.confirmations or [] for job_id in c["jobs"]]
-    _, metrics = reads.jobs_with_metrics(ids)
-    return report(search, jobs, metrics, best_trial(search, searches.trials(search.id), jobs))
+    return report(search, jobs, best_trial(search, searches.trials(search.id), jobs))
 
 
 def _view(loaded: Loaded) -> SearchView:
@@ -83,6 +80,7 @@ def _view(loaded: Loaded) -> SearchView:
             best_epoch=job.best_epoch,
             stopped_epoch=job.stopped_epoch,
             error=job.error_message,
+            final=getattr(job.result, spec.objective) if job.result else None,
             values={
                 epoch: value
                 for epoch, row in loaded.metrics.get(job.id, {}).items()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from analysis.stats import Comparison, Estimate, estimate, paired
-from jobqueue.models import EpochMetrics, Job, Search
+from jobqueue.models import Job, Search
 from jobqueue.states import JobStatus
 
 NOTE = (
@@ -88,14 +88,9 @@ class SearchReport(BaseModel):
     )
 
 
-def report(
-    search: Search,
-    jobs: dict[str, Job],
-    metrics: dict[str, list[EpochMetrics]],
-    best: BestTrial | None,
-) -> SearchReport:
+def report(search: Search, jobs: dict[str, Job], best: BestTrial | None) -> SearchReport:
     """The report so far: `best` as the planner ranks the trials; the confirmation's runs
-    count once their jobs succeed (`metrics`: theirs, by job)."""
+    count once their jobs succeed, with their saved models' scores (which retention keeps)."""
     objective = search.request.get("objective", "val_accuracy")
     confirmed = []
     tests: dict[str, dict[int, float]] = {}
@@ -106,7 +101,7 @@ def report(
             if job is None or job.status != JobStatus.SUCCEEDED or job.result is None:
                 continue
             test[index] = job.result.test_accuracy
-            value = _final(metrics.get(job_id, []), job, objective)
+            value = getattr(job.result, objective)
             if value is not None:
                 validation[index] = value
         tests[confirmation["name"]] = test
@@ -144,13 +139,3 @@ def report(
 def _paired(test: dict[int, float], other: dict[int, float]) -> Comparison:
     seeds = sorted(set(test) & set(other))
     return paired([test[s] for s in seeds], [other[s] for s in seeds])
-
-
-def _final(rows: list[EpochMetrics], job: Job, objective: str) -> float | None:
-    """The job's validation objective as saved: at its best epoch under early stopping."""
-    epoch = job.best_epoch if job.stopped_epoch is not None else None
-    chosen = [r for r in rows if r.epoch == epoch] or rows[-1:]
-    if not chosen:
-        return None
-    value: float | None = getattr(chosen[0], objective)
-    return value

@@ -160,12 +160,18 @@ def sampler(spec: SearchSpec, trial_number: int) -> optuna.samplers.BaseSampler:
 
 
 def pruner(spec: SearchSpec) -> optuna.pruners.BasePruner:
-    """Successive halving at the spec's rungs for asha; never prunes for none."""
+    """Successive halving at the spec's rungs for asha; never prunes for none.
+
+    Asynchronous successive halving as its paper has it: a trial goes on from a rung only
+    once η trials have reached it, and then only the best 1/η of them. Without the bootstrap
+    count, Optuna would let the best so far through while fewer than η had arrived, and the
+    first trials of a search would run to the end whatever they are worth."""
     if isinstance(spec.scheduler, Asha):
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=spec.scheduler.min_epochs,
             reduction_factor=spec.scheduler.eta,
             min_early_stopping_rate=0,
+            bootstrap_count=spec.scheduler.eta - 1,
         )
     return optuna.pruners.NopPruner()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StringConstraints, model_validator
@@ -317,20 +318,33 @@ def _refuse_unfit(
 ) -> None:
     """ValueError unless the base with the key at each end of the range (each choice) is a
     valid job spec, built as the planner builds a trial's."""
-    from search.space import trial_spec  # space.py builds on this module's models
-
-    if isinstance(distribution, Choice):
-        values = distribution.values
-    else:
-        values = [distribution.low, distribution.high]
-    context = _architecture_for(search, key)
-    for value in values:
+    for value in _ends(distribution):
         try:
-            trial_spec(search.base, {**context, key: value})
+            _corner(search, key, value)
         except ValueError as error:
             raise ValueError(
                 f"space.{key}: {json.dumps(value)} gives no valid job spec: {error}"
             ) from None
+
+
+def corners(search: SearchSpec) -> Iterator[tuple[str, JobSpec]]:
+    """Each key of the space at each end of its range (each choice), the others at the
+    base's: the specs to check against a deployment's limits before anything is queued."""
+    for key, distribution in search.space.items():
+        for value in _ends(distribution):
+            yield key, _corner(search, key, value)
+
+
+def _ends(distribution: FloatRange | IntRange | Choice) -> list[Any]:
+    if isinstance(distribution, Choice):
+        return list(distribution.values)
+    return [distribution.low, distribution.high]
+
+
+def _corner(search: SearchSpec, key: str, value: Any) -> JobSpec:
+    from search.space import trial_spec  # space.py builds on this module's models
+
+    return trial_spec(search.base, {**_architecture_for(search, key), key: value})
 
 
 def _architecture_for(search: SearchSpec, key: str) -> dict[str, Any]:

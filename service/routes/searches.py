@@ -15,7 +15,7 @@ from core.cost import refusals
 from search import plots as search_plots
 from search.progress import search_report
 from search.report import Interval, SearchReport
-from search.spec import SearchSpec
+from search.spec import SearchSpec, corners
 from service.deps import (
     CallerDep,
     Limit,
@@ -66,6 +66,11 @@ def create_search(
     found = refusals(search.base, settings)
     if found:
         raise refused(found, within=("base",))
+    # Each key at each end of its range must train here: one that cannot is refused now, with
+    # the limit it passes, rather than trial after trial.
+    for key, spec in corners(search):
+        if found := refusals(spec, settings):
+            raise refused(found, within=("space", key))
     name = search.name or f"search {search.sampler}"
     row = progress.searches.create(caller.name, name, search.model_dump(mode="json"))
     try:
@@ -160,12 +165,12 @@ def get_trials_csv(search: SearchDep, progress: ProgressDep) -> Response:
     response_model=SearchReport,
     responses=errors(404, 422),
 )
-def get_report(search: SearchDep, progress: ProgressDep, reads: ReadsDep) -> SearchReport:
+def get_report(search: SearchDep, progress: ProgressDep) -> SearchReport:
     """What was selected on validation, and the confirmation on fresh seeds: each chosen
     configuration's and the base's test accuracy, with paired intervals against the base
     and each other, and how much the best trial's own score overstated it. Fills in as the
     confirmation's jobs end."""
-    return search_report(progress.searches, reads, search)
+    return search_report(progress.searches, search)
 
 
 @router.get(
@@ -174,11 +179,11 @@ def get_report(search: SearchDep, progress: ProgressDep, reads: ReadsDep) -> Sea
     response_class=Response,
     responses={200: CSV, **errors(404, 422)},
 )
-def get_report_csv(search: SearchDep, progress: ProgressDep, reads: ReadsDep) -> Response:
+def get_report_csv(search: SearchDep, progress: ProgressDep) -> Response:
     """The confirmation as CSV, one row per configuration (the base first): its trial, its
     value of each key of the space, its test accuracy on the fresh seeds, and its effect, the
     paired difference in test accuracy from the base, with its p-value and verdict."""
-    found = search_report(progress.searches, reads, search)
+    found = search_report(progress.searches, search)
     keys = list(SearchSpec.model_validate(search.request).space)
     header = ["name", "trial", *keys]
     header += [f"test_accuracy_{part}" for part in ("mean", "low", "high", "n")]

@@ -1,5 +1,5 @@
 """Every query that the API and a worker run is backed by an index. A workload through the API
-(users, submissions, a study, lists with every filter and page, reports, predictions, events,
+(users, submissions, a study, a search, lists with every filter and page, reports, predictions, events,
 the dashboard) and a worker (claims, epochs, finishes, failures, hand-backs, the sweep, the
 retention policy) runs on
 each database while every statement is recorded; then each distinct statement is EXPLAINed
@@ -100,7 +100,16 @@ def api_workload(client: TestClient, settings) -> None:
     client.post(
         "/v1/studies", json={"base": TINY, "tricks": ["dropout"], "repeats": 1}, headers=as_bob
     )
-    drain_queue(settings)
+    search = client.post(
+        "/v1/searches",
+        json={
+            "base": {**TINY, "epochs": 3},
+            "space": {"learning_rate": {"type": "log_uniform", "low": 0.001, "high": 0.1}},
+            "max_trials": 3,
+            "confirm": {"top": 1, "repeats": 2},
+        },
+    ).json()
+    drain_queue(settings, on_search_job=client.app.state.tricklab.progress.advance)
     waiting = client.post("/v1/jobs", json=TINY).json()["id"]
 
     for query in ("", "?status=succeeded", "?trick=dropout", "?owner=bob", "?limit=2"):
@@ -126,6 +135,11 @@ def api_workload(client: TestClient, settings) -> None:
     client.post(f"/v1/jobs/{waiting}/cancel")
     client.delete(f"/v1/jobs/{jobs[1]}")
     client.post(f"/v1/studies/{study['id']}/cancel")
+    for path in ("", "/trials", "/report", "/trials.csv", "/plots/rungs"):
+        client.get(f"/v1/searches/{search['id']}{path}")
+    client.get("/v1/searches")
+    client.get(f"/searches/{search['id']}")
+    client.post(f"/v1/searches/{search['id']}/cancel")
     client.get("/metrics")
 
     # A worker's other moves, through the store verbs the worker calls.

@@ -76,3 +76,15 @@ def test_cancelling_a_search_cancels_its_jobs_and_it_is_not_advanced_again(
     assert len(trials) == 3 and {t.state for t in trials} == {"cancelled"}
     statuses = {job.status for job in progress.searches.jobs(search.id).values()}
     assert statuses == {JobStatus.CANCELLED}
+
+
+def test_a_space_whose_ends_pass_a_limit_is_refused_naming_the_key(client):
+    too_wide = {**SEARCH.model_dump(mode="json")}
+    too_wide["space"] = {"hidden_units": {"type": "choice", "values": [[16], [4096] * 8]}}
+    answer = client.post("/v1/searches", json=too_wide)
+    assert answer.status_code == 422
+    issues = answer.json()["detail"]
+    assert issues, answer.text
+    assert all(issue["loc"][:3] == ["body", "space", "hidden_units"] for issue in issues)
+    assert "TRICKLAB_MAX_PARAMETERS" in answer.text, answer.text
+    assert client.get("/v1/searches").json()["total"] == 0

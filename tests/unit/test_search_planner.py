@@ -4,7 +4,7 @@ it fills, the end of the search phase, and the confirmation on fresh seeds."""
 from __future__ import annotations
 
 from jobqueue.states import JobStatus
-from search.planner import JobView, SearchView, TrialView, plan
+from search.planner import MAX_REFUSED, JobView, SearchView, TrialView, plan
 from search.spec import SearchSpec
 from search.states import SearchStatus, TrialState
 
@@ -139,3 +139,62 @@ def test_the_confirmation_keeps_within_the_concurrent_trials():
     assert plan(search, never).jobs == []  # both of max_concurrent_trials' 2 slots are taken
     search.jobs["a"] = JobView(JobStatus.SUCCEEDED)
     assert [(j.confirmation, j.spec.seed) for j in plan(search, never).jobs] == [(0, 2)]
+
+
+def four_paused():
+    """max_trials reached: four trials paused at rung 0, trial 0 the best."""
+    spec = SearchSpec.model_validate({**SPEC.model_dump(mode="json"), "max_trials": 4})
+    trials = [
+        trial(n, TrialState.PAUSED, 0, {1: 0.9 - 0.1 * n}, JobStatus.PAUSED) for n in range(4)
+    ]
+    return spec, trials
+
+
+def test_a_full_quota_for_a_moment_does_not_end_the_search_phase():
+    spec, trials = four_paused()
+    search = search_of(*trials, headroom=0)
+    search.spec = spec
+    decided = plan(search, never)
+    assert (decided.promote, decided.end, decided.status) == ({}, [], SearchStatus.SEARCHING)
+    search = search_of(*four_paused()[1], headroom=1)
+    search.spec = spec
+    assert plan(search, never).promote == {"j0": 3}  # once a slot frees
+
+
+def test_a_quota_lowered_below_the_active_jobs_promotes_nothing():
+    spec, _ = four_paused()
+    trials = [trial(n, TrialState.PAUSED, 0, {1: 0.5}, JobStatus.PAUSED) for n in range(4)]
+    search = search_of(*trials, headroom=-1)
+    search.spec = spec
+    assert plan(search, never).promote == {}
+
+
+def test_a_trial_cancelled_after_its_promotion_keeps_no_place_at_its_rung():
+    spec = SearchSpec.model_validate({**SPEC.model_dump(mode="json"), "max_trials": 3})
+    cancelled = trial(0, TrialState.PROMOTED, 1, {1: 0.9, 2: 0.91}, JobStatus.CANCELLED)
+    paused = [trial(n, TrialState.PAUSED, 0, {1: 0.9 - 0.1 * n}, JobStatus.PAUSED) for n in (1, 2)]
+    search = search_of(cancelled, *paused)
+    search.spec = spec
+    decided = plan(search, never)
+    assert decided.promote == {"j1": 3}  # the best of those left goes on in its place
+
+
+def test_refused_configurations_are_asked_a_bounded_number_of_times_a_plan():
+    search = search_of()
+    search.spec = SearchSpec.model_validate({**SPEC.model_dump(mode="json"), "max_trials": 100})
+    decided = plan(search, lambda spec: "over a limit")
+    assert decided.jobs == []
+    assert len(search.trials) == MAX_REFUSED  # the rest are asked by later plans
+    assert {t.state for t in search.trials} == {TrialState.FAILED}
+    assert decided.status == SearchStatus.SEARCHING
+    # once every trial has been refused, the search has failed
+    search.spec = SPEC
+    assert plan(search_of(), lambda spec: "over a limit").status == SearchStatus.FAILED
+
+
+def test_no_trial_goes_on_from_a_rung_before_eta_trials_have_reached_it():
+    first = trial(0, TrialState.RUNNING, 0, {1: 0.9}, JobStatus.PAUSED)
+    second = trial(1, TrialState.RUNNING, 0, {1: 0.5}, JobStatus.PAUSED)
+    decided = plan(search_of(first, second), never)
+    assert decided.promote == {}  # 2 of eta 3: the best so far waits too
+    assert [job.trial for job in decided.jobs] == [2, 3]  # the slots go to new trials

@@ -55,6 +55,7 @@ def upgrade() -> None:
     # Plain ADD COLUMN: a batch rebuild of jobs would drop the job-count triggers.
     op.add_column("jobs", sa.Column("epoch_limit", sa.Integer(), nullable=True))
     op.add_column("jobs", sa.Column("search_id", sa.String(32), nullable=True))
+    op.create_index("ix_jobs_search", "jobs", ["search_id"])
 
 
 def downgrade() -> None:
