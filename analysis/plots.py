@@ -55,8 +55,9 @@ RANGES = {"train_loss": (0, None), "val_loss": (0, None), "gap": (-1, 1)} | dict
 # across the narrowest figure (10 inches), in lines of at most TITLE_CHARACTERS; a variant's
 # name as a row label or a legend entry, beside a row's note and a plot still worth reading
 # (about 80 characters of ordinary text; all the notebook's tricks take 70, but with the
-# notebook's own parameters its preset's last variant takes 88 and is cut); a trick's, beside the effects plot's long axis label, which needs more room
-# (about 55 characters; a trick with all its parameters set takes 40).
+# notebook's own parameters its preset's last variant takes 88 and is cut); a trick's, beside
+# the effects plot's long axis label, which needs more room (about 55 characters; a trick with
+# all its parameters set takes 40).
 FIGURE_INCHES = 9.5
 TITLE_CHARACTERS, TITLE_LINES = 70, 2
 VARIANT_INCHES, TRICK_INCHES = 6.5, 4.5
