@@ -14,7 +14,7 @@ export TRICKLAB_DATA_DIR ?= $(abspath $(SHARED_DATA))
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install up worker test test-fast lint bench notebook-study notebook-study-cnn defaults chaos clean
+.PHONY: help install up worker test test-fast lint bench notebook-study notebook-study-cnn defaults search-mlp chaos clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -58,6 +58,7 @@ bench: $(INSTALLED) ## training and serving (MLP and CNN; CPU per prediction aga
 	$(PY) -m bench.train
 	$(PY) -m bench.train --architecture cnn --epochs 2
 	$(PY) -m bench.pack
+	$(PY) -m bench.search
 	$(PY) -m bench.serve --cnn
 	$(PY) -m bench.percall
 	$(PY) -m bench.events
@@ -75,6 +76,9 @@ notebook-study-cnn: $(INSTALLED) ## the same progression on the CNN into docs/no
 
 defaults: $(INSTALLED) ## choose the trick defaults of each architecture on validation, into docs/defaults/ (about an hour on 2 cores)
 	$(PY) scripts/defaults.py $(if $(BASE),--base '$(BASE)')
+
+search-mlp: $(INSTALLED) ## search the MLP's recipe on validation, confirm it on fresh seeds, into docs/search-mlp/ and docs/recipes/mlp.json (about 25 minutes on 2 cores)
+	$(PY) scripts/search_mlp.py $(if $(SEARCH),--search '$(SEARCH)')
 
 CHAOS_JOBS ?= 60
 CHAOS_KILLS ?= 60

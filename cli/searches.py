@@ -29,9 +29,8 @@ from cli.common import (
     sub_app,
     watch_to_end,
 )
-from cli.events import follow
 from cli.ids import resolve_id
-from cli.watch import Screen, bar
+from cli.watch import Followed, watch_progress
 
 searches = sub_app(
     "Find the best recipe on validation, then confirm it on fresh seeds: create searches, "
@@ -174,31 +173,13 @@ def search_plot(
 def watch_search(client: Api, search_id: str, stream: TextIO) -> dict[str, Any]:
     """Follow the search until it ends: trials asked of max_trials on the bar, a line at each
     change; the final search."""
-    progress = bar("trials")
-    task = progress.add_task(f"search {search_id[:8]}", total=None)
-    last_line = ""
-    screen = Screen(stream, lambda: progress)
-    try:
-        for event in follow(client, f"/v1/searches/{search_id}/events"):
-            search = event.json()
-            progress.update(
-                task,
-                description=f"search {search_id[:8]} {search['status']}",
-                completed=search["trials"].get("total", 0),
-                total=search["request"].get("max_trials"),
-            )
-            line = search_line(search)
-            if event.name == "end":
-                screen.refresh()
-                screen.end(line)
-                return dict(search)
-            # The last line says how it ended: an ended status waits for `end` to say it once.
-            if line != last_line and search["status"] not in show.ENDED:
-                screen.line(line)
-                last_line = line
-        raise AssertionError("unreachable: follow() returns only after the end event")
-    finally:
-        screen.close()
+    return watch_progress(
+        client,
+        Followed("search", search_id, "trials", f"/v1/searches/{search_id}/events"),
+        lambda search: (search["trials"].get("total", 0), search["request"].get("max_trials")),
+        search_line,
+        stream,
+    )
 
 
 # ---- drawing -------------------------------------------------------------------------------

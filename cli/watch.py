@@ -5,6 +5,7 @@ logs and pipes see it at once, then a last line saying how it ended."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -119,27 +120,55 @@ def watch_job(api: Api, job_id: str, stream: TextIO) -> dict[str, Any]:
 
 def watch_study(api: Api, study_id: str, stream: TextIO) -> dict[str, Any]:
     """Follow the study's progress until all its jobs have ended; the final summary."""
-    progress = bar("jobs")
-    task = progress.add_task(f"study {study_id[:8]}", total=None)
+    return watch_progress(
+        api,
+        Followed("study", study_id, "jobs", f"/v1/studies/{study_id}/events"),
+        lambda study: (show.finished(study["progress"]), study["progress"].get("total")),
+        show.study_line,
+        stream,
+    )
+
+
+@dataclass(frozen=True)
+class Followed:
+    """What a progress stream follows: its kind and id, what its bar counts, its path."""
+
+    kind: str
+    item_id: str
+    unit: str
+    path: str
+
+
+def watch_progress(
+    api: Api,
+    followed: Followed,
+    counted: Callable[[dict[str, Any]], tuple[int, int | None]],
+    line_of: Callable[[dict[str, Any]], str],
+    stream: TextIO,
+) -> dict[str, Any]:
+    """Follow a stream of `progress` events until its `end`: the bar shows `counted` (done,
+    total), a line is printed at each change; the final object."""
+    progress = bar(followed.unit)
+    task = progress.add_task(f"{followed.kind} {followed.item_id[:8]}", total=None)
     last_line = ""
     screen = Screen(stream, lambda: progress)
     try:
-        for event in follow(api, f"/v1/studies/{study_id}/events"):
-            study = event.json()
-            counts = study["progress"]
+        for event in follow(api, followed.path):
+            item = event.json()
+            done, total = counted(item)
             progress.update(
                 task,
-                description=f"study {study_id[:8]} {study['status']}",
-                completed=show.finished(counts),
-                total=counts.get("total"),
+                description=f"{followed.kind} {followed.item_id[:8]} {item['status']}",
+                completed=done,
+                total=total,
             )
-            line = show.study_line(study)
+            line = line_of(item)
             if event.name == "end":
                 screen.refresh()
                 screen.end(line)
-                return dict(study)
+                return dict(item)
             # The last line says how it ended: an ended status waits for `end` to say it once.
-            if line != last_line and study["status"] not in show.ENDED:
+            if line != last_line and item["status"] not in show.ENDED:
                 screen.line(line)
                 last_line = line
         raise AssertionError("unreachable: follow() returns only after the end event")
