@@ -54,7 +54,7 @@ lint: $(INSTALLED) ## ruff and mypy
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-bench: $(INSTALLED) ## training and serving (MLP and CNN; CPU per prediction against HEAD), packing and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 30 minutes)
+bench: $(INSTALLED) ## training and serving (MLP and CNN; CPU per prediction against HEAD), packing, searches (ASHA against none) and event-stream benchmarks on the genuine Fashion-MNIST, then the queue's, submissions' and retention's on SQLite and PostgreSQL (about 40 minutes)
 	$(PY) -m bench.train
 	$(PY) -m bench.train --architecture cnn --epochs 2
 	$(PY) -m bench.pack
