@@ -266,11 +266,14 @@ def ranked(search: SearchView) -> list[TrialView]:
 
 
 def _best(search: SearchView) -> list[TrialView]:
-    """The best completed trials by their objective, at most `confirm.top`, each a distinct
-    configuration that is not the base's."""
+    """The best configurations, at most `confirm.top`, each distinct and not the base's: the
+    completed trials by their objective, then (ASHA completes few) those stopped at a rung, the
+    highest rung first and the best objective there. The confirmation trains every one to the
+    end, so a configuration stopped early competes on equal terms there."""
+    stopped = [t for t in search.trials if t.state in (TrialState.PAUSED, TrialState.PRUNED)]
     seen = {_key(search.spec.base)}
     chosen = []
-    for trial in ranked(search):
+    for trial in ranked(search) + sorted(stopped, key=_standing(search)):
         key = _key(space.trial_spec(search.spec.base, trial.params))
         if key not in seen:
             seen.add(key)

@@ -198,3 +198,22 @@ def test_no_trial_goes_on_from_a_rung_before_eta_trials_have_reached_it():
     decided = plan(search_of(first, second), never)
     assert decided.promote == {}  # 2 of eta 3: the best so far waits too
     assert [job.trial for job in decided.jobs] == [2, 3]  # the slots go to new trials
+
+
+def test_the_confirmation_takes_the_completed_then_the_highest_stopped():
+    spec = SearchSpec.model_validate(
+        {**SPEC.model_dump(mode="json"), "max_trials": 4, "confirm": {"top": 3, "repeats": 2}}
+    )
+    trials = [
+        trial(0, TrialState.PRUNED, 0, {1: 0.95}, JobStatus.SUCCEEDED),
+        trial(1, TrialState.PRUNED, 1, {1: 0.8, 3: 0.82}, JobStatus.SUCCEEDED),
+        trial(2, TrialState.RUNNING, 2, {1: 0.7, 3: 0.8, 9: 0.85}, JobStatus.SUCCEEDED),
+        trial(3, TrialState.PRUNED, 1, {1: 0.9, 3: 0.88}, JobStatus.SUCCEEDED),
+    ]
+    for view, job in trials:  # a pruned trial's row holds its values
+        view.values = dict(job.values)
+    search = search_of(*trials)
+    search.spec = spec
+    decided = plan(search, never)
+    names = [c["name"] for c in decided.confirmations]
+    assert names == ["base", "trial 2", "trial 3", "trial 1"]  # rung 2, then rung 1 by value
