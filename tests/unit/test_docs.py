@@ -4,12 +4,14 @@ front door."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from core import config_doc
+from core.spec import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -154,3 +156,10 @@ def test_a_broken_link_or_anchor_is_found(tmp_path, monkeypatch):
         "img/none.png",
         "#elsewhere",
     ]
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "docs" / "recipes").glob("*.json")), ids=str)
+def test_every_recipe_is_a_job_spec_without_a_seed(recipe):
+    document = json.loads(recipe.read_text())
+    assert "seed" not in document  # a recipe, not one run
+    assert JobSpec.model_validate(document).model_dump(mode="json") == {**document, "seed": 0}
