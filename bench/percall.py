@@ -144,7 +144,9 @@ def trained(tree: Path, root: Path, data: Path) -> str:
 
 def measured(tree: Path, root: Path, job: str, door: str, requests: int) -> float:
     """One measurement in a fresh process that imports `tree`'s code."""
-    command = [sys.executable, str(Path(__file__)), "--measure", str(root), job, door]
+    # -P: this file's folder, bench/, is not put on sys.path, where its search.py would
+    # stand for the search package.
+    command = [sys.executable, "-P", str(Path(__file__)), "--measure", str(root), job, door]
     env = {**environment(root), "PYTHONPATH": str(tree)}
     done = subprocess.run(
         [*command, "--requests", str(requests)], cwd=tree, env=env, capture_output=True, text=True
