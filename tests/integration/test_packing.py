@@ -21,7 +21,8 @@ from worker.packing import Branch, pack_key, train_pack
 pytestmark = pytest.mark.equivalence
 
 SHARED = {**TINY, "epochs": 6, "learning_rate": 0.05}
-TRICKS = ["dropout", "batch_norm", "momentum", "cosine_decay"]
+# Dropout at 0.5, the rate under which early stopping ends the third branch early.
+TRICKS = [{"name": "dropout", "rate": 0.5}, "batch_norm", "momentum", "cosine_decay"]
 # Three jobs of one pack: what may differ between branches differs.
 SPECS = [
     JobSpec.model_validate({**SHARED, "seed": 1, "tricks": TRICKS}),
