@@ -57,9 +57,12 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._in_headers = True  # what comes next on this connection is a new request
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The request has been read to its end: what comes next on this connection is a new
+        # request. Not once the response is sent: an early answer (a 413) can go out while
+        # the rest of the body is still arriving, and that is no header.
+        self._in_headers = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
