@@ -56,11 +56,6 @@ def _encoded(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else value
 
 
-def encoded(params: dict[str, Any]) -> dict[str, Any]:
-    """The values people read (lists as lists) → Optuna's params."""
-    return {key: _encoded(value) for key, value in params.items()}
-
-
 def decoded(params: dict[str, Any]) -> dict[str, Any]:
     """Optuna's params (as `trial.params` gives them) → the values people read: lists back as
     lists. Decoded params pass through unchanged."""
